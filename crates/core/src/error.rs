@@ -1,0 +1,163 @@
+//! The typed errors a request can end with, and the stage names they point at.
+//!
+//! Overload, closed intake, timeout, cancellation and shutdown are distinct variants so callers
+//! (and the HTTP layer's status mapping) can tell them apart; each has a stable `kind()` label.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The five stages, in pipeline order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Rag,
+    Assemble,
+    Inference,
+    Post,
+    Stream,
+}
+
+impl Stage {
+    /// All stages in the order a request passes them.
+    pub const ALL: [Stage; 5] = [
+        Stage::Rag,
+        Stage::Assemble,
+        Stage::Inference,
+        Stage::Post,
+        Stage::Stream,
+    ];
+
+    /// Stable lower-case name, used as the `stage` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Rag => "rag",
+            Stage::Assemble => "assemble",
+            Stage::Inference => "inference",
+            Stage::Post => "post",
+            Stage::Stream => "stream",
+        }
+    }
+
+    /// Position in [`Stage::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure reported by a [`ModelWorker`](crate::ModelWorker).
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct WorkerError {
+    /// What went wrong, in the upstream's own words where there is one.
+    pub message: String,
+    /// Whether trying again (elsewhere or later) may succeed.
+    pub retryable: bool,
+    /// The upstream's HTTP status, when the worker talks HTTP.
+    pub status: Option<u16>,
+}
+
+impl WorkerError {
+    /// A permanent failure.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+            status: None,
+        }
+    }
+
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            ..Self::new(message)
+        }
+    }
+}
+
+/// Why a request ended without a completion. Every admitted request that fails gets exactly one.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The queue in front of `stage` was full and its policy is `shed`.
+    #[error("overloaded: the {stage} queue is full; retry later")]
+    Overloaded { stage: Stage },
+    /// The pipeline no longer accepts requests (shutting down).
+    #[error("the pipeline is shutting down and accepts no new requests")]
+    Closed,
+    /// The request's deadline passed while it was in `stage`.
+    #[error("deadline exceeded in the {stage} stage")]
+    Timeout { stage: Stage },
+    /// The caller went away (dropped its response handle).
+    #[error("cancelled by the caller")]
+    Cancelled,
+    /// Still running when the shutdown grace period ran out.
+    #[error("aborted: still running when the shutdown grace period ended")]
+    Shutdown,
+    /// Retrieval failed in the RAG stage.
+    #[error("retrieval failed: {message}")]
+    Retrieval { message: String },
+    /// The model worker failed.
+    #[error("model worker failed: {0}")]
+    Worker(#[from] WorkerError),
+    /// A defect: the request was dropped inside the pipeline without an outcome.
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl PipelineError {
+    /// Stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PipelineError::Overloaded { .. } => "overloaded",
+            PipelineError::Closed => "closed",
+            PipelineError::Timeout { .. } => "timeout",
+            PipelineError::Cancelled => "cancelled",
+            PipelineError::Shutdown => "shutdown",
+            PipelineError::Retrieval { .. } => "retrieval",
+            PipelineError::Worker(_) => "worker",
+            PipelineError::Internal { .. } => "internal",
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Overloaded { .. }
+            | PipelineError::Closed
+            | PipelineError::Shutdown
+            | PipelineError::Timeout { .. } => true,
+            PipelineError::Worker(e) => e.retryable,
+            PipelineError::Cancelled | PipelineError::Retrieval { .. } | PipelineError::Internal { .. } => {
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_stage() {
+        let e = PipelineError::Overloaded { stage: Stage::Rag };
+        assert_eq!(e.to_string(), "overloaded: the rag queue is full; retry later");
+        assert_eq!(e.kind(), "overloaded");
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn stage_order_matches_index() {
+        for (i, s) in Stage::ALL.iter().enumerate() {
+            assert_eq!(s.index(), i);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! A staged, backpressured tokio pipeline for LLM requests.
+//!
+//! Every request passes five stages, each a group of lane tasks (one per shard) reading a bounded
+//! queue:
+//!
+//! ```text
+//! RequestSender -> [RAG] -> [Assemble] -> [Inference] -> [Post] -> [Stream] -> handle / output
+//! ```
+//!
+//! - [`request`]: what callers submit ([`PromptRequest`], [`InferenceRequest`]).
+//! - [`event`]: what comes back ([`ResponseEvent`], [`PromptOutput`]).
+//! - [`worker`]: the [`ModelWorker`] extension point and [`EchoWorker`].
+//! - [`config`]: queue capacities, full-queue policies, concurrency, shards.
+//! - [`stages`]: what each stage does; [`Retriever`] plugs into RAG.
+//! - `pipeline`: lanes, admission, shutdown ([`spawn_pipeline`], [`Pipeline`]).
+//! - [`shard`]: session -> shard hashing.
+//! - [`metrics`]: metric names and the recording functions.
+//!
+//! See ARCHITECTURE.md for how backpressure, ordering, cancellation and shutdown fit together.
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod metrics;
+mod pipeline;
+pub mod request;
+pub mod shard;
+pub mod stages;
+pub mod worker;
+
+pub use config::{PipelineConfig, QueueConfig, StageConfig, WhenFull};
+pub use error::{PipelineError, Stage, WorkerError};
+pub use event::{
+    Completion, FinishReason, PromptOutput, Response, ResponseEvent, StageTiming, StageTimings, Usage,
+};
+pub use pipeline::{
+    Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender, ResponseHandle, ShutdownReport,
+    spawn_pipeline,
+};
+pub use request::{
+    ChatMessage, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RequestId, Role,
+    SamplingParams, SessionId,
+};
+pub use stages::rag::{RetrievedChunk, Retriever};
+pub use worker::{EchoWorker, InferenceCall, ModelWorker, TokenStream, WorkerChunk};

@@ -1,0 +1,88 @@
+//! Pipeline metrics through the `metrics` facade; the application installs the exporter.
+//!
+//! Names (all labelled with `stage` where it applies):
+//! - `orchestrator_stage_latency_seconds` (histogram): time a stage worked on a request.
+//! - `orchestrator_queue_wait_seconds` (histogram): time a request waited in a stage's queue.
+//! - `orchestrator_queue_depth` (gauge): requests waiting in a stage's queue, sampled.
+//! - `orchestrator_stage_requests_total{outcome}` (counter): `admitted` into the stage,
+//!   `completed` it, `failed` there, or `shed` at its full queue.
+//! - `orchestrator_requests_total{outcome, kind}` (counter): final outcomes of requests.
+//! - `orchestrator_time_to_first_token_seconds` (histogram).
+//!
+//! The stages hold registered handles (made when the pipeline is spawned, so install the
+//! exporter first): a handle update is an atomic add, not a registry lookup per request.
+
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, gauge, histogram};
+
+use crate::error::{PipelineError, Stage};
+
+pub const STAGE_LATENCY: &str = "orchestrator_stage_latency_seconds";
+pub const QUEUE_WAIT: &str = "orchestrator_queue_wait_seconds";
+pub const QUEUE_DEPTH: &str = "orchestrator_queue_depth";
+pub const STAGE_REQUESTS: &str = "orchestrator_stage_requests_total";
+pub const REQUESTS: &str = "orchestrator_requests_total";
+pub const TIME_TO_FIRST_TOKEN: &str = "orchestrator_time_to_first_token_seconds";
+
+/// Records how long `stage` worked on one request.
+pub fn record_stage_latency(stage: Stage, duration: Duration) {
+    histogram!(STAGE_LATENCY, "stage" => stage.as_str()).record(duration.as_secs_f64());
+}
+
+/// Records how many requests wait in `stage`'s queue.
+pub fn record_queue_depth(stage: Stage, depth: usize) {
+    gauge!(QUEUE_DEPTH, "stage" => stage.as_str()).set(depth as f64);
+}
+
+/// Registered handles for one stage.
+#[derive(Clone)]
+pub(crate) struct StageMetrics {
+    pub latency: Histogram,
+    pub queue_wait: Histogram,
+    pub admitted: Counter,
+    pub completed: Counter,
+    pub failed: Counter,
+    pub shed: Counter,
+}
+
+impl StageMetrics {
+    fn register(stage: Stage) -> Self {
+        let s = stage.as_str();
+        let outcome = |o: &'static str| counter!(STAGE_REQUESTS, "stage" => s, "outcome" => o);
+        Self {
+            latency: histogram!(STAGE_LATENCY, "stage" => s),
+            queue_wait: histogram!(QUEUE_WAIT, "stage" => s),
+            admitted: outcome("admitted"),
+            completed: outcome("completed"),
+            failed: outcome("failed"),
+            shed: outcome("shed"),
+        }
+    }
+}
+
+/// Registered handles for the whole pipeline.
+pub(crate) struct PipelineMetrics {
+    stages: [StageMetrics; 5],
+    pub completed: Counter,
+    pub time_to_first_token: Histogram,
+}
+
+impl PipelineMetrics {
+    pub fn register() -> Self {
+        Self {
+            stages: Stage::ALL.map(StageMetrics::register),
+            completed: counter!(REQUESTS, "outcome" => "completed", "kind" => "ok"),
+            time_to_first_token: histogram!(TIME_TO_FIRST_TOKEN),
+        }
+    }
+
+    pub fn stage(&self, stage: Stage) -> &StageMetrics {
+        &self.stages[stage.index()]
+    }
+
+    /// Failures are rare, so their counter is looked up by kind when one happens.
+    pub fn failed(&self, error: &PipelineError) {
+        counter!(REQUESTS, "outcome" => "failed", "kind" => error.kind()).increment(1);
+    }
+}

@@ -1,0 +1,255 @@
+//! The envelope a request travels in, and `finish`: the one place every request ends.
+//!
+//! An envelope that is dropped without being finished (a defect, or a panic in a stage) still
+//! sends its caller a final `Internal` error from `Drop`, so no admitted request ends silently.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::order::OrderGate;
+use crate::error::{PipelineError, Stage};
+use crate::event::{Completion, FinishReason, PromptOutput, Response, StageTimings, Usage};
+use crate::request::{InferenceRequest, RequestId};
+use crate::stages::rag::RetrievedChunk;
+
+/// Where a request's events go.
+pub(crate) enum Reply {
+    /// A submitted request: tokens to its handle, then the final event on `done`.
+    Handle {
+        tokens: mpsc::Sender<String>,
+        done: oneshot::Sender<Result<Completion, PipelineError>>,
+    },
+    /// A fire-and-forget request: one joined output, in session order, on the output stream.
+    Output {
+        tx: mpsc::Sender<PromptOutput>,
+        gate: OrderGate,
+    },
+}
+
+/// How a request ended.
+pub(crate) enum Outcome {
+    Completed {
+        text: String,
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    /// Failed; `stage` is where the failure arose.
+    Failed { stage: Stage, error: PipelineError },
+}
+
+/// An admitted request and everything the stages add to it.
+pub(crate) struct Envelope {
+    pub id: RequestId,
+    pub request: Arc<InferenceRequest>,
+    /// Cancelled when the caller goes away or the pipeline aborts at its shutdown deadline.
+    pub cancel: CancellationToken,
+    pub deadline: Option<Instant>,
+    pub admitted_at: Instant,
+    /// When the envelope entered its current queue (for queue-wait timings).
+    pub enqueued_at: Instant,
+    pub timings: StageTimings,
+    /// Added by the RAG stage.
+    pub retrieved: Vec<RetrievedChunk>,
+    /// Added by the Assemble stage.
+    pub prompt: Option<Arc<str>>,
+    pub span: tracing::Span,
+    /// `None` once finished; `Drop` reports an envelope lost with it still set.
+    reply: Option<Reply>,
+    pub shared: Arc<Shared>,
+}
+
+/// Why a request must stop early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AbortCause {
+    Cancelled,
+    Shutdown,
+    Deadline,
+}
+
+impl AbortCause {
+    pub fn into_error(self, stage: Stage) -> PipelineError {
+        match self {
+            AbortCause::Cancelled => PipelineError::Cancelled,
+            AbortCause::Shutdown => PipelineError::Shutdown,
+            AbortCause::Deadline => PipelineError::Timeout { stage },
+        }
+    }
+}
+
+/// What a task needs to notice that its request must stop, without borrowing the envelope.
+#[derive(Clone)]
+pub(crate) struct Abort {
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+    deadline: Option<Instant>,
+}
+
+impl Abort {
+    /// The cause, if the request must already stop.
+    pub fn check(&self) -> Option<AbortCause> {
+        if self.cancel.is_cancelled() {
+            Some(self.cancel_cause())
+        } else if self.deadline.is_some_and(|d| d <= Instant::now()) {
+            Some(AbortCause::Deadline)
+        } else {
+            None
+        }
+    }
+
+    /// Resolves when the request must stop.
+    pub async fn wait(&self) -> AbortCause {
+        match self.deadline {
+            Some(deadline) => {
+                // Whichever comes first: the caller leaving / shutdown, or the deadline.
+                tokio::select! {
+                    () = self.cancel.cancelled() => self.cancel_cause(),
+                    () = tokio::time::sleep_until(deadline) => AbortCause::Deadline,
+                }
+            }
+            None => {
+                self.cancel.cancelled().await;
+                self.cancel_cause()
+            }
+        }
+    }
+
+    fn cancel_cause(&self) -> AbortCause {
+        if self.shutdown.is_cancelled() {
+            AbortCause::Shutdown
+        } else {
+            AbortCause::Cancelled
+        }
+    }
+}
+
+impl Envelope {
+    pub fn new(
+        shared: Arc<Shared>,
+        id: RequestId,
+        request: InferenceRequest,
+        cancel: CancellationToken,
+        reply: Reply,
+    ) -> Self {
+        let now = Instant::now();
+        let timeout = request
+            .timeout
+            .or(shared.config.default_timeout_ms.map(Duration::from_millis));
+        let span = tracing::debug_span!("request", id = id.0, session = %request.session);
+        Self {
+            id,
+            request: Arc::new(request),
+            cancel,
+            deadline: timeout.map(|t| now + t),
+            admitted_at: now,
+            enqueued_at: now,
+            timings: StageTimings::default(),
+            retrieved: Vec::new(),
+            prompt: None,
+            span,
+            reply: Some(reply),
+            shared,
+        }
+    }
+
+    pub fn abort(&self) -> Abort {
+        Abort {
+            cancel: self.cancel.clone(),
+            shutdown: self.shared.root.clone(),
+            deadline: self.deadline,
+        }
+    }
+
+    /// The caller's token channel, for a submitted request.
+    pub fn tokens(&self) -> Option<&mpsc::Sender<String>> {
+        match &self.reply {
+            Some(Reply::Handle { tokens, .. }) => Some(tokens),
+            _ => None,
+        }
+    }
+
+    /// Ends the request with a failure that arose in `stage`.
+    pub fn fail(self, stage: Stage, error: PipelineError) {
+        self.finish(Outcome::Failed { stage, error });
+    }
+
+    /// Ends the request: counts it and sends its caller the one final event.
+    pub fn finish(mut self, outcome: Outcome) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let stats = &self.shared.stats;
+        self.timings.total = self.admitted_at.elapsed();
+        let result = match outcome {
+            Outcome::Completed {
+                text,
+                finish_reason,
+                usage,
+            } => {
+                stats.record_completed();
+                self.shared.metrics.completed.increment(1);
+                Ok(Response {
+                    text,
+                    completion: Completion {
+                        finish_reason,
+                        usage,
+                        timings: self.timings,
+                    },
+                })
+            }
+            Outcome::Failed { stage, error } => {
+                stats.record_failed(&error);
+                self.shared.metrics.failed(&error);
+                tracing::debug!(parent: &self.span, %stage, kind = error.kind(), %error, "Request failed.");
+                Err(error)
+            }
+        };
+        match reply {
+            Reply::Handle { tokens, done } => {
+                // Close the token channel first so the handle sees every token, then the end.
+                drop(tokens);
+                // The caller may have gone; then nobody needs the event.
+                let _ = done.send(result.map(|r| r.completion));
+            }
+            Reply::Output { tx, gate } => {
+                let output = PromptOutput {
+                    id: self.id,
+                    session: self.request.session.clone(),
+                    meta: self.request.meta.clone(),
+                    result,
+                };
+                gate.deliver(tx, output, &self.shared);
+            }
+        }
+    }
+}
+
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        if self.reply.is_some() {
+            tracing::error!(parent: &self.span, "Request dropped inside the pipeline without a final event.");
+            let reply = self.reply.take();
+            // Rebuild a finishable envelope from the parts; `finish` does the counting.
+            let orphan = Envelope {
+                reply,
+                request: self.request.clone(),
+                span: self.span.clone(),
+                shared: self.shared.clone(),
+                cancel: self.cancel.clone(),
+                retrieved: Vec::new(),
+                prompt: None,
+                ..*self
+            };
+            orphan.fail(
+                Stage::Stream,
+                PipelineError::Internal {
+                    message: "the request was dropped inside the pipeline".into(),
+                },
+            );
+        }
+    }
+}

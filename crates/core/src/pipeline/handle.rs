@@ -1,0 +1,112 @@
+//! `ResponseHandle`: one submitted request's events, tokens first, then exactly one final event.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::error::PipelineError;
+use crate::event::{Completion, Response, ResponseEvent};
+use crate::request::RequestId;
+
+/// The events of one submitted request. Dropping it before the final event cancels the request
+/// in whatever stage it is, including the model call.
+pub struct ResponseHandle {
+    id: RequestId,
+    tokens: mpsc::Receiver<String>,
+    tokens_done: bool,
+    /// `None` once the final event has been returned.
+    done: Option<oneshot::Receiver<Result<Completion, PipelineError>>>,
+    /// Cancels the request when the handle goes before its final event.
+    cancel_on_drop: Option<DropGuard>,
+}
+
+impl ResponseHandle {
+    pub(crate) fn new(
+        id: RequestId,
+        tokens: mpsc::Receiver<String>,
+        done: oneshot::Receiver<Result<Completion, PipelineError>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            id,
+            tokens,
+            tokens_done: false,
+            done: Some(done),
+            cancel_on_drop: Some(cancel.drop_guard()),
+        }
+    }
+
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The next event; `None` after the final one.
+    pub async fn recv(&mut self) -> Option<ResponseEvent> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Waits for the whole answer, joining the tokens.
+    ///
+    /// # Errors
+    /// The request's error, if it failed (also after some tokens arrived).
+    pub async fn into_response(mut self) -> Result<Response, PipelineError> {
+        let mut text = String::new();
+        while let Some(event) = self.recv().await {
+            match event {
+                ResponseEvent::Token(t) => text.push_str(&t),
+                ResponseEvent::Done(completion) => return Ok(Response { text, completion }),
+                ResponseEvent::Error(e) => return Err(e),
+            }
+        }
+        Err(lost())
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<ResponseEvent>> {
+        let Some(done) = self.done.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // Tokens come first: the pipeline closes the token channel before sending the end.
+        if !self.tokens_done {
+            match ready!(self.tokens.poll_recv(cx)) {
+                Some(token) => return Poll::Ready(Some(ResponseEvent::Token(token))),
+                None => self.tokens_done = true,
+            }
+        }
+        let result = ready!(Pin::new(done).poll(cx));
+        self.done = None;
+        // Finished: dropping the handle now has nothing to cancel.
+        if let Some(guard) = self.cancel_on_drop.take() {
+            guard.disarm();
+        }
+        Poll::Ready(Some(match result {
+            Ok(Ok(completion)) => ResponseEvent::Done(completion),
+            Ok(Err(error)) => ResponseEvent::Error(error),
+            Err(_) => ResponseEvent::Error(lost()),
+        }))
+    }
+}
+
+fn lost() -> PipelineError {
+    PipelineError::Internal {
+        message: "the request ended without a final event".into(),
+    }
+}
+
+impl Stream for ResponseHandle {
+    type Item = ResponseEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ResponseEvent>> {
+        self.get_mut().poll_event(cx)
+    }
+}
+
+impl std::fmt::Debug for ResponseHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}

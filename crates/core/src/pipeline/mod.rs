@@ -1,0 +1,334 @@
+//! Building and running the pipeline: channels, lanes, admission, and the handles users hold.
+//!
+//! `spawn_pipeline` creates, for each of the five stages, one bounded queue and one lane task per
+//! shard, wired shard to shard, so a session stays on its shard from input to output. Shutdown
+//! starts at the input: closing it lets every admitted request drain, and each lane ends when its
+//! queue is closed and empty.
+
+pub(crate) mod edge;
+pub(crate) mod envelope;
+mod handle;
+mod lane;
+mod order;
+mod sender;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use handle::ResponseHandle;
+pub use sender::RequestSender;
+pub use stats::{PipelineStats, ShutdownReport};
+
+use self::edge::Edge;
+use self::envelope::Envelope;
+use self::lane::Lane;
+use self::order::OrderRegistry;
+use self::stats::Stats;
+use crate::config::PipelineConfig;
+use crate::error::Stage;
+use crate::event::PromptOutput;
+use crate::metrics::{PipelineMetrics, record_queue_depth};
+use crate::stages::assemble::AssembleStage;
+use crate::stages::inference::InferenceStage;
+use crate::stages::post::PostStage;
+use crate::stages::rag::{RagStage, Retriever};
+use crate::stages::stream::StreamStage;
+use crate::stages::{Handoff, StageLogic};
+use crate::worker::ModelWorker;
+
+/// State every stage and handle shares.
+pub(crate) struct Shared {
+    pub config: PipelineConfig,
+    pub metrics: PipelineMetrics,
+    pub stats: Stats,
+    /// Every lane and delivery task, so `join` can wait for all of them.
+    pub tracker: TaskTracker,
+    /// Cancelled at the shutdown deadline: aborts everything still running.
+    pub root: CancellationToken,
+    /// Per-shard parents of request tokens (children of `root`); spreads the lock that creating
+    /// and dropping a child token takes.
+    pub shard_tokens: Box<[CancellationToken]>,
+    /// Cancelled when intake closes.
+    pub intake: CancellationToken,
+    pub order: Arc<OrderRegistry>,
+    pub next_id: AtomicU64,
+    /// Weak senders of every lane queue, to read depths without keeping queues open.
+    depth_probes: Vec<(Stage, DepthProbe)>,
+}
+
+impl Shared {
+    fn queue_depths(&self) -> Vec<(Stage, usize)> {
+        Stage::ALL
+            .iter()
+            .map(|&stage| {
+                let depth = self
+                    .depth_probes
+                    .iter()
+                    .filter(|(s, _)| *s == stage)
+                    .map(|(_, probe)| probe())
+                    .sum();
+                (stage, depth)
+            })
+            .collect()
+    }
+}
+
+/// What `spawn_pipeline` returns.
+pub struct PipelineHandles {
+    /// Admits requests. Dropping every clone closes the input: admitted work drains, then the
+    /// stages end.
+    pub input_tx: RequestSender,
+    /// Outputs of fire-and-forget requests (`input_tx.send`), each session's in submission order.
+    /// Read it, or drop it to discard outputs: a full output stream holds the pipeline back.
+    pub output_rx: mpsc::Receiver<PromptOutput>,
+    /// Control: stats, queue depths, close, shutdown, join.
+    pub pipeline: Pipeline,
+}
+
+/// Spawns the pipeline with default settings in front of `worker`.
+///
+/// # Panics
+/// When called outside a tokio runtime.
+pub fn spawn_pipeline(worker: Arc<dyn ModelWorker>) -> PipelineHandles {
+    PipelineBuilder::new(worker).spawn()
+}
+
+/// Sets up a pipeline: worker, optional retriever, settings.
+pub struct PipelineBuilder {
+    worker: Arc<dyn ModelWorker>,
+    retriever: Option<Arc<dyn Retriever>>,
+    config: PipelineConfig,
+}
+
+impl PipelineBuilder {
+    pub fn new(worker: Arc<dyn ModelWorker>) -> Self {
+        Self {
+            worker,
+            retriever: None,
+            config: PipelineConfig::default(),
+        }
+    }
+
+    pub fn config(mut self, config: PipelineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses `retriever` in the RAG stage (without one, RAG passes requests straight through).
+    pub fn retriever(mut self, retriever: Arc<dyn Retriever>) -> Self {
+        self.retriever = Some(retriever);
+        self
+    }
+
+    /// Starts every stage's lanes.
+    ///
+    /// Install a metrics exporter before this: the stages register their metrics here.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn spawn(self) -> PipelineHandles {
+        let config = self.config;
+        let shards = config.shards.get();
+        let mut probes = Vec::new();
+        let wiring: Vec<ShardQueues> = (0..shards)
+            .map(|_| ShardQueues::new(&config, &mut probes))
+            .collect();
+
+        let root = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            metrics: PipelineMetrics::register(),
+            stats: Stats::default(),
+            tracker: TaskTracker::new(),
+            shard_tokens: (0..shards).map(|_| root.child_token()).collect(),
+            root,
+            intake: CancellationToken::new(),
+            order: OrderRegistry::new(shards),
+            next_id: AtomicU64::new(0),
+            depth_probes: probes,
+            config,
+        });
+
+        let limits = Stage::ALL.map(|s| Arc::new(Semaphore::new(shared.config.stage(s).concurrency.get())));
+        let spawner = LaneSpawner {
+            shared: &shared,
+            limits: &limits,
+        };
+        let rag = Arc::new(RagStage {
+            retriever: self.retriever,
+        });
+        let assemble = Arc::new(AssembleStage);
+        let inference = Arc::new(InferenceStage { worker: self.worker });
+        let post = Arc::new(PostStage);
+        let stream = Arc::new(StreamStage);
+        let mut inputs = Vec::with_capacity(shards);
+        for (shard, q) in wiring.into_iter().enumerate() {
+            inputs.push(q.rag.0);
+            spawner.spawn(&rag, q.rag.1, Some(q.assemble.0), shard);
+            spawner.spawn(&assemble, q.assemble.1, Some(q.inference.0), shard);
+            spawner.spawn(&inference, q.inference.1, Some(q.post.0), shard);
+            spawner.spawn(&post, q.post.1, Some(q.stream.0), shard);
+            spawner.spawn(&stream, q.stream.1, None, shard);
+        }
+        // Closing lets `wait` finish once every task has ended; later delivery tasks still count.
+        shared.tracker.close();
+        tokio::spawn(sample_queue_depths(shared.clone()));
+
+        let (output_tx, output_rx) = mpsc::channel(shared.config.output_capacity.get());
+        PipelineHandles {
+            input_tx: RequestSender::new(shared.clone(), inputs.into(), output_tx),
+            output_rx,
+            pipeline: Pipeline { shared },
+        }
+    }
+}
+
+type Queue<T> = (Edge<T>, mpsc::Receiver<T>);
+type DepthProbe = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// One shard's five queues, one in front of each stage.
+struct ShardQueues {
+    rag: Queue<Envelope>,
+    assemble: Queue<Envelope>,
+    inference: Queue<Envelope>,
+    post: Queue<Handoff>,
+    stream: Queue<Handoff>,
+}
+
+impl ShardQueues {
+    fn new(config: &PipelineConfig, probes: &mut Vec<(Stage, DepthProbe)>) -> Self {
+        Self {
+            rag: queue(config, Stage::Rag, probes),
+            assemble: queue(config, Stage::Assemble, probes),
+            inference: queue(config, Stage::Inference, probes),
+            post: queue(config, Stage::Post, probes),
+            stream: queue(config, Stage::Stream, probes),
+        }
+    }
+}
+
+/// One shard's bounded queue in front of `stage`; registers its depth probe.
+fn queue<T: Send + 'static>(
+    config: &PipelineConfig,
+    stage: Stage,
+    probes: &mut Vec<(Stage, DepthProbe)>,
+) -> Queue<T> {
+    let (tx, rx) = mpsc::channel(config.lane_capacity(stage));
+    let weak = tx.downgrade();
+    probes.push((
+        stage,
+        Box::new(move || weak.upgrade().map_or(0, |tx| tx.max_capacity() - tx.capacity())),
+    ));
+    (Edge::new(tx, stage, config.stage(stage).queue.when_full), rx)
+}
+
+struct LaneSpawner<'a> {
+    shared: &'a Arc<Shared>,
+    limits: &'a [Arc<Semaphore>; 5],
+}
+
+impl LaneSpawner<'_> {
+    fn spawn<L: StageLogic>(
+        &self,
+        logic: &Arc<L>,
+        rx: mpsc::Receiver<L::In>,
+        next: Option<Edge<L::Out>>,
+        shard: usize,
+    ) {
+        let lane = Lane {
+            logic: logic.clone(),
+            rx,
+            next,
+            limit: self.limits[L::STAGE.index()].clone(),
+            intake: (L::STAGE == Stage::Rag).then(|| self.shared.intake.clone()),
+            shard,
+        };
+        self.shared.tracker.spawn(lane.run());
+    }
+}
+
+/// Publishes queue depths once a second until every lane has ended.
+async fn sample_queue_depths(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut finished = std::pin::pin!(shared.tracker.wait());
+    loop {
+        tokio::select! {
+            () = &mut finished => break,
+            _ = tick.tick() => {
+                for (stage, depth) in shared.queue_depths() {
+                    record_queue_depth(stage, depth);
+                }
+            }
+        }
+    }
+}
+
+/// Control handle of a running pipeline; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    shared: Arc<Shared>,
+}
+
+impl Pipeline {
+    /// Counts of requests so far.
+    pub fn stats(&self) -> PipelineStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Requests waiting in each stage's queue (summed over shards), in stage order.
+    pub fn queue_depths(&self) -> Vec<(Stage, usize)> {
+        self.shared.queue_depths()
+    }
+
+    /// Sessions with fire-and-forget outputs still in flight: the only per-session state kept.
+    pub fn tracked_sessions(&self) -> usize {
+        self.shared.order.len()
+    }
+
+    /// Whether intake has been closed by [`close`](Self::close) or [`shutdown`](Self::shutdown).
+    pub fn is_closed(&self) -> bool {
+        self.shared.intake.is_cancelled()
+    }
+
+    /// Stops admitting requests (senders get `Closed`); everything admitted still drains.
+    pub fn close(&self) {
+        self.shared.intake.cancel();
+    }
+
+    /// Waits until every stage task has ended: after the input is closed (by dropping every
+    /// sender or calling [`close`](Self::close)) and all admitted requests have their final event.
+    pub async fn join(&self) {
+        self.shared.tracker.wait().await;
+    }
+
+    /// Closes intake and lets admitted requests drain for up to `grace`; whatever is still
+    /// running then is aborted with [`PipelineError::Shutdown`](crate::PipelineError::Shutdown).
+    /// Returns when every stage task has ended.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.close();
+        let before = self.stats();
+        let drained_in_time = tokio::time::timeout(grace, self.join()).await.is_ok();
+        let aborted = if drained_in_time {
+            0
+        } else {
+            let left = self.stats().in_flight;
+            tracing::warn!(left, "Shutdown grace period ran out; aborting what is left.");
+            self.shared.root.cancel();
+            self.join().await;
+            left
+        };
+        let after = self.stats();
+        ShutdownReport {
+            drained: (after.completed + after.failed + after.cancelled)
+                .saturating_sub(before.completed + before.failed + before.cancelled)
+                .saturating_sub(aborted),
+            aborted,
+        }
+    }
+}

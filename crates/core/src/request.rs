@@ -1,0 +1,255 @@
+//! What a caller submits: the simple `PromptRequest` and the full `InferenceRequest` it becomes.
+//!
+//! Every stage carries the caller's structure unchanged (model, messages or prompt, sampling
+//! parameters, session, priority, timeout, metadata); stages add their own results beside it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Free-form key/value metadata that travels with a request and comes back with its output.
+pub type Meta = BTreeMap<String, String>;
+
+/// The affinity key: one session's requests land on one shard and keep their order.
+///
+/// Cheap to clone (a shared string), so it can be copied into every stage and event.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(Arc<str>);
+
+impl SessionId {
+    /// Wraps any string as a session key.
+    pub fn new(id: impl AsRef<str>) -> Self {
+        Self(Arc::from(id.as_ref()))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The pipeline's own number for an admitted request, unique within one pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "req-{}", self.0)
+    }
+}
+
+/// The simple request form: one user input for one session.
+///
+/// It becomes an [`InferenceRequest`] whose only message is `input` from the user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptRequest {
+    /// Affinity and ordering key.
+    pub session: SessionId,
+    /// The user's text.
+    pub input: String,
+    /// Caller metadata, returned with the output.
+    pub meta: Meta,
+}
+
+/// Who wrote a chat message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    /// The OpenAI wire name of the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// One message of a chat conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+}
+
+/// What the model is asked: a chat conversation, or a raw prompt for completion-style backends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptInput {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
+/// Sampling parameters, passed to the model worker; `stop` and `max_tokens` are also enforced by
+/// the Post stage so every backend honours them the same way.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Upper bound on generated tokens; the Post stage ends the output with
+    /// `finish_reason = length` when it is reached.
+    pub max_tokens: Option<u32>,
+    /// Stop sequences: the output ends before the first occurrence of any of them.
+    pub stop: Vec<String>,
+    pub seed: Option<u64>,
+}
+
+/// Scheduling priority of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+/// The full request form a server submits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferenceRequest {
+    /// Model name; empty means the worker's default model.
+    pub model: String,
+    pub input: PromptInput,
+    pub params: SamplingParams,
+    /// Affinity and ordering key.
+    pub session: SessionId,
+    pub priority: Priority,
+    /// Whether the caller wants tokens as they are produced; otherwise the Post stage joins them
+    /// into one piece of text.
+    pub stream: bool,
+    /// Time allowed from admission to the final event; past it the request ends with
+    /// [`PipelineError::Timeout`](crate::PipelineError::Timeout) instead of being processed late.
+    pub timeout: Option<Duration>,
+    pub meta: Meta,
+}
+
+impl InferenceRequest {
+    /// A streaming chat request with default parameters.
+    pub fn chat(session: SessionId, messages: Vec<ChatMessage>) -> Self {
+        Self {
+            model: String::new(),
+            input: PromptInput::Chat(messages),
+            params: SamplingParams::default(),
+            session,
+            priority: Priority::Normal,
+            stream: true,
+            timeout: None,
+            meta: Meta::new(),
+        }
+    }
+
+    /// A streaming completion request (raw prompt text) with default parameters.
+    pub fn text(session: SessionId, prompt: impl Into<String>) -> Self {
+        Self {
+            input: PromptInput::Text(prompt.into()),
+            ..Self::chat(session, Vec::new())
+        }
+    }
+
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn with_params(mut self, params: SamplingParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+impl From<PromptRequest> for InferenceRequest {
+    /// The simple form asks for one joined answer (not a token stream) to its `input`.
+    fn from(req: PromptRequest) -> Self {
+        Self {
+            meta: req.meta,
+            ..Self::chat(req.session, vec![ChatMessage::user(req.input)]).with_stream(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_request_becomes_one_user_message() {
+        let mut meta = Meta::new();
+        meta.insert("k".into(), "v".into());
+        let req: InferenceRequest = PromptRequest {
+            session: SessionId::new("s"),
+            input: "hi".into(),
+            meta: meta.clone(),
+        }
+        .into();
+        assert_eq!(req.input, PromptInput::Chat(vec![ChatMessage::user("hi")]));
+        assert_eq!(req.meta, meta);
+        assert!(!req.stream);
+    }
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        let req = InferenceRequest::chat(SessionId::new("s"), vec![ChatMessage::system("be brief")])
+            .with_model("m")
+            .with_timeout(Duration::from_millis(1500));
+        let json = serde_json::to_string(&req).unwrap();
+        let back: InferenceRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, req);
+    }
+}

@@ -1,0 +1,117 @@
+//! Inference stage: calls the model worker and relays its tokens downstream as they arrive.
+//!
+//! The request is handed to Post at once with a token channel; the model call runs as the
+//! request's job in this lane. The stage's concurrency limit is the number of model calls in
+//! flight. When the request is aborted, or Post stops reading (a stop sequence or length cap was
+//! hit), the worker's future and stream are dropped, which cancels the upstream call.
+
+use std::sync::Arc;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+
+use super::{Finished, Handoff, Piece, StageLogic, Start, StreamEnd};
+use crate::error::{PipelineError, Stage};
+use crate::event::FinishReason;
+use crate::pipeline::Shared;
+use crate::pipeline::envelope::{Abort, Envelope};
+use crate::stages::assemble;
+use crate::worker::{InferenceCall, ModelWorker, WorkerChunk};
+
+pub(crate) struct InferenceStage {
+    pub worker: Arc<dyn ModelWorker>,
+}
+
+impl StageLogic for InferenceStage {
+    const STAGE: Stage = Stage::Inference;
+    type In = Envelope;
+    type Out = Handoff;
+
+    fn start(&self, env: Envelope, permit: OwnedSemaphorePermit) -> Start<Handoff> {
+        let shared = env.shared.clone();
+        let (tx, rx) = mpsc::channel(shared.config.token_buffer.get());
+        let prompt = env
+            .prompt
+            .clone()
+            .unwrap_or_else(|| assemble::render(&env.request.input, &env.retrieved));
+        let call = InferenceCall {
+            id: env.id,
+            request: env.request.clone(),
+            prompt,
+            cancel: env.cancel.clone(),
+        };
+        let job = run(self.worker.clone(), call, tx, env.abort(), shared, permit);
+        Start::Stream(Handoff { env, pieces: rx }, job.boxed())
+    }
+}
+
+async fn run(
+    worker: Arc<dyn ModelWorker>,
+    call: InferenceCall,
+    tx: mpsc::Sender<Piece>,
+    abort: Abort,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let metrics = shared.metrics.stage(Stage::Inference);
+    // Abort first: once the request must stop, the worker's future is dropped mid-call.
+    let relayed = tokio::select! {
+        biased;
+        cause = abort.wait() => Err(cause.into_error(Stage::Inference)),
+        relayed = relay(worker, call, &tx) => relayed,
+    };
+    let active = started.elapsed();
+    metrics.latency.record(active.as_secs_f64());
+    let result = match relayed {
+        // Downstream stopped reading: the request ended there.
+        Ok(None) => {
+            metrics.completed.increment(1);
+            return;
+        }
+        // Aborted: downstream notices the closed channel and asks the envelope why.
+        Err(PipelineError::Cancelled | PipelineError::Shutdown | PipelineError::Timeout { .. }) => {
+            metrics.failed.increment(1);
+            return;
+        }
+        Ok(Some(finished)) => {
+            metrics.completed.increment(1);
+            Ok(finished)
+        }
+        Err(error) => {
+            metrics.failed.increment(1);
+            Err((Stage::Inference, error))
+        }
+    };
+    let end = StreamEnd {
+        result,
+        inference_active: active,
+        post_active: Default::default(),
+    };
+    // If Post has gone, the request already ended there.
+    let _ = tx.send(Piece::End(end)).await;
+}
+
+/// Streams the worker's tokens into `tx`; `Ok(None)` when the receiver went away.
+async fn relay(
+    worker: Arc<dyn ModelWorker>,
+    call: InferenceCall,
+    tx: &mpsc::Sender<Piece>,
+) -> Result<Option<Finished>, PipelineError> {
+    let mut stream = worker.infer_stream(call).await?;
+    while let Some(chunk) = stream.next().await {
+        match chunk? {
+            WorkerChunk::Token(text) => {
+                if tx.send(Piece::Token(text)).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            WorkerChunk::Finish { reason, usage } => return Ok(Some(Finished { reason, usage })),
+        }
+    }
+    Ok(Some(Finished {
+        reason: FinishReason::Stop,
+        usage: None,
+    }))
+}

@@ -1,0 +1,111 @@
+//! `EchoWorker`: answers with its prompt, token by token, for demos, tests and benchmarks.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt};
+
+use super::{InferenceCall, ModelWorker, TokenStream, WorkerChunk};
+use crate::error::WorkerError;
+use crate::event::{FinishReason, Usage};
+
+/// Echoes the prompt back, one whitespace-delimited token at a time (each token keeps the
+/// whitespace before it, so joining the tokens gives the prompt back).
+#[derive(Clone, Debug, Default)]
+pub struct EchoWorker {
+    token_delay: Option<Duration>,
+}
+
+impl EchoWorker {
+    /// Answers at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Waits `delay` before each token, like a model generating at `1 / delay` tokens per second.
+    pub fn with_token_delay(delay: Duration) -> Self {
+        Self {
+            token_delay: Some(delay),
+        }
+    }
+}
+
+/// Splits text into tokens that each start with the whitespace before them.
+pub(crate) fn split_tokens(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    let mut prev_ws = true;
+    for (i, c) in text.char_indices() {
+        let ws = c.is_whitespace();
+        if ws && !prev_ws && i > start {
+            tokens.push(text[start..i].to_string());
+            start = i;
+        }
+        prev_ws = ws;
+    }
+    if start < text.len() {
+        tokens.push(text[start..].to_string());
+    }
+    tokens
+}
+
+fn count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[async_trait]
+impl ModelWorker for EchoWorker {
+    async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
+        let tokens = split_tokens(prompt);
+        if let Some(delay) = self.token_delay {
+            tokio::time::sleep(delay * count_u32(tokens.len())).await;
+        }
+        Ok(tokens)
+    }
+
+    async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        let mut tokens = split_tokens(&call.prompt);
+        let prompt_tokens = count_u32(tokens.len());
+        let limit = call.request.params.max_tokens.map_or(usize::MAX, |m| m as usize);
+        let reason = if tokens.len() > limit {
+            tokens.truncate(limit);
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        let finish = WorkerChunk::Finish {
+            reason,
+            usage: Some(Usage::new(prompt_tokens, count_u32(tokens.len()))),
+        };
+        let chunks = tokens
+            .into_iter()
+            .map(WorkerChunk::Token)
+            .chain(std::iter::once(finish));
+        let stream = match self.token_delay {
+            None => stream::iter(chunks.map(Ok)).boxed(),
+            Some(delay) => stream::iter(chunks)
+                .then(move |chunk| async move {
+                    if matches!(chunk, WorkerChunk::Token(_)) {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok(chunk)
+                })
+                .boxed(),
+        };
+        Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_join_back_to_the_text() {
+        for text in ["Hello world", "  lead", "a  b\nc ", "", "   ", "héllo wörld"] {
+            let tokens = split_tokens(text);
+            assert_eq!(tokens.concat(), text);
+        }
+        assert_eq!(split_tokens("Hello big world"), ["Hello", " big", " world"]);
+    }
+}

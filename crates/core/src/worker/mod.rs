@@ -1,0 +1,71 @@
+//! The `ModelWorker` extension point: what the Inference stage calls to produce tokens.
+//!
+//! A worker implements the original one-shot `infer`, and may override `infer_stream`, which gets
+//! the whole request (model, messages, parameters, session, cancellation) and streams tokens. A
+//! router that picks a backend per request is itself a `ModelWorker`.
+
+mod echo;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+pub use echo::EchoWorker;
+pub(crate) use echo::split_tokens;
+
+use crate::error::WorkerError;
+use crate::event::{FinishReason, Usage};
+use crate::request::{InferenceRequest, RequestId};
+
+/// One item of a worker's token stream.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum WorkerChunk {
+    /// Generated text.
+    Token(String),
+    /// Generation ended; optional, a stream that simply ends finished with `Stop`.
+    Finish {
+        reason: FinishReason,
+        usage: Option<Usage>,
+    },
+}
+
+/// Tokens as the worker produces them. Dropping the stream must stop the upstream work.
+pub type TokenStream = BoxStream<'static, Result<WorkerChunk, WorkerError>>;
+
+/// Everything a worker needs for one model call.
+#[derive(Clone, Debug)]
+pub struct InferenceCall {
+    pub id: RequestId,
+    /// The caller's request as submitted.
+    pub request: Arc<InferenceRequest>,
+    /// The prompt as the Assemble stage rendered it (for completion-style backends and `infer`).
+    pub prompt: Arc<str>,
+    /// Cancelled when the caller goes away, the deadline passes, or the pipeline aborts at its
+    /// shutdown deadline. The pipeline also drops the worker's future and stream then.
+    pub cancel: CancellationToken,
+}
+
+/// A model backend.
+#[async_trait]
+pub trait ModelWorker: Send + Sync + 'static {
+    /// Runs the model on `prompt` and returns every token at once.
+    ///
+    /// # Errors
+    /// A [`WorkerError`] saying what failed and whether a retry may help.
+    async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError>;
+
+    /// Streams the tokens for one call as they are produced.
+    ///
+    /// The default runs [`infer`](Self::infer) on the rendered prompt and streams its tokens;
+    /// workers that can stream override it.
+    ///
+    /// # Errors
+    /// Fails before the first token with a [`WorkerError`]; later failures are stream items.
+    async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        let tokens = self.infer(&call.prompt).await?;
+        Ok(stream::iter(tokens.into_iter().map(|t| Ok(WorkerChunk::Token(t)))).boxed())
+    }
+}

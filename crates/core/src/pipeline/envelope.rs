@@ -4,6 +4,7 @@
 //! sends its caller a final `Internal` error from `Drop`, so no admitted request ends silently.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -50,7 +51,7 @@ pub(crate) struct Envelope {
     pub cancel: CancellationToken,
     pub deadline: Option<Instant>,
     pub admitted_at: Instant,
-    /// When the envelope entered its current queue (for queue-wait timings).
+    /// When the envelope joined its current queue (for queue-wait timings).
     pub enqueued_at: Instant,
     pub timings: StageTimings,
     /// Added by the RAG stage.
@@ -58,6 +59,9 @@ pub(crate) struct Envelope {
     /// Added by the Assemble stage.
     pub prompt: Option<Arc<str>>,
     pub span: tracing::Span,
+    /// For submitted requests: the stage whose queue the request last joined, read by its handle
+    /// when the deadline passes while the request waits in a queue.
+    pub progress: Option<Arc<AtomicU8>>,
     /// `None` once finished; `Drop` reports an envelope lost with it still set.
     reply: Option<Reply>,
     pub shared: Arc<Shared>,
@@ -92,13 +96,17 @@ pub(crate) struct Abort {
 impl Abort {
     /// The cause, if the request must already stop.
     pub fn check(&self) -> Option<AbortCause> {
-        if self.cancel.is_cancelled() {
-            Some(self.cancel_cause())
-        } else if self.deadline.is_some_and(|d| d <= Instant::now()) {
+        if self.past_deadline() {
             Some(AbortCause::Deadline)
+        } else if self.cancel.is_cancelled() {
+            Some(self.cancel_cause())
         } else {
             None
         }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| d <= Instant::now())
     }
 
     /// Resolves when the request must stop.
@@ -119,7 +127,10 @@ impl Abort {
     }
 
     fn cancel_cause(&self) -> AbortCause {
-        if self.shutdown.is_cancelled() {
+        // A handle that timed out drops its guard, which cancels: still a timeout.
+        if self.past_deadline() {
+            AbortCause::Deadline
+        } else if self.shutdown.is_cancelled() {
             AbortCause::Shutdown
         } else {
             AbortCause::Cancelled
@@ -134,6 +145,7 @@ impl Envelope {
         request: InferenceRequest,
         cancel: CancellationToken,
         reply: Reply,
+        progress: Option<Arc<AtomicU8>>,
     ) -> Self {
         let now = Instant::now();
         let timeout = request
@@ -151,8 +163,17 @@ impl Envelope {
             retrieved: Vec::new(),
             prompt: None,
             span,
+            progress,
             reply: Some(reply),
             shared,
+        }
+    }
+
+    /// Notes that the request joined `stage`'s queue.
+    pub fn enqueued(&mut self, stage: Stage) {
+        self.enqueued_at = Instant::now();
+        if let Some(progress) = &self.progress {
+            progress.store(stage as u8, Ordering::Relaxed);
         }
     }
 
@@ -182,6 +203,9 @@ impl Envelope {
         let Some(reply) = self.reply.take() else {
             return;
         };
+        // Whatever may still run for this request upstream (a model call whose output was cut
+        // short, a shed hand-off's job) stops now.
+        self.cancel.cancel();
         let stats = &self.shared.stats;
         self.timings.total = self.admitted_at.elapsed();
         let result = match outcome {
@@ -242,6 +266,7 @@ impl Drop for Envelope {
                 cancel: self.cancel.clone(),
                 retrieved: Vec::new(),
                 prompt: None,
+                progress: None,
                 ..*self
             };
             orphan.fail(

@@ -1,18 +1,25 @@
 //! `ResponseHandle`: one submitted request's events, tokens first, then exactly one final event.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::error::PipelineError;
+use crate::error::{PipelineError, Stage};
 use crate::event::{Completion, Response, ResponseEvent};
 use crate::request::RequestId;
 
 /// The events of one submitted request. Dropping it before the final event cancels the request
 /// in whatever stage it is, including the model call.
+///
+/// When the request has a deadline, the handle itself ends with `Timeout` at that instant, even
+/// while the request still waits in a queue where no stage can see it yet.
 pub struct ResponseHandle {
     id: RequestId,
     tokens: mpsc::Receiver<String>,
@@ -21,6 +28,9 @@ pub struct ResponseHandle {
     done: Option<oneshot::Receiver<Result<Completion, PipelineError>>>,
     /// Cancels the request when the handle goes before its final event.
     cancel_on_drop: Option<DropGuard>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The stage the request last entered, named in a timeout.
+    progress: Arc<AtomicU8>,
 }
 
 impl ResponseHandle {
@@ -29,6 +39,8 @@ impl ResponseHandle {
         tokens: mpsc::Receiver<String>,
         done: oneshot::Receiver<Result<Completion, PipelineError>>,
         cancel: CancellationToken,
+        deadline: Option<Instant>,
+        progress: Arc<AtomicU8>,
     ) -> Self {
         Self {
             id,
@@ -36,6 +48,8 @@ impl ResponseHandle {
             tokens_done: false,
             done: Some(done),
             cancel_on_drop: Some(cancel.drop_guard()),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            progress,
         }
     }
 
@@ -65,6 +79,25 @@ impl ResponseHandle {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<ResponseEvent>> {
+        if self.done.is_none() {
+            return Poll::Ready(None);
+        }
+        // Once the request is in the Stream stage, the pipeline's own deadline timers end it and
+        // can tell a slow model from a slow reader; before that it may sit unseen in a queue.
+        let stage = Stage::ALL
+            .get(usize::from(self.progress.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(Stage::Rag);
+        if stage != Stage::Stream
+            && let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // Ending here cancels the request (the guard fires); the pipeline counts it as a
+            // timeout too, because its deadline has passed.
+            self.done = None;
+            self.cancel_on_drop = None;
+            return Poll::Ready(Some(ResponseEvent::Error(PipelineError::Timeout { stage })));
+        }
         let Some(done) = self.done.as_mut() else {
             return Poll::Ready(None);
         };

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use futures_util::future::{self, Either};
+use futures_util::future::{self, BoxFuture, Either};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use super::edge::{Edge, Refused};
 use crate::error::PipelineError;
@@ -32,7 +32,7 @@ pub(crate) struct Lane<L: StageLogic> {
     pub shard: usize,
 }
 
-type OrderedOut<O> = Either<future::Ready<Option<O>>, futures_util::future::BoxFuture<'static, Option<O>>>;
+type OrderedOut<O> = Either<future::Ready<Option<O>>, BoxFuture<'static, Option<O>>>;
 
 impl<L: StageLogic> Lane<L> {
     pub async fn run(self) {
@@ -45,75 +45,66 @@ impl<L: StageLogic> Lane<L> {
             shard,
         } = self;
         let stage = L::STAGE;
+        let ctx = StartCtx {
+            logic: &*logic,
+            next: next.as_ref(),
+        };
         let max_ordered = limit.available_permits().max(1);
-        let mut ordered: FuturesOrdered<OrderedOut<L::Out>> = FuturesOrdered::new();
-        let mut work = FuturesUnordered::new();
-        // A hand-off waiting for room in the next queue (block policy).
-        let mut pending: Option<L::Out> = None;
-        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let mut s = LaneState {
+            ordered: FuturesOrdered::new(),
+            work: FuturesUnordered::new(),
+            pending: None,
+        };
+        // An item taken from the queue that waits for a place under the concurrency limit.
+        // Permits are only asked for with an item in hand: an idle lane must not hold places
+        // that another shard's lane could use.
+        let mut staged: Option<L::In> = None;
         let mut open = true;
         let mut intake_closed = intake.is_none();
         let intake = intake.unwrap_or_default();
         tracing::debug!(%stage, shard, "Lane started.");
 
         loop {
-            if !open && pending.is_none() && ordered.is_empty() && work.is_empty() {
+            if !open && staged.is_none() && s.is_idle() {
                 break;
             }
-            let can_take = open && pending.is_none() && ordered.len() < max_ordered;
-            // `biased`: finish work before taking more, and hand off before taking more, so the
-            // lane drains what it holds ahead of what waits in its queue.
+            let can_take = open && staged.is_none() && s.pending.is_none() && s.ordered.len() < max_ordered;
+            // `biased`: finish work and hand off before taking more, so the lane drains what it
+            // holds ahead of what waits in its queue.
             tokio::select! {
                 biased;
-                Some(()) = work.next(), if !work.is_empty() => {}
-                Some(out) = ordered.next(), if pending.is_none() && !ordered.is_empty() => {
+                Some(()) = s.work.next(), if !s.work.is_empty() => {}
+                Some(out) = s.ordered.next(), if s.pending.is_none() && !s.ordered.is_empty() => {
                     if let Some(out) = out {
-                        pending = hand_off(next.as_ref(), out);
+                        s.pending = hand_off(ctx.next, out);
                     }
                 }
-                reserved = reserve(next.as_ref()), if pending.is_some() => {
-                    if let Some(mut out) = pending.take() {
+                reserved = reserve(ctx.next), if s.pending.is_some() => {
+                    // `pending` is only ever set when there is a next queue.
+                    if let (Some(mut out), Some(next)) = (s.pending.take(), ctx.next) {
                         match reserved {
                             Ok(slot) => {
-                                out.envelope_mut().enqueued_at = Instant::now();
+                                out.envelope_mut().enqueued(next.stage);
                                 slot.send(out);
                             }
-                            Err(error) => out.into_envelope().fail(stage, error),
+                            // The next lane ends only after this one; this is a defect.
+                            Err(error) => out.into_envelope().fail(next.stage, error),
                         }
                     }
                 }
-                acquired = limit.clone().acquire_owned(), if can_take && permit.is_none() => {
-                    // The semaphore is never closed; an error cannot happen.
-                    permit = acquired.ok();
-                }
-                item = rx.recv(), if can_take && permit.is_some() => {
-                    let Some(mut item) = item else {
-                        open = false;
-                        continue;
-                    };
-                    let Some(slot) = permit.take() else { continue };
-                    let env = item.envelope_mut();
-                    let metrics = env.shared.metrics.stage(stage);
-                    let queued = env.enqueued_at.elapsed();
-                    env.timings.stage_mut(stage).queued = queued;
-                    metrics.queue_wait.record(queued.as_secs_f64());
-                    metrics.admitted.increment(1);
-                    if let Some(cause) = env.abort().check() {
-                        metrics.failed.increment(1);
-                        item.into_envelope().fail(stage, cause.into_error(stage));
-                        continue;
-                    }
-                    let span = tracing::debug_span!(parent: &env.span, "stage", stage = stage.as_str());
-                    match logic.start(item, slot) {
-                        Start::Forward(out) => forward(out, &mut ordered, &mut pending, next.as_ref()),
-                        Start::Stream(out, job) => {
-                            work.push(job.instrument(span));
-                            forward(out, &mut ordered, &mut pending, next.as_ref());
-                        }
-                        Start::Work(job) => work.push(job.instrument(span)),
-                        Start::Later(job) => ordered.push_back(Either::Right(Box::pin(job.instrument(span)))),
+                acquired = limit.clone().acquire_owned(), if staged.is_some() => {
+                    // The semaphore is never closed, so `acquired` is always a permit.
+                    if let (Some(item), Ok(permit)) = (staged.take(), acquired) {
+                        ctx.start(item, permit, &mut s);
                     }
                 }
+                item = rx.recv(), if can_take => match item {
+                    None => open = false,
+                    Some(item) => match limit.clone().try_acquire_owned() {
+                        Ok(permit) => ctx.start(item, permit, &mut s),
+                        Err(_) => staged = Some(item),
+                    },
+                },
                 () = intake.cancelled(), if !intake_closed => {
                     // Stop new sends; what is already queued was admitted and still drains.
                     intake_closed = true;
@@ -125,18 +116,62 @@ impl<L: StageLogic> Lane<L> {
     }
 }
 
-/// Hands `out` on now, unless earlier hand-offs are still in progress (then it queues behind
-/// them) or the next queue is full (then it waits in `pending`).
-fn forward<O: Carries>(
-    out: O,
-    ordered: &mut FuturesOrdered<OrderedOut<O>>,
-    pending: &mut Option<O>,
-    next: Option<&Edge<O>>,
-) {
-    if ordered.is_empty() && pending.is_none() {
-        *pending = hand_off(next, out);
-    } else {
-        ordered.push_back(Either::Left(future::ready(Some(out))));
+/// What a lane holds while it works.
+struct LaneState<O> {
+    /// Hand-offs in arrival order, some still being worked on.
+    ordered: FuturesOrdered<OrderedOut<O>>,
+    /// Per-request jobs that need no hand-off when they finish (token relays).
+    work: FuturesUnordered<Instrumented<BoxFuture<'static, ()>>>,
+    /// A hand-off waiting for room in the next queue (block policy).
+    pending: Option<O>,
+}
+
+impl<O> LaneState<O> {
+    fn is_idle(&self) -> bool {
+        self.pending.is_none() && self.ordered.is_empty() && self.work.is_empty()
+    }
+}
+
+struct StartCtx<'a, L: StageLogic> {
+    logic: &'a L,
+    next: Option<&'a Edge<L::Out>>,
+}
+
+impl<L: StageLogic> StartCtx<'_, L> {
+    /// Starts one item that has its place under the concurrency limit.
+    fn start(&self, mut item: L::In, permit: OwnedSemaphorePermit, s: &mut LaneState<L::Out>) {
+        let stage = L::STAGE;
+        let env = item.envelope_mut();
+        let metrics = env.shared.metrics.stage(stage);
+        let queued = env.enqueued_at.elapsed();
+        env.timings.stage_mut(stage).queued = queued;
+        metrics.queue_wait.record(queued.as_secs_f64());
+        metrics.admitted.increment(1);
+        if let Some(cause) = env.abort().check() {
+            metrics.failed.increment(1);
+            item.into_envelope().fail(stage, cause.into_error(stage));
+            return;
+        }
+        let span = tracing::debug_span!(parent: &env.span, "stage", stage = stage.as_str());
+        match self.logic.start(item, permit) {
+            Start::Forward(out) => self.forward(out, s),
+            Start::Stream(out, job) => {
+                s.work.push(job.instrument(span));
+                self.forward(out, s);
+            }
+            Start::Work(job) => s.work.push(job.instrument(span)),
+            Start::Later(job) => s.ordered.push_back(Either::Right(Box::pin(job.instrument(span)))),
+        }
+    }
+
+    /// Hands `out` on now, unless earlier hand-offs are still in progress (then it queues behind
+    /// them) or the next queue is full (then it waits in `pending`).
+    fn forward(&self, out: L::Out, s: &mut LaneState<L::Out>) {
+        if s.ordered.is_empty() && s.pending.is_none() {
+            s.pending = hand_off(self.next, out);
+        } else {
+            s.ordered.push_back(Either::Left(future::ready(Some(out))));
+        }
     }
 }
 
@@ -145,7 +180,7 @@ fn hand_off<O: Carries>(next: Option<&Edge<O>>, mut out: O) -> Option<O> {
     let Some(next) = next else {
         return None;
     };
-    out.envelope_mut().enqueued_at = Instant::now();
+    out.envelope_mut().enqueued(next.stage);
     match next.send_with_shed(out) {
         Ok(()) => None,
         Err(Refused::Wait(out)) => Some(out),

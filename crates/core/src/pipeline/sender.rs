@@ -2,7 +2,7 @@
 //! queue's policy (`shed` by default: a full queue answers `Overloaded` at once).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -59,7 +59,14 @@ impl RequestSender {
         };
         let cancel = self.shared.shard_tokens[shard].child_token();
         self.shared.stats.record_admitted();
-        slot.send(Envelope::new(self.shared.clone(), id, request, cancel, reply));
+        slot.send(Envelope::new(
+            self.shared.clone(),
+            id,
+            request,
+            cancel,
+            reply,
+            None,
+        ));
         Ok(id)
     }
 
@@ -78,13 +85,22 @@ impl RequestSender {
         let (tokens_tx, tokens_rx) = mpsc::channel(self.shared.config.token_buffer.get());
         let (done_tx, done_rx) = oneshot::channel();
         let cancel = self.shared.shard_tokens[shard].child_token();
-        let handle = ResponseHandle::new(id, tokens_rx, done_rx, cancel.clone());
+        let progress = Arc::new(AtomicU8::new(Stage::Rag as u8));
         let reply = Reply::Handle {
             tokens: tokens_tx,
             done: done_tx,
         };
+        let env = Envelope::new(
+            self.shared.clone(),
+            id,
+            request,
+            cancel.clone(),
+            reply,
+            Some(progress.clone()),
+        );
+        let handle = ResponseHandle::new(id, tokens_rx, done_rx, cancel, env.deadline, progress);
         self.shared.stats.record_admitted();
-        slot.send(Envelope::new(self.shared.clone(), id, request, cancel, reply));
+        slot.send(env);
         Ok(handle)
     }
 

@@ -56,10 +56,17 @@ async fn run(
 ) {
     let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Inference);
-    // Abort first: once the request must stop, the worker's future is dropped mid-call.
+    let cancel = call.cancel.clone();
+    // Abort first: once the request must stop, the worker's future is dropped mid-call. The
+    // token is cancelled before that (a deadline does not cancel it by itself), so the worker
+    // sees why its call ended.
     let relayed = tokio::select! {
         biased;
-        cause = abort.wait() => Err(cause.into_error(Stage::Inference)),
+        cause = async {
+            let cause = abort.wait().await;
+            cancel.cancel();
+            cause
+        } => Err(cause.into_error(Stage::Inference)),
         relayed = relay(worker, call, &tx) => relayed,
     };
     let active = started.elapsed();

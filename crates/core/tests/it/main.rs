@@ -1,1 +1,12 @@
+//! Integration tests of the core pipeline (one binary keeps link times down).
 
+mod backpressure;
+mod cancellation;
+mod deadline;
+mod metrics;
+mod ordering;
+mod properties;
+mod shards;
+mod shutdown;
+mod streaming;
+mod support;

@@ -1,0 +1,55 @@
+//! Per-request deadlines end the request with `Timeout` instead of processing it late.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_prompt_orchestrator::{PipelineBuilder, PipelineError, ResponseEvent, Stage};
+
+use crate::support::{ProbeWorker, chat, nz, small_config};
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_model_call_times_out_and_is_cancelled() {
+    let worker = ProbeWorker::with_delay(Duration::from_secs(10));
+    let probe = worker.probe.clone();
+    let handles = PipelineBuilder::new(Arc::new(worker))
+        .config(small_config(1, 8, 8))
+        .spawn();
+
+    let request = chat("s", "too slow").with_timeout(Duration::from_secs(1));
+    let mut handle = handles.input_tx.submit(request).await.expect("admitted");
+    assert_eq!(
+        handle.recv().await,
+        Some(ResponseEvent::Error(PipelineError::Timeout {
+            stage: Stage::Inference
+        }))
+    );
+    assert_eq!(handle.recv().await, None);
+    probe.cancelled.wait_for(1).await;
+    assert_eq!(handles.pipeline.stats().failed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_deadline_passes_in_a_queue_is_never_processed() {
+    let worker = ProbeWorker::with_delay(Duration::from_secs(5));
+    let probe = worker.probe.clone();
+    let config = small_config(1, 8, 8).with_concurrency(Stage::Inference, nz(1));
+    let handles = PipelineBuilder::new(Arc::new(worker)).config(config).spawn();
+
+    // The first call holds the only inference slot for 5 s; the second may wait only 1 s.
+    let first = handles
+        .input_tx
+        .submit(chat("s", "slow"))
+        .await
+        .expect("admitted");
+    let second = chat("s", "impatient").with_timeout(Duration::from_secs(1));
+    let second = handles.input_tx.submit(second).await.expect("admitted");
+
+    assert_eq!(
+        second.into_response().await,
+        Err(PipelineError::Timeout {
+            stage: Stage::Inference
+        })
+    );
+    assert_eq!(first.into_response().await.expect("completes").text, "slow");
+    assert_eq!(probe.calls().len(), 1, "the late request never reached the model");
+}

@@ -43,3 +43,8 @@ pub use request::{
 };
 pub use stages::rag::{RetrievedChunk, Retriever};
 pub use worker::{EchoWorker, InferenceCall, ModelWorker, TokenStream, WorkerChunk};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

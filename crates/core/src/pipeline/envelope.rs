@@ -3,6 +3,7 @@
 //! An envelope that is dropped without being finished (a defect, or a panic in a stage) still
 //! sends its caller a final `Internal` error from `Drop`, so no admitted request ends silently.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -44,7 +45,12 @@ pub(crate) enum Outcome {
 }
 
 /// An admitted request and everything the stages add to it.
-pub(crate) struct Envelope {
+///
+/// The body is boxed so that handing a request from stage to stage moves one pointer, not the
+/// few hundred bytes of its timings and state.
+pub(crate) struct Envelope(Box<Body>);
+
+pub(crate) struct Body {
     pub id: RequestId,
     pub request: Arc<InferenceRequest>,
     /// Cancelled when the caller goes away or the pipeline aborts at its shutdown deadline.
@@ -86,27 +92,37 @@ impl AbortCause {
 }
 
 /// What a task needs to notice that its request must stop, without borrowing the envelope.
-#[derive(Clone)]
 pub(crate) struct Abort {
     cancel: CancellationToken,
-    shutdown: CancellationToken,
+    shared: Arc<Shared>,
     deadline: Option<Instant>,
+}
+
+/// Why the request with these parts must stop, if it must.
+fn abort_cause(cancel: &CancellationToken, shared: &Shared, deadline: Option<Instant>) -> Option<AbortCause> {
+    // Deadline first: a handle that timed out drops its guard, which cancels; still a timeout.
+    if deadline.is_some_and(|d| d <= Instant::now()) {
+        Some(AbortCause::Deadline)
+    } else if cancel.is_cancelled() {
+        Some(if shared.root.is_cancelled() {
+            AbortCause::Shutdown
+        } else {
+            AbortCause::Cancelled
+        })
+    } else {
+        None
+    }
 }
 
 impl Abort {
     /// The cause, if the request must already stop.
     pub fn check(&self) -> Option<AbortCause> {
-        if self.past_deadline() {
-            Some(AbortCause::Deadline)
-        } else if self.cancel.is_cancelled() {
-            Some(self.cancel_cause())
-        } else {
-            None
-        }
+        abort_cause(&self.cancel, &self.shared, self.deadline)
     }
 
-    fn past_deadline(&self) -> bool {
-        self.deadline.is_some_and(|d| d <= Instant::now())
+    /// Cancels the request's token, so its model worker sees the call end.
+    pub fn cancel_request(&self) {
+        self.cancel.cancel();
     }
 
     /// Resolves when the request must stop.
@@ -115,26 +131,27 @@ impl Abort {
             Some(deadline) => {
                 // Whichever comes first: the caller leaving / shutdown, or the deadline.
                 tokio::select! {
-                    () = self.cancel.cancelled() => self.cancel_cause(),
-                    () = tokio::time::sleep_until(deadline) => AbortCause::Deadline,
+                    () = self.cancel.cancelled() => {}
+                    () = tokio::time::sleep_until(deadline) => return AbortCause::Deadline,
                 }
             }
-            None => {
-                self.cancel.cancelled().await;
-                self.cancel_cause()
-            }
+            None => self.cancel.cancelled().await,
         }
+        self.check().unwrap_or(AbortCause::Cancelled)
     }
+}
 
-    fn cancel_cause(&self) -> AbortCause {
-        // A handle that timed out drops its guard, which cancels: still a timeout.
-        if self.past_deadline() {
-            AbortCause::Deadline
-        } else if self.shutdown.is_cancelled() {
-            AbortCause::Shutdown
-        } else {
-            AbortCause::Cancelled
-        }
+impl Deref for Envelope {
+    type Target = Body;
+
+    fn deref(&self) -> &Body {
+        &self.0
+    }
+}
+
+impl DerefMut for Envelope {
+    fn deref_mut(&mut self) -> &mut Body {
+        &mut self.0
     }
 }
 
@@ -152,7 +169,7 @@ impl Envelope {
             .timeout
             .or(shared.config.default_timeout_ms.map(Duration::from_millis));
         let span = tracing::debug_span!("request", id = id.0, session = %request.session);
-        Self {
+        Self(Box::new(Body {
             id,
             request: Arc::new(request),
             cancel,
@@ -166,21 +183,36 @@ impl Envelope {
             progress,
             reply: Some(reply),
             shared,
-        }
+        }))
     }
 
+    /// Ends the request with a failure that arose in `stage`.
+    pub fn fail(self, stage: Stage, error: PipelineError) {
+        self.finish(Outcome::Failed { stage, error });
+    }
+
+    /// Ends the request: counts it and sends its caller the one final event.
+    pub fn finish(mut self, outcome: Outcome) {
+        if let Some(reply) = self.reply.take() {
+            self.0.deliver(reply, outcome);
+        }
+    }
+}
+
+impl Body {
     /// Notes that the request joined `stage`'s queue.
-    pub fn enqueued(&mut self, stage: Stage) {
-        self.enqueued_at = Instant::now();
+    pub fn enqueued(&mut self, stage: Stage, now: Instant) {
+        self.enqueued_at = now;
         if let Some(progress) = &self.progress {
             progress.store(stage as u8, Ordering::Relaxed);
         }
     }
 
+    /// A handle for tasks that must notice when the request has to stop.
     pub fn abort(&self) -> Abort {
         Abort {
             cancel: self.cancel.clone(),
-            shutdown: self.shared.root.clone(),
+            shared: self.shared.clone(),
             deadline: self.deadline,
         }
     }
@@ -193,16 +225,12 @@ impl Envelope {
         }
     }
 
-    /// Ends the request with a failure that arose in `stage`.
-    pub fn fail(self, stage: Stage, error: PipelineError) {
-        self.finish(Outcome::Failed { stage, error });
+    /// Why the request must stop, if it must (cheaper than `abort().check()`).
+    pub fn abort_cause(&self) -> Option<AbortCause> {
+        abort_cause(&self.cancel, &self.shared, self.deadline)
     }
 
-    /// Ends the request: counts it and sends its caller the one final event.
-    pub fn finish(mut self, outcome: Outcome) {
-        let Some(reply) = self.reply.take() else {
-            return;
-        };
+    fn deliver(&mut self, reply: Reply, outcome: Outcome) {
         // Whatever may still run for this request upstream (a model call whose output was cut
         // short, a shed hand-off's job) stops now.
         self.cancel.cancel();
@@ -254,25 +282,16 @@ impl Envelope {
 
 impl Drop for Envelope {
     fn drop(&mut self) {
-        if self.reply.is_some() {
+        if let Some(reply) = self.reply.take() {
             tracing::error!(parent: &self.span, "Request dropped inside the pipeline without a final event.");
-            let reply = self.reply.take();
-            // Rebuild a finishable envelope from the parts; `finish` does the counting.
-            let orphan = Envelope {
-                reply,
-                request: self.request.clone(),
-                span: self.span.clone(),
-                shared: self.shared.clone(),
-                cancel: self.cancel.clone(),
-                retrieved: Vec::new(),
-                prompt: None,
-                progress: None,
-                ..*self
+            let error = PipelineError::Internal {
+                message: "the request was dropped inside the pipeline".into(),
             };
-            orphan.fail(
-                Stage::Stream,
-                PipelineError::Internal {
-                    message: "the request was dropped inside the pipeline".into(),
+            self.0.deliver(
+                reply,
+                Outcome::Failed {
+                    stage: Stage::Stream,
+                    error,
                 },
             );
         }

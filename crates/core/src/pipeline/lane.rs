@@ -11,11 +11,14 @@ use std::sync::Arc;
 use futures_util::future::{self, BoxFuture, Either};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 use super::edge::{Edge, Refused};
+use super::envelope::Body;
 use crate::error::PipelineError;
+use crate::metrics::StageMetrics;
 use crate::stages::{Carries, StageLogic, Start};
 
 /// What a lane task owns.
@@ -30,6 +33,7 @@ pub(crate) struct Lane<L: StageLogic> {
     /// while live senders still exist.
     pub intake: Option<tokio_util::sync::CancellationToken>,
     pub shard: usize,
+    pub metrics: StageMetrics,
 }
 
 type OrderedOut<O> = Either<future::Ready<Option<O>>, BoxFuture<'static, Option<O>>>;
@@ -43,10 +47,12 @@ impl<L: StageLogic> Lane<L> {
             limit,
             intake,
             shard,
+            metrics,
         } = self;
         let stage = L::STAGE;
         let ctx = StartCtx {
             logic: &*logic,
+            metrics: &metrics,
             next: next.as_ref(),
         };
         let max_ordered = limit.available_permits().max(1);
@@ -76,7 +82,7 @@ impl<L: StageLogic> Lane<L> {
                 Some(()) = s.work.next(), if !s.work.is_empty() => {}
                 Some(out) = s.ordered.next(), if s.pending.is_none() && !s.ordered.is_empty() => {
                     if let Some(out) = out {
-                        s.pending = hand_off(ctx.next, out);
+                        s.pending = hand_off(ctx.next, out, Instant::now());
                     }
                 }
                 reserved = reserve(ctx.next), if s.pending.is_some() => {
@@ -84,7 +90,7 @@ impl<L: StageLogic> Lane<L> {
                     if let (Some(mut out), Some(next)) = (s.pending.take(), ctx.next) {
                         match reserved {
                             Ok(slot) => {
-                                out.envelope_mut().enqueued(next.stage);
+                                out.envelope_mut().enqueued(next.stage, Instant::now());
                                 slot.send(out);
                             }
                             // The next lane ends only after this one; this is a defect.
@@ -134,6 +140,7 @@ impl<O> LaneState<O> {
 
 struct StartCtx<'a, L: StageLogic> {
     logic: &'a L,
+    metrics: &'a StageMetrics,
     next: Option<&'a Edge<L::Out>>,
 }
 
@@ -141,23 +148,32 @@ impl<L: StageLogic> StartCtx<'_, L> {
     /// Starts one item that has its place under the concurrency limit.
     fn start(&self, mut item: L::In, permit: OwnedSemaphorePermit, s: &mut LaneState<L::Out>) {
         let stage = L::STAGE;
-        let env = item.envelope_mut();
-        let metrics = env.shared.metrics.stage(stage);
-        let queued = env.enqueued_at.elapsed();
+        let metrics = self.metrics;
+        let env: &mut Body = item.envelope_mut();
+        let now = Instant::now();
+        let queued = now - env.enqueued_at;
         env.timings.stage_mut(stage).queued = queued;
         metrics.queue_wait.record(queued.as_secs_f64());
         metrics.admitted.increment(1);
-        if let Some(cause) = env.abort().check() {
+        if let Some(cause) = env.abort_cause() {
             metrics.failed.increment(1);
             item.into_envelope().fail(stage, cause.into_error(stage));
             return;
         }
         let span = tracing::debug_span!(parent: &env.span, "stage", stage = stage.as_str());
         match self.logic.start(item, permit) {
-            Start::Forward(out) => self.forward(out, s),
+            // Synchronous work: the lane times it, and the same clock reading stamps the hand-off.
+            Start::Forward(mut out) => {
+                let done = Instant::now();
+                let active = done - now;
+                out.envelope_mut().timings.stage_mut(stage).active = active;
+                metrics.latency.record(active.as_secs_f64());
+                metrics.completed.increment(1);
+                self.forward(out, done, s);
+            }
             Start::Stream(out, job) => {
                 s.work.push(job.instrument(span));
-                self.forward(out, s);
+                self.forward(out, Instant::now(), s);
             }
             Start::Work(job) => s.work.push(job.instrument(span)),
             Start::Later(job) => s.ordered.push_back(Either::Right(Box::pin(job.instrument(span)))),
@@ -166,9 +182,9 @@ impl<L: StageLogic> StartCtx<'_, L> {
 
     /// Hands `out` on now, unless earlier hand-offs are still in progress (then it queues behind
     /// them) or the next queue is full (then it waits in `pending`).
-    fn forward(&self, out: L::Out, s: &mut LaneState<L::Out>) {
+    fn forward(&self, out: L::Out, now: Instant, s: &mut LaneState<L::Out>) {
         if s.ordered.is_empty() && s.pending.is_none() {
-            s.pending = hand_off(self.next, out);
+            s.pending = hand_off(self.next, out, now);
         } else {
             s.ordered.push_back(Either::Left(future::ready(Some(out))));
         }
@@ -176,11 +192,9 @@ impl<L: StageLogic> StartCtx<'_, L> {
 }
 
 /// Tries the next queue; returns the item if it must wait for room.
-fn hand_off<O: Carries>(next: Option<&Edge<O>>, mut out: O) -> Option<O> {
-    let Some(next) = next else {
-        return None;
-    };
-    out.envelope_mut().enqueued(next.stage);
+fn hand_off<O: Carries>(next: Option<&Edge<O>>, mut out: O, now: Instant) -> Option<O> {
+    let next = next?;
+    out.envelope_mut().enqueued(next.stage, now);
     match next.send_with_shed(out) {
         Ok(()) => None,
         Err(Refused::Wait(out)) => Some(out),

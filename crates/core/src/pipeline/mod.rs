@@ -247,6 +247,7 @@ impl LaneSpawner<'_> {
             limit: self.limits[L::STAGE.index()].clone(),
             intake: (L::STAGE == Stage::Rag).then(|| self.shared.intake.clone()),
             shard,
+            metrics: self.shared.metrics.stage(L::STAGE).clone(),
         };
         self.shared.tracker.spawn(lane.run());
     }

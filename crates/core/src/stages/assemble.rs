@@ -7,7 +7,6 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 
 use super::rag::RetrievedChunk;
 use super::{StageLogic, Start};
@@ -23,19 +22,19 @@ impl StageLogic for AssembleStage {
     type Out = Envelope;
 
     fn start(&self, mut env: Envelope, _permit: OwnedSemaphorePermit) -> Start<Envelope> {
-        let started = Instant::now();
         env.prompt = Some(render(&env.request.input, &env.retrieved));
-        let active = started.elapsed();
-        env.timings.stage_mut(Stage::Assemble).active = active;
-        let metrics = env.shared.metrics.stage(Stage::Assemble);
-        metrics.latency.record(active.as_secs_f64());
-        metrics.completed.increment(1);
         Start::Forward(env)
     }
 }
 
 /// Renders the prompt text for `input` with `context` in front of it.
 pub(crate) fn render(input: &PromptInput, context: &[RetrievedChunk]) -> Arc<str> {
+    if let (PromptInput::Chat(messages), []) = (input, context)
+        && let [only] = messages.as_slice()
+        && only.role == Role::User
+    {
+        return Arc::from(only.content.as_str());
+    }
     let mut out = String::new();
     if !context.is_empty() {
         out.push_str("Context:\n");

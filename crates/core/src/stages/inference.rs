@@ -56,7 +56,6 @@ async fn run(
 ) {
     let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Inference);
-    let cancel = call.cancel.clone();
     // Abort first: once the request must stop, the worker's future is dropped mid-call. The
     // token is cancelled before that (a deadline does not cancel it by itself), so the worker
     // sees why its call ended.
@@ -64,7 +63,7 @@ async fn run(
         biased;
         cause = async {
             let cause = abort.wait().await;
-            cancel.cancel();
+            abort.cancel_request();
             cause
         } => Err(cause.into_error(Stage::Inference)),
         relayed = relay(worker, call, &tx) => relayed,

@@ -22,7 +22,7 @@ use crate::pipeline::envelope::Envelope;
 
 /// What starting one request in a stage produced.
 pub(crate) enum Start<Out> {
-    /// Hand this to the next stage now.
+    /// Hand this to the next stage now; the lane times and counts the stage's (synchronous) work.
     Forward(Out),
     /// Hand this on now, and keep `job` (the token relay) running in the lane.
     Stream(Out, BoxFuture<'static, ()>),

@@ -47,9 +47,6 @@ impl StageLogic for RagStage {
 
     fn start(&self, env: Envelope, permit: OwnedSemaphorePermit) -> Start<Envelope> {
         let Some(retriever) = self.retriever.clone() else {
-            let metrics = env.shared.metrics.stage(Stage::Rag);
-            metrics.latency.record(0.0);
-            metrics.completed.increment(1);
             return Start::Forward(env);
         };
         Start::Later(retrieve(retriever, env, permit).boxed())

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{Finished, Handoff, Piece, StageLogic, Start};
 use crate::error::{PipelineError, Stage};
-use crate::pipeline::envelope::{Envelope, Outcome};
+use crate::pipeline::envelope::{Body, Outcome};
 
 pub(crate) struct StreamStage;
 
@@ -29,13 +29,14 @@ impl StageLogic for StreamStage {
 
 async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
     let Handoff { mut env, mut pieces } = handoff;
+    let body: &mut Body = &mut env;
     let started = Instant::now();
     let mut text = String::new();
-    let relayed = relay(&mut env, &mut pieces, &mut text).await;
+    let relayed = relay(body, &mut pieces, &mut text).await;
     let active = started.elapsed();
-    let metrics = env.shared.metrics.stage(Stage::Stream);
+    let metrics = body.shared.metrics.stage(Stage::Stream);
     metrics.latency.record(active.as_secs_f64());
-    env.timings.stage_mut(Stage::Stream).active = active;
+    body.timings.stage_mut(Stage::Stream).active = active;
     match relayed {
         Ok(finished) => {
             metrics.completed.increment(1);
@@ -56,7 +57,7 @@ async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
 
 /// Relays pieces to the caller until the end marker; returns how the stream ended.
 async fn relay(
-    env: &mut Envelope,
+    env: &mut Body,
     pieces: &mut mpsc::Receiver<Piece>,
     text: &mut String,
 ) -> Result<Finished, (Stage, PipelineError)> {

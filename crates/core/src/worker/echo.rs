@@ -30,23 +30,33 @@ impl EchoWorker {
     }
 }
 
+/// The tokens of `text`, each starting with the whitespace before it.
+fn tokens(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        // A token is leading whitespace, then everything up to the next whitespace.
+        let body = rest.len() - rest.trim_start().len();
+        let end = rest[body..]
+            .find(char::is_whitespace)
+            .map_or(rest.len(), |i| body + i);
+        let (token, tail) = rest.split_at(end);
+        rest = tail;
+        Some(token)
+    })
+}
+
 /// Splits text into tokens that each start with the whitespace before them.
 pub(crate) fn split_tokens(text: &str) -> Vec<String> {
-    let mut tokens = Vec::new();
-    let mut start = 0;
-    let mut prev_ws = true;
-    for (i, c) in text.char_indices() {
-        let ws = c.is_whitespace();
-        if ws && !prev_ws && i > start {
-            tokens.push(text[start..i].to_string());
-            start = i;
-        }
-        prev_ws = ws;
-    }
-    if start < text.len() {
-        tokens.push(text[start..].to_string());
-    }
-    tokens
+    tokens(text).map(str::to_string).collect()
+}
+
+/// How many tokens [`split_tokens`] makes of `text`, without allocating: the usage figure when
+/// a worker reports none.
+pub(crate) fn count_tokens(text: &str) -> usize {
+    tokens(text).count()
 }
 
 fn count_u32(n: usize) -> u32 {
@@ -107,5 +117,8 @@ mod tests {
             assert_eq!(tokens.concat(), text);
         }
         assert_eq!(split_tokens("Hello big world"), ["Hello", " big", " world"]);
+        for text in ["Hello world", "  lead", "a  b\nc ", "", "x"] {
+            assert_eq!(count_tokens(text), split_tokens(text).len(), "{text:?}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 pub use echo::EchoWorker;
-pub(crate) use echo::split_tokens;
+pub(crate) use echo::count_tokens;
 
 use crate::error::WorkerError;
 use crate::event::{FinishReason, Usage};

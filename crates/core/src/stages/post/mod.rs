@@ -18,7 +18,7 @@ use crate::error::Stage;
 use crate::event::{FinishReason, Usage};
 use crate::pipeline::Shared;
 use crate::request::InferenceRequest;
-use crate::worker::split_tokens;
+use crate::worker::count_tokens;
 
 pub(crate) struct PostStage;
 
@@ -31,7 +31,7 @@ impl StageLogic for PostStage {
         let Handoff { env, pieces } = handoff;
         let shared = env.shared.clone();
         let (tx, rx) = mpsc::channel(shared.config.token_buffer.get());
-        let prompt_tokens = env.prompt.as_deref().map_or(0, |p| count(split_tokens(p).len()));
+        let prompt_tokens = env.prompt.as_deref().map_or(0, |p| count(count_tokens(p)));
         let job = run(env.request.clone(), prompt_tokens, pieces, tx, shared, permit);
         Start::Stream(Handoff { env, pieces: rx }, job.boxed())
     }

@@ -14,13 +14,20 @@ use tokio_prompt_orchestrator::{EchoWorker, ModelWorker, PipelineBuilder};
 use common::{bench_config, drive, percentile, runtime};
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes `--bench`; a filter that does not name this target skips it.
-    if std::env::args()
-        .skip(1)
+    if args
+        .iter()
         .any(|a| !a.starts_with("--") && !"latency".contains(a.as_str()))
     {
         return;
     }
+    // Without `--bench` this runs as a test (`cargo test --all-targets`): a short smoke run.
+    let default_requests = if args.iter().any(|a| a == "--bench") {
+        200_000
+    } else {
+        500
+    };
     let rt = runtime();
     let worker: Arc<dyn ModelWorker> = Arc::new(EchoWorker::new());
     let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
@@ -31,7 +38,7 @@ fn main() {
     let requests: usize = std::env::var("LATENCY_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(default_requests);
     for in_flight in [1usize, 64, 4096] {
         let total = requests.max(in_flight * 5);
         // Warm up, then measure.

@@ -1,5 +1,6 @@
-//! Per-request latency through all five stages with EchoWorker (no model time, so all of it is
-//! pipeline overhead): percentiles at 1, 64 and 4,096 requests in flight.
+//! Per-request figures through all five stages: latency with EchoWorker (no model time, so all of
+//! it is the pipeline's) at 1, 64 and 4,096 requests in flight; the pipeline's overhead next to a
+//! 5 ms model; and fire-and-forget throughput.
 //!
 //! `cargo bench --bench latency` (set `LATENCY_REQUESTS` to change the number of requests per
 //! row, e.g. for a short run under `valgrind --tool=callgrind`).
@@ -7,11 +8,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_prompt_orchestrator::{EchoWorker, ModelWorker, PipelineBuilder};
 
-use common::{bench_config, drive, percentile, runtime};
+use common::{bench_config, drive, drive_outputs, percentile, runtime};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,34 +29,76 @@ fn main() {
     } else {
         500
     };
-    let rt = runtime();
-    let worker: Arc<dyn ModelWorker> = Arc::new(EchoWorker::new());
-    let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
-    println!(
-        "{:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10}",
-        "in_flight", "requests", "req/s", "p50", "p90", "p99", "p99.9"
-    );
     let requests: usize = std::env::var("LATENCY_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default_requests);
+    let rt = runtime();
+
+    println!("EchoWorker, no model time: every microsecond is the pipeline's (submit -> final event)");
+    let worker: Arc<dyn ModelWorker> = Arc::new(EchoWorker::new());
+    let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
+    print_header();
     for in_flight in [1usize, 64, 4096] {
         let total = requests.max(in_flight * 5);
         // Warm up, then measure.
         rt.block_on(drive(&handles.input_tx, in_flight, total / 10));
         let start = Instant::now();
-        let mut latencies = rt.block_on(drive(&handles.input_tx, in_flight, total));
-        let elapsed = start.elapsed();
-        latencies.sort();
-        println!(
-            "{:>10} {:>10} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?} {:>10.1?}",
+        let samples = rt.block_on(drive(&handles.input_tx, in_flight, total));
+        let latencies = samples.iter().map(|s| s.latency).collect();
+        print_row(
             in_flight,
-            latencies.len(),
-            latencies.len() as f64 / elapsed.as_secs_f64(),
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.9),
-            percentile(&latencies, 0.99),
-            percentile(&latencies, 0.999),
+            samples.len() as f64 / start.elapsed().as_secs_f64(),
+            latencies,
         );
     }
+
+    println!("\nA model taking 5 ms per call: pipeline overhead = latency minus the model's time");
+    let worker: Arc<dyn ModelWorker> = Arc::new(EchoWorker::with_token_delay(Duration::from_millis(5)));
+    let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
+    print_header();
+    for in_flight in [1usize, 64] {
+        let total = (requests / 20).max(in_flight * 5);
+        rt.block_on(drive(&handles.input_tx, in_flight, total / 10));
+        let start = Instant::now();
+        let samples = rt.block_on(drive(&handles.input_tx, in_flight, total));
+        let overheads = samples.iter().map(|s| s.overhead).collect();
+        print_row(
+            in_flight,
+            samples.len() as f64 / start.elapsed().as_secs_f64(),
+            overheads,
+        );
+    }
+
+    println!("\nFire-and-forget (input_tx -> output_rx), EchoWorker, 1,024 sessions");
+    println!("{:>10} {:>10} {:>12}", "in_flight", "requests", "req/s");
+    let worker: Arc<dyn ModelWorker> = Arc::new(EchoWorker::new());
+    let mut handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
+    for in_flight in [64usize, 4096] {
+        let total = requests.max(in_flight * 5);
+        rt.block_on(drive_outputs(&mut handles, 1024, in_flight, total / 10));
+        let rate = rt.block_on(drive_outputs(&mut handles, 1024, in_flight, total));
+        println!("{in_flight:>10} {total:>10} {rate:>12.0}");
+    }
+}
+
+fn print_header() {
+    println!(
+        "{:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "in_flight", "requests", "req/s", "p50", "p90", "p99", "p99.9"
+    );
+}
+
+fn print_row(in_flight: usize, rate: f64, mut values: Vec<Duration>) {
+    values.sort();
+    println!(
+        "{:>10} {:>10} {:>12.0} {:>10.1?} {:>10.1?} {:>10.1?} {:>10.1?}",
+        in_flight,
+        values.len(),
+        rate,
+        percentile(&values, 0.5),
+        percentile(&values, 0.9),
+        percentile(&values, 0.99),
+        percentile(&values, 0.999),
+    );
 }

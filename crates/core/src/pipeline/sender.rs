@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::edge::Edge;
@@ -14,6 +16,34 @@ use crate::error::{PipelineError, Stage};
 use crate::event::PromptOutput;
 use crate::request::{InferenceRequest, RequestId};
 use crate::shard::shard_for;
+
+/// A request with its place in the input queue, about to be admitted.
+struct Admission<'a> {
+    id: RequestId,
+    cancel: CancellationToken,
+    shard: usize,
+    request: InferenceRequest,
+    slot: mpsc::Permit<'a, Envelope>,
+    shared: &'a Arc<Shared>,
+}
+
+impl Admission<'_> {
+    /// Counts the request admitted and puts it in the queue; returns its deadline.
+    fn enqueue(self, reply: Reply, progress: Option<Arc<AtomicU8>>) -> Option<Instant> {
+        let env = Envelope::new(
+            self.shared.clone(),
+            self.id,
+            self.request,
+            self.cancel,
+            reply,
+            progress,
+        );
+        let deadline = env.deadline;
+        self.shared.stats.record_admitted();
+        self.slot.send(env);
+        deadline
+    }
+}
 
 /// Admits requests into the pipeline; clone it freely. When every clone is dropped the input
 /// closes and admitted work drains.
@@ -45,28 +75,17 @@ impl RequestSender {
     /// `Overloaded { stage: Rag }` when the input queue is full (policy `shed`; with `block` this
     /// waits instead), `Closed` once the pipeline is shutting down. Nothing is admitted then.
     pub async fn send(&self, request: impl Into<InferenceRequest>) -> Result<RequestId, PipelineError> {
-        let request = request.into();
-        let shard = shard_for(&request.session, self.lanes.len());
-        let slot = self.lanes[shard]
-            .reserve_with_shed()
-            .await
-            .map_err(|e| self.refused(e))?;
-        let id = self.next_id();
-        let gate = self.shared.order.admit(shard, &request.session, id);
+        let admission = self.admit(request.into()).await?;
+        let gate = self
+            .shared
+            .order
+            .admit(admission.shard, &admission.request.session, admission.id);
         let reply = Reply::Output {
             tx: self.output.clone(),
             gate,
         };
-        let cancel = self.shared.shard_tokens[shard].child_token();
-        self.shared.stats.record_admitted();
-        slot.send(Envelope::new(
-            self.shared.clone(),
-            id,
-            request,
-            cancel,
-            reply,
-            None,
-        ));
+        let id = admission.id;
+        admission.enqueue(reply, None);
         Ok(id)
     }
 
@@ -76,32 +95,36 @@ impl RequestSender {
     /// # Errors
     /// As for [`send`](Self::send).
     pub async fn submit(&self, request: InferenceRequest) -> Result<ResponseHandle, PipelineError> {
-        let shard = shard_for(&request.session, self.lanes.len());
-        let slot = self.lanes[shard]
-            .reserve_with_shed()
-            .await
-            .map_err(|e| self.refused(e))?;
-        let id = self.next_id();
+        let admission = self.admit(request).await?;
         let (tokens_tx, tokens_rx) = mpsc::channel(self.shared.config.token_buffer.get());
         let (done_tx, done_rx) = oneshot::channel();
-        let cancel = self.shared.shard_tokens[shard].child_token();
         let progress = Arc::new(AtomicU8::new(Stage::Rag as u8));
         let reply = Reply::Handle {
             tokens: tokens_tx,
             done: done_tx,
         };
-        let env = Envelope::new(
-            self.shared.clone(),
-            id,
+        let (id, cancel) = (admission.id, admission.cancel.clone());
+        let deadline = admission.enqueue(reply, Some(progress.clone()));
+        Ok(ResponseHandle::new(
+            id, tokens_rx, done_rx, cancel, deadline, progress,
+        ))
+    }
+
+    /// Reserves a place in the request's shard's input queue, under the input's policy.
+    async fn admit(&self, request: InferenceRequest) -> Result<Admission<'_>, PipelineError> {
+        let shard = shard_for(&request.session, self.lanes.len());
+        let slot = self.lanes[shard]
+            .reserve_with_shed()
+            .await
+            .map_err(|e| self.refused(e))?;
+        Ok(Admission {
+            id: self.next_id(),
+            cancel: self.shared.shard_tokens[shard].child_token(),
+            shard,
             request,
-            cancel.clone(),
-            reply,
-            Some(progress.clone()),
-        );
-        let handle = ResponseHandle::new(id, tokens_rx, done_rx, cancel, env.deadline, progress);
-        self.shared.stats.record_admitted();
-        slot.send(env);
-        Ok(handle)
+            slot,
+            shared: &self.shared,
+        })
     }
 
     /// Whether intake is still open.

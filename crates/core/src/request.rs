@@ -133,7 +133,7 @@ pub struct SamplingParams {
     pub max_tokens: Option<u32>,
     /// Stop sequences: the output ends before the first occurrence of any of them.
     pub stop: Vec<String>,
-    pub seed: Option<u64>,
+    pub seed: Option<i64>,
 }
 
 /// Scheduling priority of a request.

@@ -1,0 +1,124 @@
+//! Reading a JSON request body: size limit (413), UTF-8 (400), syntax and types (400 naming the
+//! field, e.g. `messages[0].role`).
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Reads the whole body, refusing more than `limit` bytes.
+///
+/// # Errors
+/// 413 over the limit (checked against `Content-Length` first, so an honest large upload is
+/// refused before it is read); 400 when the body cannot be read.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::body_too_large(limit)),
+        Err(e) => Err(ApiError::invalid_body(format!(
+            "The request body could not be read: {e}"
+        ))),
+    }
+}
+
+/// Parses `bytes` as the JSON object `T`, naming the field at fault in every error.
+///
+/// # Errors
+/// 400 for an empty body, invalid UTF-8, invalid JSON, a body that is not an object, or a field
+/// of the wrong type or value.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_body(
+            "The request body is empty; send a JSON object.",
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::invalid_body(format!(
+            "The request body is not valid UTF-8 (invalid byte at offset {}).",
+            e.valid_up_to()
+        ))
+    })?;
+    // serde would read a struct from an array too (fields by position); the API takes objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::invalid_body("The request body must be a JSON object."));
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid_body(format!("The request body is not valid JSON: {inner}."))
+        } else if path == "." {
+            // serde's message here names our Rust type, which means nothing to a client.
+            ApiError::invalid_body("The request body must be a JSON object.")
+        } else {
+            ApiError::invalid(path, inner.to_string())
+        }
+    })?;
+    // Trailing characters after the object are a malformed body too.
+    deserializer
+        .end()
+        .map_err(|e| ApiError::invalid_body(format!("The request body is not valid JSON: {e}.")))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        #[allow(dead_code)]
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Item {
+        #[allow(dead_code)]
+        n: u32,
+    }
+
+    fn message(bytes: &[u8]) -> String {
+        parse_json::<Sample>(bytes).unwrap_err().message
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse_json::<Sample>(br#"{"items": [{"n": 1}, {"n": "x"}]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("items[1].n"));
+        assert_eq!(
+            err.message,
+            "items[1].n: invalid type: string \"x\", expected u32 at line 1 column 30"
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_described() {
+        assert_eq!(message(b""), "The request body is empty; send a JSON object.");
+        assert_eq!(
+            message(b"{\"items\": \xff}"),
+            "The request body is not valid UTF-8 (invalid byte at offset 10)."
+        );
+        assert_eq!(
+            message(b"{\"items\": [}"),
+            "The request body is not valid JSON: expected value at line 1 column 12."
+        );
+        assert_eq!(message(b"[1]"), "The request body must be a JSON object.");
+        assert_eq!(
+            message(br#"{"items": []} x"#),
+            "The request body is not valid JSON: trailing characters at line 1 column 15."
+        );
+    }
+}

@@ -1,0 +1,284 @@
+//! `ApiError`: every failure a client can see, with its HTTP status and the OpenAI error body
+//! `{"error": {"message", "type", "param", "code"}}`. The pipeline's errors map to statuses here
+//! and only here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio_prompt_orchestrator::PipelineError;
+
+/// A client-visible error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// The OpenAI `type`: `invalid_request_error`, `authentication_error`, `overloaded_error`, ...
+    pub kind: &'static str,
+    /// A stable machine-readable code.
+    pub code: &'static str,
+    /// The request field at fault, as a path (`messages[0].role`).
+    pub param: Option<String>,
+    pub message: String,
+    /// Seconds the client should wait before retrying (`Retry-After`).
+    pub retry_after: Option<u32>,
+}
+
+/// The wire form: `{"error": {...}}`.
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            param: None,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 naming the field at fault.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
+        let message = message.into();
+        Self {
+            message: if param.is_empty() {
+                message
+            } else {
+                format!("{param}: {message}")
+            },
+            param: (!param.is_empty()).then_some(param),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+                "",
+            )
+        }
+    }
+
+    /// 400 for a body that is not valid JSON of the expected shape.
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_body",
+            message,
+        )
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self {
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!("The model `{model}` does not exist; GET /v1/models lists the models served here."),
+            )
+        }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+            message,
+        )
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_too_large",
+            format!("The request body is larger than the limit of {limit} bytes (server.max_body_bytes)."),
+        )
+    }
+
+    pub fn not_found_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("Unknown request URL: {path}. Try POST /v1/chat/completions."),
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "This method is not allowed for this URL.",
+        )
+    }
+
+    fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The body of this error, also sent as the data of an SSE `error` event.
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorObject {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising strings and options into a String cannot fail.
+        serde_json::to_string(&self.body()).unwrap_or_default()
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(error: PipelineError) -> Self {
+        let message = error.to_string();
+        match &error {
+            PipelineError::Overloaded { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded_error",
+                "overloaded",
+                message,
+            )
+            .retry_after(1),
+            PipelineError::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "draining",
+                "The server is shutting down and accepts no new requests; retry on another replica.",
+            )
+            .retry_after(1),
+            PipelineError::Shutdown => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "shutdown",
+                message,
+            )
+            .retry_after(1),
+            PipelineError::Timeout { .. } => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout_error",
+                "deadline_exceeded",
+                message,
+            ),
+            PipelineError::Cancelled => Self::new(
+                // nginx's "client closed request": nobody is left to read it.
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "invalid_request_error",
+                "cancelled",
+                message,
+            ),
+            PipelineError::Worker(upstream) => match upstream.status {
+                Some(404) => Self::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "model_not_found",
+                    upstream.message.clone(),
+                ),
+                // The upstream refused the request itself (e.g. a prompt over its context
+                // length): the client's to fix, in the upstream's words.
+                Some(400 | 422) => Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "upstream_rejected",
+                    upstream.message.clone(),
+                ),
+                _ => Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "upstream_error",
+                    message,
+                ),
+            },
+            PipelineError::Retrieval { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "retrieval_failed",
+                message,
+            ),
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
+                message,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            self.to_json(),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_prompt_orchestrator::{Stage, WorkerError};
+
+    #[test]
+    fn statuses_follow_the_error() {
+        let status = |e: PipelineError| ApiError::from(e).status.as_u16();
+        assert_eq!(status(PipelineError::Overloaded { stage: Stage::Rag }), 429);
+        assert_eq!(status(PipelineError::Closed), 503);
+        assert_eq!(status(PipelineError::Shutdown), 503);
+        assert_eq!(
+            status(PipelineError::Timeout {
+                stage: Stage::Inference
+            }),
+            504
+        );
+        assert_eq!(status(WorkerError::retryable("connection refused").into()), 502);
+        let rejected = WorkerError {
+            status: Some(400),
+            ..WorkerError::new("prompt too long")
+        };
+        assert_eq!(status(rejected.into()), 400);
+    }
+
+    #[test]
+    fn body_has_the_openai_shape() {
+        let e = ApiError::invalid("messages[0].role", "unknown variant `robot`");
+        assert_eq!(
+            e.to_json(),
+            r#"{"error":{"message":"messages[0].role: unknown variant `robot`","type":"invalid_request_error","param":"messages[0].role","code":"invalid_value"}}"#
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! What runs around every request: the request id (`X-Request-Id`, echoed or generated), the
+//! access log line and HTTP metrics, and the API key check.
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+
+use super::AppState;
+use super::error::ApiError;
+use super::generate::format_ms;
+use crate::auth::bearer_token;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Longest client-chosen request id accepted.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+pub const HTTP_REQUESTS: &str = "orchestrator_http_requests_total";
+pub const HTTP_DURATION: &str = "orchestrator_http_request_duration_seconds";
+pub const HTTP_DISCONNECTS: &str = "orchestrator_http_client_disconnects_total";
+
+/// Counts a client that went away before its response was complete: armed while a response is
+/// being produced, disarmed when it is; a drop while armed is a disconnect.
+pub struct DisconnectGuard {
+    state: Arc<AppState>,
+    route: &'static str,
+    armed: bool,
+}
+
+impl DisconnectGuard {
+    pub fn new(state: Arc<AppState>, route: &'static str) -> Self {
+        Self {
+            state,
+            route,
+            armed: true,
+        }
+    }
+
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.record_disconnect();
+            metrics::counter!(HTTP_DISCONNECTS, "route" => self.route).increment(1);
+        }
+    }
+}
+
+/// Facts about the request every handler can read.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The client's `X-Request-Id`, or one made here.
+    pub id: Arc<str>,
+    /// When the request reached the gateway.
+    pub start: Instant,
+}
+
+/// Resolves the request id, runs the request, then stamps the id on the response and records the
+/// access log line and metrics.
+pub async fn request_context(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let id = match request.headers().get(&REQUEST_ID) {
+        Some(value) => match valid_request_id(value) {
+            Some(id) => id,
+            None => {
+                return ApiError::invalid(
+                    "X-Request-Id",
+                    format!("must be 1 to {MAX_REQUEST_ID_BYTES} visible ASCII characters"),
+                )
+                .into_response();
+            }
+        },
+        None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().clone();
+    request.extensions_mut().insert(RequestContext {
+        id: id.clone(),
+        start,
+    });
+    // Dropped unfinished if the client goes away while the handler works (the server drops the
+    // whole request future then).
+    let mut guard = DisconnectGuard::new(state, "response_head");
+    let mut response = next.run(request).await;
+    guard.disarm();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let status = response.status();
+    let elapsed = start.elapsed();
+    // For streams this is the time to the response head; the stream itself is logged by the
+    // pipeline's metrics.
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.as_str().to_string())
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "orchestrator::access",
+        request_id = %id,
+        %method,
+        route,
+        status = status.as_u16(),
+        elapsed_ms = %format_ms(elapsed),
+    );
+    response
+}
+
+fn valid_request_id(value: &HeaderValue) -> Option<Arc<str>> {
+    let text = value.to_str().ok()?;
+    (!text.is_empty() && text.len() <= MAX_REQUEST_ID_BYTES && text.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| Arc::from(text))
+}
+
+/// Requires a valid bearer key when keys are configured, and records who the caller is.
+pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let Some(keys) = &state.keys else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    let Some(presented) = presented else {
+        return ApiError::unauthorized(
+            "Missing API key: send it as `Authorization: Bearer KEY` (the OpenAI SDKs do this with api_key).",
+        )
+        .into_response();
+    };
+    match keys.verify(presented) {
+        Some(id) => {
+            request.extensions_mut().insert(id);
+            next.run(request).await
+        }
+        // The key itself never appears in a message or log.
+        None => ApiError::unauthorized("Incorrect API key provided.").into_response(),
+    }
+}

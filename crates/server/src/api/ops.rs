@@ -1,0 +1,74 @@
+//! The operational endpoints: the model list, liveness, readiness, Prometheus metrics.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::wire::{ModelList, ModelObject};
+use super::{AppState, Readiness};
+use crate::telemetry::prometheus;
+
+fn model_object<'a>(state: &AppState, id: &'a str) -> ModelObject<'a> {
+    ModelObject {
+        id,
+        object: "model",
+        created: state.started_at,
+        owned_by: "orchestrator",
+    }
+}
+
+/// `GET /v1/models`: every served model, in config order.
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
+    let data = state
+        .models
+        .names()
+        .iter()
+        .map(|m| model_object(&state, m))
+        .collect();
+    Json(ModelList { object: "list", data }).into_response()
+}
+
+/// `GET /v1/models/{model}`.
+pub async fn get_model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    if state.models.contains(&model) {
+        Json(model_object(&state, &model)).into_response()
+    } else {
+        ApiError::model_not_found(&model).into_response()
+    }
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: 200 while serving, 503 while starting or draining.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.readiness() {
+        Readiness::Ready => Json(json!({"status": "ready"})).into_response(),
+        Readiness::Starting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "starting"})),
+        )
+            .into_response(),
+        Readiness::Draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        prometheus().render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,485 @@
+//! The OpenAI request bodies of `/v1/chat/completions` and `/v1/completions`, and their checks.
+//!
+//! Fields we do not act on are ignored, as OpenAI clients send many. Required fields are
+//! `Option`s checked by hand, so a missing one is reported by name like every other mistake.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use tokio_prompt_orchestrator::{
+    ChatMessage, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
+};
+
+use super::error::ApiError;
+
+/// More stop sequences than this are refused: each one is matched against every token.
+const MAX_STOP_SEQUENCES: usize = 16;
+
+/// The body of `POST /v1/chat/completions` (which needs `messages`) and `POST /v1/completions`
+/// (which needs `prompt`): one struct, because every other field is shared.
+#[derive(Debug, Deserialize)]
+pub struct GenerationRequest {
+    model: Option<String>,
+    messages: Option<Vec<WireMessage>>,
+    prompt: Option<Prompt>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    stop: Option<Stop>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    user: Option<String>,
+    seed: Option<i64>,
+    n: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: WireRole,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireRole {
+    System,
+    /// OpenAI's newer name for system instructions.
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl From<WireRole> for Role {
+    fn from(role: WireRole) -> Self {
+        match role {
+            WireRole::System | WireRole::Developer => Role::System,
+            WireRole::User => Role::User,
+            WireRole::Assistant => Role::Assistant,
+            WireRole::Tool => Role::Tool,
+        }
+    }
+}
+
+/// Message content: a string, or an array of content parts.
+#[derive(Debug)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+/// `stop`: one string or a list of them.
+#[derive(Debug)]
+struct Stop(Vec<String>);
+
+/// `prompt`: a string, or a list holding exactly one string.
+#[derive(Debug)]
+struct Prompt(Vec<String>);
+
+/// What the HTTP layer needs besides the pipeline request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// The `user` field: a session key when `X-Session-Id` is absent.
+    pub user: Option<String>,
+}
+
+impl GenerationRequest {
+    /// Checks every field of a chat request and builds the pipeline request (its session is set
+    /// by the caller).
+    ///
+    /// # Errors
+    /// 400 naming the first field at fault.
+    pub fn into_chat(mut self) -> Result<(InferenceRequest, Delivery), ApiError> {
+        check_model(self.model.as_deref())?;
+        let messages = self
+            .messages
+            .take()
+            .ok_or_else(|| ApiError::invalid("messages", "is required: send at least one message"))?;
+        if messages.is_empty() {
+            return Err(ApiError::invalid("messages", "must contain at least one message"));
+        }
+        let messages = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| m.into_chat_message(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.build(PromptInput::Chat(messages))
+    }
+
+    /// Checks every field of a completion request and builds the pipeline request.
+    ///
+    /// # Errors
+    /// 400 naming the first field at fault.
+    pub fn into_completion(mut self) -> Result<(InferenceRequest, Delivery), ApiError> {
+        check_model(self.model.as_deref())?;
+        let Prompt(mut prompts) = self
+            .prompt
+            .take()
+            .ok_or_else(|| ApiError::invalid("prompt", "is required: send the prompt as a string"))?;
+        if prompts.len() != 1 {
+            return Err(ApiError::invalid(
+                "prompt",
+                "send exactly one prompt string; batches of prompts are not supported",
+            ));
+        }
+        let prompt = prompts.pop().unwrap_or_default();
+        self.build(PromptInput::Text(prompt))
+    }
+
+    /// The checks and conversion shared by both endpoints; the model was checked first.
+    fn build(self, input: PromptInput) -> Result<(InferenceRequest, Delivery), ApiError> {
+        let model = self.model.unwrap_or_default();
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(ApiError::invalid(
+                "n",
+                format!("only n = 1 is supported (got {n}); send separate requests for more choices"),
+            ));
+        }
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("must be between 0 and 2 (got {t})"),
+            ));
+        }
+        if let Some(p) = self.top_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("must be between 0 and 1 (got {p})"),
+            ));
+        }
+        for (field, value) in [
+            ("max_tokens", self.max_tokens),
+            ("max_completion_tokens", self.max_completion_tokens),
+        ] {
+            if value == Some(0) {
+                return Err(ApiError::invalid(field, "must be at least 1"));
+            }
+        }
+        let stop = self.stop.map(|s| s.0).unwrap_or_default();
+        if stop.len() > MAX_STOP_SEQUENCES {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "at most {MAX_STOP_SEQUENCES} stop sequences are allowed (got {})",
+                    stop.len()
+                ),
+            ));
+        }
+        if let Some(i) = stop.iter().position(String::is_empty) {
+            return Err(ApiError::invalid(format!("stop[{i}]"), "must not be empty"));
+        }
+        let stream = self.stream.unwrap_or(false);
+        if self.stream_options.is_some() && !stream {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "is only allowed when stream is true",
+            ));
+        }
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            // `max_completion_tokens` is OpenAI's newer name; it wins when both are sent.
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            stop,
+            seed: self.seed,
+        };
+        let delivery = Delivery {
+            model: model.clone(),
+            stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            user: self.user.filter(|u| !u.is_empty()),
+        };
+        // The session is a placeholder until the handler resolves the affinity key.
+        let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
+            .with_model(model)
+            .with_params(params)
+            .with_stream(stream);
+        request.input = input;
+        Ok((request, delivery))
+    }
+}
+
+fn check_model(model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        None => Err(ApiError::invalid(
+            "model",
+            "is required: name one of the models listed by GET /v1/models",
+        )),
+        Some(m) if m.trim().is_empty() => Err(ApiError::invalid(
+            "model",
+            "must not be empty: name one of the models listed by GET /v1/models",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+impl WireMessage {
+    fn into_chat_message(self, index: usize) -> Result<ChatMessage, ApiError> {
+        let role = Role::from(self.role);
+        let content = match self.content {
+            Some(Content::Text(text)) => text,
+            Some(Content::Parts(parts)) => join_parts(parts, index)?,
+            // An assistant turn that only called tools has no content.
+            None if role == Role::Assistant => String::new(),
+            None => {
+                return Err(ApiError::invalid(
+                    format!("messages[{index}].content"),
+                    format!("is required for a {} message", role.as_str()),
+                ));
+            }
+        };
+        Ok(ChatMessage::new(role, content))
+    }
+}
+
+fn join_parts(parts: Vec<ContentPart>, index: usize) -> Result<String, ApiError> {
+    let mut text = String::new();
+    for (j, part) in parts.into_iter().enumerate() {
+        if part.kind != "text" {
+            return Err(ApiError::invalid(
+                format!("messages[{index}].content[{j}].type"),
+                format!("only text content parts are supported (got `{}`)", part.kind),
+            ));
+        }
+        let Some(part_text) = part.text else {
+            return Err(ApiError::invalid(
+                format!("messages[{index}].content[{j}].text"),
+                "is required for a text part",
+            ));
+        };
+        text.push_str(&part_text);
+    }
+    Ok(text)
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+/// Deserialises a string or an array of strings into a list.
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct ListVisitor;
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or an array of strings")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    deserializer.deserialize_any(ListVisitor)
+}
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        string_or_list(deserializer).map(Stop)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        string_or_list(deserializer).map(Prompt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::body::parse_json;
+    use super::*;
+
+    fn chat(body: &str) -> Result<(InferenceRequest, Delivery), ApiError> {
+        parse_json::<GenerationRequest>(body.as_bytes())?.into_chat()
+    }
+
+    fn chat_error(body: &str) -> String {
+        chat(body).unwrap_err().message
+    }
+
+    #[test]
+    fn a_full_request_is_understood() {
+        let (req, delivery) = chat(
+            r#"{"model": "m", "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+                {"role": "assistant", "content": null, "tool_calls": []},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"}],
+              "temperature": 0.5, "top_p": 1, "max_tokens": 9, "max_completion_tokens": 7,
+              "stop": "END", "stream": true, "stream_options": {"include_usage": true},
+              "user": "u1", "seed": -3, "n": 1, "logit_bias": {}, "frequency_penalty": 0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.input,
+            PromptInput::Chat(vec![
+                ChatMessage::system("be brief"),
+                ChatMessage::user("hi there"),
+                ChatMessage::new(Role::Assistant, ""),
+                ChatMessage::new(Role::Tool, "42"),
+            ])
+        );
+        assert_eq!(req.model, "m");
+        assert_eq!(req.params.max_tokens, Some(7));
+        assert_eq!(req.params.stop, ["END"]);
+        assert_eq!(req.params.seed, Some(-3));
+        assert_eq!(req.params.temperature, Some(0.5));
+        assert!(req.stream);
+        assert_eq!(
+            delivery,
+            Delivery {
+                model: "m".into(),
+                stream: true,
+                include_usage: true,
+                user: Some("u1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn each_mistake_names_its_field() {
+        let cases = [
+            (
+                r#"{"messages": [{"role": "user", "content": "x"}]}"#,
+                "model: is required: name one of the models listed by GET /v1/models",
+            ),
+            (
+                r#"{"model": "", "messages": []}"#,
+                "model: must not be empty: name one of the models listed by GET /v1/models",
+            ),
+            (
+                r#"{"model": "m"}"#,
+                "messages: is required: send at least one message",
+            ),
+            (
+                r#"{"model": "m", "messages": []}"#,
+                "messages: must contain at least one message",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user"}]}"#,
+                "messages[0].content: is required for a user message",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
+                "messages[0].content[0].type: only text content parts are supported (got `image_url`)",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}"#,
+                "n: only n = 1 is supported (got 2); send separate requests for more choices",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}"#,
+                "temperature: must be between 0 and 2 (got 3)",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#,
+                "max_tokens: must be at least 1",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["a", ""]}"#,
+                "stop[1]: must not be empty",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": true}}"#,
+                "stream_options: is only allowed when stream is true",
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(chat_error(body), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_their_path() {
+        let err = chat(r#"{"model": "m", "messages": [{"role": "robot", "content": "x"}]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].role"));
+        assert!(
+            err.message
+                .starts_with("messages[0].role: unknown variant `robot`, expected one of"),
+            "{}",
+            err.message
+        );
+        let err = chat(r#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#).unwrap_err();
+        assert_eq!(
+            err.message,
+            "messages[0].content: invalid type: integer `5`, expected a string or an array of content parts at line 1 column 57"
+        );
+        let err = chat(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#)
+            .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("stream"));
+    }
+
+    #[test]
+    fn completions_take_one_prompt() {
+        let parse = |body: &str| {
+            parse_json::<GenerationRequest>(body.as_bytes()).and_then(GenerationRequest::into_completion)
+        };
+        let (req, _) = parse(r#"{"model": "m", "prompt": "Once"}"#).unwrap();
+        assert_eq!(req.input, PromptInput::Text("Once".into()));
+        let (req, _) = parse(r#"{"model": "m", "prompt": ["Once"]}"#).unwrap();
+        assert_eq!(req.input, PromptInput::Text("Once".into()));
+        assert_eq!(
+            parse(r#"{"model": "m", "prompt": ["a", "b"]}"#)
+                .unwrap_err()
+                .message,
+            "prompt: send exactly one prompt string; batches of prompts are not supported"
+        );
+        assert_eq!(
+            parse(r#"{"model": "m"}"#).unwrap_err().message,
+            "prompt: is required: send the prompt as a string"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Bearer API keys: every configured key is kept only as its SHA-256 digest, and a presented key
+//! is checked against all of them in constant time.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+use crate::config::AuthConfig;
+
+/// Who a request authenticated as: the key's configured name, or a short digest prefix. Never
+/// the key itself, so it is safe in logs and as a session key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyId(pub Arc<str>);
+
+struct Key {
+    digest: [u8; 32],
+    id: KeyId,
+}
+
+/// The accepted keys.
+pub struct ApiKeys {
+    keys: Vec<Key>,
+    /// Whether `/metrics` needs a key.
+    pub protect_metrics: bool,
+}
+
+impl ApiKeys {
+    /// The keys of `[auth]`, or `None` when none are configured (the API is open).
+    ///
+    /// Environment variables are read here; the config's validation has already checked that
+    /// they are set, so one that vanished since then is skipped with an error in the log.
+    pub fn from_config(config: &AuthConfig) -> Option<Self> {
+        let mut keys = Vec::with_capacity(config.keys.len());
+        for (i, k) in config.keys.iter().enumerate() {
+            let digest = if let Some(key) = &k.key {
+                digest(key)
+            } else if let Some(hex_digest) = &k.sha256 {
+                let mut d = [0u8; 32];
+                if hex::decode_to_slice(hex_digest, &mut d).is_err() {
+                    tracing::error!(
+                        index = i,
+                        "auth.keys[{i}].sha256 is not 64 hex digits; key skipped"
+                    );
+                    continue;
+                }
+                d
+            } else if let Some(var) = &k.env {
+                match std::env::var(var) {
+                    Ok(key) if !key.is_empty() => digest(&key),
+                    _ => {
+                        tracing::error!(variable = %var, "API key variable is not set; key skipped");
+                        continue;
+                    }
+                }
+            } else {
+                continue;
+            };
+            let id = k
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("key-{}", hex::encode(&digest[..4])));
+            keys.push(Key {
+                digest,
+                id: KeyId(id.into()),
+            });
+        }
+        (!config.keys.is_empty()).then_some(Self {
+            keys,
+            protect_metrics: config.protect_metrics,
+        })
+    }
+
+    /// The key `presented` matches, if any. Compares against every key without stopping early,
+    /// so the time taken does not reveal how much of a key was right.
+    pub fn verify(&self, presented: &str) -> Option<KeyId> {
+        let presented = digest(presented);
+        let mut found: Option<&KeyId> = None;
+        for key in &self.keys {
+            let hit: Choice = key.digest.ct_eq(&presented);
+            if bool::from(hit) {
+                found = Some(&key.id);
+            }
+        }
+        found.cloned()
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The bearer token of an `Authorization` header value, if it is one.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ApiKeyConfig;
+
+    fn keys() -> ApiKeys {
+        let config = AuthConfig {
+            keys: vec![
+                ApiKeyConfig {
+                    name: Some("plain".into()),
+                    key: Some("sk-plain".into()),
+                    ..Default::default()
+                },
+                ApiKeyConfig {
+                    sha256: Some(hex::encode(digest("sk-hashed"))),
+                    ..Default::default()
+                },
+            ],
+            protect_metrics: false,
+        };
+        ApiKeys::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn plain_and_hashed_keys_verify() {
+        let keys = keys();
+        assert_eq!(keys.verify("sk-plain"), Some(KeyId("plain".into())));
+        let hashed = keys.verify("sk-hashed").unwrap();
+        assert!(hashed.0.starts_with("key-"), "{hashed:?}");
+        assert!(!hashed.0.contains("sk-hashed"));
+        assert_eq!(keys.verify("sk-plai"), None);
+        assert_eq!(keys.verify(""), None);
+    }
+
+    #[test]
+    fn no_keys_means_open() {
+        assert!(ApiKeys::from_config(&AuthConfig::default()).is_none());
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("abc"), None);
+    }
+}

@@ -1,0 +1,74 @@
+//! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// An OpenAI-compatible gateway that runs every request through a staged, backpressured
+/// pipeline (RAG -> Assemble -> Inference -> Post -> Stream).
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, the default command.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Log line format on stderr (the level comes from RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; overrides `server.listen` [default: 127.0.0.1:8080].
+    #[arg(long, env = "ORCHESTRATOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Pipeline configuration file. Without one, a built-in config serves the model `echo`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The `serve` options, whether given with or without the subcommand.
+    pub fn serve_args(&self) -> Option<&ServeArgs> {
+        match &self.command {
+            None => Some(&self.serve),
+            Some(Command::Serve(args)) => Some(args),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_is_the_default() {
+        let cli = Cli::try_parse_from(["orchestrator", "--listen", "127.0.0.1:9"]).unwrap();
+        assert_eq!(
+            cli.serve_args().unwrap().listen,
+            Some("127.0.0.1:9".parse().unwrap())
+        );
+        let cli = Cli::try_parse_from([
+            "orchestrator",
+            "serve",
+            "--config",
+            "p.toml",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve_args().unwrap().config, Some(PathBuf::from("p.toml")));
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
+}

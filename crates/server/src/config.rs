@@ -1,0 +1,367 @@
+//! `pipeline.toml`: the raw file as serde reads it, and the validation pass that turns it into a
+//! [`Config`] with every problem reported at once.
+//!
+//! With no file, [`Config::default`] serves one model, `echo`, from an echo backend.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use tokio_prompt_orchestrator::PipelineConfig;
+
+/// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub pipeline: PipelineConfig,
+    /// Model backends, by name. (Field defaults: a file must declare its own models.)
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    /// Model names clients ask for, each served by one backend.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+/// `[server]`: the listener and HTTP limits.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// After SIGTERM/SIGINT, how long in-flight requests may run before they are ended with an
+    /// error event.
+    pub shutdown_grace_ms: u64,
+    /// After SIGTERM/SIGINT, how long the listener stays open answering `/readyz` with 503 (and
+    /// new work with 503) before it closes, so load balancers notice the drain first.
+    pub drain_delay_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_ms: 30_000,
+            drain_delay_ms: 0,
+        }
+    }
+}
+
+/// `[auth]`: bearer API keys. With no keys, the API is open.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub keys: Vec<ApiKeyConfig>,
+    /// Whether `/metrics` needs a key too (`/healthz` and `/readyz` never do).
+    pub protect_metrics: bool,
+}
+
+/// One accepted key: exactly one of `key` (the key itself), `sha256` (hex digest of the key) or
+/// `env` (name of an environment variable holding the key).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Shown in logs and used as the session key of requests without one; never the key itself.
+    pub name: Option<String>,
+    pub key: Option<String>,
+    pub sha256: Option<String>,
+    pub env: Option<String>,
+}
+
+/// One backend, selected by `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// Answers with the prompt, token by token.
+    Echo {
+        name: String,
+        /// Delay before each token, like a model generating `1000 / token_delay_ms` tokens/s.
+        #[serde(default)]
+        token_delay_ms: u64,
+    },
+}
+
+impl BackendConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            BackendConfig::Echo { name, .. } => name,
+        }
+    }
+}
+
+/// `[[models]]`: a model name clients send, and the backend serving it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub backend: String,
+}
+
+impl Default for Config {
+    /// One model, `echo`, answered by an echo backend.
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            pipeline: PipelineConfig::default(),
+            backends: vec![BackendConfig::Echo {
+                name: "echo".into(),
+                token_delay_ms: 0,
+            }],
+            models: vec![ModelConfig {
+                name: "echo".into(),
+                backend: "echo".into(),
+            }],
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// Where the configuration came from, for the message.
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} problem(s)", self.source_name, self.problems.len())?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem: where it is, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    /// Every problem in the file (or the reason it could not be read).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: source_name.clone(),
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &source_name)
+    }
+
+    /// Parses and validates TOML text; `source_name` names it in errors.
+    ///
+    /// # Errors
+    /// A syntax or type error, or every problem the validation pass finds.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let error = |problems| ConfigError {
+            source_name: source_name.to_string(),
+            problems,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            error(vec![Problem {
+                path: String::new(),
+                // toml's message carries the line, column and the offending key.
+                message: e.to_string().trim_end().to_string(),
+            }])
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(error(problems))
+        }
+    }
+
+    /// The checks serde cannot make: references between sections and one-of rules.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut add = |path: String, message: String| problems.push(Problem { path, message });
+
+        if self.server.max_body_bytes == 0 {
+            add(
+                "server.max_body_bytes".into(),
+                "must be at least 1 (the default is 1048576, 1 MiB)".into(),
+            );
+        }
+        for (i, key) in self.auth.keys.iter().enumerate() {
+            let set = [&key.key, &key.sha256, &key.env]
+                .iter()
+                .filter(|v| v.is_some())
+                .count();
+            if set != 1 {
+                add(
+                    format!("auth.keys[{i}]"),
+                    "set exactly one of `key`, `sha256` or `env`".into(),
+                );
+            }
+            if let Some(digest) = &key.sha256
+                && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                add(
+                    format!("auth.keys[{i}].sha256"),
+                    "must be 64 hex digits (e.g. the output of `printf %s KEY | sha256sum`)".into(),
+                );
+            }
+            if let Some(var) = &key.env
+                && std::env::var(var).map_or(true, |v| v.is_empty())
+            {
+                add(
+                    format!("auth.keys[{i}].env"),
+                    format!("the environment variable {var} is not set or empty"),
+                );
+            }
+        }
+        let mut backend_names = HashSet::new();
+        for (i, backend) in self.backends.iter().enumerate() {
+            if backend.name().is_empty() {
+                add(format!("backends[{i}].name"), "must not be empty".into());
+            } else if !backend_names.insert(backend.name()) {
+                add(
+                    format!("backends[{i}].name"),
+                    format!("another backend is already named {:?}", backend.name()),
+                );
+            }
+        }
+        if self.models.is_empty() {
+            add(
+                "models".into(),
+                "declare at least one [[models]] entry with a `name` and a `backend`".into(),
+            );
+        }
+        let mut model_names = HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            if model.name.is_empty() {
+                add(format!("models[{i}].name"), "must not be empty".into());
+            } else if !model_names.insert(model.name.as_str()) {
+                add(
+                    format!("models[{i}].name"),
+                    format!("model {:?} is declared twice", model.name),
+                );
+            }
+            if !backend_names.contains(model.backend.as_str()) {
+                let mut known: Vec<&str> = backend_names.iter().copied().collect();
+                known.sort_unstable();
+                add(
+                    format!("models[{i}].backend"),
+                    format!(
+                        "no backend named {:?} (known: {})",
+                        model.backend,
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_minus_models() {
+        let err = Config::parse("", "test.toml").unwrap_err();
+        assert_eq!(
+            err.problems[0].to_string(),
+            "models: declare at least one [[models]] entry with a `name` and a `backend`"
+        );
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let example = Config::parse(
+            include_str!("../../../pipeline.example.toml"),
+            "pipeline.example.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::default();
+        assert_eq!(example.server, defaults.server);
+        let mut pipeline = example.pipeline.clone();
+        // The example leaves `shards` at its default (the number of cores).
+        pipeline.shards = defaults.pipeline.shards;
+        assert_eq!(pipeline, defaults.pipeline);
+        assert_eq!(example.models, defaults.models);
+        assert_eq!(example.backends, defaults.backends);
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        assert!(Config::default().problems().is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [server]
+            max_body_bytes = 0
+            [[auth.keys]]
+            key = "a"
+            sha256 = "b"
+            [[backends]]
+            kind = "echo"
+            name = "e"
+            [[models]]
+            name = "m"
+            backend = "nope"
+        "#;
+        let err = Config::parse(text, "test.toml").unwrap_err();
+        let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "server.max_body_bytes: must be at least 1 (the default is 1048576, 1 MiB)",
+                "auth.keys[0]: set exactly one of `key`, `sha256` or `env`",
+                "auth.keys[0].sha256: must be 64 hex digits (e.g. the output of `printf %s KEY | sha256sum`)",
+                "models[0].backend: no backend named \"nope\" (known: e)",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_rejected() {
+        let err = Config::parse("[server]\nlisten_addr = \"x\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("unknown field `listen_addr`"), "{err}");
+        let err = Config::parse("[[backends]]\nkind = \"gpu\"\nname = \"g\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `gpu`"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_variable_is_named() {
+        let text = "[[auth.keys]]\nenv = \"ORCHESTRATOR_TEST_SURELY_UNSET\"\n[[backends]]\nkind = \"echo\"\nname = \"e\"\n[[models]]\nname = \"m\"\nbackend = \"e\"\n";
+        let err = Config::parse(text, "t").unwrap_err();
+        assert_eq!(
+            err.problems[0].to_string(),
+            "auth.keys[0].env: the environment variable ORCHESTRATOR_TEST_SURELY_UNSET is not set or empty"
+        );
+    }
+}

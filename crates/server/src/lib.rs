@@ -1,0 +1,22 @@
+//! The `orchestrator` gateway: an OpenAI-compatible HTTP server in front of the
+//! tokio-prompt-orchestrator pipeline.
+//!
+//! - [`config`]: `pipeline.toml`, read and validated.
+//! - [`server`]: binding, serving, draining on shutdown.
+//! - [`api`]: the routes, request parsing, responses and error mapping.
+//! - [`models`]: model names -> backend workers; the router the pipeline calls.
+//! - [`auth`]: bearer API keys.
+//! - [`telemetry`]: logs and the Prometheus recorder.
+//! - [`cli`]: the command line.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod models;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use models::ModelRegistry;
+pub use server::{Server, ServerHandle};

@@ -1,0 +1,83 @@
+//! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT, drain.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orchestrator_server::cli::{Cli, ServeArgs};
+use orchestrator_server::telemetry::init_logging;
+use orchestrator_server::{Config, Server};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.serve_args() {
+        Some(args) => serve(args).await,
+        None => ExitCode::SUCCESS,
+    }
+}
+
+async fn serve(args: &ServeArgs) -> ExitCode {
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    let models = config
+        .models
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let server = match Server::bind(config.clone()).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(listen = %config.server.listen, error = %e, "Cannot listen.");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.local_addr() {
+        Ok(addr) => tracing::info!(%addr, models, "Listening; OpenAI base_url is http://{addr}/v1"),
+        Err(e) => tracing::warn!(error = %e, "Listening on an unknown address."),
+    }
+    match server.run(shutdown_signal()).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "The HTTP server failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C stops the server.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received."),
+        result = tokio::signal::ctrl_c() => {
+            if result.is_ok() {
+                tracing::info!("SIGINT received.");
+            } else {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The running gateway: the pipeline behind the HTTP API, and its drain on shutdown.
+//!
+//! Shutdown, when the trigger fires (SIGTERM/SIGINT in the binary):
+//! 1. `/readyz` turns 503 and the pipeline stops admitting: new requests get 503 + `Retry-After`;
+//! 2. after `drain_delay_ms` the listener closes;
+//! 3. in-flight requests and streams run until done or until `shutdown_grace_ms` (counted from
+//!    the trigger), when what is left ends with an error event;
+//! 4. open connections get a moment to flush those last events, then `run` returns.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PipelineStats, ShutdownReport};
+
+use crate::api::{self, AppState, Readiness};
+use crate::auth::ApiKeys;
+use crate::config::{Config, ServerConfig};
+use crate::models::ModelRegistry;
+use crate::telemetry::prometheus;
+
+/// How long connections may take to write their last bytes after the pipeline has finished.
+const FLUSH_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// Read-only view of a running server, for embedders' health checks and for tests.
+#[derive(Clone)]
+pub struct ServerHandle {
+    state: Arc<AppState>,
+    pipeline: Pipeline,
+}
+
+impl ServerHandle {
+    pub fn readiness(&self) -> Readiness {
+        self.state.readiness()
+    }
+
+    /// The pipeline's request counts.
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        self.pipeline.stats()
+    }
+
+    /// Clients that went away before their response was complete.
+    pub fn client_disconnects(&self) -> u64 {
+        self.state.client_disconnects()
+    }
+}
+
+/// A bound, not yet serving, gateway.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    pipeline: Pipeline,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Binds `config.server.listen` and starts the pipeline in front of the config's models.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(config: Config) -> io::Result<Self> {
+        let models = ModelRegistry::from_config(&config);
+        Self::bind_with_models(config, models).await
+    }
+
+    /// Like [`bind`](Self::bind), serving `models` instead of the config's (tests and embedders
+    /// bring their own workers).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind_with_models(config: Config, models: ModelRegistry) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.server.listen).await?;
+        // The recorder must exist before the pipeline registers its metrics.
+        prometheus();
+        let models = Arc::new(models);
+        let handles = PipelineBuilder::new(models.clone())
+            .config(config.pipeline.clone())
+            .spawn();
+        // The HTTP API only submits (handles); fire-and-forget outputs are not used.
+        drop(handles.output_rx);
+        let started_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let state = Arc::new(AppState::new(
+            handles.input_tx,
+            models,
+            ApiKeys::from_config(&config.auth),
+            config.server.max_body_bytes,
+            started_at,
+        ));
+        Ok(Self {
+            listener,
+            state,
+            pipeline: handles.pipeline,
+            config: config.server,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle to watch the server while it runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            state: self.state.clone(),
+            pipeline: self.pipeline.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs) and returns what the
+    /// pipeline drained and aborted.
+    ///
+    /// # Errors
+    /// When the HTTP server fails.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<ShutdownReport> {
+        let Server {
+            listener,
+            state,
+            pipeline,
+            config,
+        } = self;
+        let app = api::router(state.clone());
+        // Small SSE frames must leave at once, not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "Could not set TCP_NODELAY on a connection.");
+            }
+        });
+        let (close_listener, listener_closed) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = listener_closed.await;
+        });
+        let mut serving = tokio::spawn(async move { serve.await });
+        state.set_readiness(Readiness::Ready);
+
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut serving => {
+                // The server stopped before being asked to.
+                return Err(match result {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => io::Error::other("the HTTP server stopped unexpectedly"),
+                    Err(e) => io::Error::other(e),
+                });
+            }
+        }
+        let grace_deadline = Instant::now() + Duration::from_millis(config.shutdown_grace_ms);
+        tracing::info!(
+            grace_ms = config.shutdown_grace_ms,
+            drain_delay_ms = config.drain_delay_ms,
+            "Draining: no new requests; in-flight ones may finish."
+        );
+        state.set_readiness(Readiness::Draining);
+        pipeline.close();
+        tokio::time::sleep(Duration::from_millis(config.drain_delay_ms)).await;
+        let _ = close_listener.send(());
+        let report = pipeline
+            .shutdown(grace_deadline.saturating_duration_since(Instant::now()))
+            .await;
+        if tokio::time::timeout(FLUSH_ALLOWANCE, &mut serving).await.is_err() {
+            tracing::warn!("Connections still open after the drain; closing them.");
+            serving.abort();
+        }
+        tracing::info!(
+            drained = report.drained,
+            aborted = report.aborted,
+            "Shutdown complete."
+        );
+        Ok(report)
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the `orchestrator` gateway over real HTTP.
+
+mod auth;
+mod cancellation;
+mod endpoints;
+mod errors;
+mod parser;
+mod sdk;
+mod shutdown;
+mod streaming;
+mod support;

@@ -1,0 +1,344 @@
+//! Shared by the gateway tests: an in-process server on port 0, a test worker whose behaviour is
+//! chosen by model name, and helpers to read SSE bodies.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream;
+use orchestrator_server::config::Config;
+use orchestrator_server::{ModelRegistry, Server, ServerHandle};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tokio_prompt_orchestrator::{
+    EchoWorker, InferenceCall, ModelWorker, ShutdownReport, TokenStream, WorkerChunk, WorkerError,
+};
+
+/// What the test worker saw.
+#[derive(Default)]
+pub struct Counters {
+    /// Calls that reached the worker.
+    pub started: AtomicUsize,
+    /// Streams that ran to their end.
+    pub finished: AtomicUsize,
+    /// Streams dropped before their end: the upstream call was cancelled.
+    pub abandoned: AtomicUsize,
+}
+
+/// Model names select behaviour:
+/// - `echo`: echoes the prompt.
+/// - `gated`: one token per permit added to `gate` ("tok0", " tok1", ...), up to 100 tokens.
+/// - `fail-before`: fails before any token, like an upstream answering 503.
+/// - `fail-after-2`: two tokens, then the upstream connection breaks.
+///
+/// Clones share their counters and gate.
+#[derive(Clone)]
+pub struct TestWorker {
+    pub counters: Arc<Counters>,
+    pub gate: Arc<Semaphore>,
+}
+
+pub const MODELS: [&str; 4] = ["echo", "gated", "fail-before", "fail-after-2"];
+
+impl Default for TestWorker {
+    fn default() -> Self {
+        Self {
+            counters: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl TestWorker {
+    pub fn registry(&self) -> ModelRegistry {
+        let mut registry = ModelRegistry::new();
+        for name in MODELS {
+            registry.insert(name, Arc::new(self.clone()));
+        }
+        registry
+    }
+
+    pub fn started(&self) -> usize {
+        self.counters.started.load(Ordering::SeqCst)
+    }
+
+    pub fn abandoned(&self) -> usize {
+        self.counters.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Lets the `gated` model produce `tokens` more tokens.
+    pub fn release(&self, tokens: usize) {
+        self.gate.add_permits(tokens);
+    }
+}
+
+/// Counts the stream as finished or abandoned when it is dropped.
+struct Watch {
+    counters: Arc<Counters>,
+    done: bool,
+}
+
+impl Watch {
+    fn set_done(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let counter = if self.done {
+            &self.counters.finished
+        } else {
+            &self.counters.abandoned
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ModelWorker for TestWorker {
+    async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
+        EchoWorker::new().infer(prompt).await
+    }
+
+    async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        self.counters.started.fetch_add(1, Ordering::SeqCst);
+        let mut watch = Watch {
+            counters: self.counters.clone(),
+            done: false,
+        };
+        match call.request.model.as_str() {
+            "fail-before" => {
+                watch.set_done();
+                Err(WorkerError {
+                    message: "upstream answered 503: no capacity".into(),
+                    retryable: true,
+                    status: Some(503),
+                })
+            }
+            "fail-after-2" => {
+                let items = vec![
+                    Ok(WorkerChunk::Token("one".into())),
+                    Ok(WorkerChunk::Token(" two".into())),
+                    Err(WorkerError::retryable("upstream connection reset after 2 tokens")),
+                ];
+                Ok(stream::iter(items)
+                    .map(move |item| {
+                        // Naming `watch` whole makes the closure own it, not just its flag.
+                        let watch = &mut watch;
+                        if item.is_err() {
+                            watch.set_done();
+                        }
+                        item
+                    })
+                    .boxed())
+            }
+            "gated" => {
+                let gate = self.gate.clone();
+                let tokens = stream::unfold((0u32, watch), move |(i, mut watch)| {
+                    let gate = gate.clone();
+                    async move {
+                        if i == 100 {
+                            watch.set_done();
+                            return None;
+                        }
+                        gate.acquire().await.ok()?.forget();
+                        let token = if i == 0 {
+                            "tok0".to_string()
+                        } else {
+                            format!(" tok{i}")
+                        };
+                        Some((Ok(WorkerChunk::Token(token)), (i + 1, watch)))
+                    }
+                });
+                Ok(tokens.boxed())
+            }
+            _ => {
+                let echo = EchoWorker::new().infer_stream(call).await?;
+                Ok(echo
+                    .map(move |chunk| {
+                        let watch = &mut watch;
+                        if matches!(chunk, Ok(WorkerChunk::Finish { .. })) {
+                            watch.set_done();
+                        }
+                        chunk
+                    })
+                    .boxed())
+            }
+        }
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub base: String,
+    pub worker: TestWorker,
+    pub handle: ServerHandle,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<io::Result<ShutdownReport>>,
+}
+
+impl TestServer {
+    /// Starts a server on port 0 with `config` (its models are replaced by the test worker's).
+    pub async fn start(mut config: Config) -> Self {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        let worker = TestWorker::default();
+        let server = Server::bind_with_models(config, worker.registry()).await.unwrap();
+        let base = format!("http://{}", server.local_addr().unwrap());
+        let handle = server.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base,
+            worker,
+            handle,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn default() -> Self {
+        Self::start(Config::default()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Triggers the drain, as SIGTERM does in the binary.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
+        client()
+            .post(self.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// A chat request body for `model` with one user message.
+pub fn chat_body(model: &str, content: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]})
+}
+
+/// The error object of an error response, after checking its status.
+pub async fn expect_error(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "errors are JSON"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = body["error"].clone();
+    for field in ["message", "type", "param", "code"] {
+        assert!(error.get(field).is_some(), "error.{field} missing in {body}");
+    }
+    error
+}
+
+/// One SSE frame: its event name (if any), data lines joined, and whether it was a comment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Data(String),
+    Event(String, String),
+    Comment(String),
+}
+
+/// Reads SSE frames from a streaming response as they arrive.
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ends; keep-alive comments are skipped.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let raw: String = self.buffer.drain(..end + 2).collect();
+                let frame = parse_frame(raw.trim_end());
+                if frame == Frame::Comment(String::new()) {
+                    continue;
+                }
+                return Some(frame);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.body.next())
+                .await
+                .expect("the stream stalled")?
+                .ok()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Every remaining frame.
+    pub async fn rest(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
+fn parse_frame(raw: &str) -> Frame {
+    let mut event = None;
+    let mut data = Vec::new();
+    for line in raw.lines() {
+        if let Some(comment) = line.strip_prefix(':') {
+            return Frame::Comment(comment.trim().to_string());
+        } else if let Some(e) = line.strip_prefix("event:") {
+            event = Some(e.trim().to_string());
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+        }
+    }
+    let data = data.join("\n");
+    match event {
+        Some(event) => Frame::Event(event, data),
+        None => Frame::Data(data),
+    }
+}
+
+/// The JSON of a data frame.
+pub fn json(frame: &Frame) -> serde_json::Value {
+    match frame {
+        Frame::Data(d) => serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")),
+        other => panic!("expected a data frame, got {other:?}"),
+    }
+}
+
+/// Waits (polling) until `condition` holds, failing after a generous bound.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}

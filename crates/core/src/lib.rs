@@ -38,7 +38,7 @@ pub use pipeline::{
     spawn_pipeline,
 };
 pub use request::{
-    ChatMessage, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RequestId, Role,
+    ChatMessage, Extra, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RequestId, Role,
     SamplingParams, SessionId,
 };
 pub use stages::rag::{RetrievedChunk, Retriever};

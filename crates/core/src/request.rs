@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// Free-form key/value metadata that travels with a request and comes back with its output.
 pub type Meta = BTreeMap<String, String>;
 
+/// Fields the pipeline does not act on but a backend may understand (`tools`, `response_format`,
+/// `tool_call_id`, ...), passed to it unchanged.
+pub type Extra = serde_json::Map<String, serde_json::Value>;
+
 /// The affinity key: one session's requests land on one shard and keep their order.
 ///
 /// Cheap to clone (a shared string), so it can be copied into every stage and event.
@@ -91,10 +95,13 @@ impl Role {
 }
 
 /// One message of a chat conversation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// The message's other fields (`tool_calls`, `tool_call_id`, `name`), for the backend.
+    #[serde(default, skip_serializing_if = "Extra::is_empty")]
+    pub extra: Extra,
 }
 
 impl ChatMessage {
@@ -102,6 +109,7 @@ impl ChatMessage {
         Self {
             role,
             content: content.into(),
+            extra: Extra::new(),
         }
     }
 
@@ -115,7 +123,7 @@ impl ChatMessage {
 }
 
 /// What the model is asked: a chat conversation, or a raw prompt for completion-style backends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptInput {
     Chat(Vec<ChatMessage>),
@@ -163,6 +171,9 @@ pub struct InferenceRequest {
     /// [`PipelineError::Timeout`](crate::PipelineError::Timeout) instead of being processed late.
     pub timeout: Option<Duration>,
     pub meta: Meta,
+    /// Request fields for the backend that the pipeline does not act on.
+    #[serde(default, skip_serializing_if = "Extra::is_empty")]
+    pub extra: Extra,
 }
 
 impl InferenceRequest {
@@ -177,6 +188,7 @@ impl InferenceRequest {
             stream: true,
             timeout: None,
             meta: Meta::new(),
+            extra: Extra::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use orchestrator_backends::OpenAiConfig;
 use serde::Deserialize;
 use tokio_prompt_orchestrator::PipelineConfig;
 
@@ -84,12 +85,15 @@ pub enum BackendConfig {
         #[serde(default)]
         token_delay_ms: u64,
     },
+    /// An OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp `/v1`, TGI.
+    Openai(OpenAiConfig),
 }
 
 impl BackendConfig {
     pub fn name(&self) -> &str {
         match self {
             BackendConfig::Echo { name, .. } => name,
+            BackendConfig::Openai(c) => &c.name,
         }
     }
 }
@@ -238,6 +242,22 @@ impl Config {
         }
         let mut backend_names = HashSet::new();
         for (i, backend) in self.backends.iter().enumerate() {
+            if let BackendConfig::Openai(c) = backend {
+                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                    add(
+                        format!("backends[{i}].base_url"),
+                        format!("{:?} is not an http:// or https:// URL", c.base_url),
+                    );
+                }
+                if let Some(var) = &c.api_key_env
+                    && std::env::var(var).map_or(true, |v| v.is_empty())
+                {
+                    add(
+                        format!("backends[{i}].api_key_env"),
+                        format!("the environment variable {var} is not set or empty"),
+                    );
+                }
+            }
             if backend.name().is_empty() {
                 add(format!("backends[{i}].name"), "must not be empty".into());
             } else if !backend_names.insert(backend.name()) {
@@ -312,6 +332,44 @@ mod tests {
         assert_eq!(pipeline, defaults.pipeline);
         assert_eq!(example.models, defaults.models);
         assert_eq!(example.backends, defaults.backends);
+    }
+
+    #[test]
+    fn openai_backends_are_read_with_their_timeouts() {
+        let text = r#"
+            [[backends]]
+            kind = "openai"
+            name = "vllm-a"
+            base_url = "http://127.0.0.1:8000/v1"
+            model = "llama"
+            headers = { "X-Team" = "search" }
+            timeouts = { first_token_ms = 1000 }
+            [[models]]
+            name = "llama"
+            backend = "vllm-a"
+        "#;
+        let config = Config::parse(text, "t").unwrap_or_else(|e| panic!("{e}"));
+        let BackendConfig::Openai(backend) = &config.backends[0] else {
+            panic!("an openai backend");
+        };
+        assert_eq!(backend.model.as_deref(), Some("llama"));
+        assert_eq!(backend.timeouts.first_token_ms, 1000);
+        assert_eq!(
+            backend.timeouts.total_ms, 600_000,
+            "unset limits keep their defaults"
+        );
+
+        let bad = text
+            .replace("http://127.0.0.1:8000/v1", "127.0.0.1:8000")
+            .replace("model = \"llama\"", "modle = 1");
+        let err = Config::parse(&bad, "t").unwrap_err();
+        assert!(err.to_string().contains("unknown field `modle`"), "{err}");
+        let err =
+            Config::parse(&text.replace("http://127.0.0.1:8000/v1", "127.0.0.1:8000"), "t").unwrap_err();
+        assert_eq!(
+            err.problems[0].to_string(),
+            "backends[0].base_url: \"127.0.0.1:8000\" is not an http:// or https:// URL"
+        );
     }
 
     #[test]

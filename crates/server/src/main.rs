@@ -40,7 +40,7 @@ async fn serve(args: &ServeArgs) -> ExitCode {
     let server = match Server::bind(config.clone()).await {
         Ok(server) => server,
         Err(e) => {
-            tracing::error!(listen = %config.server.listen, error = %e, "Cannot listen.");
+            tracing::error!(listen = %config.server.listen, error = %e, "Cannot start.");
             return ExitCode::FAILURE;
         }
     };

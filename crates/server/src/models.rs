@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use orchestrator_backends::OpenAiWorker;
+use orchestrator_backends::openai::BuildError;
 use tokio_prompt_orchestrator::{EchoWorker, InferenceCall, ModelWorker, TokenStream, WorkerError};
 
 use crate::config::{BackendConfig, Config};
@@ -18,12 +20,15 @@ pub struct ModelRegistry {
 
 impl ModelRegistry {
     /// The models of a validated config, each with its backend's worker.
-    pub fn from_config(config: &Config) -> Self {
-        let backends: HashMap<&str, Arc<dyn ModelWorker>> = config
-            .backends
-            .iter()
-            .map(|b| (b.name(), build_backend(b)))
-            .collect();
+    ///
+    /// # Errors
+    /// When a backend cannot be built (e.g. its API key variable vanished since validation).
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let mut backends: HashMap<&str, Arc<dyn ModelWorker>> = HashMap::new();
+        for backend in &config.backends {
+            let worker = build_backend(backend).map_err(|e| format!("backend {}: {e}", backend.name()))?;
+            backends.insert(backend.name(), worker);
+        }
         let mut registry = Self::new();
         for model in &config.models {
             // Validation has checked that every model names a declared backend.
@@ -31,7 +36,7 @@ impl ModelRegistry {
                 registry.insert(&model.name, worker.clone());
             }
         }
-        registry
+        Ok(registry)
     }
 
     pub fn new() -> Self {
@@ -64,14 +69,15 @@ impl Default for ModelRegistry {
     }
 }
 
-fn build_backend(config: &BackendConfig) -> Arc<dyn ModelWorker> {
-    match config {
+fn build_backend(config: &BackendConfig) -> Result<Arc<dyn ModelWorker>, BuildError> {
+    Ok(match config {
         BackendConfig::Echo { token_delay_ms, .. } => Arc::new(if *token_delay_ms == 0 {
             EchoWorker::new()
         } else {
             EchoWorker::with_token_delay(Duration::from_millis(*token_delay_ms))
         }),
-    }
+        BackendConfig::Openai(c) => Arc::new(OpenAiWorker::new(c)?),
+    })
 }
 
 fn unknown_model(name: &str) -> WorkerError {

@@ -62,9 +62,9 @@ impl Server {
     /// Binds `config.server.listen` and starts the pipeline in front of the config's models.
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When a backend cannot be built or the address cannot be bound.
     pub async fn bind(config: Config) -> io::Result<Self> {
-        let models = ModelRegistry::from_config(&config);
+        let models = ModelRegistry::from_config(&config).map_err(io::Error::other)?;
         Self::bind_with_models(config, models).await
     }
 

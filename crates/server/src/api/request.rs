@@ -1,6 +1,7 @@
 //! The OpenAI request bodies of `/v1/chat/completions` and `/v1/completions`, and their checks.
 //!
-//! Fields we do not act on are ignored, as OpenAI clients send many. Required fields are
+//! Fields we do not act on are kept aside and passed to the backend unchanged (OpenAI clients
+//! send many, and backends understand more than we do). Required fields are
 //! `Option`s checked by hand, so a missing one is reported by name like every other mistake.
 
 use std::fmt;
@@ -8,7 +9,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use tokio_prompt_orchestrator::{
-    ChatMessage, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
+    ChatMessage, Extra, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
 };
 
 use super::error::ApiError;
@@ -33,6 +34,9 @@ pub struct GenerationRequest {
     user: Option<String>,
     seed: Option<i64>,
     n: Option<u32>,
+    /// Everything else (`tools`, `response_format`, `logit_bias`, ...), for the backend.
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +50,9 @@ struct WireMessage {
     role: WireRole,
     #[serde(default)]
     content: Option<Content>,
+    /// `tool_calls`, `tool_call_id`, `name`, ...: passed to the backend.
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -220,6 +227,7 @@ impl GenerationRequest {
             .with_params(params)
             .with_stream(stream);
         request.input = input;
+        request.extra = self.extra;
         Ok((request, delivery))
     }
 }
@@ -253,7 +261,9 @@ impl WireMessage {
                 ));
             }
         };
-        Ok(ChatMessage::new(role, content))
+        let mut message = ChatMessage::new(role, content);
+        message.extra = self.extra;
+        Ok(message)
     }
 }
 
@@ -363,16 +373,26 @@ mod tests {
               "user": "u1", "seed": -3, "n": 1, "logit_bias": {}, "frequency_penalty": 0}"#,
         )
         .unwrap();
+        let PromptInput::Chat(messages) = &req.input else {
+            panic!("a chat request has messages")
+        };
+        let turns: Vec<(Role, &str)> = messages.iter().map(|m| (m.role, m.content.as_str())).collect();
         assert_eq!(
-            req.input,
-            PromptInput::Chat(vec![
-                ChatMessage::system("be brief"),
-                ChatMessage::user("hi there"),
-                ChatMessage::new(Role::Assistant, ""),
-                ChatMessage::new(Role::Tool, "42"),
-            ])
+            turns,
+            [
+                (Role::System, "be brief"),
+                (Role::User, "hi there"),
+                (Role::Assistant, ""),
+                (Role::Tool, "42")
+            ]
         );
         assert_eq!(req.model, "m");
+        assert_eq!(
+            req.extra.keys().collect::<Vec<_>>(),
+            ["frequency_penalty", "logit_bias"]
+        );
+        assert_eq!(messages[2].extra["tool_calls"], serde_json::json!([]));
+        assert_eq!(messages[3].extra["tool_call_id"], "c1");
         assert_eq!(req.params.max_tokens, Some(7));
         assert_eq!(req.params.stop, ["END"]);
         assert_eq!(req.params.seed, Some(-3));

@@ -175,6 +175,7 @@ async fn full_input_queue_is_429_with_retry_after() {
         }
     }
     assert!(!shed.is_empty(), "a request is shed once every queue is full");
+    let mut refused = shed.len() as u64;
     for task in shed {
         let response = task.await.unwrap();
         assert_eq!(response.headers()["retry-after"], "1");
@@ -185,9 +186,20 @@ async fn full_input_queue_is_429_with_retry_after() {
                    "type": "overloaded_error", "param": null, "code": "overloaded"})
         );
     }
-    // Everything admitted still completes.
+    // Everything admitted still completes; requests still in flight when the first refusal
+    // arrived may have been refused too, and nothing else.
     server.worker.release(100 * pending.len());
+    let mut completed = 0;
     for task in pending {
-        assert_eq!(task.await.unwrap().status(), 200);
+        match task.await.unwrap().status().as_u16() {
+            200 => completed += 1,
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
     }
+    let stats = server.handle.pipeline_stats();
+    assert_eq!(stats.completed, completed, "every admitted request completed");
+    assert_eq!(stats.admitted, completed);
+    assert_eq!(stats.shed, refused, "every refusal was counted");
+    assert_eq!(stats.in_flight, 0);
 }

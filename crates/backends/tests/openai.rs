@@ -1,0 +1,291 @@
+//! The OpenAI-compatible worker against recorded upstream answers (wiremock): bodies sent,
+//! tokens relayed, errors named, cuts and timeouts reported.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use orchestrator_backends::openai::{OpenAiConfig, OpenAiWorker, TimeoutConfig};
+use serde_json::json;
+use tokio_prompt_orchestrator::{
+    ChatMessage, FinishReason, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, Usage,
+    WorkerChunk, WorkerError,
+};
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn config(server: &MockServer) -> OpenAiConfig {
+    OpenAiConfig {
+        name: "vllm-a".into(),
+        base_url: format!("{}/v1", server.uri()),
+        api_key_env: None,
+        model: Some("served-model".into()),
+        headers: Default::default(),
+        timeouts: TimeoutConfig::default(),
+    }
+}
+
+fn call(stream: bool) -> InferenceCall {
+    let mut request = InferenceRequest::chat(SessionId::new("s"), vec![ChatMessage::user("Hello")])
+        .with_model("client-model")
+        .with_stream(stream);
+    request.extra.insert(
+        "tools".into(),
+        json!([{"type": "function", "function": {"name": "f"}}]),
+    );
+    InferenceCall {
+        id: RequestId(1),
+        request: Arc::new(request),
+        prompt: Arc::from("Hello"),
+        cancel: CancellationToken::new(),
+    }
+}
+
+async fn collect(worker: &OpenAiWorker, call: InferenceCall) -> Vec<Result<WorkerChunk, WorkerError>> {
+    match worker.infer_stream(call).await {
+        Ok(stream) => stream.collect().await,
+        Err(e) => vec![Err(e)],
+    }
+}
+
+/// A chat completion as vLLM answers it.
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"served-model",
+  "choices":[{"index":0,"message":{"role":"assistant","content":"Hi there"},"finish_reason":"length"}],
+  "usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+
+/// A streamed chat completion as vLLM sends it, usage chunk included.
+const STREAM: &str = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n\
+data: [DONE]\n\n";
+
+fn sse(body: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .insert_header("content-type", "text/event-stream")
+        .set_body_string(body)
+}
+
+#[tokio::test]
+async fn a_whole_answer_becomes_one_token_and_the_finish() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_partial_json(json!({
+            "model": "served-model",
+            "stream": false,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(ANSWER, "application/json"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(false)).await;
+    assert_eq!(
+        chunks,
+        [
+            Ok(WorkerChunk::Token("Hi there".into())),
+            Ok(WorkerChunk::Finish {
+                reason: FinishReason::Length,
+                usage: Some(Usage::new(5, 2))
+            })
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_stream_is_relayed_token_by_token() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_partial_json(
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ))
+        .respond_with(sse(STREAM))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    assert_eq!(
+        chunks,
+        [
+            Ok(WorkerChunk::Token("Hi".into())),
+            Ok(WorkerChunk::Token(" there".into())),
+            Ok(WorkerChunk::Finish {
+                reason: FinishReason::Stop,
+                usage: Some(Usage::new(5, 2))
+            })
+        ]
+    );
+}
+
+#[tokio::test]
+async fn completions_go_to_their_endpoint() {
+    let server = MockServer::start().await;
+    let body = "data: {\"choices\":[{\"index\":0,\"text\":\" upon\",\"finish_reason\":null}]}\n\n\
+                data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    Mock::given(method("POST"))
+        .and(path("/v1/completions"))
+        .and(body_partial_json(
+            json!({"prompt": "Once", "model": "served-model"}),
+        ))
+        .respond_with(sse(body))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let request = InferenceRequest::text(SessionId::new("s"), "Once");
+    let call = InferenceCall {
+        id: RequestId(2),
+        request: Arc::new(request),
+        prompt: Arc::from("Once"),
+        cancel: CancellationToken::new(),
+    };
+    let chunks = collect(&worker, call).await;
+    assert_eq!(chunks[0], Ok(WorkerChunk::Token(" upon".into())));
+    assert_eq!(chunks.len(), 2);
+}
+
+#[tokio::test]
+async fn upstream_errors_carry_status_and_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).set_body_raw(
+            r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
+            "application/json",
+        ))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    assert_eq!(
+        chunks,
+        [Err(WorkerError {
+            message: "vllm-a: answered 429: Rate limit reached".into(),
+            retryable: true,
+            status: Some(429),
+        })]
+    );
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("prompt is too long"))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let error = worker.infer_stream(call(false)).await.err().unwrap();
+    assert_eq!(error.message, "vllm-a: answered 400: prompt is too long");
+    assert!(!error.retryable);
+}
+
+#[tokio::test]
+async fn a_cut_stream_is_an_error_after_its_tokens() {
+    let server = MockServer::start().await;
+    let cut = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+    Mock::given(method("POST"))
+        .respond_with(sse(cut))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    assert_eq!(chunks[0], Ok(WorkerChunk::Token("Hi".into())));
+    let error = chunks[1].clone().unwrap_err();
+    assert_eq!(
+        error.message,
+        "vllm-a: the stream ended before the answer was complete"
+    );
+    assert!(!error.retryable, "output already went out: no retry");
+    assert_eq!(chunks.len(), 2);
+}
+
+#[tokio::test]
+async fn an_error_event_mid_stream_ends_it() {
+    let server = MockServer::start().await;
+    let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+                data: {\"error\":{\"message\":\"engine died\"}}\n\n";
+    Mock::given(method("POST"))
+        .respond_with(sse(body))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    assert_eq!(chunks[1].clone().unwrap_err().message, "vllm-a: engine died");
+}
+
+#[tokio::test]
+async fn unreachable_servers_are_retryable_errors() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = OpenAiConfig {
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+        ..config(&MockServer::start().await)
+    };
+    config.name = "down".into();
+    let worker = OpenAiWorker::new(&config).unwrap();
+    let error = worker.infer_stream(call(true)).await.err().unwrap();
+    assert!(
+        error.message.starts_with("down: request failed:"),
+        "{}",
+        error.message
+    );
+    assert!(error.retryable);
+}
+
+#[tokio::test]
+async fn a_slow_first_token_times_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(sse(STREAM).set_delay(std::time::Duration::from_secs(30)))
+        .mount(&server)
+        .await;
+    let mut config = config(&server);
+    config.timeouts.first_token_ms = 100;
+    let worker = OpenAiWorker::new(&config).unwrap();
+    let error = worker.infer_stream(call(true)).await.err().unwrap();
+    assert_eq!(error.message, "vllm-a: no answer within the first-token timeout");
+    assert!(error.retryable);
+}
+
+#[tokio::test]
+async fn the_api_key_comes_from_the_environment() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer sk-from-env"))
+        .and(header("x-team", "search"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(ANSWER, "application/json"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // SAFETY of the test: no other test reads or writes this variable.
+    unsafe { std::env::set_var("ORCHESTRATOR_TEST_OPENAI_KEY", "sk-from-env") };
+    let mut config = config(&server);
+    config.api_key_env = Some("ORCHESTRATOR_TEST_OPENAI_KEY".into());
+    config.headers.insert("x-team".into(), "search".into());
+    let worker = OpenAiWorker::new(&config).unwrap();
+    assert!(collect(&worker, call(false)).await.iter().all(Result::is_ok));
+
+    config.api_key_env = Some("ORCHESTRATOR_TEST_UNSET_KEY".into());
+    let error = OpenAiWorker::new(&config).err().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "the environment variable ORCHESTRATOR_TEST_UNSET_KEY is not set or empty"
+    );
+}
+
+#[tokio::test]
+async fn the_one_shot_form_works_too() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(ANSWER, "application/json"))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    assert_eq!(worker.infer("Hello").await.unwrap(), ["Hi there"]);
+}

@@ -22,6 +22,7 @@ fn config(server: &MockServer) -> OpenAiConfig {
         model: Some("served-model".into()),
         headers: Default::default(),
         timeouts: TimeoutConfig::default(),
+        routing: Default::default(),
     }
 }
 
@@ -153,7 +154,7 @@ async fn completions_go_to_their_endpoint() {
 async fn upstream_errors_carry_status_and_message() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).set_body_raw(
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "7").set_body_raw(
             r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
             "application/json",
         ))
@@ -164,9 +165,8 @@ async fn upstream_errors_carry_status_and_message() {
     assert_eq!(
         chunks,
         [Err(WorkerError {
-            message: "vllm-a: answered 429: Rate limit reached".into(),
-            retryable: true,
-            status: Some(429),
+            retry_after: Some(std::time::Duration::from_secs(7)),
+            ..WorkerError::retryable("vllm-a: answered 429: Rate limit reached").with_status(429)
         })]
     );
 

@@ -61,6 +61,9 @@ pub struct WorkerError {
     pub retryable: bool,
     /// The upstream's HTTP status, when the worker talks HTTP.
     pub status: Option<u16>,
+    /// How long the upstream asked callers to wait before retrying (its `Retry-After`).
+    #[serde(default)]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl WorkerError {
@@ -70,6 +73,7 @@ impl WorkerError {
             message: message.into(),
             retryable: false,
             status: None,
+            retry_after: None,
         }
     }
 
@@ -79,6 +83,12 @@ impl WorkerError {
             retryable: true,
             ..Self::new(message)
         }
+    }
+
+    /// The same error, with the upstream's HTTP status.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
     }
 }
 

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use orchestrator_backends::OpenAiConfig;
+use orchestrator_backends::routing::balance::Balancing;
+use orchestrator_backends::routing::replica::ReplicaConfig;
+use orchestrator_backends::routing::retry::RetryConfig;
 use serde::Deserialize;
 use tokio_prompt_orchestrator::PipelineConfig;
 
@@ -75,7 +78,7 @@ pub struct ApiKeyConfig {
 }
 
 /// One backend, selected by `kind`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BackendConfig {
     /// Answers with the prompt, token by token.
@@ -84,6 +87,8 @@ pub enum BackendConfig {
         /// Delay before each token, like a model generating `1000 / token_delay_ms` tokens/s.
         #[serde(default)]
         token_delay_ms: u64,
+        #[serde(default)]
+        routing: ReplicaConfig,
     },
     /// An OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp `/v1`, TGI.
     Openai(OpenAiConfig),
@@ -96,14 +101,44 @@ impl BackendConfig {
             BackendConfig::Openai(c) => &c.name,
         }
     }
+
+    /// Weight, concurrency limit and breaker of this backend.
+    pub fn routing(&self) -> ReplicaConfig {
+        match self {
+            BackendConfig::Echo { routing, .. } => *routing,
+            BackendConfig::Openai(c) => c.routing,
+        }
+    }
 }
 
-/// `[[models]]`: a model name clients send, and the backend serving it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// `[[models]]`: a model name clients send, and the backends serving it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub name: String,
-    pub backend: String,
+    /// The replicas, balanced by `balancing`.
+    pub backends: Vec<String>,
+    /// Tried, in the same way, when every backend has failed.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    #[serde(default)]
+    pub balancing: Balancing,
+    /// Retries before the first token, within each group.
+    #[serde(default)]
+    pub retries: RetryConfig,
+}
+
+impl ModelConfig {
+    /// A model served by one backend, with the default routing.
+    pub fn single(name: &str, backend: &str) -> Self {
+        Self {
+            name: name.into(),
+            backends: vec![backend.into()],
+            fallback: Vec::new(),
+            balancing: Balancing::default(),
+            retries: RetryConfig::default(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -116,11 +151,9 @@ impl Default for Config {
             backends: vec![BackendConfig::Echo {
                 name: "echo".into(),
                 token_delay_ms: 0,
+                routing: ReplicaConfig::default(),
             }],
-            models: vec![ModelConfig {
-                name: "echo".into(),
-                backend: "echo".into(),
-            }],
+            models: vec![ModelConfig::single("echo", "echo")],
         }
     }
 }
@@ -270,7 +303,7 @@ impl Config {
         if self.models.is_empty() {
             add(
                 "models".into(),
-                "declare at least one [[models]] entry with a `name` and a `backend`".into(),
+                "declare at least one [[models]] entry with a `name` and its `backends`".into(),
             );
         }
         let mut model_names = HashSet::new();
@@ -283,21 +316,28 @@ impl Config {
                     format!("model {:?} is declared twice", model.name),
                 );
             }
-            if !backend_names.contains(model.backend.as_str()) {
-                let mut known: Vec<&str> = backend_names.iter().copied().collect();
-                known.sort_unstable();
+            if model.backends.is_empty() {
                 add(
-                    format!("models[{i}].backend"),
-                    format!(
-                        "no backend named {:?} (known: {})",
-                        model.backend,
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
+                    format!("models[{i}].backends"),
+                    "name at least one backend from [[backends]]".into(),
                 );
+            }
+            let mut known: Vec<&str> = backend_names.iter().copied().collect();
+            known.sort_unstable();
+            let known = if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            };
+            for (list, names) in [("backends", &model.backends), ("fallback", &model.fallback)] {
+                for (j, name) in names.iter().enumerate() {
+                    if !backend_names.contains(name.as_str()) {
+                        add(
+                            format!("models[{i}].{list}[{j}]"),
+                            format!("no backend named {name:?} (known: {known})"),
+                        );
+                    }
+                }
             }
         }
         problems
@@ -313,7 +353,7 @@ mod tests {
         let err = Config::parse("", "test.toml").unwrap_err();
         assert_eq!(
             err.problems[0].to_string(),
-            "models: declare at least one [[models]] entry with a `name` and a `backend`"
+            "models: declare at least one [[models]] entry with a `name` and its `backends`"
         );
     }
 
@@ -346,7 +386,7 @@ mod tests {
             timeouts = { first_token_ms = 1000 }
             [[models]]
             name = "llama"
-            backend = "vllm-a"
+            backends = ["vllm-a"]
         "#;
         let config = Config::parse(text, "t").unwrap_or_else(|e| panic!("{e}"));
         let BackendConfig::Openai(backend) = &config.backends[0] else {
@@ -390,7 +430,7 @@ mod tests {
             name = "e"
             [[models]]
             name = "m"
-            backend = "nope"
+            backends = ["nope"]
         "#;
         let err = Config::parse(text, "test.toml").unwrap_err();
         let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
@@ -400,7 +440,7 @@ mod tests {
                 "server.max_body_bytes: must be at least 1 (the default is 1048576, 1 MiB)",
                 "auth.keys[0]: set exactly one of `key`, `sha256` or `env`",
                 "auth.keys[0].sha256: must be 64 hex digits (e.g. the output of `printf %s KEY | sha256sum`)",
-                "models[0].backend: no backend named \"nope\" (known: e)",
+                "models[0].backends[0]: no backend named \"nope\" (known: e)",
             ]
         );
     }
@@ -415,7 +455,7 @@ mod tests {
 
     #[test]
     fn missing_key_variable_is_named() {
-        let text = "[[auth.keys]]\nenv = \"ORCHESTRATOR_TEST_SURELY_UNSET\"\n[[backends]]\nkind = \"echo\"\nname = \"e\"\n[[models]]\nname = \"m\"\nbackend = \"e\"\n";
+        let text = "[[auth.keys]]\nenv = \"ORCHESTRATOR_TEST_SURELY_UNSET\"\n[[backends]]\nkind = \"echo\"\nname = \"e\"\n[[models]]\nname = \"m\"\nbackends = [\"e\"]\n";
         let err = Config::parse(text, "t").unwrap_err();
         assert_eq!(
             err.problems[0].to_string(),

@@ -4,7 +4,7 @@
 //! - [`config`]: `pipeline.toml`, read and validated.
 //! - [`server`]: binding, serving, draining on shutdown.
 //! - [`api`]: the routes, request parsing, responses and error mapping.
-//! - [`models`]: model names -> backend workers; the router the pipeline calls.
+//! - [`models`]: the config's backends and models built into the router the pipeline calls.
 //! - [`auth`]: bearer API keys.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`cli`]: the command line.
@@ -18,5 +18,4 @@ pub mod server;
 pub mod telemetry;
 
 pub use config::Config;
-pub use models::ModelRegistry;
 pub use server::{Server, ServerHandle};

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::serve::ListenerExt;
+use orchestrator_backends::Router;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PipelineStats, ShutdownReport};
@@ -21,7 +22,7 @@ use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PipelineStats, Shutdo
 use crate::api::{self, AppState, Readiness};
 use crate::auth::ApiKeys;
 use crate::config::{Config, ServerConfig};
-use crate::models::ModelRegistry;
+use crate::models::build_router;
 use crate::telemetry::prometheus;
 
 /// How long connections may take to write their last bytes after the pipeline has finished.
@@ -64,7 +65,7 @@ impl Server {
     /// # Errors
     /// When a backend cannot be built or the address cannot be bound.
     pub async fn bind(config: Config) -> io::Result<Self> {
-        let models = ModelRegistry::from_config(&config).map_err(io::Error::other)?;
+        let models = build_router(&config).map_err(io::Error::other)?;
         Self::bind_with_models(config, models).await
     }
 
@@ -73,7 +74,7 @@ impl Server {
     ///
     /// # Errors
     /// When the address cannot be bound.
-    pub async fn bind_with_models(config: Config, models: ModelRegistry) -> io::Result<Self> {
+    pub async fn bind_with_models(config: Config, models: Router) -> io::Result<Self> {
         let listener = TcpListener::bind(config.server.listen).await?;
         // The recorder must exist before the pipeline registers its metrics.
         prometheus();

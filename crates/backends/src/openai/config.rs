@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::routing::replica::ReplicaConfig;
+
 /// One OpenAI-compatible server: OpenAI itself, vLLM, SGLang, Ollama, llama.cpp's `/v1`, TGI.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// Names the backend in routes, logs, metrics and errors.
@@ -26,6 +28,9 @@ pub struct OpenAiConfig {
     /// `timeouts = { first_token_ms = 30000, ... }`.
     #[serde(default)]
     pub timeouts: TimeoutConfig,
+    /// `routing = { weight = 1, max_in_flight = 0, breaker = { ... } }`.
+    #[serde(default)]
+    pub routing: ReplicaConfig,
 }
 
 /// Time limits of one upstream call; each can be turned off with 0.

@@ -123,20 +123,29 @@ impl OpenAiWorker {
         if status.is_success() {
             return Ok(response);
         }
+        // Seconds only: the HTTP-date form is rare from model servers.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
         let body = read_capped(response).await;
         let retryable = status.as_u16() == 429 || status.is_server_error();
-        Err(self.error(
+        let mut error = self.error(
             &format!("answered {}: {}", status.as_u16(), stream::error_message(&body)),
             retryable,
             Some(status.as_u16()),
-        ))
+        );
+        error.retry_after = retry_after;
+        Err(error)
     }
 
     fn error(&self, message: &str, retryable: bool, status: Option<u16>) -> WorkerError {
         WorkerError {
-            message: format!("{}: {message}", self.name),
             retryable,
             status,
+            ..WorkerError::new(format!("{}: {message}", self.name))
         }
     }
 }

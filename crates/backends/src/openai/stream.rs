@@ -248,9 +248,8 @@ impl Reader {
     fn fail(&mut self, message: String) -> WorkerError {
         self.done = true;
         WorkerError {
-            message: format!("{}: {message}", self.backend),
             retryable: !self.got_token,
-            status: None,
+            ..WorkerError::new(format!("{}: {message}", self.backend))
         }
     }
 }

@@ -266,10 +266,7 @@ mod tests {
             504
         );
         assert_eq!(status(WorkerError::retryable("connection refused").into()), 502);
-        let rejected = WorkerError {
-            status: Some(400),
-            ..WorkerError::new("prompt too long")
-        };
+        let rejected = WorkerError::new("prompt too long").with_status(400);
         assert_eq!(status(rejected.into()), 400);
     }
 

@@ -27,7 +27,7 @@ use tokio_prompt_orchestrator::RequestSender;
 
 use self::error::ApiError;
 use crate::auth::ApiKeys;
-use crate::models::ModelRegistry;
+use orchestrator_backends::Router as ModelRouter;
 
 /// Where the server is in its life; `/readyz` answers 200 only while `Ready`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub enum Readiness {
 /// What every handler shares.
 pub struct AppState {
     pub sender: RequestSender,
-    pub models: Arc<ModelRegistry>,
+    pub models: Arc<ModelRouter>,
     /// `None` when no keys are configured: the API is open.
     pub keys: Option<ApiKeys>,
     pub max_body_bytes: usize,
@@ -55,7 +55,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         sender: RequestSender,
-        models: Arc<ModelRegistry>,
+        models: Arc<ModelRouter>,
         keys: Option<ApiKeys>,
         max_body_bytes: usize,
         started_at: u64,

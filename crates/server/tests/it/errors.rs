@@ -113,7 +113,7 @@ async fn upstream_failure_is_502_with_its_message() {
     let error = expect_error(server.chat(chat_body("fail-before", "hi")).await, 502).await;
     assert_eq!(
         error,
-        json!({"message": "model worker failed: upstream answered 503: no capacity",
+        json!({"message": "model worker failed: every backend of model `fail-before` failed: upstream answered 503: no capacity",
                "type": "upstream_error", "param": null, "code": "upstream_error"})
     );
 }

@@ -2,8 +2,9 @@
 //! second gateway serving the test worker, so both sides speak the real wire format.
 
 use orchestrator_backends::OpenAiConfig;
+use orchestrator_backends::Router;
+use orchestrator_server::Server;
 use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
-use orchestrator_server::{ModelRegistry, Server};
 use serde_json::json;
 use tokio_prompt_orchestrator::ModelWorker;
 
@@ -14,7 +15,7 @@ use crate::support::{Frame, SseReader, TestServer, chat_body, client, eventually
 async fn front(upstream: &TestServer) -> String {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
-    let mut registry = ModelRegistry::new();
+    let mut registry = Router::new();
     for model in ["echo", "fail-after-2", "gated", "missing"] {
         let backend = OpenAiConfig {
             name: format!("upstream-{model}"),
@@ -23,15 +24,15 @@ async fn front(upstream: &TestServer) -> String {
             model: Some(model.into()),
             headers: Default::default(),
             timeouts: Default::default(),
+            routing: Default::default(),
         };
         config.backends.push(BackendConfig::Openai(backend.clone()));
-        config.models.push(ModelConfig {
-            name: format!("up-{model}"),
-            backend: backend.name.clone(),
-        });
+        config
+            .models
+            .push(ModelConfig::single(&format!("up-{model}"), &backend.name));
         let worker: std::sync::Arc<dyn ModelWorker> =
             std::sync::Arc::new(orchestrator_backends::OpenAiWorker::new(&backend).unwrap());
-        registry.insert(&format!("up-{model}"), worker);
+        registry.insert_worker(&format!("up-{model}"), worker);
     }
     let server = Server::bind_with_models(config, registry).await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());

@@ -120,7 +120,7 @@ async fn sigterm_drains_the_binary_and_exits_zero() {
         token_delay_ms = 40
         [[models]]
         name = "echo"
-        backend = "slow-echo"
+        backends = ["slow-echo"]
     "#;
     let (mut child, base, _file) = spawn_binary(config).await;
     let words: Vec<String> = (0..25).map(|i| format!("w{i}")).collect();

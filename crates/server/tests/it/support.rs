@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream;
+use orchestrator_backends::Router;
 use orchestrator_server::config::Config;
-use orchestrator_server::{ModelRegistry, Server, ServerHandle};
+use orchestrator_server::{Server, ServerHandle};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_prompt_orchestrator::{
@@ -53,10 +54,10 @@ impl Default for TestWorker {
 }
 
 impl TestWorker {
-    pub fn registry(&self) -> ModelRegistry {
-        let mut registry = ModelRegistry::new();
+    pub fn registry(&self) -> Router {
+        let mut registry = Router::new();
         for name in MODELS {
-            registry.insert(name, Arc::new(self.clone()));
+            registry.insert_worker(name, Arc::new(self.clone()));
         }
         registry
     }
@@ -113,11 +114,7 @@ impl ModelWorker for TestWorker {
         match call.request.model.as_str() {
             "fail-before" => {
                 watch.set_done();
-                Err(WorkerError {
-                    message: "upstream answered 503: no capacity".into(),
-                    retryable: true,
-                    status: Some(503),
-                })
+                Err(WorkerError::retryable("upstream answered 503: no capacity").with_status(503))
             }
             "fail-after-2" => {
                 let items = vec![

@@ -1,0 +1,226 @@
+//! The router: a `ModelWorker` that sends each call to a backend of its model, by the model's
+//! balancing policy, retrying elsewhere before the first token and falling back to the next group
+//! when a group is exhausted.
+//!
+//! - [`balance`]: the order replicas are tried in (session affinity, least outstanding, ...).
+//! - [`breaker`]: per-backend circuit breakers.
+//! - [`retry`]: how many retries, and the backoff between them.
+//! - [`replica`]: one backend with its limit, breaker and outcome counting.
+//!
+//! Retries happen only before the first token: a replica's first stream item is awaited before
+//! the stream is handed on, so an early failure can still go elsewhere; after that, a failure
+//! ends the caller's stream with an error.
+
+pub mod balance;
+pub mod breaker;
+pub mod replica;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerError};
+
+use self::balance::{Balancing, order};
+use self::replica::Replica;
+use self::retry::RetryConfig;
+
+/// Replicas of one model tried together, by one balancing policy.
+pub struct Group {
+    replicas: Vec<Arc<Replica>>,
+    balancing: Balancing,
+    turn: AtomicUsize,
+}
+
+impl Group {
+    pub fn new(replicas: Vec<Arc<Replica>>, balancing: Balancing) -> Self {
+        Self {
+            replicas,
+            balancing,
+            turn: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// How one model is served: its groups in order (the first, then the fallbacks) and its retries.
+pub struct Route {
+    groups: Vec<Group>,
+    retry: RetryConfig,
+}
+
+impl Route {
+    pub fn new(groups: Vec<Group>, retry: RetryConfig) -> Self {
+        Self { groups, retry }
+    }
+}
+
+/// Model name -> route.
+#[derive(Default)]
+pub struct Router {
+    routes: HashMap<String, Route>,
+    names: Vec<String>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `model` by `route` (replacing an earlier route of the same name).
+    pub fn insert(&mut self, model: &str, route: Route) {
+        if self.routes.insert(model.to_string(), route).is_none() {
+            self.names.push(model.to_string());
+        }
+    }
+
+    /// Serves `model` by one worker alone: no retries, no breaker (there is nowhere else to go).
+    pub fn insert_worker(&mut self, model: &str, worker: Arc<dyn ModelWorker>) {
+        let config = replica::ReplicaConfig {
+            breaker: breaker::BreakerConfig {
+                consecutive_failures: 0,
+                error_rate: 0.0,
+                ..breaker::BreakerConfig::default()
+            },
+            ..replica::ReplicaConfig::default()
+        };
+        let replica = Arc::new(Replica::new(model, worker, config));
+        let retry = RetryConfig {
+            max: 0,
+            ..RetryConfig::default()
+        };
+        self.insert(
+            model,
+            Route::new(vec![Group::new(vec![replica], Balancing::default())], retry),
+        );
+    }
+
+    pub fn contains(&self, model: &str) -> bool {
+        self.routes.contains_key(model)
+    }
+
+    /// Model names, in the order they were added.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// What the router learnt trying one model's backends: each failure, in order.
+#[derive(Default)]
+struct Attempts {
+    notes: Vec<String>,
+    last: Option<WorkerError>,
+}
+
+impl Attempts {
+    fn failed(&mut self, error: WorkerError) {
+        self.notes.push(error.message.clone());
+        self.last = Some(error);
+    }
+
+    fn skipped(&mut self, replica: &Replica, why: replica::Unavailable) {
+        replica.record_skip();
+        let note = format!("{}: {}", replica.name(), why.describe());
+        // A replica passed over on several tries is named once.
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
+    /// The error the caller gets: every backend tried and why it failed.
+    fn into_error(self, model: &str) -> WorkerError {
+        let mut error = self.last.unwrap_or_else(|| {
+            // Only skips: every backend was unavailable, which is worth retrying later.
+            WorkerError::retryable("no backend available").with_status(503)
+        });
+        error.message = format!(
+            "every backend of model `{model}` failed: {}",
+            self.notes.join("; ")
+        );
+        error
+    }
+}
+
+#[async_trait]
+impl ModelWorker for Router {
+    /// The one-shot form has no model name: it goes to the first model's first backend.
+    async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
+        let replica = self
+            .names
+            .first()
+            .and_then(|m| self.routes.get(m))
+            .and_then(|r| r.groups.first())
+            .and_then(|g| g.replicas.first())
+            .ok_or_else(|| WorkerError::new("no models are configured").with_status(404))?;
+        replica.worker().infer(prompt).await
+    }
+
+    async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        let model = call.request.model.as_str();
+        let route = self.routes.get(model).ok_or_else(|| {
+            WorkerError::new(format!("the model `{model}` does not exist")).with_status(404)
+        })?;
+        let mut attempts = Attempts::default();
+        for group in &route.groups {
+            let turn = group.turn.fetch_add(1, Ordering::Relaxed);
+            let ranked = order(
+                group.balancing,
+                &group.replicas,
+                call.request.session.as_str(),
+                turn,
+            );
+            // Each try goes to the next available replica in the order, wrapping round.
+            let mut cursor = 0;
+            for tries in 0..=route.retry.max {
+                let Some((replica, admission)) =
+                    next_available(group, &ranked, &mut cursor, tries, &mut attempts).await
+                else {
+                    break; // Nothing left in this group: fall back to the next.
+                };
+                if tries > 0 {
+                    tokio::select! {
+                        () = tokio::time::sleep(route.retry.backoff(tries)) => {}
+                        () = call.cancel.cancelled() => return Err(WorkerError::new("cancelled while waiting to retry")),
+                    }
+                }
+                match replica.call(call.clone(), admission).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) if e.retryable => attempts.failed(e),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(attempts.into_error(model))
+    }
+}
+
+/// The next replica of `ranked` (from `cursor`) that can take a call now. When every replica is
+/// merely full on the first try, waits for the preferred one: the Inference stage's own
+/// concurrency bounds how many wait.
+async fn next_available<'g>(
+    group: &'g Group,
+    ranked: &[usize],
+    cursor: &mut usize,
+    tries: u32,
+    attempts: &mut Attempts,
+) -> Option<(&'g Arc<Replica>, replica::Admission)> {
+    let mut all_full = true;
+    for _ in 0..ranked.len() {
+        let replica = &group.replicas[ranked[*cursor % ranked.len()]];
+        *cursor += 1;
+        match replica.try_admit() {
+            Ok(admission) => return Some((replica, admission)),
+            Err(why) => {
+                all_full &= why == replica::Unavailable::Full;
+                attempts.skipped(replica, why);
+            }
+        }
+    }
+    if all_full && tries == 0 {
+        let preferred = group.replicas.get(*ranked.first()?)?;
+        *cursor = 1;
+        return Some((preferred, preferred.admit_waiting().await));
+    }
+    None
+}

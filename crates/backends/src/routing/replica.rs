@@ -1,0 +1,243 @@
+//! One backend as the router sees it: its worker, breaker, concurrency limit, in-flight count,
+//! and the outcome of every call.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use metrics::counter;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerError};
+
+use super::balance::Candidate;
+use super::breaker::{Breaker, BreakerConfig, BreakerState};
+
+pub const BACKEND_CALLS: &str = "orchestrator_backend_calls_total";
+
+/// Routing settings of one backend: `weight`, `max_in_flight`, `breaker`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Share of traffic under `balancing = "weighted"`.
+    pub weight: u32,
+    /// Calls in flight at most (0: no limit); a full backend is passed over for another.
+    pub max_in_flight: usize,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_in_flight: 0,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+pub struct Replica {
+    name: Arc<str>,
+    worker: Arc<dyn ModelWorker>,
+    weight: u32,
+    limit: Option<Arc<Semaphore>>,
+    breaker: Breaker,
+    outstanding: AtomicUsize,
+    /// Set from an upstream's `Retry-After`: no calls before then.
+    resting_until: Mutex<Option<Instant>>,
+}
+
+/// Why a replica was passed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    CircuitOpen,
+    Resting,
+    Full,
+}
+
+impl Unavailable {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Unavailable::CircuitOpen => "skipped: circuit open",
+            Unavailable::Resting => "skipped: waiting out its Retry-After",
+            Unavailable::Full => "skipped: at its max_in_flight",
+        }
+    }
+}
+
+/// Permission to call a replica: its concurrency slot, held until the call's stream ends.
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Replica {
+    pub fn new(name: &str, worker: Arc<dyn ModelWorker>, config: ReplicaConfig) -> Self {
+        Self {
+            name: Arc::from(name),
+            worker,
+            weight: config.weight,
+            limit: (config.max_in_flight > 0).then(|| Arc::new(Semaphore::new(config.max_in_flight))),
+            breaker: Breaker::new(config.breaker),
+            outstanding: AtomicUsize::new(0),
+            resting_until: Mutex::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn worker(&self) -> &Arc<dyn ModelWorker> {
+        &self.worker
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Takes a slot now, or says why not.
+    pub fn try_admit(&self) -> Result<Admission, Unavailable> {
+        let resting = self
+            .resting_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until);
+        if resting {
+            return Err(Unavailable::Resting);
+        }
+        let permit = match &self.limit {
+            Some(limit) => Some(limit.clone().try_acquire_owned().map_err(|_| Unavailable::Full)?),
+            None => None,
+        };
+        if !self.breaker.try_acquire() {
+            return Err(Unavailable::CircuitOpen);
+        }
+        Ok(Admission { _permit: permit })
+    }
+
+    /// Waits for a slot (when every replica is full, the preferred one is waited for).
+    pub async fn admit_waiting(&self) -> Admission {
+        let permit = match &self.limit {
+            // The semaphore is never closed, so acquiring only ever waits.
+            Some(limit) => limit.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        Admission { _permit: permit }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        counter!(BACKEND_CALLS, "backend" => self.name.to_string(), "outcome" => outcome).increment(1);
+    }
+
+    pub fn record_skip(&self) {
+        self.count("skipped");
+    }
+
+    /// Calls the backend and waits for its first item, so that a failure before the first token
+    /// comes back as an `Err` the router can retry elsewhere. Records the outcome in the breaker.
+    pub async fn call(
+        self: &Arc<Self>,
+        call: InferenceCall,
+        admission: Admission,
+    ) -> Result<TokenStream, WorkerError> {
+        let tracker = InFlight::new(self.clone(), admission);
+        let mut upstream = match self.worker.infer_stream(call).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(tracker.fail(e)),
+        };
+        match upstream.next().await {
+            Some(Err(e)) => Err(tracker.fail(e)),
+            None => {
+                tracker.succeed();
+                Ok(stream::empty().boxed())
+            }
+            Some(Ok(first)) => {
+                // The stream carries the tracker: the slot is held and the outcome recorded
+                // when the stream ends (or is dropped by a caller who went away).
+                let mut tracker = Some(tracker);
+                let rest = upstream.map(move |item| {
+                    if let Err(e) = &item
+                        && let Some(t) = tracker.take()
+                    {
+                        t.cut(e);
+                    }
+                    item
+                });
+                Ok(stream::once(async move { Ok(first) }).chain(rest).boxed())
+            }
+        }
+    }
+}
+
+impl Candidate for Arc<Replica> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+/// One call in flight: counted in `outstanding`, holding its slot; its outcome reaches the
+/// breaker once.
+struct InFlight {
+    replica: Arc<Replica>,
+    _admission: Admission,
+    settled: bool,
+}
+
+impl InFlight {
+    fn new(replica: Arc<Replica>, admission: Admission) -> Self {
+        replica.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self {
+            replica,
+            _admission: admission,
+            settled: false,
+        }
+    }
+
+    fn fail(mut self, error: WorkerError) -> WorkerError {
+        self.settled = true;
+        self.replica.breaker.record(false);
+        self.replica.count("failure");
+        if let Some(wait) = error.retry_after {
+            let until = Instant::now() + wait.min(Duration::from_secs(300));
+            *self
+                .replica
+                .resting_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+        }
+        error
+    }
+
+    fn succeed(mut self) {
+        self.settled = true;
+        self.replica.breaker.record(true);
+        self.replica.count("success");
+    }
+
+    /// The stream failed after its first token.
+    fn cut(mut self, _error: &WorkerError) {
+        self.settled = true;
+        self.replica.breaker.record(false);
+        self.replica.count("cut");
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.replica.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if !self.settled {
+            // The stream ended cleanly, or its caller went away after tokens flowed: the backend
+            // did its part either way.
+            self.replica.breaker.record(true);
+            self.replica.count("success");
+        }
+    }
+}

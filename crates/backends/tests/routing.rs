@@ -1,0 +1,350 @@
+//! The router with scripted backends, under paused time: retries only before the first token,
+//! fallback groups, circuit breakers, Retry-After, per-backend limits, session affinity, and the
+//! error that names every backend tried.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream;
+use orchestrator_backends::routing::balance::Balancing;
+use orchestrator_backends::routing::breaker::{BreakerConfig, BreakerState};
+use orchestrator_backends::routing::replica::{Replica, ReplicaConfig};
+use orchestrator_backends::routing::retry::RetryConfig;
+use orchestrator_backends::routing::{Group, Route, Router};
+use tokio::sync::Semaphore;
+use tokio_prompt_orchestrator::{
+    ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, TokenStream,
+    WorkerChunk, WorkerError,
+};
+use tokio_util::sync::CancellationToken;
+
+/// What a scripted backend does with its next call.
+#[derive(Clone)]
+enum Script {
+    /// Answers "ok from NAME".
+    Answer,
+    /// Fails before any token.
+    Fail(WorkerError),
+    /// One token, then the stream breaks.
+    CutAfterFirst,
+    /// A token once `gate` lets it through (holds the call open).
+    Held(Arc<Semaphore>),
+}
+
+struct Scripted {
+    name: &'static str,
+    calls: AtomicUsize,
+    script: Mutex<Script>,
+}
+
+impl Scripted {
+    fn new(name: &'static str, script: Script) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            calls: AtomicUsize::new(0),
+            script: Mutex::new(script),
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, script: Script) {
+        *self.script.lock().unwrap() = script;
+    }
+}
+
+#[async_trait]
+impl ModelWorker for Scripted {
+    async fn infer(&self, _prompt: &str) -> Result<Vec<String>, WorkerError> {
+        Ok(vec![format!("ok from {}", self.name)])
+    }
+
+    async fn infer_stream(&self, _call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let script = self.script.lock().unwrap().clone();
+        let name = self.name;
+        match script {
+            Script::Answer => Ok(stream::iter([Ok(WorkerChunk::Token(format!("ok from {name}")))]).boxed()),
+            Script::Fail(e) => Err(e),
+            Script::CutAfterFirst => Ok(stream::iter([
+                Ok(WorkerChunk::Token("first".into())),
+                Err(WorkerError::new(format!("{name}: connection reset"))),
+            ])
+            .boxed()),
+            Script::Held(gate) => Ok(stream::once(async move {
+                let _ = gate.acquire().await.map(|p| p.forget());
+                Ok(WorkerChunk::Token(format!("ok from {name}")))
+            })
+            .boxed()),
+        }
+    }
+}
+
+fn unavailable(name: &str) -> Script {
+    Script::Fail(WorkerError::retryable(format!("{name}: answered 503: overloaded")).with_status(503))
+}
+
+fn replica(worker: &Arc<Scripted>, config: ReplicaConfig) -> Arc<Replica> {
+    Arc::new(Replica::new(worker.name, worker.clone(), config))
+}
+
+fn no_breaker() -> ReplicaConfig {
+    ReplicaConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 0,
+            error_rate: 0.0,
+            ..BreakerConfig::default()
+        },
+        ..ReplicaConfig::default()
+    }
+}
+
+fn router(groups: Vec<Vec<Arc<Replica>>>, balancing: Balancing, retries: u32) -> Router {
+    let mut router = Router::new();
+    let groups = groups.into_iter().map(|g| Group::new(g, balancing)).collect();
+    router.insert(
+        "m",
+        Route::new(
+            groups,
+            RetryConfig {
+                max: retries,
+                initial_backoff_ms: 100,
+                max_backoff_ms: 1000,
+            },
+        ),
+    );
+    router
+}
+
+fn call(session: &str) -> InferenceCall {
+    let request =
+        InferenceRequest::chat(SessionId::new(session), vec![ChatMessage::user("hi")]).with_model("m");
+    InferenceCall {
+        id: RequestId(1),
+        request: Arc::new(request),
+        prompt: Arc::from("hi"),
+        cancel: CancellationToken::new(),
+    }
+}
+
+/// The text of a call's stream, or its error.
+async fn run(router: &Router, session: &str) -> Result<Vec<Result<String, String>>, WorkerError> {
+    let stream = router.infer_stream(call(session)).await?;
+    Ok(stream
+        .map(|item| match item {
+            Ok(WorkerChunk::Token(t)) => Ok(t),
+            Ok(other) => Ok(format!("{other:?}")),
+            Err(e) => Err(e.message),
+        })
+        .collect()
+        .await)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_before_the_first_token_is_retried_on_another_replica() {
+    let a = Scripted::new("a", unavailable("a"));
+    let b = Scripted::new("b", Script::Answer);
+    let router = router(
+        vec![vec![replica(&a, no_breaker()), replica(&b, no_breaker())]],
+        Balancing::RoundRobin,
+        2,
+    );
+    assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from b".to_string())]);
+    assert_eq!((a.calls(), b.calls()), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_after_the_first_token() {
+    let a = Scripted::new("a", Script::CutAfterFirst);
+    let b = Scripted::new("b", Script::Answer);
+    let router = router(
+        vec![vec![replica(&a, no_breaker()), replica(&b, no_breaker())]],
+        Balancing::RoundRobin,
+        2,
+    );
+    assert_eq!(
+        run(&router, "s").await.unwrap(),
+        [Ok("first".to_string()), Err("a: connection reset".to_string())]
+    );
+    assert_eq!(b.calls(), 0, "output reached the caller: nothing is retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_groups_fall_back_and_the_error_names_every_backend() {
+    let a = Scripted::new("a", unavailable("a"));
+    let b = Scripted::new("b", unavailable("b"));
+    let c = Scripted::new("c", Script::Answer);
+    let router = router(
+        vec![
+            vec![replica(&a, no_breaker()), replica(&b, no_breaker())],
+            vec![replica(&c, no_breaker())],
+        ],
+        Balancing::RoundRobin,
+        1,
+    );
+    assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from c".to_string())]);
+    assert_eq!((a.calls(), b.calls(), c.calls()), (1, 1, 1));
+
+    c.set(unavailable("c"));
+    let error = run(&router, "s").await.unwrap_err();
+    assert!(error.retryable);
+    assert_eq!(error.status, Some(503));
+    // Round robin started this time at b.
+    assert_eq!(
+        error.message,
+        "every backend of model `m` failed: b: answered 503: overloaded; a: answered 503: overloaded; \
+         c: answered 503: overloaded; c: answered 503: overloaded"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_are_not_retried() {
+    let a = Scripted::new(
+        "a",
+        Script::Fail(WorkerError::new("a: answered 400: bad prompt").with_status(400)),
+    );
+    let b = Scripted::new("b", Script::Answer);
+    let router = router(
+        vec![vec![replica(&a, no_breaker()), replica(&b, no_breaker())]],
+        Balancing::RoundRobin,
+        2,
+    );
+    let error = run(&router, "s").await.unwrap_err();
+    assert_eq!(error.status, Some(400));
+    assert_eq!(b.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_skips_and_probes_after_the_cooldown() {
+    let a = Scripted::new("a", unavailable("a"));
+    let b = Scripted::new("b", Script::Answer);
+    let config = ReplicaConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 2,
+            error_rate: 0.0,
+            window: 10,
+            cooldown_ms: 5_000,
+        },
+        ..ReplicaConfig::default()
+    };
+    let ra = replica(&a, config);
+    // One replica per group, so every call tries a first, then falls back to b.
+    let router = router(
+        vec![vec![ra.clone()], vec![replica(&b, config)]],
+        Balancing::RoundRobin,
+        0,
+    );
+    for _ in 0..2 {
+        assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from b".to_string())]);
+    }
+    assert_eq!(ra.breaker_state(), BreakerState::Open);
+    assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from b".to_string())]);
+    assert_eq!(a.calls(), 2, "an open breaker keeps calls away");
+
+    tokio::time::advance(Duration::from_millis(5_000)).await;
+    a.set(Script::Answer);
+    assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from a".to_string())]);
+    assert_eq!(ra.breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_keeps_a_backend_out_for_that_long() {
+    let a = Scripted::new(
+        "a",
+        Script::Fail(WorkerError {
+            retry_after: Some(Duration::from_secs(30)),
+            ..WorkerError::retryable("a: answered 429: slow down").with_status(429)
+        }),
+    );
+    let b = Scripted::new("b", Script::Answer);
+    let router = router(
+        vec![vec![replica(&a, no_breaker())], vec![replica(&b, no_breaker())]],
+        Balancing::RoundRobin,
+        0,
+    );
+    assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from b".to_string())]);
+    a.set(Script::Answer);
+    assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from b".to_string())]);
+    assert_eq!(a.calls(), 1, "resting");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(run(&router, "s").await.unwrap(), [Ok("ok from a".to_string())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_backend_is_passed_over_and_waited_for_when_all_are_full() {
+    let gate = Arc::new(Semaphore::new(0));
+    let a = Scripted::new("a", Script::Held(gate.clone()));
+    let b = Scripted::new("b", Script::Held(gate.clone()));
+    let one = ReplicaConfig {
+        max_in_flight: 1,
+        ..no_breaker()
+    };
+    let router = Arc::new(router(
+        vec![vec![replica(&a, one), replica(&b, one)]],
+        Balancing::RoundRobin,
+        0,
+    ));
+    // Two held calls fill both backends (the router waits for each first token).
+    let first = tokio::spawn({
+        let router = router.clone();
+        async move { run(&router, "s1").await }
+    });
+    let second = tokio::spawn({
+        let router = router.clone();
+        async move { run(&router, "s2").await }
+    });
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        (a.calls(), b.calls()),
+        (1, 1),
+        "the second call went to the free backend"
+    );
+    // A third call finds both full and waits rather than failing.
+    let third = tokio::spawn({
+        let router = router.clone();
+        async move { run(&router, "s3").await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!third.is_finished());
+    assert_eq!(a.calls() + b.calls(), 2);
+    gate.add_permits(3);
+    for task in [first, second, third] {
+        assert!(task.await.unwrap().unwrap()[0].is_ok());
+    }
+    assert_eq!(a.calls() + b.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_keep_their_replica() {
+    let workers: Vec<Arc<Scripted>> = ["r0", "r1", "r2"]
+        .into_iter()
+        .map(|n| Scripted::new(n, Script::Answer))
+        .collect();
+    let replicas = workers.iter().map(|w| replica(w, no_breaker())).collect();
+    let router = router(vec![replicas], Balancing::SessionAffinity, 0);
+    for s in 0..30 {
+        let session = format!("user-{s}");
+        let first = run(&router, &session).await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(run(&router, &session).await.unwrap(), first);
+        }
+    }
+    assert!(
+        workers.iter().all(|w| w.calls() > 0),
+        "sessions spread over every replica"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_models_are_404() {
+    let router = Router::new();
+    let error = router.infer_stream(call("s")).await.err().unwrap();
+    assert_eq!(error.status, Some(404));
+    assert_eq!(error.message, "the model `m` does not exist");
+}

@@ -67,7 +67,8 @@ pub struct Behaviour {
     /// `Retry-After` (seconds) sent with injected errors, when set.
     pub retry_after_secs: Option<u64>,
     /// Streams send this many tokens, then the connection is closed without the end of the
-    /// stream. Non-streaming answers are not affected.
+    /// stream; a stream with no more tokens than that completes normally. Non-streaming
+    /// answers are not affected.
     pub cut_after: Option<u64>,
     /// `false` makes `/health` answer 503 as llama-server does while it loads a model.
     pub healthy: bool,

@@ -164,7 +164,7 @@ pub(crate) async fn completion(State(shared): State<Arc<Shared>>, body: Bytes) -
         n_predict,
     };
     let streaming = request.stream.unwrap_or(false);
-    reply::delay(&behaviour).await;
+    reply::delay(&shared, &behaviour).await;
     if streaming {
         stream::respond(&shared, plan, llama, Some(lease))
     } else {

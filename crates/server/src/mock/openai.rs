@@ -350,7 +350,7 @@ async fn handle(shared: Arc<Shared>, body: Bytes, chat: bool) -> Response {
         include_usage: request.include_usage(),
     };
     let plan = Plan::new(&behaviour, prompt_tokens, request.limit());
-    reply::delay(&behaviour).await;
+    reply::delay(&shared, &behaviour).await;
     if request.stream.unwrap_or(false) {
         stream::respond(&shared, plan, api, Some(lease))
     } else {

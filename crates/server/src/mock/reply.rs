@@ -95,10 +95,29 @@ pub(crate) struct Usage {
 }
 
 /// Waits `latency_ms` (the time before a generated answer), on tokio's clock so tests may
-/// pause it.
-pub(crate) async fn delay(behaviour: &Behaviour) {
-    if behaviour.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+/// pause it. A client that goes away meanwhile drops this future, which counts the request in
+/// `requests_abandoned`: the non-streaming counterpart of an abandoned stream.
+pub(crate) async fn delay(shared: &Shared, behaviour: &Behaviour) {
+    if behaviour.latency_ms == 0 {
+        return;
+    }
+    let mut waiting = Waiting { shared, done: false };
+    tokio::time::sleep(Duration::from_millis(behaviour.latency_ms)).await;
+    waiting.done = true;
+}
+
+struct Waiting<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let counters = &self.shared.counters;
+            counters.requests_abandoned.fetch_add(1, Ordering::Relaxed);
+            self.shared.notify();
+        }
     }
 }
 

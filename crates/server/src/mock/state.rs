@@ -36,6 +36,8 @@ pub struct MockStats {
     pub streams_abandoned: u64,
     /// Streams closed on purpose by `cut_after`.
     pub streams_cut: u64,
+    /// Non-streaming requests whose client went away during `latency_ms`.
+    pub requests_abandoned: u64,
     /// Requests answered with an injected error status.
     pub errors_injected: u64,
     /// Requests rejected as malformed (400).
@@ -70,6 +72,7 @@ pub(crate) struct Counters {
     pub streams_completed: AtomicU64,
     pub streams_abandoned: AtomicU64,
     pub streams_cut: AtomicU64,
+    pub requests_abandoned: AtomicU64,
     pub errors_injected: AtomicU64,
     pub bad_requests: AtomicU64,
 }
@@ -97,8 +100,8 @@ pub(crate) struct Shared {
     last_request: Mutex<Option<RecordedRequest>>,
     /// Every `id_slot` value received, with how often.
     id_slots_seen: Mutex<BTreeMap<i64, u64>>,
-    /// Wakes [`MockHandle::wait_until`] when a stream ends; only streams end asynchronously to
-    /// a test's own requests, so only they need a wake-up.
+    /// Wakes [`MockHandle::wait_until`] when a generating request arrives, a stream ends or a
+    /// client abandons a request.
     changed: Notify,
     /// Whether anyone waits on `changed`; spares the hot path a lock when nobody does.
     watched: AtomicBool,
@@ -154,6 +157,7 @@ impl Shared {
         if fail {
             self.counters.errors_injected.fetch_add(1, Ordering::Relaxed);
         }
+        self.notify();
         Admission { n, fail }
     }
 
@@ -256,6 +260,7 @@ impl MockHandle {
             streams_completed: get(&c.streams_completed),
             streams_abandoned: get(&c.streams_abandoned),
             streams_cut: get(&c.streams_cut),
+            requests_abandoned: get(&c.requests_abandoned),
             errors_injected: get(&c.errors_injected),
             bad_requests: get(&c.bad_requests),
         }
@@ -285,8 +290,9 @@ impl MockHandle {
         slots.map(|s| s.served.load(Ordering::Relaxed)).collect()
     }
 
-    /// Waits until `condition` holds for the counters. It is checked now and each time a stream
-    /// ends, so it suits conditions on stream outcomes; bound the wait with a timeout.
+    /// Waits until `condition` holds for the counters. It is checked now and each time a
+    /// generating request arrives, a stream ends or a request is abandoned (not on `/health`,
+    /// `/slots` or `/v1/models`); bound the wait with a timeout.
     pub async fn wait_until(&self, condition: impl Fn(&MockStats) -> bool) -> MockStats {
         self.shared.watched.store(true, Ordering::Release);
         loop {

@@ -185,6 +185,23 @@ async fn a_client_dropping_a_stream_counts_as_abandoned() {
 }
 
 #[tokio::test]
+async fn a_client_leaving_during_the_latency_counts_as_abandoned() {
+    let mock = mock(Behaviour {
+        latency_ms: 600_000,
+        ..Behaviour::default()
+    })
+    .await;
+    let url = mock.url("/v1/chat/completions");
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let request = tokio::spawn(async move { client().post(url).json(&body).send().await });
+    wait(&mock, |s| s.chat_completions == 1).await;
+    // Dropping the in-flight request closes its connection.
+    request.abort();
+    let stats = wait(&mock, |s| s.requests_abandoned == 1).await;
+    assert_eq!(stats.streams_started, 0);
+}
+
+#[tokio::test]
 async fn the_last_request_body_is_recorded() {
     let mock = mock(Behaviour::default()).await;
     let body = json!({

@@ -1,10 +1,12 @@
-//! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`.
+//! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`,
+//! and `orchestrator mock-upstream [FLAGS]`, a fake model server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::mock::MockArgs;
 use crate::telemetry::LogFormat;
 
 /// An OpenAI-compatible gateway that runs every request through a staged, backpressured
@@ -26,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
+    /// Run a fake OpenAI-compatible and llama.cpp model server (tests, benchmarks, no GPU).
+    MockUpstream(MockArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -44,6 +48,7 @@ impl Cli {
         match &self.command {
             None => Some(&self.serve),
             Some(Command::Serve(args)) => Some(args),
+            Some(Command::MockUpstream(_)) => None,
         }
     }
 }
@@ -70,5 +75,30 @@ mod tests {
         .unwrap();
         assert_eq!(cli.serve_args().unwrap().config, Some(PathBuf::from("p.toml")));
         assert_eq!(cli.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn mock_upstream_flags() {
+        let cli = Cli::try_parse_from([
+            "orchestrator",
+            "mock-upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--error-rate",
+            "0.5",
+            "--cut-after",
+            "3",
+            "--model",
+            "a",
+            "--model",
+            "b",
+        ])
+        .unwrap();
+        let Some(Command::MockUpstream(args)) = cli.command else {
+            panic!("not mock-upstream: {cli:?}");
+        };
+        assert_eq!((args.error_rate, args.cut_after, args.tokens), (0.5, Some(3), 16));
+        assert_eq!(args.models, ["a", "b"]);
+        assert!(Cli::try_parse_from(["orchestrator", "mock-upstream", "--error-rate", "2"]).is_err());
     }
 }

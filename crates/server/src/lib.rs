@@ -8,11 +8,13 @@
 //! - [`auth`]: bearer API keys.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`cli`]: the command line.
+//! - [`mock`]: a fake OpenAI-compatible and llama.cpp model server for tests and benchmarks.
 
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod mock;
 pub mod models;
 pub mod server;
 pub mod telemetry;

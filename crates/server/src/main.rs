@@ -1,9 +1,11 @@
-//! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT, drain.
+//! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT, drain;
+//! or run the mock upstream (`orchestrator mock-upstream`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator_server::cli::{Cli, ServeArgs};
+use orchestrator_server::cli::{Cli, Command, ServeArgs};
+use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server};
 
@@ -11,9 +13,33 @@ use orchestrator_server::{Config, Server};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Some(Command::MockUpstream(args)) = &cli.command {
+        return mock_upstream(args.clone()).await;
+    }
     match cli.serve_args() {
         Some(args) => serve(args).await,
         None => ExitCode::SUCCESS,
+    }
+}
+
+async fn mock_upstream(args: MockArgs) -> ExitCode {
+    let config = MockConfig::from(args);
+    let listen = config.listen;
+    let mock = match MockUpstream::bind(config).await {
+        Ok(mock) => mock,
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "Cannot listen.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = mock.local_addr().map_or(listen, |addr| addr);
+    tracing::info!(%addr, "Mock upstream listening; OpenAI base_url is http://{addr}/v1");
+    match mock.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "The mock upstream failed.");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod auth;
 mod cancellation;
 mod endpoints;
 mod errors;
+mod gateway_mock;
 mod mock_upstream;
 mod openai_backend;
 mod parser;

@@ -1,0 +1,222 @@
+//! The gateway in front of mock upstreams (real HTTP on both sides): tokens relayed as the
+//! upstream produces them, cancellation reaching the upstream, a mid-stream cut, retries before
+//! the first token, session affinity across replicas, and pass-through fields.
+
+use std::time::Duration;
+
+use orchestrator_backends::OpenAiConfig;
+use orchestrator_backends::routing::balance::Balancing;
+use orchestrator_server::Server;
+use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
+use orchestrator_server::mock::{Behaviour, MockConfig, MockUpstream, RunningMock};
+use serde_json::json;
+
+use crate::support::{Frame, SseReader, client, json};
+
+async fn mock(behaviour: Behaviour) -> RunningMock {
+    let mut config = MockConfig::ephemeral();
+    config.behaviour = behaviour;
+    MockUpstream::start(config).await.unwrap()
+}
+
+/// A gateway serving model `m` from `mocks` (backends `up0`, `up1`, ...) with `balancing`.
+async fn gateway(mocks: &[&RunningMock], balancing: Balancing) -> String {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.backends.clear();
+    config.models.clear();
+    let mut names = Vec::new();
+    for (i, mock) in mocks.iter().enumerate() {
+        let name = format!("up{i}");
+        config.backends.push(BackendConfig::Openai(OpenAiConfig {
+            name: name.clone(),
+            base_url: mock.url("/v1"),
+            api_key_env: None,
+            model: Some("mock".into()),
+            headers: Default::default(),
+            timeouts: Default::default(),
+            routing: Default::default(),
+        }));
+        names.push(name);
+    }
+    let mut model = ModelConfig::single("m", "up0");
+    model.backends = names;
+    model.balancing = balancing;
+    model.retries.initial_backoff_ms = 1;
+    config.models.push(model);
+    let server = Server::bind(config).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    tokio::spawn(server.run(std::future::pending()));
+    base
+}
+
+fn stream_body() -> serde_json::Value {
+    json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn content(frame: &Frame) -> Option<String> {
+    json(frame)["choices"][0]["delta"]["content"]
+        .as_str()
+        .map(String::from)
+}
+
+#[tokio::test]
+async fn tokens_arrive_as_the_upstream_makes_them_and_a_disconnect_reaches_it() {
+    // Two tokens a second: the whole answer would take eight seconds.
+    let upstream = mock(Behaviour {
+        tokens: 16,
+        tokens_per_second: 2.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let base = gateway(&[&upstream], Balancing::RoundRobin).await;
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    let mut reader = SseReader::new(response);
+    reader.next().await.unwrap(); // role
+    let first = content(&reader.next().await.unwrap()).unwrap();
+    assert_eq!(first, "tok0");
+    let stats = upstream.handle().stats();
+    assert_eq!(
+        (stats.streams_started, stats.streams_completed),
+        (1, 0),
+        "the upstream is still generating"
+    );
+
+    drop(reader);
+    let handle = upstream.handle();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        handle.wait_until(|s| s.streams_abandoned == 1),
+    )
+    .await
+    .expect("the upstream sees its stream abandoned");
+}
+
+#[tokio::test]
+async fn a_cut_upstream_stream_ends_with_an_error_event_and_is_not_retried() {
+    let upstream = mock(Behaviour {
+        tokens: 10,
+        cut_after: Some(3),
+        ..Behaviour::default()
+    })
+    .await;
+    let base = gateway(&[&upstream], Balancing::RoundRobin).await;
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    let frames = SseReader::new(response).rest().await;
+    // After the role chunk, the tokens.
+    let tokens: Vec<String> = frames[1..]
+        .iter()
+        .filter(|f| matches!(f, Frame::Data(_)))
+        .filter_map(content)
+        .collect();
+    assert_eq!(tokens, ["tok0", " tok1", " tok2"]);
+    let Some(Frame::Event(name, data)) = frames.last() else {
+        panic!("expected an error event last: {frames:#?}");
+    };
+    assert_eq!(name, "error");
+    assert!(data.contains("up0: the stream"), "{data}");
+    assert_eq!(
+        upstream.handle().stats().chat_completions,
+        1,
+        "no retry after the first token"
+    );
+}
+
+#[tokio::test]
+async fn failures_before_the_first_token_are_retried_on_another_replica() {
+    let broken = mock(Behaviour {
+        error_rate: 1.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let healthy = mock(Behaviour::default()).await;
+    let base = gateway(&[&broken, &healthy], Balancing::RoundRobin).await;
+    for i in 0..6 {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": format!("q{i}")}]});
+        let response = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(
+        broken.handle().stats().errors_injected > 0,
+        "round robin sent calls to the broken replica"
+    );
+    assert_eq!(
+        healthy.handle().stats().chat_completions,
+        6,
+        "each of them was retried on the healthy one"
+    );
+}
+
+#[tokio::test]
+async fn a_session_stays_on_one_replica() {
+    let mocks = [
+        mock(Behaviour::default()).await,
+        mock(Behaviour::default()).await,
+        mock(Behaviour::default()).await,
+    ];
+    let base = gateway(&[&mocks[0], &mocks[1], &mocks[2]], Balancing::SessionAffinity).await;
+    for session in ["alice", "bob", "carol", "dave"] {
+        let before: Vec<u64> = mocks
+            .iter()
+            .map(|m| m.handle().stats().chat_completions)
+            .collect();
+        for _ in 0..5 {
+            let response = client()
+                .post(format!("{base}/v1/chat/completions"))
+                .header("x-session-id", session)
+                .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let grew: Vec<u64> = mocks
+            .iter()
+            .zip(&before)
+            .map(|(m, b)| m.handle().stats().chat_completions - b)
+            .collect();
+        assert_eq!(grew.iter().filter(|&&n| n > 0).count(), 1, "{session}: {grew:?}");
+        assert_eq!(grew.iter().sum::<u64>(), 5);
+    }
+}
+
+#[tokio::test]
+async fn fields_the_gateway_does_not_act_on_reach_the_upstream() {
+    let upstream = mock(Behaviour::default()).await;
+    let base = gateway(&[&upstream], Balancing::RoundRobin).await;
+    let body = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi", "name": "ann"}],
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        "response_format": {"type": "json_object"},
+        "presence_penalty": 0.5,
+    });
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let sent = upstream.handle().last_request().unwrap().json();
+    assert_eq!(sent["tools"], body["tools"]);
+    assert_eq!(sent["response_format"], body["response_format"]);
+    assert_eq!(sent["presence_penalty"], 0.5);
+    assert_eq!(sent["messages"][0]["name"], "ann");
+    assert_eq!(sent["model"], "mock");
+}

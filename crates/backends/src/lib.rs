@@ -3,11 +3,18 @@
 //!
 //! - [`openai`]: any OpenAI-compatible server (OpenAI, vLLM, SGLang, Ollama, llama.cpp `/v1`,
 //!   TGI), streaming relayed token by token.
+//! - [`llamacpp`]: llama.cpp's native `/completion`, keeping each session on one KV-cache slot.
+//! - [`http`], [`sse`], [`timeouts`]: what the HTTP backends share: the client, error mapping,
+//!   the incremental SSE relay and its time limits.
 //! - [`routing`]: the router in front of them: balancing, retries before the first token,
 //!   fallback groups, circuit breakers, per-backend limits.
 
+pub mod http;
+pub mod llamacpp;
 pub mod openai;
 pub mod routing;
+pub mod sse;
+pub mod timeouts;
 
 pub use openai::{OpenAiConfig, OpenAiWorker};
 pub use routing::Router;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use orchestrator_backends::OpenAiConfig;
+use orchestrator_backends::llamacpp::LlamaCppConfig;
 use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::replica::ReplicaConfig;
 use orchestrator_backends::routing::retry::RetryConfig;
@@ -92,6 +93,8 @@ pub enum BackendConfig {
     },
     /// An OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp `/v1`, TGI.
     Openai(OpenAiConfig),
+    /// llama-server's native `/completion`, one KV-cache slot per session.
+    Llamacpp(LlamaCppConfig),
 }
 
 impl BackendConfig {
@@ -99,6 +102,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Echo { name, .. } => name,
             BackendConfig::Openai(c) => &c.name,
+            BackendConfig::Llamacpp(c) => &c.name,
         }
     }
 
@@ -107,6 +111,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Echo { routing, .. } => *routing,
             BackendConfig::Openai(c) => c.routing,
+            BackendConfig::Llamacpp(c) => c.routing,
         }
     }
 }
@@ -275,14 +280,19 @@ impl Config {
         }
         let mut backend_names = HashSet::new();
         for (i, backend) in self.backends.iter().enumerate() {
-            if let BackendConfig::Openai(c) = backend {
-                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+            let http = match backend {
+                BackendConfig::Echo { .. } => None,
+                BackendConfig::Openai(c) => Some((&c.base_url, &c.api_key_env)),
+                BackendConfig::Llamacpp(c) => Some((&c.base_url, &c.api_key_env)),
+            };
+            if let Some((base_url, api_key_env)) = http {
+                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                     add(
                         format!("backends[{i}].base_url"),
-                        format!("{:?} is not an http:// or https:// URL", c.base_url),
+                        format!("{base_url:?} is not an http:// or https:// URL"),
                     );
                 }
-                if let Some(var) = &c.api_key_env
+                if let Some(var) = api_key_env
                     && std::env::var(var).map_or(true, |v| v.is_empty())
                 {
                     add(
@@ -290,6 +300,14 @@ impl Config {
                         format!("the environment variable {var} is not set or empty"),
                     );
                 }
+            }
+            if let BackendConfig::Llamacpp(c) = backend
+                && c.slots == 0
+            {
+                add(
+                    format!("backends[{i}].slots"),
+                    "must be at least 1: the server's parallel slots (llama-server -np)".into(),
+                );
             }
             if backend.name().is_empty() {
                 add(format!("backends[{i}].name"), "must not be empty".into());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_backends::OpenAiWorker;
+use orchestrator_backends::llamacpp::LlamaCppWorker;
 use orchestrator_backends::openai::BuildError;
 use orchestrator_backends::routing::replica::Replica;
 use orchestrator_backends::routing::{Group, Route, Router};
@@ -54,5 +55,6 @@ fn build_backend(config: &BackendConfig) -> Result<Arc<dyn ModelWorker>, BuildEr
             EchoWorker::with_token_delay(Duration::from_millis(*token_delay_ms))
         }),
         BackendConfig::Openai(c) => Arc::new(OpenAiWorker::new(c)?),
+        BackendConfig::Llamacpp(c) => Arc::new(LlamaCppWorker::new(c)?),
     })
 }

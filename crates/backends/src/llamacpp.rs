@@ -1,0 +1,213 @@
+//! llama.cpp's native API (`kind = "llamacpp"`): `POST /completion` with `cache_prompt: true` and
+//! an `id_slot` derived from the session, so one session keeps reusing one slot's KV cache.
+//!
+//! It sends the prompt as the Assemble stage rendered it; llama-server applies no chat template
+//! on this endpoint (use `kind = "openai"` against its `/v1` for that). Fields of the client's
+//! request meant for OpenAI servers are not passed on here: the native API names them differently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio_prompt_orchestrator::shard::shard_for;
+use tokio_prompt_orchestrator::{
+    FinishReason, InferenceCall, ModelWorker, TokenStream, Usage, WorkerChunk, WorkerError,
+};
+
+use crate::http::{BuildError, HttpBackend};
+use crate::routing::replica::ReplicaConfig;
+use crate::sse::{self, Dialect, Parsed};
+use crate::timeouts::{TimeoutConfig, Timeouts};
+
+/// One llama-server.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaCppConfig {
+    pub name: String,
+    /// The server root, without `/v1` (e.g. `http://127.0.0.1:8080`).
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The server's parallel slots (its `-np`); each session maps to one of them.
+    #[serde(default = "one")]
+    pub slots: usize,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub routing: ReplicaConfig,
+}
+
+fn one() -> usize {
+    1
+}
+
+pub struct LlamaCppWorker {
+    http: HttpBackend,
+    slots: usize,
+}
+
+impl LlamaCppWorker {
+    /// # Errors
+    /// When the key's variable is unset, a header is invalid, or the HTTP client cannot start.
+    pub fn new(config: &LlamaCppConfig) -> Result<Self, BuildError> {
+        if config.slots == 0 {
+            return Err(BuildError("slots must be at least 1 (the server's -np)".into()));
+        }
+        let http = HttpBackend::new(
+            &config.name,
+            &config.base_url,
+            config.api_key_env.as_deref(),
+            &config.headers,
+            Timeouts::from(config.timeouts),
+        )?;
+        Ok(Self {
+            http,
+            slots: config.slots,
+        })
+    }
+}
+
+/// The `/completion` body for `call` on `slot`.
+pub fn request_body(call: &InferenceCall, slot: usize, stream: bool) -> Value {
+    let params = &call.request.params;
+    let mut body = Map::new();
+    body.insert("prompt".into(), Value::from(&*call.prompt));
+    body.insert(
+        "n_predict".into(),
+        params.max_tokens.map_or(Value::from(-1), Value::from),
+    );
+    body.insert("stream".into(), stream.into());
+    body.insert("cache_prompt".into(), true.into());
+    body.insert("id_slot".into(), slot.into());
+    if let Some(t) = params.temperature {
+        body.insert("temperature".into(), t.into());
+    }
+    if let Some(p) = params.top_p {
+        body.insert("top_p".into(), p.into());
+    }
+    if !params.stop.is_empty() {
+        body.insert("stop".into(), params.stop.clone().into());
+    }
+    if let Some(seed) = params.seed {
+        body.insert("seed".into(), seed.into());
+    }
+    Value::Object(body)
+}
+
+/// A `/completion` answer, whole or one streamed piece of it.
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    stop: bool,
+    stop_type: Option<String>,
+    tokens_predicted: Option<u32>,
+    tokens_evaluated: Option<u32>,
+    error: Option<Value>,
+}
+
+impl Answer {
+    fn parsed(self) -> Parsed {
+        let reason = match self.stop_type.as_deref() {
+            Some("limit") => FinishReason::Length,
+            _ => FinishReason::Stop,
+        };
+        let finish = self.stop.then_some(reason);
+        let usage = match (self.tokens_evaluated, self.tokens_predicted) {
+            (Some(prompt), Some(completion)) if self.stop => Some(Usage::new(prompt, completion)),
+            _ => None,
+        };
+        Parsed {
+            token: Some(self.content).filter(|t| !t.is_empty()),
+            finish,
+            usage,
+            done: self.stop,
+        }
+    }
+}
+
+fn error_text(error: &Value) -> String {
+    error
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| error.to_string(), String::from)
+}
+
+/// llama-server's stream: `{"content": ..., "stop": false}` pieces, then one with `stop: true`
+/// and the counts; no `[DONE]`.
+struct LlamaDialect;
+
+impl Dialect for LlamaDialect {
+    fn parse(&mut self, data: &str) -> Result<Parsed, String> {
+        let answer: Answer =
+            serde_json::from_str(data).map_err(|e| format!("an unreadable stream chunk ({e})"))?;
+        if let Some(error) = &answer.error {
+            return Err(error_text(error));
+        }
+        Ok(answer.parsed())
+    }
+}
+
+#[async_trait]
+impl ModelWorker for LlamaCppWorker {
+    async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
+        let body = serde_json::json!({"prompt": prompt, "n_predict": -1, "cache_prompt": true});
+        let deadline = self.http.deadline();
+        let response = self.http.post("/completion", &body, deadline).await?;
+        let bytes = self.http.read_all(response, deadline).await?;
+        let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
+            self.http
+                .error(&format!("the answer is not llama.cpp JSON ({e})"), true)
+        })?;
+        Ok(vec![answer.content])
+    }
+
+    async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        let deadline = self.http.deadline();
+        let slot = shard_for(&call.request.session, self.slots);
+        let streamed = call.request.stream;
+        let response = self
+            .http
+            .post("/completion", &request_body(&call, slot, streamed), deadline)
+            .await?;
+        if streamed {
+            return Ok(sse::relay(
+                response,
+                LlamaDialect,
+                self.http.name.clone(),
+                self.http.timeouts,
+                deadline,
+            ));
+        }
+        let bytes = self.http.read_all(response, deadline).await?;
+        let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
+            self.http
+                .error(&format!("the answer is not llama.cpp JSON ({e})"), true)
+        })?;
+        if let Some(error) = &answer.error {
+            return Err(self.http.error(&error_text(error), false));
+        }
+        let parsed = answer.parsed();
+        let mut chunks = Vec::with_capacity(2);
+        if let Some(text) = parsed.token {
+            chunks.push(Ok(WorkerChunk::Token(text)));
+        }
+        chunks.push(Ok(WorkerChunk::Finish {
+            reason: parsed.finish.unwrap_or_default(),
+            usage: parsed.usage,
+        }));
+        Ok(stream::iter(chunks).boxed())
+    }
+}
+
+impl LlamaCppWorker {
+    pub fn name(&self) -> &Arc<str> {
+        &self.http.name
+    }
+}

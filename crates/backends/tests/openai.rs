@@ -1,14 +1,15 @@
 //! The OpenAI-compatible worker against recorded upstream answers (wiremock): bodies sent,
-//! tokens relayed, errors named, cuts and timeouts reported.
+//! tokens relayed, errors named, cuts and timeouts reported; vLLM's priority and health probes.
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use orchestrator_backends::openai::{OpenAiConfig, OpenAiWorker, TimeoutConfig};
+use orchestrator_backends::openai::{Flavor, OpenAiConfig, OpenAiWorker, TimeoutConfig};
+use orchestrator_backends::routing::health::{HealthConfig, HealthProbe};
 use serde_json::json;
 use tokio_prompt_orchestrator::{
-    ChatMessage, FinishReason, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, Usage,
-    WorkerChunk, WorkerError,
+    ChatMessage, FinishReason, InferenceCall, InferenceRequest, ModelWorker, Priority, RequestId, SessionId,
+    Usage, WorkerChunk, WorkerError,
 };
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -23,6 +24,7 @@ fn config(server: &MockServer) -> OpenAiConfig {
         headers: Default::default(),
         timeouts: TimeoutConfig::default(),
         routing: Default::default(),
+        health_check: None,
     }
 }
 
@@ -288,4 +290,99 @@ async fn the_one_shot_form_works_too() {
         .await;
     let worker = OpenAiWorker::new(&config(&server)).unwrap();
     assert_eq!(worker.infer("Hello").await.unwrap(), ["Hi there"]);
+}
+
+#[tokio::test]
+async fn vllm_gets_the_request_priority_and_plain_openai_does_not() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"priority": -1})))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(ANSWER, "application/json"))
+        .expect(1)
+        .named("vLLM with priority")
+        .mount(&server)
+        .await;
+    let high = || {
+        let mut call = call(false);
+        let mut request = (*call.request).clone();
+        request.priority = Priority::High;
+        call.request = Arc::new(request);
+        call
+    };
+    let vllm = OpenAiWorker::with_flavor(&config(&server), Flavor::Vllm).unwrap();
+    assert!(collect(&vllm, high()).await.iter().all(Result::is_ok));
+    // Normal priority is vLLM's default: nothing is sent, and plain OpenAI servers never get it.
+    let openai = OpenAiWorker::new(&config(&server)).unwrap();
+    for (worker, call) in [(&vllm, call(false)), (&openai, high())] {
+        collect(worker, call).await;
+        let last = server.received_requests().await.unwrap().pop().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+        assert!(body.get("priority").is_none(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn health_probes_ask_each_server_the_way_it_answers() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(r#"{"data":[]}"#, "application/json"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/metrics"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            "vllm:num_requests_running{model_name=\"m\"} 3.0\nvllm:num_requests_waiting{model_name=\"m\"} 7.0\n",
+        ))
+        .mount(&server)
+        .await;
+    let openai = OpenAiWorker::new(&config(&server)).unwrap();
+    assert_eq!(openai.probe().await, Ok(None));
+    let vllm = OpenAiWorker::with_flavor(&config(&server), Flavor::Vllm).unwrap();
+    assert_eq!(vllm.probe().await, Ok(Some(7)));
+
+    server.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("engine dead"))
+        .mount(&server)
+        .await;
+    let error = vllm.probe().await.unwrap_err();
+    assert_eq!(
+        error,
+        format!("GET {}/health answered 503: engine dead", server.uri())
+    );
+    assert!(
+        openai
+            .probe()
+            .await
+            .unwrap_err()
+            .contains("/v1/models answered 404")
+    );
+}
+
+#[test]
+fn checks_are_on_for_vllm_and_off_for_other_openai_servers_unless_configured() {
+    let config = OpenAiConfig {
+        name: "n".into(),
+        base_url: "http://h/v1".into(),
+        api_key_env: None,
+        model: None,
+        headers: Default::default(),
+        timeouts: TimeoutConfig::default(),
+        routing: Default::default(),
+        health_check: None,
+    };
+    assert_eq!(config.health(Flavor::Vllm), HealthConfig::default());
+    assert_eq!(config.health(Flavor::OpenAi).interval_ms, 0);
+    let on = OpenAiConfig {
+        health_check: Some(HealthConfig::default()),
+        ..config
+    };
+    assert_eq!(on.health(Flavor::OpenAi), HealthConfig::default());
 }

@@ -5,6 +5,7 @@ mod cancellation;
 mod endpoints;
 mod errors;
 mod gateway_mock;
+mod health_checks;
 mod mock_upstream;
 mod openai_backend;
 mod parser;

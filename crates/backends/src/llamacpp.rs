@@ -129,6 +129,7 @@ impl Answer {
         };
         Parsed {
             token: Some(self.content).filter(|t| !t.is_empty()),
+            extra: None,
             finish,
             usage,
             done: self.stop,

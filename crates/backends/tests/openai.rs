@@ -1,5 +1,6 @@
 //! The OpenAI-compatible worker against recorded upstream answers (wiremock): bodies sent,
-//! tokens relayed, errors named, cuts and timeouts reported; vLLM's priority and health probes.
+//! tokens relayed, pass-through parts (tool calls, logprobs) kept, errors named, cuts and
+//! timeouts reported; vLLM's priority and health probes.
 
 use std::sync::Arc;
 
@@ -8,8 +9,8 @@ use orchestrator_backends::openai::{Flavor, OpenAiConfig, OpenAiWorker, TimeoutC
 use orchestrator_backends::routing::health::{HealthConfig, HealthProbe};
 use serde_json::json;
 use tokio_prompt_orchestrator::{
-    ChatMessage, FinishReason, InferenceCall, InferenceRequest, ModelWorker, Priority, RequestId, SessionId,
-    Usage, WorkerChunk, WorkerError,
+    ChatMessage, FinishReason, InferenceCall, InferenceRequest, ModelWorker, Passthrough, Priority,
+    RequestId, SessionId, Usage, WorkerChunk, WorkerError,
 };
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -385,4 +386,119 @@ fn checks_are_on_for_vllm_and_off_for_other_openai_servers_unless_configured() {
         ..config
     };
     assert_eq!(on.health(Flavor::OpenAi), HealthConfig::default());
+}
+
+/// The pass-through parts of `chunks`, merged as a client accumulates a stream.
+fn merged(chunks: &[Result<WorkerChunk, WorkerError>]) -> serde_json::Value {
+    let mut whole = Passthrough::default();
+    for chunk in chunks {
+        if let Ok(WorkerChunk::Passthrough(delta)) = chunk {
+            whole.merge((**delta).clone());
+        }
+    }
+    serde_json::to_value(whole).unwrap()
+}
+
+#[tokio::test]
+async fn streamed_tool_calls_are_relayed_delta_by_delta() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(sse(include_str!("recorded/tool_calls.sse")))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    // Five tool-call deltas, each with its index, then the finish.
+    let indexes: Vec<serde_json::Value> = chunks
+        .iter()
+        .filter_map(|c| match c {
+            Ok(WorkerChunk::Passthrough(d)) => Some(d.message.get("tool_calls")?[0]["index"].clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(indexes, [json!(0), json!(0), json!(0), json!(1), json!(1)]);
+    assert_eq!(
+        chunks.last().unwrap().clone().unwrap(),
+        WorkerChunk::Finish {
+            reason: FinishReason::ToolCalls,
+            usage: Some(Usage::new(82, 41)),
+        }
+    );
+    assert_eq!(
+        merged(&chunks),
+        json!({
+            "message": {"tool_calls": [
+                {"index": 0, "id": "call_Wq1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+                {"index": 1, "id": "call_Xr2", "type": "function",
+                 "function": {"name": "get_time", "arguments": "{\"tz\": \"CET\"}"}},
+            ]},
+            "response": {"system_fingerprint": "fp_0ba0d124f1"},
+        })
+    );
+}
+
+#[tokio::test]
+async fn streamed_logprobs_follow_their_tokens() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(sse(include_str!("recorded/logprobs.sse")))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    let shape: Vec<String> = chunks
+        .iter()
+        .map(|c| match c.as_ref().unwrap() {
+            WorkerChunk::Token(t) => format!("token {t}"),
+            WorkerChunk::Passthrough(d) => match d.choice.get("logprobs").and_then(|l| l["content"].get(0)) {
+                Some(lp) => format!("logprob {}", lp["token"].as_str().unwrap()),
+                None => "opening".into(),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            "opening",
+            "token Hi",
+            "logprob Hi",
+            "token !",
+            "logprob !",
+            "Finish { reason: Stop, usage: None }"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_whole_answer_passes_its_tool_calls_logprobs_and_fingerprint_on() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(include_str!("recorded/tool_calls.json"), "application/json"),
+        )
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(false)).await;
+    assert_eq!(chunks.len(), 2, "no text: the pass-through part, then the finish");
+    assert_eq!(
+        merged(&chunks),
+        json!({
+            "message": {"tool_calls": [{"id": "call_Wq1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            "choice": {"logprobs": {"content": [{"token": "get", "logprob": -0.0012,
+                "bytes": [103, 101, 116], "top_logprobs": []}], "refusal": null}},
+            "response": {"system_fingerprint": "fp_0ba0d124f1", "service_tier": "default"},
+        })
+    );
+    assert!(matches!(
+        chunks[1],
+        Ok(WorkerChunk::Finish {
+            reason: FinishReason::ToolCalls,
+            ..
+        })
+    ));
 }

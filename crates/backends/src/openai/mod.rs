@@ -117,7 +117,7 @@ impl ModelWorker for OpenAiWorker {
             .post(Endpoint::of(&call).path(), &body, deadline)
             .await?;
         if streamed {
-            let dialect = stream::OpenAiDialect;
+            let dialect = stream::OpenAiDialect::default();
             return Ok(sse::relay(
                 response,
                 dialect,

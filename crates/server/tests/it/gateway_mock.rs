@@ -89,8 +89,10 @@ async fn tokens_arrive_as_the_upstream_makes_them_and_a_disconnect_reaches_it() 
         .unwrap();
     let mut reader = SseReader::new(response);
     reader.next().await.unwrap(); // role
-    let first = content(&reader.next().await.unwrap()).unwrap();
-    assert_eq!(first, "tok0");
+    let first = reader.next().await.unwrap();
+    assert_eq!(content(&first).unwrap(), "tok0");
+    // The upstream's fingerprint came alone in its opening chunk and rides on the first token.
+    assert!(json(&first)["system_fingerprint"].is_string(), "{first:?}");
     let stats = upstream.handle().stats();
     assert_eq!(
         (stats.streams_started, stats.streams_completed),

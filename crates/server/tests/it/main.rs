@@ -9,6 +9,7 @@ mod health_checks;
 mod mock_upstream;
 mod openai_backend;
 mod parser;
+mod passthrough;
 mod sdk;
 mod shutdown;
 mod streaming;

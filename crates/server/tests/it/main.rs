@@ -14,3 +14,4 @@ mod sdk;
 mod shutdown;
 mod streaming;
 mod support;
+mod validate;

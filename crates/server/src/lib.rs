@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: `pipeline.toml`, read and validated.
 //! - [`server`]: binding, serving, draining on shutdown.
+//! - [`live`], [`reload`]: the running config's pipeline, and swapping it for a new one.
 //! - [`api`]: the routes, request parsing, responses and error mapping.
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
 //! - [`auth`]: bearer API keys.
@@ -14,8 +15,10 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod live;
 pub mod mock;
 pub mod models;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 

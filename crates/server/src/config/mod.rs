@@ -79,6 +79,9 @@ pub struct ApiKeyConfig {
     pub key: Option<String>,
     pub sha256: Option<String>,
     pub env: Option<String>,
+    /// Whether the key may use the admin endpoints (`POST /admin/reload`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// One backend, selected by `kind`.

@@ -6,6 +6,7 @@
 //! - [`live`], [`reload`]: the running config's pipeline, and swapping it for a new one.
 //! - [`api`]: the routes, request parsing, responses and error mapping.
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
+//! - [`post`]: the config's post-processors (stop, max_chars, redact, json).
 //! - [`auth`]: bearer API keys.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`cli`]: the command line.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod live;
 pub mod mock;
 pub mod models;
+pub mod post;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

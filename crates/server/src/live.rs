@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use orchestrator_backends::Router;
-use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, RequestSender};
+use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, RequestSender};
 
 use crate::auth::ApiKeys;
 use crate::config::Config;
@@ -27,15 +27,22 @@ pub struct Live {
 }
 
 impl Live {
-    /// Starts `config`'s pipeline in front of `models`. Must be called inside a tokio runtime.
-    pub fn start(config: Config, models: Router, generation: u64) -> Self {
+    /// Starts `config`'s pipeline, with its post-processors, in front of `models`. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    /// When a post-processor cannot be built (validation has normally caught it).
+    pub fn start(config: Config, models: Router, generation: u64) -> Result<Self, String> {
         let models = Arc::new(models);
-        let handles = PipelineBuilder::new(models.clone())
-            .config(config.pipeline.clone())
-            .spawn();
+        let mut builder = PipelineBuilder::new(models.clone()).config(config.pipeline.clone());
+        for (i, post) in config.post.iter().enumerate() {
+            let processor: Arc<dyn PostProcessor> = post.build().map_err(|e| format!("post[{i}].{e}"))?;
+            builder = builder.post_processor(processor);
+        }
+        let handles = builder.spawn();
         // The HTTP API only submits (handles); fire-and-forget outputs are not used.
         drop(handles.output_rx);
-        Self {
+        Ok(Self {
             generation,
             sender: handles.input_tx,
             pipeline: handles.pipeline,
@@ -43,6 +50,6 @@ impl Live {
             keys: ApiKeys::from_config(&config.auth),
             max_body_bytes: config.server.max_body_bytes,
             config,
-        }
+        })
     }
 }

@@ -57,19 +57,21 @@ pub async fn reload(state: &Arc<AppState>) -> Result<Reloaded, ReloadError> {
     }
     // A backend that cannot be built (its key variable vanished since validation) is a problem
     // of the file too.
-    let models = build_router(&config).map_err(|message| {
+    let late_problem = |path: &str, message| {
         ReloadError::Invalid(ConfigError {
-            source_name: path.display().to_string(),
+            source_name: path.to_string(),
             problems: vec![crate::config::Problem {
-                path: "backends".into(),
+                path: String::new(),
                 message,
                 location: None,
             }],
         })
-    })?;
+    };
+    let source = path.display().to_string();
+    let models = build_router(&config).map_err(|m| late_problem(&source, m))?;
     let generation = current.generation + 1;
     drop(current);
-    let live = Live::start(config, models, generation);
+    let live = Live::start(config, models, generation).map_err(|m| late_problem(&source, m))?;
     let summary = live.config.summary();
     // The old `Live` goes when its last admitting request lets go; its pipeline then drains.
     drop(state.replace(live));

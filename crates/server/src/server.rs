@@ -100,7 +100,8 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let server_config = config.server.clone();
-        let state = Arc::new(AppState::new(Live::start(config, models, 0), started_at));
+        let live = Live::start(config, models, 0).map_err(io::Error::other)?;
+        let state = Arc::new(AppState::new(live, started_at));
         Ok(Self {
             listener,
             state,

@@ -239,6 +239,13 @@ impl From<PipelineError> for ApiError {
                     message,
                 ),
             },
+            // The model answered, but not in a form the config accepts (e.g. JSON mode).
+            PipelineError::Output { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "invalid_output",
+                message,
+            ),
             PipelineError::Retrieval { .. } => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",

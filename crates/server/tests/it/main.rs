@@ -10,6 +10,7 @@ mod mock_upstream;
 mod openai_backend;
 mod parser;
 mod passthrough;
+mod post;
 mod reload;
 mod sdk;
 mod shutdown;

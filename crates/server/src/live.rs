@@ -35,8 +35,8 @@ impl Live {
     pub fn start(config: Config, models: Router, generation: u64) -> Result<Self, String> {
         let models = Arc::new(models);
         let mut builder = PipelineBuilder::new(models.clone()).config(config.pipeline.clone());
-        for (i, post) in config.post.iter().enumerate() {
-            let processor: Arc<dyn PostProcessor> = post.build().map_err(|e| format!("post[{i}].{e}"))?;
+        for (post, models) in config.compile_graph().post {
+            let processor: Arc<dyn PostProcessor> = post.build_for(&models)?;
             builder = builder.post_processor(processor);
         }
         let handles = builder.spawn();

@@ -63,6 +63,14 @@ impl PostConfig {
     /// # Errors
     /// A message naming the problem and the fix.
     pub fn build(&self) -> Result<Arc<dyn PostProcessor>, String> {
+        self.build_for(self.models())
+    }
+
+    /// The processor, applied to `models` only (empty: every model).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_for(&self, models: &[String]) -> Result<Arc<dyn PostProcessor>, String> {
         let inner: Arc<dyn PostProcessor> = match self {
             PostConfig::Stop { sequences, .. } => Arc::new(StopSequences::new(sequences.clone())),
             PostConfig::MaxChars { max, .. } => Arc::new(MaxChars { max: *max }),
@@ -78,7 +86,6 @@ impl PostConfig {
             }),
             PostConfig::Json { always, .. } => Arc::new(JsonCheck { always: *always }),
         };
-        let models = self.models();
         Ok(if models.is_empty() {
             inner
         } else {

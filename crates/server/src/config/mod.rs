@@ -3,6 +3,7 @@
 //!
 //! With no file, [`Config::default`] serves one model, `echo`, from an echo backend.
 
+mod graph;
 mod locate;
 mod summary;
 
@@ -19,6 +20,7 @@ use orchestrator_backends::routing::retry::RetryConfig;
 use serde::Deserialize;
 use tokio_prompt_orchestrator::PipelineConfig;
 
+pub use self::graph::{StageDecl, StageKind};
 use crate::post::PostConfig;
 
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
@@ -37,6 +39,9 @@ pub struct Config {
     /// Post-processors, applied in order to the output of the models each names.
     #[serde(default)]
     pub post: Vec<PostConfig>,
+    /// The pipeline as a graph of named stages; empty: the canonical five in order.
+    #[serde(default)]
+    pub stages: Vec<StageDecl>,
 }
 
 /// `[server]`: the listener and HTTP limits.
@@ -173,6 +178,7 @@ impl Default for Config {
             }],
             models: vec![ModelConfig::single("echo", "echo")],
             post: Vec::new(),
+            stages: Vec::new(),
         }
     }
 }
@@ -425,6 +431,7 @@ impl Config {
                 }
             }
         }
+        self.graph_problems(&mut problems);
         problems
     }
 }

@@ -1,5 +1,6 @@
 //! Post-processors declared in the config, through the gateway: redaction on a stream, a
-//! character cap, and the JSON check of JSON-mode requests.
+//! character cap, the JSON check of JSON-mode requests, and a post stage that only one model's
+//! branch of a stage graph takes.
 
 use orchestrator_server::{Config, Server};
 use serde_json::{Value, json};
@@ -114,5 +115,55 @@ async fn json_mode_output_that_is_not_json_is_a_502() {
             assert!(data.contains("invalid_output"), "{data}");
         }
         other => panic!("expected an error event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stage_graph_branch_applies_its_processors_to_its_models_only() {
+    let text = r#"
+        [[backends]]
+        kind = "echo"
+        name = "echo"
+        [[models]]
+        name = "chat"
+        backends = ["echo"]
+        [[models]]
+        name = "secure"
+        backends = ["echo"]
+        [[stages]]
+        name = "assemble"
+        kind = "assemble"
+        [[stages]]
+        name = "infer"
+        kind = "inference"
+        inputs = ["assemble"]
+        [[stages]]
+        name = "redact"
+        kind = "post"
+        inputs = ["infer"]
+        models = ["secure"]
+        processors = [{ kind = "redact", pattern = '\d{4}-\d{4}', replacement = "[card]" }]
+        [[stages]]
+        name = "plain"
+        kind = "post"
+        inputs = ["infer"]
+        models = ["chat"]
+        [[stages]]
+        name = "out"
+        kind = "stream"
+        inputs = ["redact", "plain"]
+    "#;
+    let mut config = Config::parse(text, "graph.toml").unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(config).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    tokio::spawn(server.run(std::future::pending()));
+    for (model, expected) in [("secure", "card [card] ok"), ("chat", "card 1234-5678 ok")] {
+        let body: Value = chat(&base, chat_body(model, "card 1234-5678 ok"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["choices"][0]["message"]["content"], expected, "{model}");
     }
 }

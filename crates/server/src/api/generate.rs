@@ -65,17 +65,21 @@ async fn generate(
     body: Body,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(headers, body, state.max_body_bytes).await?;
+    // The running config admits the request; after a reload, the next request gets the new one.
+    let live = state.live();
+    let bytes = read_limited(headers, body, live.max_body_bytes).await?;
     let parsed: GenerationRequest = parse_json(&bytes)?;
     let (mut request, delivery) = match endpoint {
         Endpoint::Chat => parsed.into_chat()?,
         Endpoint::Completion => parsed.into_completion()?,
     };
-    if !state.models.contains(&delivery.model) {
+    if !live.models.contains(&delivery.model) {
         return Err(ApiError::model_not_found(&delivery.model));
     }
     request.session = session_key(headers, &delivery, key.as_ref(), &ctx.id)?;
-    let handle = state.sender.submit(request).await?;
+    let handle = live.sender.submit(request).await?;
+    // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.
+    drop(live);
     let header = Header {
         endpoint,
         id: format!("{}{}", endpoint.id_prefix(), ctx.id),
@@ -88,7 +92,12 @@ async fn generate(
     }
     let response = handle.into_response().await?;
     let completion = response.completion;
-    let body = header.complete(&response.text, completion.finish_reason, completion.usage);
+    let body = header.complete(
+        &response.text,
+        completion.finish_reason,
+        completion.usage,
+        response.passthrough.as_deref(),
+    );
     let mut http = (
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,

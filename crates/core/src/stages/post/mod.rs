@@ -1,9 +1,11 @@
 //! Post stage: streaming transforms between the model and the caller.
 //!
-//! In order: stop sequences (the output ends before the first one), the `max_tokens` cap
-//! (`finish_reason = length`), and joining into one piece for callers that did not ask for a
-//! stream. When Post ends a stream early it stops reading, which cancels the model call upstream.
+//! In order: the request's stop sequences (the output ends before the first one), the
+//! pipeline's post-processors ([`chain`]), the `max_tokens` cap (`finish_reason = length`), and
+//! joining into one piece for callers that did not ask for a
+//! stream (pass-through deltas such as tool calls are merged into one too). When Post ends a stream early it stops reading, which cancels the model call upstream.
 
+pub mod chain;
 mod stop;
 
 use std::sync::Arc;
@@ -12,10 +14,11 @@ use futures_util::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use self::stop::StopMatcher;
+use self::chain::Chain;
 use super::{Finished, Handoff, Piece, StageLogic, Start, StreamEnd};
+use crate::error::PipelineError;
 use crate::error::Stage;
-use crate::event::{FinishReason, Usage};
+use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::Shared;
 use crate::request::InferenceRequest;
 use crate::worker::count_tokens;
@@ -45,6 +48,8 @@ fn count(n: usize) -> u32 {
 struct Output {
     tx: mpsc::Sender<Piece>,
     joined: Option<String>,
+    /// Pass-through deltas merged, for joined callers.
+    joined_extra: Option<Box<Passthrough>>,
 }
 
 impl Output {
@@ -61,6 +66,19 @@ impl Output {
             None => self.tx.send(Piece::Token(text)).await.is_ok(),
         }
     }
+
+    /// Passes a pass-through delta on, or merges it for a joined caller; `false` when
+    /// downstream has gone.
+    async fn pass(&mut self, extra: Box<Passthrough>) -> bool {
+        if self.joined.is_none() {
+            return self.tx.send(Piece::Passthrough(extra)).await.is_ok();
+        }
+        match &mut self.joined_extra {
+            Some(whole) => whole.merge(*extra),
+            None => self.joined_extra = Some(extra),
+        }
+        true
+    }
 }
 
 async fn run(
@@ -73,41 +91,65 @@ async fn run(
 ) {
     let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Post);
-    let mut stops = StopMatcher::new(&request.params.stop);
+    let mut chain = Chain::new(&shared.post_processors, &request);
     let max_tokens = request.params.max_tokens.map_or(u64::MAX, u64::from);
     let mut out = Output {
         tx,
         joined: (!request.stream).then(String::new),
+        joined_extra: None,
     };
     let mut tokens: u64 = 0;
     let mut inference_active = Default::default();
     // Our own end (stop sequence or cap) carries no upstream usage; the counts are ours.
     let own_end = |reason| Ok(Finished { reason, usage: None });
+    let rejected = |(processor, message)| Err((Stage::Post, PipelineError::Output { processor, message }));
 
     let mut result = loop {
         match pieces.recv().await {
             Some(Piece::Token(text)) => {
                 tokens += 1;
-                let scan = stops.push(&text);
-                if !out.emit(scan.emit).await {
+                let step = match chain.push(text) {
+                    Ok(step) => step,
+                    Err(rejection) => break rejected(rejection),
+                };
+                if !out.emit(step.emit).await {
                     return;
                 }
-                if scan.stopped {
-                    break own_end(FinishReason::Stop);
+                if let Some(reason) = step.end {
+                    break own_end(reason);
                 }
                 if tokens >= max_tokens {
-                    if !out.emit(stops.finish()).await {
+                    let held = match chain.finish() {
+                        Ok(held) => held,
+                        Err(rejection) => break rejected(rejection),
+                    };
+                    if !out.emit(held.emit).await {
                         return;
                     }
                     break own_end(FinishReason::Length);
                 }
             }
-            Some(Piece::End(end)) => {
-                inference_active = end.inference_active;
-                if !out.emit(stops.finish()).await {
+            Some(Piece::Passthrough(extra)) => {
+                if !out.pass(extra).await {
                     return;
                 }
-                break end.result;
+            }
+            Some(Piece::End(end)) => {
+                inference_active = end.inference_active;
+                // A failed stream keeps its own error; a complete one must pass every check, and
+                // may still be cut by held-back text reaching a cap.
+                let held = match (chain.finish(), &end.result) {
+                    (Ok(held), _) => held,
+                    (Err(_), Err(_)) => Default::default(),
+                    (Err(rejection), Ok(_)) => break rejected(rejection),
+                };
+                if !out.emit(held.emit).await {
+                    return;
+                }
+                match (held.end, end.result) {
+                    (Some(reason), Ok(_)) => break own_end(reason),
+                    (_, result) => break result,
+                }
             }
             // Inference stopped without an end marker: the request was aborted, and the Stream
             // stage reports why.
@@ -121,6 +163,11 @@ async fn run(
         finished
             .usage
             .get_or_insert(Usage::new(prompt_tokens, completion));
+    }
+    if let Some(extra) = out.joined_extra.take()
+        && out.tx.send(Piece::Passthrough(extra)).await.is_err()
+    {
+        return;
     }
     if let Some(joined) = out.joined.take() {
         if !joined.is_empty() && out.tx.send(Piece::Token(joined)).await.is_err() {

@@ -17,8 +17,8 @@
 # versions and the installed server still runs; otherwise the venv is removed and built again.
 # Every version is pinned, build dependencies included (through PIP_CONSTRAINT, which pip also applies
 # to its isolated build environments). Build logs go to .llm/logs/.
-# From scratch on a 2-core machine: model under a minute, llama-server ~5-8 minutes,
-# llama-cpp-python ~4 minutes.
+# From scratch on a 2-core machine shared with other builds: the model 3 s, llama-server 34 min,
+# llama-cpp-python 15 min (about 16 CPU-minutes for both builds); when present, about a second.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

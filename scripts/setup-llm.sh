@@ -17,8 +17,8 @@
 # versions and the installed server still runs; otherwise the venv is removed and built again.
 # Every version is pinned, build dependencies included (through PIP_CONSTRAINT, which pip also applies
 # to its isolated build environments). Build logs go to .llm/logs/.
-# From scratch on a 2-core machine shared with other builds: the model 3 s, llama-server 34 min,
-# llama-cpp-python 15 min (about 16 CPU-minutes for both builds); when present, about a second.
+# From scratch on a 2-core machine shared with other builds: the model 3 s, llama-server 29 min
+# (about 12 CPU-minutes), llama-cpp-python 15 min; when everything is present, about a second.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -8,24 +8,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::order::OrderGate;
+use super::pipe::PipeTx;
 use crate::error::{PipelineError, Stage};
-use crate::event::{Completion, FinishReason, PromptOutput, Response, StageTimings, Usage};
+use crate::event::{Completion, FinishReason, PromptOutput, Response, ResponseEvent, StageTimings, Usage};
 use crate::request::{InferenceRequest, RequestId};
 use crate::stages::rag::RetrievedChunk;
 
 /// Where a request's events go.
 pub(crate) enum Reply {
-    /// A submitted request: tokens to its handle, then the final event on `done`.
-    Handle {
-        tokens: mpsc::Sender<String>,
-        done: oneshot::Sender<Result<Completion, PipelineError>>,
-    },
+    /// A submitted request: tokens, then the one final event, on its handle's pipe. `None` only
+    /// while the Stream stage has the pipe out to relay tokens (`take_events`).
+    Handle(Option<PipeTx<ResponseEvent>>),
     /// A fire-and-forget request: one joined output, in session order, on the output stream.
     Output {
         tx: mpsc::Sender<PromptOutput>,
@@ -217,11 +216,19 @@ impl Body {
         }
     }
 
-    /// The caller's token channel, for a submitted request.
-    pub fn tokens(&self) -> Option<&mpsc::Sender<String>> {
-        match &self.reply {
-            Some(Reply::Handle { tokens, .. }) => Some(tokens),
+    /// Lends out the caller's event pipe (a submitted request's), for relaying tokens; give it
+    /// back with [`return_events`](Self::return_events) before finishing, or the caller sees
+    /// the pipe end without a final event (an `Internal` error).
+    pub fn take_events(&mut self) -> Option<PipeTx<ResponseEvent>> {
+        match &mut self.reply {
+            Some(Reply::Handle(events)) => events.take(),
             _ => None,
+        }
+    }
+
+    pub fn return_events(&mut self, pipe: Option<PipeTx<ResponseEvent>>) {
+        if let Some(Reply::Handle(events)) = &mut self.reply {
+            *events = pipe;
         }
     }
 
@@ -261,11 +268,16 @@ impl Body {
             }
         };
         match reply {
-            Reply::Handle { tokens, done } => {
-                // Close the token channel first so the handle sees every token, then the end.
-                drop(tokens);
-                // The caller may have gone; then nobody needs the event.
-                let _ = done.send(result.map(|r| r.completion));
+            Reply::Handle(events) => {
+                let event = match result {
+                    Ok(response) => ResponseEvent::Done(response.completion),
+                    Err(error) => ResponseEvent::Error(error),
+                };
+                // After every token; never waits. The caller may have gone, and then nobody
+                // needs the event.
+                if let Some(events) = events {
+                    events.finish(event);
+                }
             }
             Reply::Output { tx, gate } => {
                 let output = PromptOutput {

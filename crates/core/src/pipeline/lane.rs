@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_util::future::{self, BoxFuture, Either};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
@@ -19,7 +19,7 @@ use super::edge::{Edge, Refused};
 use super::envelope::Body;
 use crate::error::PipelineError;
 use crate::metrics::StageMetrics;
-use crate::stages::{Carries, StageLogic, Start};
+use crate::stages::{Carries, Place, StageLogic, Start};
 
 /// What a lane task owns.
 pub(crate) struct Lane<L: StageLogic> {
@@ -27,8 +27,10 @@ pub(crate) struct Lane<L: StageLogic> {
     pub rx: mpsc::Receiver<L::In>,
     /// The next stage's lane for this shard; `None` for the last stage.
     pub next: Option<Edge<L::Out>>,
-    /// The stage's concurrency limit, shared by all its lanes.
-    pub limit: Arc<Semaphore>,
+    /// The stage's concurrency limit, shared by all its lanes; `None` where it cannot bind.
+    pub limit: Option<Arc<Semaphore>>,
+    /// The stage's configured concurrency.
+    pub concurrency: usize,
     /// For the first stage: cancelled when intake closes, so the lane stops taking new requests
     /// while live senders still exist.
     pub intake: Option<tokio_util::sync::CancellationToken>,
@@ -45,17 +47,19 @@ impl<L: StageLogic> Lane<L> {
             mut rx,
             next,
             limit,
+            concurrency,
             intake,
             shard,
             metrics,
         } = self;
+        let limit = limit.as_ref();
         let stage = L::STAGE;
         let ctx = StartCtx {
             logic: &*logic,
             metrics: &metrics,
             next: next.as_ref(),
         };
-        let max_ordered = limit.available_permits().max(1);
+        let max_ordered = concurrency.max(1);
         let mut s = LaneState {
             ordered: FuturesOrdered::new(),
             work: FuturesUnordered::new(),
@@ -98,17 +102,16 @@ impl<L: StageLogic> Lane<L> {
                         }
                     }
                 }
-                acquired = limit.clone().acquire_owned(), if staged.is_some() => {
-                    // The semaphore is never closed, so `acquired` is always a permit.
-                    if let (Some(item), Ok(permit)) = (staged.take(), acquired) {
-                        ctx.start(item, permit, &mut s);
+                place = wait_for_place(limit), if staged.is_some() => {
+                    if let Some(item) = staged.take() {
+                        ctx.start(item, place, &mut s);
                     }
                 }
                 item = rx.recv(), if can_take => match item {
                     None => open = false,
-                    Some(item) => match limit.clone().try_acquire_owned() {
-                        Ok(permit) => ctx.start(item, permit, &mut s),
-                        Err(_) => staged = Some(item),
+                    Some(item) => match try_place(limit) {
+                        Some(place) => ctx.start(item, place, &mut s),
+                        None => staged = Some(item),
                     },
                 },
                 () = intake.cancelled(), if !intake_closed => {
@@ -146,7 +149,7 @@ struct StartCtx<'a, L: StageLogic> {
 
 impl<L: StageLogic> StartCtx<'_, L> {
     /// Starts one item that has its place under the concurrency limit.
-    fn start(&self, mut item: L::In, permit: OwnedSemaphorePermit, s: &mut LaneState<L::Out>) {
+    fn start(&self, mut item: L::In, permit: Place, s: &mut LaneState<L::Out>) {
         let stage = L::STAGE;
         let metrics = self.metrics;
         let env: &mut Body = item.envelope_mut();
@@ -188,6 +191,23 @@ impl<L: StageLogic> StartCtx<'_, L> {
         } else {
             s.ordered.push_back(Either::Left(future::ready(Some(out))));
         }
+    }
+}
+
+/// A place under the stage's limit at once, if one is free (always, without a limit).
+fn try_place(limit: Option<&Arc<Semaphore>>) -> Option<Place> {
+    match limit {
+        None => Some(None),
+        Some(limit) => limit.clone().try_acquire_owned().ok().map(Some),
+    }
+}
+
+/// Waits for a place under the stage's limit.
+async fn wait_for_place(limit: Option<&Arc<Semaphore>>) -> Place {
+    // The semaphore is never closed, so this always yields a permit.
+    match limit {
+        None => None,
+        Some(limit) => limit.clone().acquire_owned().await.ok(),
     }
 }
 

@@ -8,12 +8,13 @@
 use std::pin::pin;
 
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use super::{Finished, Handoff, Piece, StageLogic, Start};
+use super::{Finished, Handoff, Piece, Place, StageLogic, Start};
 use crate::error::{PipelineError, Stage};
+use crate::event::ResponseEvent;
 use crate::pipeline::envelope::{Body, Outcome};
+use crate::pipeline::pipe::{PipeRx, PipeTx};
 
 pub(crate) struct StreamStage;
 
@@ -22,17 +23,21 @@ impl StageLogic for StreamStage {
     type In = Handoff;
     type Out = Handoff;
 
-    fn start(&self, handoff: Handoff, permit: OwnedSemaphorePermit) -> Start<Handoff> {
+    fn start(&self, handoff: Handoff, permit: Place) -> Start<Handoff> {
         Start::Work(run(handoff, permit).boxed())
     }
 }
 
-async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
+async fn run(handoff: Handoff, _permit: Place) {
     let Handoff { mut env, mut pieces } = handoff;
     let body: &mut Body = &mut env;
     let started = Instant::now();
     let mut text = String::new();
-    let relayed = relay(body, &mut pieces, &mut text).await;
+    // The caller's pipe goes back into the envelope before it finishes, which sends the final
+    // event on it after the tokens.
+    let mut events = body.take_events();
+    let relayed = relay(body, &mut pieces, &mut text, events.as_mut()).await;
+    body.return_events(events);
     let active = started.elapsed();
     let metrics = body.shared.metrics.stage(Stage::Stream);
     metrics.latency.record(active.as_secs_f64());
@@ -58,13 +63,13 @@ async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
 /// Relays pieces to the caller until the end marker; returns how the stream ended.
 async fn relay(
     env: &mut Body,
-    pieces: &mut mpsc::Receiver<Piece>,
+    pieces: &mut PipeRx<Piece>,
     text: &mut String,
+    mut events: Option<&mut PipeTx<ResponseEvent>>,
 ) -> Result<Finished, (Stage, PipelineError)> {
     let abort = env.abort();
     // One abort future for the whole relay, polled first at every wait.
     let mut aborted = pin!(abort.wait());
-    let tokens = env.tokens().cloned();
     loop {
         let piece = tokio::select! {
             biased;
@@ -81,14 +86,14 @@ async fn relay(
                     env.timings.first_token = Some(ttft);
                     env.shared.metrics.time_to_first_token.record(ttft.as_secs_f64());
                 }
-                let Some(tokens) = &tokens else {
+                let Some(events) = events.as_deref_mut() else {
                     text.push_str(&token);
                     continue;
                 };
                 tokio::select! {
                     biased;
                     cause = &mut aborted => return Err((Stage::Stream, cause.into_error(Stage::Stream))),
-                    sent = tokens.send(token) => {
+                    sent = events.send(ResponseEvent::Token(token)) => {
                         if sent.is_err() {
                             // The handle was dropped without its drop guard having fired yet.
                             return Err((Stage::Stream, PipelineError::Cancelled));

@@ -128,10 +128,12 @@ impl Abort {
     pub async fn wait(&self) -> AbortCause {
         match self.deadline {
             Some(deadline) => {
-                // Whichever comes first: the caller leaving / shutdown, or the deadline.
+                // Whichever comes first: the caller leaving / shutdown, or the deadline. The
+                // timer is boxed: held inline it would enlarge every stage job's future (which
+                // is moved into a box per request) by its size, deadline or not.
                 tokio::select! {
                     () = self.cancel.cancelled() => {}
-                    () = tokio::time::sleep_until(deadline) => return AbortCause::Deadline,
+                    () = Box::pin(tokio::time::sleep_until(deadline)) => return AbortCause::Deadline,
                 }
             }
             None => self.cancel.cancelled().await,

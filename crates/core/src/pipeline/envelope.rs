@@ -114,11 +114,6 @@ fn abort_cause(cancel: &CancellationToken, shared: &Shared, deadline: Option<Ins
 }
 
 impl Abort {
-    /// The cause, if the request must already stop.
-    pub fn check(&self) -> Option<AbortCause> {
-        abort_cause(&self.cancel, &self.shared, self.deadline)
-    }
-
     /// Cancels the request's token, so its model worker sees the call end.
     pub fn cancel_request(&self) {
         self.cancel.cancel();
@@ -126,20 +121,29 @@ impl Abort {
 
     /// Resolves when the request must stop.
     pub async fn wait(&self) -> AbortCause {
-        match self.deadline {
-            Some(deadline) => {
-                // Whichever comes first: the caller leaving / shutdown, or the deadline. The
-                // timer is boxed: held inline it would enlarge every stage job's future (which
-                // is moved into a box per request) by its size, deadline or not.
-                tokio::select! {
-                    () = self.cancel.cancelled() => {}
-                    () = Box::pin(tokio::time::sleep_until(deadline)) => return AbortCause::Deadline,
-                }
-            }
-            None => self.cancel.cancelled().await,
-        }
-        self.check().unwrap_or(AbortCause::Cancelled)
+        wait_for_abort(&self.cancel, &self.shared, self.deadline).await
     }
+}
+
+/// Resolves when the request with these parts must stop.
+async fn wait_for_abort(
+    cancel: &CancellationToken,
+    shared: &Shared,
+    deadline: Option<Instant>,
+) -> AbortCause {
+    match deadline {
+        Some(deadline) => {
+            // Whichever comes first: the caller leaving / shutdown, or the deadline. The timer
+            // is boxed: held inline it would enlarge every stage job's future (which is moved
+            // into a box per request) by its size, deadline or not.
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = Box::pin(tokio::time::sleep_until(deadline)) => return AbortCause::Deadline,
+            }
+        }
+        None => cancel.cancelled().await,
+    }
+    abort_cause(cancel, shared, deadline).unwrap_or(AbortCause::Cancelled)
 }
 
 impl Deref for Envelope {
@@ -234,9 +238,15 @@ impl Body {
         }
     }
 
-    /// Why the request must stop, if it must (cheaper than `abort().check()`).
+    /// Why the request must stop, if it must.
     pub fn abort_cause(&self) -> Option<AbortCause> {
         abort_cause(&self.cancel, &self.shared, self.deadline)
+    }
+
+    /// Resolves when the request must stop; borrows instead of cloning the token, as
+    /// [`abort`](Self::abort) does.
+    pub async fn wait_for_abort(&self) -> AbortCause {
+        wait_for_abort(&self.cancel, &self.shared, self.deadline).await
     }
 
     fn deliver(&mut self, reply: Reply, outcome: Outcome) {

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 /// Creates a pipe that holds up to `capacity` items (at least one) before `send` waits.
 pub(crate) fn pipe<T>(capacity: usize) -> (PipeTx<T>, PipeRx<T>) {
@@ -134,8 +134,12 @@ impl<T> PipeRx<T> {
     }
 
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        // Like tokio's own channels, take part in the task's cooperative budget, so a lane
+        // whose pipes always have items still yields to the scheduler now and then.
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
         let mut state = lock(&self.shared);
         if let Some(item) = state.queue.pop_front() {
+            coop.made_progress();
             // The sender only waits on a full pipe; wake it once there is room again.
             let waker = state.tx_waker.take();
             drop(state);
@@ -145,6 +149,7 @@ impl<T> PipeRx<T> {
             return Poll::Ready(Some(item));
         }
         if !state.tx_open {
+            coop.made_progress();
             return Poll::Ready(None);
         }
         register(&mut state.rx_waker, cx);

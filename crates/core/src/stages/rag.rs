@@ -58,11 +58,10 @@ impl StageLogic for RagStage {
 
 async fn retrieve(retriever: Arc<dyn Retriever>, mut env: Envelope, _permit: Place) -> Option<Envelope> {
     let started = Instant::now();
-    let abort = env.abort();
     // The retriever's future is dropped when the caller leaves or the deadline passes.
     let result = tokio::select! {
         biased;
-        cause = abort.wait() => Err(cause.into_error(Stage::Rag)),
+        cause = env.wait_for_abort() => Err(cause.into_error(Stage::Rag)),
         found = retriever.retrieve(&env.request) => found,
     };
     let active = started.elapsed();

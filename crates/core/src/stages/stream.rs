@@ -5,8 +5,6 @@
 //! gets its joined text on the output stream. If the request is aborted (caller gone, deadline,
 //! shutdown) this stage ends it with the matching typed error.
 
-use std::pin::pin;
-
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
@@ -67,18 +65,12 @@ async fn relay(
     text: &mut String,
     mut events: Option<&mut PipeTx<ResponseEvent>>,
 ) -> Result<Finished, (Stage, PipelineError)> {
-    let abort = env.abort();
-    // One abort future for the whole relay, polled first at every wait.
-    let mut aborted = pin!(abort.wait());
     loop {
-        let piece = tokio::select! {
-            biased;
-            cause = &mut aborted => {
-                // Still waiting for the model (or Post): the deadline ran out there.
-                return Err((Stage::Inference, cause.into_error(Stage::Inference)));
-            }
-            piece = pieces.recv() => piece,
-        };
+        // No abort watch here: while the request waits on the model, the Inference stage
+        // watches for the caller leaving and for the deadline. When the request must stop it
+        // drops the model call and its pipe, Post follows, and this pipe ends without an end
+        // marker (below). Not registering a waiter per request saves two locks.
+        let piece = pieces.recv().await;
         match piece {
             Some(Piece::Token(token)) => {
                 if env.timings.first_token.is_none() {
@@ -90,14 +82,19 @@ async fn relay(
                     text.push_str(&token);
                     continue;
                 };
+                // `biased`, send first: with room in the pipe the token goes at once and the abort
+                // watch is never polled (nor registered). A full pipe means a slow reader, and
+                // then only this stage can notice the deadline, so it watches for it here.
                 tokio::select! {
                     biased;
-                    cause = &mut aborted => return Err((Stage::Stream, cause.into_error(Stage::Stream))),
                     sent = events.send(ResponseEvent::Token(token)) => {
                         if sent.is_err() {
                             // The handle was dropped without its drop guard having fired yet.
                             return Err((Stage::Stream, PipelineError::Cancelled));
                         }
+                    }
+                    cause = env.wait_for_abort() => {
+                        return Err((Stage::Stream, cause.into_error(Stage::Stream)));
                     }
                 }
             }
@@ -108,7 +105,7 @@ async fn relay(
             }
             None => {
                 // Upstream stopped without an end marker because the request was aborted.
-                let error = match abort.check() {
+                let error = match env.abort_cause() {
                     Some(cause) => cause.into_error(Stage::Inference),
                     None => PipelineError::Internal {
                         message: "the token stream ended without an end marker".into(),

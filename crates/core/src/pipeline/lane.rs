@@ -6,7 +6,10 @@
 //! While a hand-off waits for room downstream, the lane keeps polling its in-flight work, so a
 //! full queue never stalls the streams that will empty it.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::future::{self, BoxFuture, Either};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -37,6 +40,9 @@ pub(crate) struct Lane<L: StageLogic> {
     pub shard: usize,
     pub metrics: StageMetrics,
 }
+
+/// At most this many requests are started from the queue in one pass of the lane loop.
+const MAX_BATCH: usize = 32;
 
 type OrderedOut<O> = Either<future::Ready<Option<O>>, BoxFuture<'static, Option<O>>>;
 
@@ -72,6 +78,9 @@ impl<L: StageLogic> Lane<L> {
         let mut open = true;
         let mut intake_closed = intake.is_none();
         let intake = intake.unwrap_or_default();
+        // One wait for the whole loop: a new one per pass would register and unregister a
+        // waiter (two locks) every time round.
+        let mut intake_cancelled = pin!(intake.cancelled());
         tracing::debug!(%stage, shard, "Lane started.");
 
         loop {
@@ -83,7 +92,7 @@ impl<L: StageLogic> Lane<L> {
             // holds ahead of what waits in its queue.
             tokio::select! {
                 biased;
-                Some(()) = s.work.next(), if !s.work.is_empty() => {}
+                _ = finish_ready(&mut s.work), if !s.work.is_empty() => {}
                 Some(out) = s.ordered.next(), if s.pending.is_none() && !s.ordered.is_empty() => {
                     if let Some(out) = out {
                         s.pending = hand_off(ctx.next, out, Instant::now());
@@ -109,12 +118,27 @@ impl<L: StageLogic> Lane<L> {
                 }
                 item = rx.recv(), if can_take => match item {
                     None => open = false,
-                    Some(item) => match try_place(limit) {
-                        Some(place) => ctx.start(item, place, &mut s),
-                        None => staged = Some(item),
-                    },
+                    Some(item) => {
+                        // Start what else is queued while it can start at once: a pass of this
+                        // loop costs about as much as a request's own start, so under load the
+                        // lane takes requests in batches. The batch is bounded so that work it
+                        // holds still finishes promptly.
+                        let mut next = Some(item);
+                        let mut batch = 0;
+                        while let Some(item) = next.take() {
+                            let Some(place) = try_place(limit) else {
+                                staged = Some(item);
+                                break;
+                            };
+                            ctx.start(item, place, &mut s);
+                            batch += 1;
+                            if batch < MAX_BATCH && s.pending.is_none() && s.ordered.len() < max_ordered {
+                                next = rx.try_recv().ok();
+                            }
+                        }
+                    }
                 },
-                () = intake.cancelled(), if !intake_closed => {
+                () = &mut intake_cancelled, if !intake_closed => {
                     // Stop new sends; what is already queued was admitted and still drains.
                     intake_closed = true;
                     rx.close();
@@ -192,6 +216,28 @@ impl<L: StageLogic> StartCtx<'_, L> {
             s.ordered.push_back(Either::Left(future::ready(Some(out))));
         }
     }
+}
+
+/// Polls the lane's jobs until none is ready (or `MAX_BATCH` have finished); resolves once at
+/// least one has finished. Draining several per pass of the lane loop keeps the loop's own cost
+/// per request down under load.
+fn finish_ready<F: Future<Output = ()> + Unpin>(
+    work: &mut FuturesUnordered<F>,
+) -> impl Future<Output = usize> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut finished = 0;
+        while finished < MAX_BATCH {
+            match work.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => finished += 1,
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if finished == 0 && !work.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(finished)
+        }
+    })
 }
 
 /// A place under the stage's limit at once, if one is free (always, without a limit).

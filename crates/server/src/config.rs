@@ -93,6 +93,8 @@ pub enum BackendConfig {
     },
     /// An OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp `/v1`, TGI.
     Openai(OpenAiConfig),
+    /// vLLM's OpenAI-compatible server, with its `priority`, `/health` and queue length.
+    Vllm(OpenAiConfig),
     /// llama-server's native `/completion`, one KV-cache slot per session.
     Llamacpp(LlamaCppConfig),
 }
@@ -101,7 +103,7 @@ impl BackendConfig {
     pub fn name(&self) -> &str {
         match self {
             BackendConfig::Echo { name, .. } => name,
-            BackendConfig::Openai(c) => &c.name,
+            BackendConfig::Openai(c) | BackendConfig::Vllm(c) => &c.name,
             BackendConfig::Llamacpp(c) => &c.name,
         }
     }
@@ -110,7 +112,7 @@ impl BackendConfig {
     pub fn routing(&self) -> ReplicaConfig {
         match self {
             BackendConfig::Echo { routing, .. } => *routing,
-            BackendConfig::Openai(c) => c.routing,
+            BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.routing,
             BackendConfig::Llamacpp(c) => c.routing,
         }
     }
@@ -282,7 +284,7 @@ impl Config {
         for (i, backend) in self.backends.iter().enumerate() {
             let http = match backend {
                 BackendConfig::Echo { .. } => None,
-                BackendConfig::Openai(c) => Some((&c.base_url, &c.api_key_env)),
+                BackendConfig::Openai(c) | BackendConfig::Vllm(c) => Some((&c.base_url, &c.api_key_env)),
                 BackendConfig::Llamacpp(c) => Some((&c.base_url, &c.api_key_env)),
             };
             if let Some((base_url, api_key_env)) = http {
@@ -298,6 +300,25 @@ impl Config {
                     add(
                         format!("backends[{i}].api_key_env"),
                         format!("the environment variable {var} is not set or empty"),
+                    );
+                }
+            }
+            let health = match backend {
+                BackendConfig::Echo { .. } => None,
+                BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.health_check,
+                BackendConfig::Llamacpp(c) => Some(c.health_check),
+            };
+            if let Some(h) = health.filter(|h| h.interval_ms > 0) {
+                if h.timeout_ms == 0 {
+                    add(
+                        format!("backends[{i}].health_check.timeout_ms"),
+                        "must be at least 1 (set interval_ms = 0 to turn checks off)".into(),
+                    );
+                }
+                if h.unhealthy_after == 0 || h.healthy_after == 0 {
+                    add(
+                        format!("backends[{i}].health_check"),
+                        "unhealthy_after and healthy_after must be at least 1".into(),
                     );
                 }
             }
@@ -427,6 +448,34 @@ mod tests {
         assert_eq!(
             err.problems[0].to_string(),
             "backends[0].base_url: \"127.0.0.1:8000\" is not an http:// or https:// URL"
+        );
+    }
+
+    #[test]
+    fn health_checks_are_validated_only_when_on() {
+        let text = r#"
+            [[backends]]
+            kind = "vllm"
+            name = "v"
+            base_url = "http://127.0.0.1:8000/v1"
+            health_check = { timeout_ms = 0, healthy_after = 0 }
+            [[backends]]
+            kind = "llamacpp"
+            name = "l"
+            base_url = "http://127.0.0.1:8080"
+            health_check = { interval_ms = 0, timeout_ms = 0 }
+            [[models]]
+            name = "m"
+            backends = ["v", "l"]
+        "#;
+        let err = Config::parse(text, "test.toml").unwrap_err();
+        let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "backends[0].health_check.timeout_ms: must be at least 1 (set interval_ms = 0 to turn checks off)",
+                "backends[0].health_check: unhealthy_after and healthy_after must be at least 1",
+            ]
         );
     }
 

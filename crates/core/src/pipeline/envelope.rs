@@ -16,7 +16,9 @@ use super::Shared;
 use super::order::OrderGate;
 use super::pipe::PipeTx;
 use crate::error::{PipelineError, Stage};
-use crate::event::{Completion, FinishReason, PromptOutput, Response, ResponseEvent, StageTimings, Usage};
+use crate::event::{
+    Completion, FinishReason, Passthrough, PromptOutput, Response, ResponseEvent, StageTimings, Usage,
+};
 use crate::request::{InferenceRequest, RequestId};
 use crate::stages::rag::RetrievedChunk;
 
@@ -36,6 +38,7 @@ pub(crate) enum Reply {
 pub(crate) enum Outcome {
     Completed {
         text: String,
+        passthrough: Option<Box<Passthrough>>,
         finish_reason: FinishReason,
         usage: Usage,
     },
@@ -258,6 +261,7 @@ impl Body {
         let result = match outcome {
             Outcome::Completed {
                 text,
+                passthrough,
                 finish_reason,
                 usage,
             } => {
@@ -265,6 +269,7 @@ impl Body {
                 self.shared.metrics.completed.increment(1);
                 Ok(Response {
                     text,
+                    passthrough,
                     completion: Completion {
                         finish_reason,
                         usage,

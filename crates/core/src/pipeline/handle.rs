@@ -12,7 +12,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::pipe::PipeRx;
 use crate::error::{PipelineError, Stage};
-use crate::event::{Response, ResponseEvent};
+use crate::event::{Passthrough, Response, ResponseEvent};
 use crate::request::RequestId;
 
 /// The events of one submitted request. Dropping it before the final event cancels the request
@@ -22,7 +22,8 @@ use crate::request::RequestId;
 /// while the request still waits in a queue where no stage can see it yet.
 pub struct ResponseHandle {
     id: RequestId,
-    /// Tokens, then the final event, from the Stream stage (or from wherever the request ended).
+    /// Tokens and pass-through deltas, then the final event, from the Stream stage (or from
+    /// wherever the request ended).
     events: PipeRx<ResponseEvent>,
     /// Whether the final event has been returned.
     done: bool,
@@ -60,16 +61,27 @@ impl ResponseHandle {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
-    /// Waits for the whole answer, joining the tokens.
+    /// Waits for the whole answer, joining the tokens and merging pass-through deltas.
     ///
     /// # Errors
     /// The request's error, if it failed (also after some tokens arrived).
     pub async fn into_response(mut self) -> Result<Response, PipelineError> {
         let mut text = String::new();
+        let mut passthrough: Option<Box<Passthrough>> = None;
         while let Some(event) = self.recv().await {
             match event {
                 ResponseEvent::Token(t) => text.push_str(&t),
-                ResponseEvent::Done(completion) => return Ok(Response { text, completion }),
+                ResponseEvent::Passthrough(delta) => match &mut passthrough {
+                    Some(whole) => whole.merge(*delta),
+                    None => passthrough = Some(delta),
+                },
+                ResponseEvent::Done(completion) => {
+                    return Ok(Response {
+                        text,
+                        passthrough,
+                        completion,
+                    });
+                }
                 ResponseEvent::Error(e) => return Err(e),
             }
         }

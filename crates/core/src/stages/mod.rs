@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{PipelineError, Stage};
-use crate::event::{FinishReason, Usage};
+use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::envelope::Envelope;
 use crate::pipeline::pipe::PipeRx;
 
@@ -93,6 +93,7 @@ impl Carries for Handoff {
 /// aborted (caller gone, deadline, shutdown); the receiver then asks the envelope why.
 pub(crate) enum Piece {
     Token(String),
+    Passthrough(Box<Passthrough>),
     End(StreamEnd),
 }
 

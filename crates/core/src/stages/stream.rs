@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{Finished, Handoff, Piece, Place, StageLogic, Start};
 use crate::error::{PipelineError, Stage};
-use crate::event::ResponseEvent;
+use crate::event::{Passthrough, ResponseEvent};
 use crate::pipeline::envelope::{Body, Outcome};
 use crate::pipeline::pipe::{PipeRx, PipeTx};
 
@@ -31,10 +31,11 @@ async fn run(handoff: Handoff, _permit: Place) {
     let body: &mut Body = &mut env;
     let started = Instant::now();
     let mut text = String::new();
+    let mut extra = None;
     // The caller's pipe goes back into the envelope before it finishes, which sends the final
     // event on it after the tokens.
     let mut events = body.take_events();
-    let relayed = relay(body, &mut pieces, &mut text, events.as_mut()).await;
+    let relayed = relay(body, &mut pieces, events.as_mut(), &mut text, &mut extra).await;
     body.return_events(events);
     let active = started.elapsed();
     let metrics = body.shared.metrics.stage(Stage::Stream);
@@ -45,6 +46,7 @@ async fn run(handoff: Handoff, _permit: Place) {
             metrics.completed.increment(1);
             env.finish(Outcome::Completed {
                 text,
+                passthrough: extra,
                 finish_reason: finished.reason,
                 usage: finished.usage.unwrap_or_default(),
             });
@@ -58,46 +60,24 @@ async fn run(handoff: Handoff, _permit: Place) {
     }
 }
 
-/// Relays pieces to the caller until the end marker; returns how the stream ended.
+/// Relays pieces to the caller (`events`, for a submitted request) until the end marker;
+/// returns how the stream ended. A fire-and-forget request's text and pass-through deltas are
+/// gathered into `text` and `extra`.
 async fn relay(
     env: &mut Body,
     pieces: &mut PipeRx<Piece>,
-    text: &mut String,
     mut events: Option<&mut PipeTx<ResponseEvent>>,
+    text: &mut String,
+    extra: &mut Option<Box<Passthrough>>,
 ) -> Result<Finished, (Stage, PipelineError)> {
     loop {
         // No abort watch here: while the request waits on the model, the Inference stage
         // watches for the caller leaving and for the deadline. When the request must stop it
         // drops the model call and its pipe, Post follows, and this pipe ends without an end
         // marker (below). Not registering a waiter per request saves two locks.
-        let piece = pieces.recv().await;
-        match piece {
-            Some(Piece::Token(token)) => {
-                if env.timings.first_token.is_none() {
-                    let ttft = env.admitted_at.elapsed();
-                    env.timings.first_token = Some(ttft);
-                    env.shared.metrics.time_to_first_token.record(ttft.as_secs_f64());
-                }
-                let Some(events) = events.as_deref_mut() else {
-                    text.push_str(&token);
-                    continue;
-                };
-                // `biased`, send first: with room in the pipe the token goes at once and the abort
-                // watch is never polled (nor registered). A full pipe means a slow reader, and
-                // then only this stage can notice the deadline, so it watches for it here.
-                tokio::select! {
-                    biased;
-                    sent = events.send(ResponseEvent::Token(token)) => {
-                        if sent.is_err() {
-                            // The handle was dropped without its drop guard having fired yet.
-                            return Err((Stage::Stream, PipelineError::Cancelled));
-                        }
-                    }
-                    cause = env.wait_for_abort() => {
-                        return Err((Stage::Stream, cause.into_error(Stage::Stream)));
-                    }
-                }
-            }
+        let event = match pieces.recv().await {
+            Some(Piece::Token(token)) => ResponseEvent::Token(token),
+            Some(Piece::Passthrough(delta)) => ResponseEvent::Passthrough(delta),
             Some(Piece::End(end)) => {
                 env.timings.stage_mut(Stage::Inference).active = end.inference_active;
                 env.timings.stage_mut(Stage::Post).active = end.post_active;
@@ -112,6 +92,38 @@ async fn relay(
                     },
                 };
                 return Err((Stage::Inference, error));
+            }
+        };
+        if env.timings.first_token.is_none() {
+            let ttft = env.admitted_at.elapsed();
+            env.timings.first_token = Some(ttft);
+            env.shared.metrics.time_to_first_token.record(ttft.as_secs_f64());
+        }
+        let Some(events) = events.as_deref_mut() else {
+            match event {
+                ResponseEvent::Token(token) => text.push_str(&token),
+                ResponseEvent::Passthrough(delta) => match extra {
+                    Some(whole) => whole.merge(*delta),
+                    None => *extra = Some(delta),
+                },
+                // Only tokens and deltas come this far.
+                ResponseEvent::Done(_) | ResponseEvent::Error(_) => {}
+            }
+            continue;
+        };
+        // `biased`, send first: with room in the pipe the event goes at once and the abort watch
+        // is never polled (nor registered). A full pipe means a slow reader, and then only this
+        // stage can notice the deadline, so it watches for it here.
+        tokio::select! {
+            biased;
+            sent = events.send(event) => {
+                if sent.is_err() {
+                    // The handle was dropped without its drop guard having fired yet.
+                    return Err((Stage::Stream, PipelineError::Cancelled));
+                }
+            }
+            cause = env.wait_for_abort() => {
+                return Err((Stage::Stream, cause.into_error(Stage::Stream)));
             }
         }
     }

@@ -149,6 +149,14 @@ pub struct ModelConfig {
     /// Retries before the first token, within each group.
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Identical requests in flight at once share one upstream call, when they are
+    /// deterministic (temperature 0) or the client sends `X-Dedup: on`.
+    #[serde(default = "yes")]
+    pub dedup: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelConfig {
@@ -160,6 +168,7 @@ impl ModelConfig {
             fallback: Vec::new(),
             balancing: Balancing::default(),
             retries: RetryConfig::default(),
+            dedup: true,
         }
     }
 }

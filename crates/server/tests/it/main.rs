@@ -2,6 +2,7 @@
 
 mod auth;
 mod cancellation;
+mod dedup;
 mod endpoints;
 mod errors;
 mod gateway_mock;

@@ -1,25 +1,49 @@
-//! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT, drain;
-//! or run the mock upstream (`orchestrator mock-upstream`).
+//! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT (reloading
+//! the config on SIGHUP), drain;
+//! or check a config (`orchestrator validate`), or run the mock upstream
+//! (`orchestrator mock-upstream`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator_server::cli::{Cli, Command, ServeArgs};
+use orchestrator_server::cli::{Cli, Command, ServeArgs, ValidateArgs};
 use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
-use orchestrator_server::{Config, Server};
+use orchestrator_server::{Config, Server, ServerHandle};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if let Some(Command::MockUpstream(args)) = &cli.command {
-        return mock_upstream(args.clone()).await;
+    match &cli.command {
+        Some(Command::MockUpstream(args)) => return mock_upstream(args.clone()).await,
+        Some(Command::Validate(args)) => return validate(args),
+        _ => {}
     }
     match cli.serve_args() {
         Some(args) => serve(args).await,
         None => ExitCode::SUCCESS,
     }
+}
+
+/// Exit status of a config with problems, for `serve` and `validate` alike.
+const INVALID_CONFIG: u8 = 2;
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let (config, name) = match &args.file {
+        Some(path) => match Config::load(path) {
+            Ok(config) => (config, path.display().to_string()),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(INVALID_CONFIG);
+            }
+        },
+        None => (Config::default(), "the built-in default config".to_string()),
+    };
+    // A closed pipe (`| head`) is not worth a panic.
+    let _ = write!(std::io::stdout().lock(), "{name}: valid\n{}", config.summary());
+    ExitCode::SUCCESS
 }
 
 async fn mock_upstream(args: MockArgs) -> ExitCode {
@@ -49,7 +73,7 @@ async fn serve(args: &ServeArgs) -> ExitCode {
             Ok(config) => config,
             Err(e) => {
                 eprintln!("{e}");
-                return ExitCode::from(2);
+                return ExitCode::from(INVALID_CONFIG);
             }
         },
         None => Config::default(),
@@ -63,13 +87,17 @@ async fn serve(args: &ServeArgs) -> ExitCode {
         .map(|m| m.name.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let server = match Server::bind(config.clone()).await {
+    let mut server = match Server::bind(config.clone()).await {
         Ok(server) => server,
         Err(e) => {
             tracing::error!(listen = %config.server.listen, error = %e, "Cannot start.");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &args.config {
+        server = server.reload_from(path.clone());
+    }
+    tokio::spawn(reload_on_sighup(server.handle()));
     match server.local_addr() {
         Ok(addr) => tracing::info!(%addr, models, "Listening; OpenAI base_url is http://{addr}/v1"),
         Err(e) => tracing::warn!(error = %e, "Listening on an unknown address."),
@@ -79,6 +107,23 @@ async fn serve(args: &ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "The HTTP server failed.");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reloads the config on every SIGHUP; a file with problems is logged and changes nothing.
+async fn reload_on_sighup(server: ServerHandle) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGHUP; reload with POST /admin/reload.");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the config.");
+        if let Err(e) = server.reload().await {
+            tracing::error!("Reload refused; the running config stays.\n{e}");
         }
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! With no file, [`Config::default`] serves one model, `echo`, from an echo backend.
 
+mod graph;
+mod locate;
+mod summary;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +19,9 @@ use orchestrator_backends::routing::replica::ReplicaConfig;
 use orchestrator_backends::routing::retry::RetryConfig;
 use serde::Deserialize;
 use tokio_prompt_orchestrator::PipelineConfig;
+
+pub use self::graph::{StageDecl, StageKind};
+use crate::post::PostConfig;
 
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
 #[derive(Clone, Debug, Deserialize)]
@@ -29,6 +36,12 @@ pub struct Config {
     /// Model names clients ask for, each served by one backend.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Post-processors, applied in order to the output of the models each names.
+    #[serde(default)]
+    pub post: Vec<PostConfig>,
+    /// The pipeline as a graph of named stages; empty: the canonical five in order.
+    #[serde(default)]
+    pub stages: Vec<StageDecl>,
 }
 
 /// `[server]`: the listener and HTTP limits.
@@ -76,6 +89,9 @@ pub struct ApiKeyConfig {
     pub key: Option<String>,
     pub sha256: Option<String>,
     pub env: Option<String>,
+    /// Whether the key may use the admin endpoints (`POST /admin/reload`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// One backend, selected by `kind`.
@@ -133,6 +149,14 @@ pub struct ModelConfig {
     /// Retries before the first token, within each group.
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Identical requests in flight at once share one upstream call, when they are
+    /// deterministic (temperature 0) or the client sends `X-Dedup: on`.
+    #[serde(default = "yes")]
+    pub dedup: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelConfig {
@@ -144,6 +168,7 @@ impl ModelConfig {
             fallback: Vec::new(),
             balancing: Balancing::default(),
             retries: RetryConfig::default(),
+            dedup: true,
         }
     }
 }
@@ -161,6 +186,8 @@ impl Default for Config {
                 routing: ReplicaConfig::default(),
             }],
             models: vec![ModelConfig::single("echo", "echo")],
+            post: Vec::new(),
+            stages: Vec::new(),
         }
     }
 }
@@ -177,7 +204,11 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {} problem(s)", self.source_name, self.problems.len())?;
         for p in &self.problems {
-            write!(f, "\n  {p}")?;
+            match p.location {
+                // The `file:line:column:` form editors and terminals link to.
+                Some((line, column)) => write!(f, "\n  {}:{line}:{column}: {p}", self.source_name)?,
+                None => write!(f, "\n  {p}")?,
+            }
         }
         Ok(())
     }
@@ -188,6 +219,8 @@ impl fmt::Display for ConfigError {
 pub struct Problem {
     pub path: String,
     pub message: String,
+    /// Line and column (1-based) of `path` in the file, where it is there.
+    pub location: Option<(usize, usize)>,
 }
 
 impl fmt::Display for Problem {
@@ -212,6 +245,7 @@ impl Config {
             problems: vec![Problem {
                 path: String::new(),
                 message: format!("cannot read the file: {e}"),
+                location: None,
             }],
         })?;
         Self::parse(&text, &source_name)
@@ -231,9 +265,13 @@ impl Config {
                 path: String::new(),
                 // toml's message carries the line, column and the offending key.
                 message: e.to_string().trim_end().to_string(),
+                location: None,
             }])
         })?;
-        let problems = config.problems();
+        let mut problems = config.problems();
+        for problem in &mut problems {
+            problem.location = locate::locate(text, &problem.path);
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -244,7 +282,13 @@ impl Config {
     /// The checks serde cannot make: references between sections and one-of rules.
     fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut add = |path: String, message: String| problems.push(Problem { path, message });
+        let mut add = |path: String, message: String| {
+            problems.push(Problem {
+                path,
+                message,
+                location: None,
+            });
+        };
 
         if self.server.max_body_bytes == 0 {
             add(
@@ -379,6 +423,24 @@ impl Config {
                 }
             }
         }
+        for (i, post) in self.post.iter().enumerate() {
+            // `build` names the field at fault (`pattern: ...`).
+            if let Err(e) = post.build() {
+                let (field, message) = e.split_once(": ").unwrap_or(("", &e));
+                add(format!("post[{i}].{field}"), message.to_string());
+            }
+            for (j, name) in post.models().iter().enumerate() {
+                if !model_names.contains(name.as_str()) {
+                    let mut known: Vec<&str> = model_names.iter().copied().collect();
+                    known.sort_unstable();
+                    add(
+                        format!("post[{i}].models[{j}]"),
+                        format!("no model named {name:?} (known: {})", known.join(", ")),
+                    );
+                }
+            }
+        }
+        self.graph_problems(&mut problems);
         problems
     }
 }
@@ -396,10 +458,54 @@ mod tests {
         );
     }
 
+    /// Every pipeline config in the repository (not Cargo's or rustfmt's own files).
+    fn example_configs() -> Vec<std::path::PathBuf> {
+        fn walk(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    if !name.starts_with('.') && name != "target" {
+                        walk(&path, found);
+                    }
+                } else if name.ends_with(".toml") && !matches!(name.as_str(), "Cargo.toml" | "rustfmt.toml") {
+                    found.push(path);
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut found = Vec::new();
+        walk(&root, &mut found);
+        found
+    }
+
+    #[test]
+    fn every_example_config_in_the_repository_is_valid() {
+        let examples = example_configs();
+        assert!(
+            examples.iter().any(|p| p.ends_with("pipeline.example.toml")),
+            "{examples:?}"
+        );
+        for path in examples {
+            // Examples may name key variables that are not set here.
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::parse(&text, &path.display().to_string()) {
+                let real = e
+                    .problems
+                    .iter()
+                    .filter(|p| !p.message.contains("environment variable"));
+                assert_eq!(real.count(), 0, "{e}");
+            }
+        }
+    }
+
     #[test]
     fn the_example_file_is_valid_and_states_the_defaults() {
         let example = Config::parse(
-            include_str!("../../../pipeline.example.toml"),
+            include_str!("../../../../pipeline.example.toml"),
             "pipeline.example.toml",
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -452,6 +558,39 @@ mod tests {
     }
 
     #[test]
+    fn post_processors_are_validated() {
+        let text = r#"
+            [[backends]]
+            kind = "echo"
+            name = "e"
+            [[models]]
+            name = "m"
+            backends = ["e"]
+            [[post]]
+            kind = "redact"
+            pattern = "("
+            [[post]]
+            kind = "max_chars"
+            max = 10
+            models = ["m", "nope"]
+        "#;
+        let err = Config::parse(text, "test.toml").unwrap_err();
+        let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("post[0].pattern: not a valid regex"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines[1], "post[1].models[1]: no model named \"nope\" (known: m)");
+        let unknown = Config::parse("[[post]]\nkind = \"upper\"\n", "t").unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown variant `upper`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
     fn health_checks_are_validated_only_when_on() {
         let text = r#"
             [[backends]]
@@ -500,6 +639,12 @@ mod tests {
             backends = ["nope"]
         "#;
         let err = Config::parse(text, "test.toml").unwrap_err();
+        // Each problem points at its place in the file.
+        assert!(
+            err.to_string()
+                .contains("\n  test.toml:3:30: server.max_body_bytes: must be at least 1"),
+            "{err}"
+        );
         let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,

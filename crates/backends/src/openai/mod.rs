@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use reqwest::Url;
 use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, TokenStream,
     WorkerChunk, WorkerError,
@@ -30,13 +31,17 @@ pub use crate::timeouts::{TimeoutConfig, Timeouts};
 pub struct OpenAiWorker {
     http: HttpBackend,
     model: Option<String>,
+    /// `{base_url}/chat/completions` and `{base_url}/completions`, parsed once.
+    chat_url: Url,
+    completions_url: Url,
 }
 
 impl OpenAiWorker {
     /// A worker for `config`, reading its API key from the environment now.
     ///
     /// # Errors
-    /// When the key's variable is unset, a header is invalid, or the HTTP client cannot start.
+    /// When the key's variable is unset, a header is invalid, the base URL is not a URL, or the
+    /// HTTP client cannot start.
     pub fn new(config: &OpenAiConfig) -> Result<Self, BuildError> {
         let http = HttpBackend::new(
             &config.name,
@@ -46,6 +51,8 @@ impl OpenAiWorker {
             Timeouts::from(config.timeouts),
         )?;
         Ok(Self {
+            chat_url: http.url(Endpoint::Chat.path())?,
+            completions_url: http.url(Endpoint::Completions.path())?,
             http,
             model: config.model.clone(),
         })
@@ -83,10 +90,11 @@ impl ModelWorker for OpenAiWorker {
         let model = self.model.as_deref().unwrap_or(&call.request.model);
         let streamed = call.request.stream;
         let body = request_body(&call, model, streamed);
-        let response = self
-            .http
-            .post(Endpoint::of(&call).path(), &body, deadline)
-            .await?;
+        let url = match Endpoint::of(&call) {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::Completions => &self.completions_url,
+        };
+        let response = self.http.post(url, &body, deadline).await?;
         if streamed {
             let dialect = stream::OpenAiDialect;
             return Ok(sse::relay(

@@ -88,6 +88,37 @@ impl HttpBackend {
         })
     }
 
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// GETs `url` for a health check: the body of a 2xx answer, or what was wrong. The caller
+    /// bounds the time.
+    ///
+    /// # Errors
+    /// A connection failure or an error status, with the upstream's message.
+    pub async fn probe(&self, url: &str) -> Result<String, String> {
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url} failed: {}", error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = read_capped(response).await;
+            return Err(format!(
+                "GET {url} answered {}: {}",
+                status.as_u16(),
+                error_message(&body)
+            ));
+        }
+        response
+            .text()
+            .await
+            .map_err(|e| format!("GET {url}: reading the answer failed: {}", error_chain(&e)))
+    }
+
     /// The deadline of a call starting now.
     pub fn deadline(&self) -> Option<Instant> {
         self.timeouts.total.map(|t| Instant::now() + t)

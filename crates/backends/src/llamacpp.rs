@@ -19,6 +19,7 @@ use tokio_prompt_orchestrator::{
 };
 
 use crate::http::{BuildError, HttpBackend};
+use crate::routing::health::{HealthConfig, HealthProbe};
 use crate::routing::replica::ReplicaConfig;
 use crate::sse::{self, Dialect, Parsed};
 use crate::timeouts::{TimeoutConfig, Timeouts};
@@ -41,6 +42,9 @@ pub struct LlamaCppConfig {
     pub timeouts: TimeoutConfig,
     #[serde(default)]
     pub routing: ReplicaConfig,
+    /// `health_check = { interval_ms = 5000, ... }` against `/health` (503 while loading).
+    #[serde(default)]
+    pub health_check: HealthConfig,
 }
 
 fn one() -> usize {
@@ -130,6 +134,7 @@ impl Answer {
         };
         Parsed {
             token: Some(self.content).filter(|t| !t.is_empty()),
+            extra: None,
             finish,
             usage,
             done: self.stop,
@@ -218,5 +223,14 @@ impl ModelWorker for LlamaCppWorker {
 impl LlamaCppWorker {
     pub fn name(&self) -> &Arc<str> {
         &self.http.name
+    }
+}
+
+#[async_trait]
+impl HealthProbe for LlamaCppWorker {
+    /// llama-server answers `/health` with 503 while it loads its model.
+    async fn probe(&self) -> Result<Option<usize>, String> {
+        let url = format!("{}/health", self.http.base_url());
+        self.http.probe(&url).await.map(|_| None)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{FinishReason, TokenStream, Usage, WorkerChunk, WorkerError};
+use tokio_prompt_orchestrator::{FinishReason, Passthrough, TokenStream, Usage, WorkerChunk, WorkerError};
 
 use crate::timeouts::{Timeouts, earliest};
 
@@ -17,6 +17,8 @@ use crate::timeouts::{Timeouts, earliest};
 #[derive(Debug, Default, PartialEq)]
 pub struct Parsed {
     pub token: Option<String>,
+    /// What the event carried besides text, for the caller (relayed after the token).
+    pub extra: Option<Box<Passthrough>>,
     pub finish: Option<FinishReason>,
     pub usage: Option<Usage>,
     /// The stream is complete after this event.
@@ -48,6 +50,8 @@ struct Reader<D> {
     done: bool,
     /// The final item (finish or error) has been produced.
     end_sent: bool,
+    /// An event's pass-through part, waiting to follow its token.
+    pending: Option<WorkerChunk>,
 }
 
 /// The token stream of an SSE `response`. A stream that ends before the dialect has seen its
@@ -74,6 +78,7 @@ pub fn relay<D: Dialect>(
         got_token: false,
         finish: None,
         usage: None,
+        pending: None,
         done: false,
         end_sent: false,
     };
@@ -86,6 +91,9 @@ pub fn relay<D: Dialect>(
 
 impl<D: Dialect> Reader<D> {
     async fn next(&mut self) -> Option<Result<WorkerChunk, WorkerError>> {
+        if let Some(chunk) = self.pending.take() {
+            return Some(Ok(chunk));
+        }
         while !self.done {
             let wait = if self.got_token {
                 self.timeouts.between_tokens
@@ -116,9 +124,19 @@ impl<D: Dialect> Reader<D> {
                 self.finish = parsed.finish;
             }
             self.done = parsed.done;
-            if let Some(text) = parsed.token.filter(|t| !t.is_empty()) {
+            let extra = parsed.extra.map(WorkerChunk::Passthrough);
+            let output = match parsed.token.filter(|t| !t.is_empty()) {
+                Some(text) => {
+                    self.pending = extra;
+                    Some(WorkerChunk::Token(text))
+                }
+                None => extra,
+            };
+            // Tool-call deltas are output too: they count for the token timeouts, and once
+            // any output went out a failure can no longer be retried elsewhere.
+            if let Some(chunk) = output {
                 self.got_token = true;
-                return Some(Ok(WorkerChunk::Token(text)));
+                return Some(Ok(chunk));
             }
         }
         // The end was seen (its own token, if any, went out above): say how it ended, once.

@@ -1,14 +1,16 @@
 //! The OpenAI-compatible worker against recorded upstream answers (wiremock): bodies sent,
-//! tokens relayed, errors named, cuts and timeouts reported.
+//! tokens relayed, pass-through parts (tool calls, logprobs) kept, errors named, cuts and
+//! timeouts reported; vLLM's priority and health probes.
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use orchestrator_backends::openai::{OpenAiConfig, OpenAiWorker, TimeoutConfig};
+use orchestrator_backends::openai::{Flavor, OpenAiConfig, OpenAiWorker, TimeoutConfig};
+use orchestrator_backends::routing::health::{HealthConfig, HealthProbe};
 use serde_json::json;
 use tokio_prompt_orchestrator::{
-    ChatMessage, FinishReason, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, Usage,
-    WorkerChunk, WorkerError,
+    ChatMessage, FinishReason, InferenceCall, InferenceRequest, ModelWorker, Passthrough, Priority,
+    RequestId, SessionId, Usage, WorkerChunk, WorkerError,
 };
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -23,6 +25,7 @@ fn config(server: &MockServer) -> OpenAiConfig {
         headers: Default::default(),
         timeouts: TimeoutConfig::default(),
         routing: Default::default(),
+        health_check: None,
     }
 }
 
@@ -288,4 +291,214 @@ async fn the_one_shot_form_works_too() {
         .await;
     let worker = OpenAiWorker::new(&config(&server)).unwrap();
     assert_eq!(worker.infer("Hello").await.unwrap(), ["Hi there"]);
+}
+
+#[tokio::test]
+async fn vllm_gets_the_request_priority_and_plain_openai_does_not() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"priority": -1})))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(ANSWER, "application/json"))
+        .expect(1)
+        .named("vLLM with priority")
+        .mount(&server)
+        .await;
+    let high = || {
+        let mut call = call(false);
+        let mut request = (*call.request).clone();
+        request.priority = Priority::High;
+        call.request = Arc::new(request);
+        call
+    };
+    let vllm = OpenAiWorker::with_flavor(&config(&server), Flavor::Vllm).unwrap();
+    assert!(collect(&vllm, high()).await.iter().all(Result::is_ok));
+    // Normal priority is vLLM's default: nothing is sent, and plain OpenAI servers never get it.
+    let openai = OpenAiWorker::new(&config(&server)).unwrap();
+    for (worker, call) in [(&vllm, call(false)), (&openai, high())] {
+        collect(worker, call).await;
+        let last = server.received_requests().await.unwrap().pop().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+        assert!(body.get("priority").is_none(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn health_probes_ask_each_server_the_way_it_answers() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(r#"{"data":[]}"#, "application/json"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/metrics"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            "vllm:num_requests_running{model_name=\"m\"} 3.0\nvllm:num_requests_waiting{model_name=\"m\"} 7.0\n",
+        ))
+        .mount(&server)
+        .await;
+    let openai = OpenAiWorker::new(&config(&server)).unwrap();
+    assert_eq!(openai.probe().await, Ok(None));
+    let vllm = OpenAiWorker::with_flavor(&config(&server), Flavor::Vllm).unwrap();
+    assert_eq!(vllm.probe().await, Ok(Some(7)));
+
+    server.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("engine dead"))
+        .mount(&server)
+        .await;
+    let error = vllm.probe().await.unwrap_err();
+    assert_eq!(
+        error,
+        format!("GET {}/health answered 503: engine dead", server.uri())
+    );
+    assert!(
+        openai
+            .probe()
+            .await
+            .unwrap_err()
+            .contains("/v1/models answered 404")
+    );
+}
+
+#[test]
+fn checks_are_on_for_vllm_and_off_for_other_openai_servers_unless_configured() {
+    let config = OpenAiConfig {
+        name: "n".into(),
+        base_url: "http://h/v1".into(),
+        api_key_env: None,
+        model: None,
+        headers: Default::default(),
+        timeouts: TimeoutConfig::default(),
+        routing: Default::default(),
+        health_check: None,
+    };
+    assert_eq!(config.health(Flavor::Vllm), HealthConfig::default());
+    assert_eq!(config.health(Flavor::OpenAi).interval_ms, 0);
+    let on = OpenAiConfig {
+        health_check: Some(HealthConfig::default()),
+        ..config
+    };
+    assert_eq!(on.health(Flavor::OpenAi), HealthConfig::default());
+}
+
+/// The pass-through parts of `chunks`, merged as a client accumulates a stream.
+fn merged(chunks: &[Result<WorkerChunk, WorkerError>]) -> serde_json::Value {
+    let mut whole = Passthrough::default();
+    for chunk in chunks {
+        if let Ok(WorkerChunk::Passthrough(delta)) = chunk {
+            whole.merge((**delta).clone());
+        }
+    }
+    serde_json::to_value(whole).unwrap()
+}
+
+#[tokio::test]
+async fn streamed_tool_calls_are_relayed_delta_by_delta() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(sse(include_str!("recorded/tool_calls.sse")))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    // Five tool-call deltas, each with its index, then the finish.
+    let indexes: Vec<serde_json::Value> = chunks
+        .iter()
+        .filter_map(|c| match c {
+            Ok(WorkerChunk::Passthrough(d)) => Some(d.message.get("tool_calls")?[0]["index"].clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(indexes, [json!(0), json!(0), json!(0), json!(1), json!(1)]);
+    assert_eq!(
+        chunks.last().unwrap().clone().unwrap(),
+        WorkerChunk::Finish {
+            reason: FinishReason::ToolCalls,
+            usage: Some(Usage::new(82, 41)),
+        }
+    );
+    assert_eq!(
+        merged(&chunks),
+        json!({
+            "message": {"tool_calls": [
+                {"index": 0, "id": "call_Wq1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+                {"index": 1, "id": "call_Xr2", "type": "function",
+                 "function": {"name": "get_time", "arguments": "{\"tz\": \"CET\"}"}},
+            ]},
+            "response": {"system_fingerprint": "fp_0ba0d124f1"},
+        })
+    );
+}
+
+#[tokio::test]
+async fn streamed_logprobs_follow_their_tokens() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(sse(include_str!("recorded/logprobs.sse")))
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(true)).await;
+    let shape: Vec<String> = chunks
+        .iter()
+        .map(|c| match c.as_ref().unwrap() {
+            WorkerChunk::Token(t) => format!("token {t}"),
+            WorkerChunk::Passthrough(d) => match d.choice.get("logprobs").and_then(|l| l["content"].get(0)) {
+                Some(lp) => format!("logprob {}", lp["token"].as_str().unwrap()),
+                None => "opening".into(),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            "opening",
+            "token Hi",
+            "logprob Hi",
+            "token !",
+            "logprob !",
+            "Finish { reason: Stop, usage: None }"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_whole_answer_passes_its_tool_calls_logprobs_and_fingerprint_on() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(include_str!("recorded/tool_calls.json"), "application/json"),
+        )
+        .mount(&server)
+        .await;
+    let worker = OpenAiWorker::new(&config(&server)).unwrap();
+    let chunks = collect(&worker, call(false)).await;
+    assert_eq!(chunks.len(), 2, "no text: the pass-through part, then the finish");
+    assert_eq!(
+        merged(&chunks),
+        json!({
+            "message": {"tool_calls": [{"id": "call_Wq1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            "choice": {"logprobs": {"content": [{"token": "get", "logprob": -0.0012,
+                "bytes": [103, 101, 116], "top_logprobs": []}], "refusal": null}},
+            "response": {"system_fingerprint": "fp_0ba0d124f1", "service_tier": "default"},
+        })
+    );
+    assert!(matches!(
+        chunks[1],
+        Ok(WorkerChunk::Finish {
+            reason: FinishReason::ToolCalls,
+            ..
+        })
+    ));
 }

@@ -1,6 +1,6 @@
 //! The router with scripted backends, under paused time: retries only before the first token,
-//! fallback groups, circuit breakers, Retry-After, per-backend limits, session affinity, and the
-//! error that names every backend tried.
+//! fallback groups, circuit breakers, Retry-After, per-backend limits, session affinity, active
+//! health checks, and the error that names every backend tried.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::breaker::{BreakerConfig, BreakerState};
+use orchestrator_backends::routing::health::{self, HealthConfig, HealthProbe};
 use orchestrator_backends::routing::replica::{Replica, ReplicaConfig};
 use orchestrator_backends::routing::retry::RetryConfig;
 use orchestrator_backends::routing::{Group, Route, Router};
@@ -347,4 +348,177 @@ async fn unknown_models_are_404() {
     let error = router.infer_stream(call("s")).await.err().unwrap();
     assert_eq!(error.status, Some(404));
     assert_eq!(error.message, "the model `m` does not exist");
+}
+
+/// A health probe whose answer a test sets.
+struct ScriptedProbe {
+    answer: Mutex<Result<Option<usize>, String>>,
+    probes: AtomicUsize,
+}
+
+impl ScriptedProbe {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            answer: Mutex::new(Ok(None)),
+            probes: AtomicUsize::new(0),
+        })
+    }
+
+    fn set(&self, answer: Result<Option<usize>, String>) {
+        *self.answer.lock().unwrap() = answer;
+    }
+}
+
+#[async_trait]
+impl HealthProbe for ScriptedProbe {
+    async fn probe(&self) -> Result<Option<usize>, String> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        self.answer.lock().unwrap().clone()
+    }
+}
+
+const CHECKS: HealthConfig = HealthConfig {
+    interval_ms: 1_000,
+    timeout_ms: 500,
+    unhealthy_after: 2,
+    healthy_after: 3,
+};
+
+/// Lets the first probes (at once when checks start) run, and moves to the middle of an
+/// interval, so that later waits never end on the instant a probe is due.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(CHECKS.interval_ms / 2)).await;
+}
+
+/// Lets the check loop run its probe at each of the next `n` ticks.
+async fn ticks(n: u64) {
+    for _ in 0..n {
+        tokio::time::sleep(Duration::from_millis(CHECKS.interval_ms)).await;
+    }
+    tokio::task::yield_now().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_health_checks_take_a_replica_out_and_passing_ones_bring_it_back() {
+    let a = Scripted::new("a", Script::Answer);
+    let b = Scripted::new("b", Script::Answer);
+    let (ra, rb) = (replica(&a, no_breaker()), replica(&b, no_breaker()));
+    let probe = ScriptedProbe::new();
+    let task = health::watch(&ra, probe.clone(), CHECKS).expect("checks are on");
+    settle().await;
+    let router = router(vec![vec![ra.clone(), rb]], Balancing::SessionAffinity, 0);
+    // Find a session that prefers a.
+    let session = (0..100)
+        .map(|i| format!("s{i}"))
+        .find(|s| {
+            let before = a.calls();
+            futures_util::FutureExt::now_or_never(run(&router, s)).is_some() && a.calls() > before
+        })
+        .expect("some session prefers a");
+
+    probe.set(Err("GET /health answered 503: Loading model".into()));
+    ticks(1).await;
+    assert!(ra.health().is_healthy(), "one failed probe is not enough");
+    ticks(1).await;
+    assert!(!ra.health().is_healthy());
+    let before = a.calls();
+    assert_eq!(
+        run(&router, &session).await.unwrap(),
+        [Ok("ok from b".to_string())]
+    );
+    assert_eq!(a.calls(), before, "an unhealthy replica gets no calls");
+
+    probe.set(Ok(None));
+    ticks(2).await;
+    assert!(!ra.health().is_healthy(), "two good probes of three needed");
+    ticks(1).await;
+    assert!(ra.health().is_healthy());
+    assert_eq!(
+        run(&router, &session).await.unwrap(),
+        [Ok("ok from a".to_string())]
+    );
+
+    // The checks end with the replica.
+    drop(router);
+    drop(ra);
+    ticks(1).await;
+    assert!(task.is_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_replica_is_unhealthy_the_error_says_why() {
+    let a = Scripted::new("a", Script::Answer);
+    let ra = replica(&a, no_breaker());
+    let probe = ScriptedProbe::new();
+    probe.set(Err("GET http://a/health failed: connection refused".into()));
+    health::watch(&ra, probe.clone(), CHECKS);
+    let router = router(vec![vec![ra]], Balancing::RoundRobin, 0);
+    settle().await;
+    ticks(1).await;
+    let error = run(&router, "s").await.unwrap_err();
+    assert_eq!(error.status, Some(503));
+    assert!(error.retryable);
+    assert_eq!(
+        error.message,
+        "every backend of model `m` failed: a: skipped: failing its health checks \
+         (GET http://a/health failed: connection refused)"
+    );
+    assert_eq!(a.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_hangs_counts_as_failed() {
+    struct Hangs;
+    #[async_trait]
+    impl HealthProbe for Hangs {
+        async fn probe(&self) -> Result<Option<usize>, String> {
+            std::future::pending().await
+        }
+    }
+    let a = Scripted::new("a", Script::Answer);
+    let ra = replica(&a, no_breaker());
+    health::watch(&ra, Arc::new(Hangs), CHECKS);
+    settle().await;
+    ticks(2).await;
+    assert!(!ra.health().is_healthy());
+    assert_eq!(ra.health().problem().as_deref(), Some("no answer within 500 ms"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_outstanding_counts_the_upstream_queue_its_probe_reports() {
+    let a = Scripted::new("a", Script::Answer);
+    let b = Scripted::new("b", Script::Answer);
+    let (ra, rb) = (replica(&a, no_breaker()), replica(&b, no_breaker()));
+    let (pa, pb) = (ScriptedProbe::new(), ScriptedProbe::new());
+    pa.set(Ok(Some(40)));
+    pb.set(Ok(Some(0)));
+    health::watch(&ra, pa, CHECKS);
+    health::watch(&rb, pb.clone(), CHECKS);
+    let router = router(vec![vec![ra.clone(), rb.clone()]], Balancing::LeastOutstanding, 0);
+    settle().await;
+    assert_eq!(ra.health().waiting(), 40);
+    for i in 0..20 {
+        run(&router, &format!("s{i}")).await.unwrap();
+    }
+    assert_eq!((a.calls(), b.calls()), (0, 20), "a's own queue is long");
+
+    pb.set(Ok(Some(100)));
+    ticks(1).await;
+    for i in 0..20 {
+        run(&router, &format!("t{i}")).await.unwrap();
+    }
+    assert_eq!(a.calls(), 20, "now b's queue is the longer one");
+}
+
+#[test]
+fn health_checks_can_be_turned_off() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = Scripted::new("a", Script::Answer);
+        let ra = replica(&a, no_breaker());
+        assert!(health::watch(&ra, ScriptedProbe::new(), HealthConfig::OFF).is_none());
+    });
 }

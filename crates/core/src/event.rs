@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Stage};
-use crate::request::{Meta, RequestId, SessionId};
+use crate::request::{Extra, Meta, RequestId, SessionId};
 
 /// One event of a submitted request: any number of tokens, then exactly one `Done` or `Error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -14,6 +14,8 @@ use crate::request::{Meta, RequestId, SessionId};
 pub enum ResponseEvent {
     /// Text produced by the model, after post-processing.
     Token(String),
+    /// What the model answered besides text (tool calls, logprobs, ...), passed on unread.
+    Passthrough(Box<Passthrough>),
     /// The request completed.
     Done(Completion),
     /// The request failed; after a token this means the stream was cut, never a quiet truncation.
@@ -23,7 +25,7 @@ pub enum ResponseEvent {
 impl ResponseEvent {
     /// Whether this is the request's final event.
     pub fn is_final(&self) -> bool {
-        !matches!(self, ResponseEvent::Token(_))
+        matches!(self, ResponseEvent::Done(_) | ResponseEvent::Error(_))
     }
 }
 
@@ -36,6 +38,78 @@ pub enum FinishReason {
     Stop,
     /// The token limit was reached.
     Length,
+    /// The model called tools (`message.tool_calls`).
+    ToolCalls,
+    /// The upstream withheld content by its policy.
+    ContentFilter,
+}
+
+/// The parts of an OpenAI-style answer the pipeline does not act on but hands to the caller
+/// intact: tool calls, logprobs, refusals, `system_fingerprint`, ...
+///
+/// A streamed answer brings them as deltas; [`Passthrough::merge`] folds deltas into the whole,
+/// the way OpenAI clients accumulate a stream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Passthrough {
+    /// Fields of the message (or streamed delta) besides its text: `tool_calls`, `refusal`, ...
+    #[serde(default, skip_serializing_if = "Extra::is_empty")]
+    pub message: Extra,
+    /// Fields of the choice besides its message: `logprobs`.
+    #[serde(default, skip_serializing_if = "Extra::is_empty")]
+    pub choice: Extra,
+    /// Top-level fields of the answer: `system_fingerprint`.
+    #[serde(default, skip_serializing_if = "Extra::is_empty")]
+    pub response: Extra,
+}
+
+impl Passthrough {
+    pub fn is_empty(&self) -> bool {
+        self.message.is_empty() && self.choice.is_empty() && self.response.is_empty()
+    }
+
+    /// Folds a later delta into this one: strings are appended (a tool call's `arguments`
+    /// arrive in pieces), lists of objects with an `index` are merged by index (each tool call
+    /// is its own entry), other lists are appended (logprobs), objects are merged field by field,
+    /// and other values are replaced. Top-level fields are not deltas (every chunk repeats its
+    /// `system_fingerprint`): the latest wins.
+    pub fn merge(&mut self, later: Passthrough) {
+        merge_fields(&mut self.message, later.message);
+        merge_fields(&mut self.choice, later.choice);
+        self.response.extend(later.response);
+    }
+}
+
+fn merge_fields(into: &mut Extra, later: Extra) {
+    for (key, value) in later {
+        match into.get_mut(&key) {
+            // `index` places an entry in a list and `type` names its kind: both are repeated,
+            // never pieces.
+            Some(existing) if key == "index" || key == "type" || existing.is_null() => *existing = value,
+            Some(existing) => merge_value(existing, value),
+            None => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+fn merge_value(into: &mut serde_json::Value, later: serde_json::Value) {
+    use serde_json::Value;
+    match (into, later) {
+        (Value::String(a), Value::String(b)) => a.push_str(&b),
+        (Value::Object(a), Value::Object(b)) => merge_fields(a, b),
+        (Value::Array(a), Value::Array(b)) => {
+            for item in b {
+                let index = item.get("index").filter(|i| !i.is_null()).cloned();
+                let same = index.and_then(|i| a.iter_mut().find(|e| e.get("index") == Some(&i)));
+                match same {
+                    Some(entry) => merge_value(entry, item),
+                    None => a.push(item),
+                }
+            }
+        }
+        (into, later) => *into = later,
+    }
 }
 
 /// Token counts, as the upstream reported them or, failing that, as counted by the pipeline.
@@ -99,10 +173,13 @@ pub struct Completion {
     pub timings: StageTimings,
 }
 
-/// A complete answer: the joined text and how it ended.
+/// A complete answer: the joined text, what came with it, and how it ended.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub text: String,
+    /// Tool calls, logprobs and the like, merged over the stream; `None` when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<Box<Passthrough>>,
     pub completion: Completion,
 }
 
@@ -113,4 +190,64 @@ pub struct PromptOutput {
     pub session: SessionId,
     pub meta: Meta,
     pub result: Result<Response, PipelineError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn delta(message: serde_json::Value, choice: serde_json::Value) -> Passthrough {
+        let fields = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        Passthrough {
+            message: fields(message),
+            choice: fields(choice),
+            response: fields(json!({"system_fingerprint": "fp_1"})),
+        }
+    }
+
+    #[test]
+    fn streamed_tool_calls_and_logprobs_merge_into_the_whole_answer() {
+        let mut whole = Passthrough::default();
+        let deltas = [
+            delta(
+                json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": ""}}]}),
+                json!({"logprobs": {"content": [{"token": "a", "logprob": -0.1}]}}),
+            ),
+            delta(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+                json!({"logprobs": {"content": [{"token": "b", "logprob": -0.2}]}}),
+            ),
+            delta(
+                json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                                       "function": {"name": "get_time", "arguments": "{}"}}]}),
+                json!({}),
+            ),
+            // The same piece twice in a row is two pieces, not one.
+            delta(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}),
+                json!({}),
+            ),
+        ];
+        for d in deltas {
+            whole.merge(d);
+        }
+        assert_eq!(
+            serde_json::to_value(&whole).unwrap(),
+            json!({
+                "message": {"tool_calls": [
+                    {"index": 0, "id": "call_a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+                    {"index": 1, "id": "call_b", "type": "function",
+                     "function": {"name": "get_time", "arguments": "{}"}},
+                ]},
+                "choice": {"logprobs": {"content": [
+                    {"token": "a", "logprob": -0.1}, {"token": "b", "logprob": -0.2},
+                ]}},
+                "response": {"system_fingerprint": "fp_1"},
+            })
+        );
+    }
 }

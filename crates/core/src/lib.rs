@@ -31,7 +31,8 @@ pub mod worker;
 pub use config::{PipelineConfig, QueueConfig, StageConfig, WhenFull};
 pub use error::{PipelineError, Stage, WorkerError};
 pub use event::{
-    Completion, FinishReason, PromptOutput, Response, ResponseEvent, StageTiming, StageTimings, Usage,
+    Completion, FinishReason, Passthrough, PromptOutput, Response, ResponseEvent, StageTiming, StageTimings,
+    Usage,
 };
 pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender, ResponseHandle, ShutdownReport,

@@ -1,5 +1,5 @@
 //! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`,
-//! and `orchestrator mock-upstream [FLAGS]`, a fake model server.
+//! `orchestrator validate [FILE]`, and `orchestrator mock-upstream [FLAGS]`, a fake model server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,8 +28,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
+    /// Check a pipeline config: print every problem and exit 2, or a summary and exit 0.
+    Validate(ValidateArgs),
     /// Run a fake OpenAI-compatible and llama.cpp model server (tests, benchmarks, no GPU).
     MockUpstream(MockArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// The file to check; without one, the built-in default config.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -48,7 +57,7 @@ impl Cli {
         match &self.command {
             None => Some(&self.serve),
             Some(Command::Serve(args)) => Some(args),
-            Some(Command::MockUpstream(_)) => None,
+            Some(Command::Validate(_) | Command::MockUpstream(_)) => None,
         }
     }
 }
@@ -75,6 +84,20 @@ mod tests {
         .unwrap();
         assert_eq!(cli.serve_args().unwrap().config, Some(PathBuf::from("p.toml")));
         assert_eq!(cli.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn validate_takes_an_optional_file() {
+        let cli = Cli::try_parse_from(["orchestrator", "validate", "p.toml"]).unwrap();
+        let Some(Command::Validate(args)) = cli.command else {
+            panic!("not validate: {cli:?}");
+        };
+        assert_eq!(args.file, Some(PathBuf::from("p.toml")));
+        let cli = Cli::try_parse_from(["orchestrator", "validate"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Validate(ValidateArgs { file: None }))
+        ));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT, drain;
-//! or run the mock upstream (`orchestrator mock-upstream`).
+//! or check a config (`orchestrator validate`), or run the mock upstream
+//! (`orchestrator mock-upstream`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator_server::cli::{Cli, Command, ServeArgs};
+use orchestrator_server::cli::{Cli, Command, ServeArgs, ValidateArgs};
 use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server};
@@ -18,13 +20,34 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if let Some(Command::MockUpstream(args)) = &cli.command {
-        return mock_upstream(args.clone()).await;
+    match &cli.command {
+        Some(Command::MockUpstream(args)) => return mock_upstream(args.clone()).await,
+        Some(Command::Validate(args)) => return validate(args),
+        _ => {}
     }
     match cli.serve_args() {
         Some(args) => serve(args).await,
         None => ExitCode::SUCCESS,
     }
+}
+
+/// Exit status of a config with problems, for `serve` and `validate` alike.
+const INVALID_CONFIG: u8 = 2;
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    let (config, name) = match &args.file {
+        Some(path) => match Config::load(path) {
+            Ok(config) => (config, path.display().to_string()),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(INVALID_CONFIG);
+            }
+        },
+        None => (Config::default(), "the built-in default config".to_string()),
+    };
+    // A closed pipe (`| head`) is not worth a panic.
+    let _ = write!(std::io::stdout().lock(), "{name}: valid\n{}", config.summary());
+    ExitCode::SUCCESS
 }
 
 async fn mock_upstream(args: MockArgs) -> ExitCode {
@@ -54,7 +77,7 @@ async fn serve(args: &ServeArgs) -> ExitCode {
             Ok(config) => config,
             Err(e) => {
                 eprintln!("{e}");
-                return ExitCode::from(2);
+                return ExitCode::from(INVALID_CONFIG);
             }
         },
         None => Config::default(),

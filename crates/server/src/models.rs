@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use orchestrator_backends::OpenAiWorker;
 use orchestrator_backends::llamacpp::LlamaCppWorker;
-use orchestrator_backends::openai::BuildError;
+use orchestrator_backends::openai::{BuildError, Flavor};
+use orchestrator_backends::routing::health::{self, HealthConfig, HealthProbe};
 use orchestrator_backends::routing::replica::Replica;
 use orchestrator_backends::routing::{Group, Route, Router};
 use tokio_prompt_orchestrator::{EchoWorker, ModelWorker};
 
 use crate::config::{BackendConfig, Config};
 
-/// The router of a validated config.
+/// The router of a validated config, with the health checks of its backends running (they stop
+/// when the router is dropped). Must be called inside a tokio runtime.
 ///
 /// # Errors
 /// When a backend cannot be built (e.g. its API key variable vanished since validation).
@@ -24,9 +26,12 @@ pub fn build_router(config: &Config) -> Result<Router, String> {
     // count see all of its traffic.
     let mut replicas: HashMap<&str, Arc<Replica>> = HashMap::new();
     for backend in &config.backends {
-        let worker = build_backend(backend).map_err(|e| format!("backend {}: {e}", backend.name()))?;
-        let replica = Replica::new(backend.name(), worker, backend.routing());
-        replicas.insert(backend.name(), Arc::new(replica));
+        let built = build_backend(backend).map_err(|e| format!("backend {}: {e}", backend.name()))?;
+        let replica = Arc::new(Replica::new(backend.name(), built.worker, backend.routing()));
+        if let Some((probe, config)) = built.health {
+            health::watch(&replica, probe, config);
+        }
+        replicas.insert(backend.name(), replica);
     }
     let mut router = Router::new();
     for model in &config.models {
@@ -47,14 +52,37 @@ pub fn build_router(config: &Config) -> Result<Router, String> {
     Ok(router)
 }
 
-fn build_backend(config: &BackendConfig) -> Result<Arc<dyn ModelWorker>, BuildError> {
+/// A backend's worker, and how to check its health if it can be checked.
+struct Built {
+    worker: Arc<dyn ModelWorker>,
+    health: Option<(Arc<dyn HealthProbe>, HealthConfig)>,
+}
+
+impl Built {
+    fn checked<W: ModelWorker + HealthProbe>(worker: W, config: HealthConfig) -> Self {
+        let worker = Arc::new(worker);
+        Self {
+            worker: worker.clone(),
+            health: Some((worker, config)),
+        }
+    }
+}
+
+fn build_backend(config: &BackendConfig) -> Result<Built, BuildError> {
     Ok(match config {
-        BackendConfig::Echo { token_delay_ms, .. } => Arc::new(if *token_delay_ms == 0 {
-            EchoWorker::new()
-        } else {
-            EchoWorker::with_token_delay(Duration::from_millis(*token_delay_ms))
-        }),
-        BackendConfig::Openai(c) => Arc::new(OpenAiWorker::new(c)?),
-        BackendConfig::Llamacpp(c) => Arc::new(LlamaCppWorker::new(c)?),
+        BackendConfig::Echo { token_delay_ms, .. } => Built {
+            worker: Arc::new(if *token_delay_ms == 0 {
+                EchoWorker::new()
+            } else {
+                EchoWorker::with_token_delay(Duration::from_millis(*token_delay_ms))
+            }),
+            health: None,
+        },
+        BackendConfig::Openai(c) => Built::checked(OpenAiWorker::new(c)?, c.health(Flavor::OpenAi)),
+        BackendConfig::Vllm(c) => Built::checked(
+            OpenAiWorker::with_flavor(c, Flavor::Vllm)?,
+            c.health(Flavor::Vllm),
+        ),
+        BackendConfig::Llamacpp(c) => Built::checked(LlamaCppWorker::new(c)?, c.health_check),
     })
 }

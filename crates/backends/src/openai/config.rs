@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::routing::health::HealthConfig;
 use crate::routing::replica::ReplicaConfig;
 use crate::timeouts::TimeoutConfig;
 
@@ -31,4 +32,18 @@ pub struct OpenAiConfig {
     /// `routing = { weight = 1, max_in_flight = 0, breaker = { ... } }`.
     #[serde(default)]
     pub routing: ReplicaConfig,
+    /// `health_check = { interval_ms = 5000, ... }`; by default on for vLLM, off otherwise
+    /// (hosted APIs have no health endpoint and rate-limit their model list).
+    #[serde(default)]
+    pub health_check: Option<HealthConfig>,
+}
+
+impl OpenAiConfig {
+    /// The health checks to run against this backend as `flavor`.
+    pub fn health(&self, flavor: super::Flavor) -> HealthConfig {
+        self.health_check.unwrap_or(match flavor {
+            super::Flavor::OpenAi => HealthConfig::OFF,
+            super::Flavor::Vllm => HealthConfig::default(),
+        })
+    }
 }

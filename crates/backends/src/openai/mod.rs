@@ -4,10 +4,13 @@
 //! non-streamed upstream answer (cheaper for both sides). Connections are pooled and kept alive
 //! (HTTP/2 where the server offers it over TLS). Dropping the token stream drops the upstream
 //! response, which closes its connection: the upstream sees the cancellation.
+//!
+//! `kind = "vllm"` is the same protocol with vLLM's extras ([`vllm`]).
 
 mod body;
 mod config;
 mod stream;
+pub mod vllm;
 
 use std::sync::Arc;
 
@@ -24,13 +27,24 @@ pub use self::body::{Endpoint, request_body};
 pub use self::config::OpenAiConfig;
 pub use crate::http::BuildError;
 use crate::http::HttpBackend;
+use crate::routing::health::HealthProbe;
 use crate::sse;
 pub use crate::timeouts::{TimeoutConfig, Timeouts};
+
+/// Which server speaks the protocol, and so which of its own extras it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// Any OpenAI-compatible server: only the protocol itself.
+    OpenAi,
+    /// vLLM: `priority`, `/health` and the queue length from `/metrics`.
+    Vllm,
+}
 
 /// A worker calling one OpenAI-compatible server.
 pub struct OpenAiWorker {
     http: HttpBackend,
     model: Option<String>,
+    flavor: Flavor,
     /// `{base_url}/chat/completions` and `{base_url}/completions`, parsed once.
     chat_url: Url,
     completions_url: Url,
@@ -43,6 +57,14 @@ impl OpenAiWorker {
     /// When the key's variable is unset, a header is invalid, the base URL is not a URL, or the
     /// HTTP client cannot start.
     pub fn new(config: &OpenAiConfig) -> Result<Self, BuildError> {
+        Self::with_flavor(config, Flavor::OpenAi)
+    }
+
+    /// A worker for `config` that speaks to `flavor`'s server.
+    ///
+    /// # Errors
+    /// As [`OpenAiWorker::new`].
+    pub fn with_flavor(config: &OpenAiConfig, flavor: Flavor) -> Result<Self, BuildError> {
         let http = HttpBackend::new(
             &config.name,
             &config.base_url,
@@ -55,6 +77,7 @@ impl OpenAiWorker {
             completions_url: http.url(Endpoint::Completions.path())?,
             http,
             model: config.model.clone(),
+            flavor,
         })
     }
 
@@ -89,14 +112,20 @@ impl ModelWorker for OpenAiWorker {
         let deadline = self.http.deadline();
         let model = self.model.as_deref().unwrap_or(&call.request.model);
         let streamed = call.request.stream;
-        let body = request_body(&call, model, streamed);
+        let mut body = request_body(&call, model, streamed);
+        if self.flavor == Flavor::Vllm
+            && let (Some(priority), Some(fields)) =
+                (vllm::priority(call.request.priority), body.as_object_mut())
+        {
+            fields.insert("priority".into(), priority.into());
+        }
         let url = match Endpoint::of(&call) {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Completions => &self.completions_url,
         };
         let response = self.http.post(url, &body, deadline).await?;
         if streamed {
-            let dialect = stream::OpenAiDialect;
+            let dialect = stream::OpenAiDialect::default();
             return Ok(sse::relay(
                 response,
                 dialect,
@@ -107,5 +136,25 @@ impl ModelWorker for OpenAiWorker {
         }
         let body = self.http.read_all(response, deadline).await?;
         stream::answer_stream(&self.http.name, &body)
+    }
+}
+
+#[async_trait]
+impl HealthProbe for OpenAiWorker {
+    /// OpenAI-compatible servers share no health endpoint, but all list their models; vLLM has
+    /// `/health`, and its queue length in `/metrics` (optional: a server without it is healthy).
+    async fn probe(&self) -> Result<Option<usize>, String> {
+        match self.flavor {
+            Flavor::OpenAi => {
+                let url = format!("{}/models", self.http.base_url());
+                self.http.probe(&url).await.map(|_| None)
+            }
+            Flavor::Vllm => {
+                let root = vllm::server_root(self.http.base_url());
+                self.http.probe(&format!("{root}/health")).await?;
+                let metrics = self.http.probe(&format!("{root}/metrics")).await.ok();
+                Ok(metrics.as_deref().and_then(vllm::waiting_requests))
+            }
+        }
     }
 }

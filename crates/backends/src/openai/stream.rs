@@ -1,9 +1,16 @@
 //! Reading OpenAI answers: the SSE chunks of a stream (`delta.content` for chat, `text` for
 //! completions, then a finish reason, a usage chunk and `[DONE]`), or one whole JSON answer.
+//!
+//! Fields we do not act on (tool calls, logprobs, `system_fingerprint`, ...) are collected as a
+//! [`Passthrough`] for the caller; the names the gateway sets itself (`id`, `model`, ...) and
+//! empty values are left out, so a plain text chunk carries none.
 
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
-use tokio_prompt_orchestrator::{FinishReason, TokenStream, Usage, WorkerChunk, WorkerError};
+use serde_json::Value;
+use tokio_prompt_orchestrator::{
+    Extra, FinishReason, Passthrough, TokenStream, Usage, WorkerChunk, WorkerError,
+};
 
 use crate::sse::{Dialect, Parsed};
 
@@ -28,6 +35,17 @@ struct Body {
     choices: Vec<Choice>,
     usage: Option<WireUsage>,
     error: Option<WireError>,
+    /// Named so that they stay out of `extra`: the gateway sets its own.
+    #[serde(default, rename = "id")]
+    _id: Value,
+    #[serde(default, rename = "object")]
+    _object: Value,
+    #[serde(default, rename = "created")]
+    _created: Value,
+    #[serde(default, rename = "model")]
+    _model: Value,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -36,11 +54,19 @@ struct Choice {
     message: Option<Message>,
     text: Option<String>,
     finish_reason: Option<String>,
+    #[serde(default, rename = "index")]
+    _index: Value,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Deserialize)]
 struct Message {
     content: Option<String>,
+    #[serde(default, rename = "role")]
+    _role: Value,
+    #[serde(flatten)]
+    extra: Extra,
 }
 
 #[derive(Deserialize)]
@@ -51,32 +77,51 @@ struct WireError {
 fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "length" => FinishReason::Length,
+        "tool_calls" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
     }
 }
 
 impl Body {
-    /// The token, finish reason and usage of the first choice.
+    /// The token, pass-through fields, finish reason and usage of the first choice.
     fn parsed(self) -> Parsed {
         let mut parsed = Parsed {
             usage: self.usage.map(Usage::from),
             ..Parsed::default()
         };
+        let mut extra = Passthrough {
+            response: meaningful(self.extra),
+            ..Passthrough::default()
+        };
         if let Some(choice) = self.choices.into_iter().next() {
             parsed.finish = choice.finish_reason.as_deref().map(finish_reason);
-            parsed.token = choice
-                .delta
-                .or(choice.message)
-                .and_then(|m| m.content)
-                .or(choice.text)
-                .filter(|t| !t.is_empty());
+            extra.choice = meaningful(choice.extra);
+            let message = choice.delta.or(choice.message);
+            let content = message.map(|m| {
+                extra.message = meaningful(m.extra);
+                m.content
+            });
+            parsed.token = content.flatten().or(choice.text).filter(|t| !t.is_empty());
         }
+        parsed.extra = (!extra.is_empty()).then(|| Box::new(extra));
         parsed
     }
 }
 
+/// `fields` without nulls and empty lists, which say nothing (`"logprobs": null`,
+/// `"tool_calls": []`).
+fn meaningful(mut fields: Extra) -> Extra {
+    fields.retain(|_, v| !(v.is_null() || v.as_array().is_some_and(Vec::is_empty)));
+    fields
+}
+
 /// The OpenAI stream format.
-pub struct OpenAiDialect;
+#[derive(Default)]
+pub struct OpenAiDialect {
+    /// The top-level fields last passed on.
+    last_response: Option<Extra>,
+}
 
 impl Dialect for OpenAiDialect {
     fn parse(&mut self, data: &str) -> Result<Parsed, String> {
@@ -91,7 +136,20 @@ impl Dialect for OpenAiDialect {
         if let Some(error) = body.error {
             return Err(error.message.unwrap_or_else(|| "an error event".into()));
         }
-        Ok(body.parsed())
+        let mut parsed = body.parsed();
+        // Top-level fields (`system_fingerprint`) ride along on every chunk: passed on the first
+        // time, then only with something else.
+        if let Some(extra) = &parsed.extra
+            && extra.message.is_empty()
+            && extra.choice.is_empty()
+            && (parsed.token.is_some() || self.last_response.as_ref() == Some(&extra.response))
+        {
+            parsed.extra = None;
+        }
+        if let Some(extra) = &parsed.extra {
+            self.last_response = Some(extra.response.clone());
+        }
+        Ok(parsed)
     }
 }
 
@@ -103,9 +161,12 @@ pub fn answer_stream(backend: &str, body: &[u8]) -> Result<TokenStream, WorkerEr
     let answer: Body = serde_json::from_slice(body)
         .map_err(|e| WorkerError::retryable(format!("{backend}: the answer is not OpenAI JSON ({e})")))?;
     let parsed = answer.parsed();
-    let mut chunks = Vec::with_capacity(2);
+    let mut chunks = Vec::with_capacity(3);
     if let Some(text) = parsed.token {
         chunks.push(Ok(WorkerChunk::Token(text)));
+    }
+    if let Some(extra) = parsed.extra {
+        chunks.push(Ok(WorkerChunk::Passthrough(extra)));
     }
     chunks.push(Ok(WorkerChunk::Finish {
         reason: parsed.finish.unwrap_or_default(),

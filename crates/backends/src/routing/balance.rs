@@ -18,6 +18,18 @@ pub enum Balancing {
     Weighted,
 }
 
+impl Balancing {
+    /// The name as configs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balancing::SessionAffinity => "session_affinity",
+            Balancing::LeastOutstanding => "least_outstanding",
+            Balancing::RoundRobin => "round_robin",
+            Balancing::Weighted => "weighted",
+        }
+    }
+}
+
 /// What balancing needs to know of a replica.
 pub trait Candidate {
     fn name(&self) -> &str;

@@ -4,6 +4,7 @@
 //!
 //! - [`balance`]: the order replicas are tried in (session affinity, least outstanding, ...).
 //! - [`breaker`]: per-backend circuit breakers.
+//! - [`health`]: active health checks that take failing backends out of rotation.
 //! - [`retry`]: how many retries, and the backoff between them.
 //! - [`replica`]: one backend with its limit, breaker and outcome counting.
 //!
@@ -13,6 +14,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod health;
 pub mod replica;
 pub mod retry;
 
@@ -121,7 +123,10 @@ impl Attempts {
 
     fn skipped(&mut self, replica: &Replica, why: replica::Unavailable) {
         replica.record_skip();
-        let note = format!("{}: {}", replica.name(), why.describe());
+        let mut note = format!("{}: {}", replica.name(), why.describe());
+        if let (replica::Unavailable::Unhealthy, Some(problem)) = (why, replica.health().problem()) {
+            note = format!("{note} ({problem})");
+        }
         // A replica passed over on several tries is named once.
         if !self.notes.contains(&note) {
             self.notes.push(note);

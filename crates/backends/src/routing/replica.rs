@@ -14,6 +14,7 @@ use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerE
 
 use super::balance::Candidate;
 use super::breaker::{Breaker, BreakerConfig, BreakerState};
+use super::health::HealthState;
 
 pub const BACKEND_CALLS: &str = "orchestrator_backend_calls_total";
 
@@ -47,11 +48,13 @@ pub struct Replica {
     outstanding: AtomicUsize,
     /// Set from an upstream's `Retry-After`: no calls before then.
     resting_until: Mutex<Option<Instant>>,
+    health: HealthState,
 }
 
 /// Why a replica was passed over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unavailable {
+    Unhealthy,
     CircuitOpen,
     Resting,
     Full,
@@ -60,6 +63,7 @@ pub enum Unavailable {
 impl Unavailable {
     pub fn describe(self) -> &'static str {
         match self {
+            Unavailable::Unhealthy => "skipped: failing its health checks",
             Unavailable::CircuitOpen => "skipped: circuit open",
             Unavailable::Resting => "skipped: waiting out its Retry-After",
             Unavailable::Full => "skipped: at its max_in_flight",
@@ -82,6 +86,7 @@ impl Replica {
             breaker: Breaker::new(config.breaker),
             outstanding: AtomicUsize::new(0),
             resting_until: Mutex::new(None),
+            health: HealthState::default(),
         }
     }
 
@@ -93,12 +98,20 @@ impl Replica {
         &self.worker
     }
 
+    /// What the active health checks last concluded.
+    pub fn health(&self) -> &HealthState {
+        &self.health
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
 
     /// Takes a slot now, or says why not.
     pub fn try_admit(&self) -> Result<Admission, Unavailable> {
+        if !self.health.is_healthy() {
+            return Err(Unavailable::Unhealthy);
+        }
         let resting = self
             .resting_until
             .lock()
@@ -175,8 +188,10 @@ impl Candidate for Arc<Replica> {
     fn name(&self) -> &str {
         &self.name
     }
+    /// Our calls in flight there, plus the upstream's own queue when its health checks report
+    /// it (other clients' work counts too).
     fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Relaxed)
+        self.outstanding.load(Ordering::Relaxed) + self.health.waiting()
     }
     fn weight(&self) -> u32 {
         self.weight

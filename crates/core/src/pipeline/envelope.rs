@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::order::OrderGate;
 use crate::error::{PipelineError, Stage};
-use crate::event::{Completion, FinishReason, PromptOutput, Response, StageTimings, Usage};
+use crate::event::{
+    Completion, FinishReason, Passthrough, PromptOutput, Response, ResponseEvent, StageTimings, Usage,
+};
 use crate::request::{InferenceRequest, RequestId};
 use crate::stages::rag::RetrievedChunk;
 
@@ -23,7 +25,8 @@ use crate::stages::rag::RetrievedChunk;
 pub(crate) enum Reply {
     /// A submitted request: tokens to its handle, then the final event on `done`.
     Handle {
-        tokens: mpsc::Sender<String>,
+        /// Tokens and pass-through deltas, before the final event.
+        tokens: mpsc::Sender<ResponseEvent>,
         done: oneshot::Sender<Result<Completion, PipelineError>>,
     },
     /// A fire-and-forget request: one joined output, in session order, on the output stream.
@@ -37,6 +40,7 @@ pub(crate) enum Reply {
 pub(crate) enum Outcome {
     Completed {
         text: String,
+        passthrough: Option<Box<Passthrough>>,
         finish_reason: FinishReason,
         usage: Usage,
     },
@@ -218,7 +222,7 @@ impl Body {
     }
 
     /// The caller's token channel, for a submitted request.
-    pub fn tokens(&self) -> Option<&mpsc::Sender<String>> {
+    pub fn tokens(&self) -> Option<&mpsc::Sender<ResponseEvent>> {
         match &self.reply {
             Some(Reply::Handle { tokens, .. }) => Some(tokens),
             _ => None,
@@ -239,6 +243,7 @@ impl Body {
         let result = match outcome {
             Outcome::Completed {
                 text,
+                passthrough,
                 finish_reason,
                 usage,
             } => {
@@ -246,6 +251,7 @@ impl Body {
                 self.shared.metrics.completed.increment(1);
                 Ok(Response {
                     text,
+                    passthrough,
                     completion: Completion {
                         finish_reason,
                         usage,

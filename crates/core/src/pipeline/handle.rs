@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::{PipelineError, Stage};
-use crate::event::{Completion, Response, ResponseEvent};
+use crate::event::{Completion, Passthrough, Response, ResponseEvent};
 use crate::request::RequestId;
 
 /// The events of one submitted request. Dropping it before the final event cancels the request
@@ -22,7 +22,8 @@ use crate::request::RequestId;
 /// while the request still waits in a queue where no stage can see it yet.
 pub struct ResponseHandle {
     id: RequestId,
-    tokens: mpsc::Receiver<String>,
+    /// Tokens and pass-through deltas.
+    tokens: mpsc::Receiver<ResponseEvent>,
     tokens_done: bool,
     /// `None` once the final event has been returned.
     done: Option<oneshot::Receiver<Result<Completion, PipelineError>>>,
@@ -36,7 +37,7 @@ pub struct ResponseHandle {
 impl ResponseHandle {
     pub(crate) fn new(
         id: RequestId,
-        tokens: mpsc::Receiver<String>,
+        tokens: mpsc::Receiver<ResponseEvent>,
         done: oneshot::Receiver<Result<Completion, PipelineError>>,
         cancel: CancellationToken,
         deadline: Option<Instant>,
@@ -62,16 +63,27 @@ impl ResponseHandle {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
-    /// Waits for the whole answer, joining the tokens.
+    /// Waits for the whole answer, joining the tokens and merging pass-through deltas.
     ///
     /// # Errors
     /// The request's error, if it failed (also after some tokens arrived).
     pub async fn into_response(mut self) -> Result<Response, PipelineError> {
         let mut text = String::new();
+        let mut passthrough: Option<Box<Passthrough>> = None;
         while let Some(event) = self.recv().await {
             match event {
                 ResponseEvent::Token(t) => text.push_str(&t),
-                ResponseEvent::Done(completion) => return Ok(Response { text, completion }),
+                ResponseEvent::Passthrough(delta) => match &mut passthrough {
+                    Some(whole) => whole.merge(*delta),
+                    None => passthrough = Some(delta),
+                },
+                ResponseEvent::Done(completion) => {
+                    return Ok(Response {
+                        text,
+                        passthrough,
+                        completion,
+                    });
+                }
                 ResponseEvent::Error(e) => return Err(e),
             }
         }
@@ -104,7 +116,7 @@ impl ResponseHandle {
         // Tokens come first: the pipeline closes the token channel before sending the end.
         if !self.tokens_done {
             match ready!(self.tokens.poll_recv(cx)) {
-                Some(token) => return Poll::Ready(Some(ResponseEvent::Token(token))),
+                Some(event) => return Poll::Ready(Some(event)),
                 None => self.tokens_done = true,
             }
         }

@@ -113,6 +113,11 @@ async fn relay(
                     return Ok(None);
                 }
             }
+            WorkerChunk::Passthrough(extra) => {
+                if tx.send(Piece::Passthrough(extra)).await.is_err() {
+                    return Ok(None);
+                }
+            }
             WorkerChunk::Finish { reason, usage } => return Ok(Some(Finished { reason, usage })),
         }
     }

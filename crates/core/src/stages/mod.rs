@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::error::{PipelineError, Stage};
-use crate::event::{FinishReason, Usage};
+use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::envelope::Envelope;
 
 /// What starting one request in a stage produced.
@@ -81,6 +81,7 @@ impl Carries for Handoff {
 /// aborted (caller gone, deadline, shutdown); the receiver then asks the envelope why.
 pub(crate) enum Piece {
     Token(String),
+    Passthrough(Box<Passthrough>),
     End(StreamEnd),
 }
 

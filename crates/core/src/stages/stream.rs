@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::{Finished, Handoff, Piece, StageLogic, Start};
 use crate::error::{PipelineError, Stage};
+use crate::event::{Passthrough, ResponseEvent};
 use crate::pipeline::envelope::{Body, Outcome};
 
 pub(crate) struct StreamStage;
@@ -32,7 +33,8 @@ async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
     let body: &mut Body = &mut env;
     let started = Instant::now();
     let mut text = String::new();
-    let relayed = relay(body, &mut pieces, &mut text).await;
+    let mut extra = None;
+    let relayed = relay(body, &mut pieces, &mut text, &mut extra).await;
     let active = started.elapsed();
     let metrics = body.shared.metrics.stage(Stage::Stream);
     metrics.latency.record(active.as_secs_f64());
@@ -42,6 +44,7 @@ async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
             metrics.completed.increment(1);
             env.finish(Outcome::Completed {
                 text,
+                passthrough: extra,
                 finish_reason: finished.reason,
                 usage: finished.usage.unwrap_or_default(),
             });
@@ -55,11 +58,13 @@ async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
     }
 }
 
-/// Relays pieces to the caller until the end marker; returns how the stream ended.
+/// Relays pieces to the caller until the end marker; returns how the stream ended. A
+/// fire-and-forget request's text and pass-through deltas are gathered into `text` and `extra`.
 async fn relay(
     env: &mut Body,
     pieces: &mut mpsc::Receiver<Piece>,
     text: &mut String,
+    extra: &mut Option<Box<Passthrough>>,
 ) -> Result<Finished, (Stage, PipelineError)> {
     let abort = env.abort();
     // One abort future for the whole relay, polled first at every wait.
@@ -74,28 +79,9 @@ async fn relay(
             }
             piece = pieces.recv() => piece,
         };
-        match piece {
-            Some(Piece::Token(token)) => {
-                if env.timings.first_token.is_none() {
-                    let ttft = env.admitted_at.elapsed();
-                    env.timings.first_token = Some(ttft);
-                    env.shared.metrics.time_to_first_token.record(ttft.as_secs_f64());
-                }
-                let Some(tokens) = &tokens else {
-                    text.push_str(&token);
-                    continue;
-                };
-                tokio::select! {
-                    biased;
-                    cause = &mut aborted => return Err((Stage::Stream, cause.into_error(Stage::Stream))),
-                    sent = tokens.send(token) => {
-                        if sent.is_err() {
-                            // The handle was dropped without its drop guard having fired yet.
-                            return Err((Stage::Stream, PipelineError::Cancelled));
-                        }
-                    }
-                }
-            }
+        let event = match piece {
+            Some(Piece::Token(token)) => ResponseEvent::Token(token),
+            Some(Piece::Passthrough(delta)) => ResponseEvent::Passthrough(delta),
             Some(Piece::End(end)) => {
                 env.timings.stage_mut(Stage::Inference).active = end.inference_active;
                 env.timings.stage_mut(Stage::Post).active = end.post_active;
@@ -110,6 +96,33 @@ async fn relay(
                     },
                 };
                 return Err((Stage::Inference, error));
+            }
+        };
+        if env.timings.first_token.is_none() {
+            let ttft = env.admitted_at.elapsed();
+            env.timings.first_token = Some(ttft);
+            env.shared.metrics.time_to_first_token.record(ttft.as_secs_f64());
+        }
+        let Some(tokens) = &tokens else {
+            match event {
+                ResponseEvent::Token(token) => text.push_str(&token),
+                ResponseEvent::Passthrough(delta) => match extra {
+                    Some(whole) => whole.merge(*delta),
+                    None => *extra = Some(delta),
+                },
+                // Only tokens and deltas come this far.
+                ResponseEvent::Done(_) | ResponseEvent::Error(_) => {}
+            }
+            continue;
+        };
+        tokio::select! {
+            biased;
+            cause = &mut aborted => return Err((Stage::Stream, cause.into_error(Stage::Stream))),
+            sent = tokens.send(event) => {
+                if sent.is_err() {
+                    // The handle was dropped without its drop guard having fired yet.
+                    return Err((Stage::Stream, PipelineError::Cancelled));
+                }
             }
         }
     }

@@ -16,7 +16,7 @@ pub use echo::EchoWorker;
 pub(crate) use echo::count_tokens;
 
 use crate::error::WorkerError;
-use crate::event::{FinishReason, Usage};
+use crate::event::{FinishReason, Passthrough, Usage};
 use crate::request::{InferenceRequest, RequestId};
 
 /// One item of a worker's token stream.
@@ -25,6 +25,8 @@ use crate::request::{InferenceRequest, RequestId};
 pub enum WorkerChunk {
     /// Generated text.
     Token(String),
+    /// What the upstream answered besides text (tool calls, logprobs, ...), for the caller.
+    Passthrough(Box<Passthrough>),
     /// Generation ended; optional, a stream that simply ends finished with `Stop`.
     Finish {
         reason: FinishReason,

@@ -2,8 +2,12 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt};
+use serde_json::json;
 use tokio_prompt_orchestrator::{
-    FinishReason, PipelineBuilder, PipelineError, ResponseEvent, SamplingParams, WorkerError,
+    FinishReason, InferenceCall, ModelWorker, Passthrough, PipelineBuilder, PipelineError, ResponseEvent,
+    SamplingParams, TokenStream, WorkerChunk, WorkerError,
 };
 
 use crate::support::{ProbeWorker, chat, small_config};
@@ -135,4 +139,93 @@ async fn a_failure_mid_stream_ends_with_an_error_not_a_quiet_truncation() {
     assert_eq!(handle.recv().await, Some(ResponseEvent::Error(expected)));
     assert_eq!(handle.recv().await, None);
     assert_eq!(handles.pipeline.stats().failed, 1);
+}
+
+/// A model that calls a tool: the call arrives as deltas (with logprobs), then the finish.
+struct ToolCaller;
+
+fn tool_delta(message: serde_json::Value, logprob: f64) -> WorkerChunk {
+    let mut delta = Passthrough {
+        message: message.as_object().cloned().unwrap(),
+        ..Passthrough::default()
+    };
+    delta.choice.insert(
+        "logprobs".into(),
+        json!({"content": [{"token": "t", "logprob": logprob}]}),
+    );
+    delta.response.insert("system_fingerprint".into(), json!("fp_7"));
+    WorkerChunk::Passthrough(Box::new(delta))
+}
+
+#[async_trait]
+impl ModelWorker for ToolCaller {
+    async fn infer(&self, _prompt: &str) -> Result<Vec<String>, WorkerError> {
+        Ok(Vec::new())
+    }
+
+    async fn infer_stream(&self, _call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        let chunks = [
+            WorkerChunk::Token("Checking.".into()),
+            tool_delta(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                       "function": {"name": "lookup", "arguments": "{\"q\":"}}]}),
+                -0.5,
+            ),
+            tool_delta(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}),
+                -0.25,
+            ),
+            WorkerChunk::Finish {
+                reason: FinishReason::ToolCalls,
+                usage: None,
+            },
+        ];
+        Ok(stream::iter(chunks.map(Ok)).boxed())
+    }
+}
+
+#[tokio::test]
+async fn pass_through_deltas_stream_in_order_and_merge_for_whole_answers() {
+    let handles = PipelineBuilder::new(Arc::new(ToolCaller))
+        .config(small_config(1, 8, 8))
+        .spawn();
+    let mut handle = handles.input_tx.submit(chat("s", "q")).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(event) = handle.recv().await {
+        events.push(event);
+    }
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[0], ResponseEvent::Token("Checking.".into()));
+    let ResponseEvent::Passthrough(first) = &events[1] else {
+        panic!("expected a delta, got {:?}", events[1])
+    };
+    assert_eq!(first.message["tool_calls"][0]["function"]["arguments"], "{\"q\":");
+    assert!(matches!(&events[2], ResponseEvent::Passthrough(_)));
+    let ResponseEvent::Done(done) = &events[3] else {
+        panic!("expected Done, got {:?}", events[3])
+    };
+    assert_eq!(done.finish_reason, FinishReason::ToolCalls);
+
+    // A caller that wants the whole answer gets the deltas merged, as the stream would add up.
+    let whole = handles
+        .input_tx
+        .submit(chat("s", "q").with_stream(false))
+        .await
+        .unwrap()
+        .into_response()
+        .await
+        .unwrap();
+    assert_eq!(whole.text, "Checking.");
+    let extra = whole.passthrough.expect("the tool call came back");
+    assert_eq!(
+        extra.message["tool_calls"],
+        json!([{"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}}])
+    );
+    assert_eq!(
+        extra.choice["logprobs"]["content"],
+        json!([{"token": "t", "logprob": -0.5}, {"token": "t", "logprob": -0.25}])
+    );
+    assert_eq!(extra.response["system_fingerprint"], "fp_7");
+    assert_eq!(whole.completion.finish_reason, FinishReason::ToolCalls);
 }

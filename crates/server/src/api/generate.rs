@@ -88,7 +88,12 @@ async fn generate(
     }
     let response = handle.into_response().await?;
     let completion = response.completion;
-    let body = header.complete(&response.text, completion.finish_reason, completion.usage);
+    let body = header.complete(
+        &response.text,
+        completion.finish_reason,
+        completion.usage,
+        response.passthrough.as_deref(),
+    );
     let mut http = (
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,

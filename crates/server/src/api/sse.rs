@@ -11,7 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{Completion, PipelineError, ResponseEvent, ResponseHandle};
+use tokio_prompt_orchestrator::{Completion, Passthrough, PipelineError, ResponseEvent, ResponseHandle};
 
 use super::error::ApiError;
 use super::generate::{format_ms, overhead};
@@ -43,28 +43,33 @@ pub async fn respond(
             .into());
         }
     };
-    let closing = Closing { include_usage, start };
-    let mut opening: Vec<Event> = header.role_chunk().into_iter().map(data).collect();
-    let rest = if let Some(events) = closing.events(&header, first, &mut opening) {
+    let mut closing = Closing {
+        include_usage,
+        start,
+        header,
+        held: None,
+    };
+    let mut opening: Vec<Event> = closing.header.role_chunk().into_iter().map(data).collect();
+    let rest = if let Some(events) = closing.events(first, &mut opening) {
         // The first event was already the last one.
         opening.extend(events);
         guard.disarm();
         None
     } else {
-        Some((handle, header, guard))
+        Some((handle, closing, guard))
     };
     // Dropping this stream (the client went away) drops the handle, which cancels the request.
     let rest = stream::unfold(rest, move |state| async move {
-        let (mut handle, header, mut guard) = state?;
+        let (mut handle, mut closing, mut guard) = state?;
         let event = handle.recv().await?;
         let mut out = Vec::new();
-        match closing.events(&header, event, &mut out) {
+        match closing.events(event, &mut out) {
             Some(last) => {
                 out.extend(last);
                 guard.disarm();
                 Some((out, None))
             }
-            None => Some((out, Some((handle, header, guard)))),
+            None => Some((out, Some((handle, closing, guard)))),
         }
     });
     let events = stream::iter(opening)
@@ -75,23 +80,39 @@ pub async fn respond(
         .into_response())
 }
 
-/// How a stream ends.
-#[derive(Clone, Copy)]
+/// One stream's chunks, and how it ends.
 struct Closing {
     include_usage: bool,
     start: Instant,
+    header: Header,
+    /// Top-level fields (`system_fingerprint`) that came alone, to go out with the next chunk
+    /// rather than in an empty chunk of their own.
+    held: Option<Box<Passthrough>>,
 }
 
 impl Closing {
-    /// Puts a token's chunk in `out` and returns `None`, or returns the closing events after a
+    /// Puts an event's chunk in `out` and returns `None`, or returns the closing events after a
     /// final event.
-    fn events(&self, header: &Header, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
+    fn events(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
         match event {
             ResponseEvent::Token(text) => {
-                out.push(data(header.text_chunk(&text)));
+                out.push(data(self.header.text_chunk(&text, self.held.take().as_deref())));
                 None
             }
-            ResponseEvent::Done(completion) => Some(self.done(header, &completion)),
+            ResponseEvent::Passthrough(extra) if extra.message.is_empty() && extra.choice.is_empty() => {
+                self.held = Some(extra);
+                None
+            }
+            ResponseEvent::Passthrough(mut extra) => {
+                if let Some(held) = self.held.take() {
+                    for (key, value) in held.response {
+                        extra.response.entry(key).or_insert(value);
+                    }
+                }
+                out.push(data(self.header.passthrough_chunk(&extra)));
+                None
+            }
+            ResponseEvent::Done(completion) => Some(self.done(&completion)),
             ResponseEvent::Error(error) => {
                 let error = ApiError::from(error);
                 Some(vec![Event::default().event("error").data(error.to_json())])
@@ -99,10 +120,14 @@ impl Closing {
         }
     }
 
-    fn done(&self, header: &Header, completion: &Completion) -> Vec<Event> {
-        let mut events = vec![data(header.finish_chunk(completion.finish_reason))];
+    fn done(&mut self, completion: &Completion) -> Vec<Event> {
+        let held = self.held.take();
+        let finish = self
+            .header
+            .finish_chunk(completion.finish_reason, held.as_deref());
+        let mut events = vec![data(finish)];
         if self.include_usage {
-            events.push(data(header.usage_chunk(completion.usage)));
+            events.push(data(self.header.usage_chunk(completion.usage)));
         }
         // Headers left before the stream's cost was known; clients ignore SSE comments.
         events.push(Event::default().comment(format!(

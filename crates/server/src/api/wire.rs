@@ -1,7 +1,12 @@
 //! The OpenAI response bodies: whole completions, stream chunks, and the model list.
+//!
+//! Bodies are typed structs; what an upstream answered besides text (tool calls, logprobs,
+//! `system_fingerprint`: a [`Passthrough`]) is grafted into the JSON only when there is some, so
+//! the common case pays nothing for it.
 
 use serde::Serialize;
-use tokio_prompt_orchestrator::{FinishReason, Usage};
+use serde_json::{Map, Value};
+use tokio_prompt_orchestrator::{Extra, FinishReason, Passthrough, Usage};
 
 /// Which endpoint a response belongs to; decides the object names and the choice shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +39,38 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
     }
+}
+
+/// Adds `extra`'s fields to `target`, never replacing a field the gateway set (a `null`, such
+/// as an absent `logprobs`, may be filled).
+fn graft(target: Option<&mut Value>, extra: &Extra) {
+    let Some(Value::Object(target)) = target else {
+        return;
+    };
+    for (key, value) in extra {
+        match target.get(key) {
+            None | Some(Value::Null) => {
+                target.insert(key.clone(), value.clone());
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// `body` (one response or chunk, first choice at `choices[0]`, its message under `message_key`)
+/// with `extra` grafted in.
+fn with_passthrough<B: Serialize>(body: &B, message_key: &str, extra: &Passthrough) -> String {
+    let mut json = serde_json::to_value(body).unwrap_or_else(|_| Value::Object(Map::new()));
+    let choice = json.get_mut("choices").and_then(|c| c.get_mut(0));
+    if let Some(choice) = choice {
+        graft(choice.get_mut(message_key), &extra.message);
+        graft(Some(choice), &extra.choice);
+    }
+    graft(Some(&mut json), &extra.response);
+    json.to_string()
 }
 
 #[derive(Serialize)]
@@ -59,7 +95,7 @@ struct ChatChoice<'a> {
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    content: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -88,6 +124,18 @@ struct TextChoice<'a> {
 
 impl Header {
     fn body<C: Serialize>(&self, object: &'static str, choices: C, usage: Option<Usage>) -> String {
+        self.body_with(object, choices, usage, None)
+    }
+
+    /// A body, with `extra` from the upstream grafted in when there is some; the message is under
+    /// `message` in whole chat answers and `delta` in chunks.
+    fn body_with<C: Serialize>(
+        &self,
+        object: &'static str,
+        choices: C,
+        usage: Option<Usage>,
+        extra: Option<&Passthrough>,
+    ) -> String {
         let body = Body {
             id: &self.id,
             object,
@@ -96,28 +144,48 @@ impl Header {
             choices,
             usage,
         };
-        // Plain structs of strings and numbers always serialise.
-        serde_json::to_string(&body).unwrap_or_default()
+        match extra {
+            Some(extra) => {
+                let message_key = if object == "chat.completion" {
+                    "message"
+                } else {
+                    "delta"
+                };
+                with_passthrough(&body, message_key, extra)
+            }
+            // Plain structs of strings and numbers always serialise.
+            None => serde_json::to_string(&body).unwrap_or_default(),
+        }
     }
 
-    /// The whole, non-streamed response.
-    pub fn complete(&self, text: &str, reason: FinishReason, usage: Usage) -> String {
+    /// The whole, non-streamed response, with what the upstream sent besides text.
+    pub fn complete(
+        &self,
+        text: &str,
+        reason: FinishReason,
+        usage: Usage,
+        extra: Option<&Passthrough>,
+    ) -> String {
         let reason = finish_reason(reason);
+        // A chat answer that only called tools has `content: null`, as OpenAI sends it.
+        let content = (!text.is_empty() || !extra.is_some_and(|e| e.message.contains_key("tool_calls")))
+            .then_some(text);
         match self.endpoint {
-            Endpoint::Chat => self.body(
+            Endpoint::Chat => self.body_with(
                 "chat.completion",
                 [ChatChoice {
                     index: 0,
                     message: Message {
                         role: "assistant",
-                        content: text,
+                        content,
                     },
                     logprobs: None,
                     finish_reason: reason,
                 }],
                 Some(usage),
+                extra,
             ),
-            Endpoint::Completion => self.body(
+            Endpoint::Completion => self.body_with(
                 "text_completion",
                 [TextChoice {
                     index: 0,
@@ -126,6 +194,7 @@ impl Header {
                     finish_reason: Some(reason),
                 }],
                 Some(usage),
+                extra,
             ),
         }
     }
@@ -133,23 +202,31 @@ impl Header {
     /// The opening chunk of a chat stream: the assistant role, no text yet. Completions have
     /// none.
     pub fn role_chunk(&self) -> Option<String> {
-        (self.endpoint == Endpoint::Chat).then(|| self.chat_chunk(Some("assistant"), Some(""), None))
+        (self.endpoint == Endpoint::Chat).then(|| self.chat_chunk(Some("assistant"), Some(""), None, None))
     }
 
-    /// A chunk carrying `text`.
-    pub fn text_chunk(&self, text: &str) -> String {
+    /// A chunk carrying `text`, and `extra` from the upstream if any.
+    pub fn text_chunk(&self, text: &str, extra: Option<&Passthrough>) -> String {
         match self.endpoint {
-            Endpoint::Chat => self.chat_chunk(None, Some(text), None),
-            Endpoint::Completion => self.text_completion_chunk(text, None),
+            Endpoint::Chat => self.chat_chunk(None, Some(text), None, extra),
+            Endpoint::Completion => self.text_completion_chunk(text, None, extra),
+        }
+    }
+
+    /// A chunk carrying what the upstream streamed besides text: a tool-call delta, logprobs.
+    pub fn passthrough_chunk(&self, extra: &Passthrough) -> String {
+        match self.endpoint {
+            Endpoint::Chat => self.chat_chunk(None, None, None, Some(extra)),
+            Endpoint::Completion => self.text_completion_chunk("", None, Some(extra)),
         }
     }
 
     /// The chunk that says why the stream ended.
-    pub fn finish_chunk(&self, reason: FinishReason) -> String {
+    pub fn finish_chunk(&self, reason: FinishReason, extra: Option<&Passthrough>) -> String {
         let reason = Some(finish_reason(reason));
         match self.endpoint {
-            Endpoint::Chat => self.chat_chunk(None, None, reason),
-            Endpoint::Completion => self.text_completion_chunk("", reason),
+            Endpoint::Chat => self.chat_chunk(None, None, reason, extra),
+            Endpoint::Completion => self.text_completion_chunk("", reason, extra),
         }
     }
 
@@ -167,8 +244,9 @@ impl Header {
         role: Option<&'static str>,
         content: Option<&str>,
         reason: Option<&'static str>,
+        extra: Option<&Passthrough>,
     ) -> String {
-        self.body(
+        self.body_with(
             "chat.completion.chunk",
             [ChunkChoice {
                 index: 0,
@@ -177,11 +255,17 @@ impl Header {
                 finish_reason: reason,
             }],
             None,
+            extra,
         )
     }
 
-    fn text_completion_chunk(&self, text: &str, reason: Option<&'static str>) -> String {
-        self.body(
+    fn text_completion_chunk(
+        &self,
+        text: &str,
+        reason: Option<&'static str>,
+        extra: Option<&Passthrough>,
+    ) -> String {
+        self.body_with(
             "text_completion",
             [TextChoice {
                 index: 0,
@@ -190,6 +274,7 @@ impl Header {
                 finish_reason: reason,
             }],
             None,
+            extra,
         )
     }
 }
@@ -226,7 +311,7 @@ mod tests {
     fn chat_shapes() {
         let h = header(Endpoint::Chat);
         assert_eq!(
-            h.complete("hi", FinishReason::Stop, Usage::new(1, 2)),
+            h.complete("hi", FinishReason::Stop, Usage::new(1, 2), None),
             r#"{"id":"chatcmpl-1","object":"chat.completion","created":7,"model":"echo","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#
         );
         assert_eq!(
@@ -234,7 +319,7 @@ mod tests {
             r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"echo","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#
         );
         assert_eq!(
-            h.finish_chunk(FinishReason::Length),
+            h.finish_chunk(FinishReason::Length, None),
             r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"echo","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}]}"#
         );
         assert_eq!(
@@ -248,8 +333,56 @@ mod tests {
         let h = header(Endpoint::Completion);
         assert!(h.role_chunk().is_none());
         assert_eq!(
-            h.text_chunk(" once"),
+            h.text_chunk(" once", None),
             r#"{"id":"chatcmpl-1","object":"text_completion","created":7,"model":"echo","choices":[{"index":0,"text":" once","logprobs":null,"finish_reason":null}]}"#
         );
+    }
+
+    fn tool_call() -> Passthrough {
+        let mut extra = Passthrough::default();
+        extra.message.insert(
+            "tool_calls".into(),
+            serde_json::json!([{"index": 0, "id": "call_1", "type": "function",
+                                "function": {"name": "f", "arguments": "{}"}}]),
+        );
+        extra
+            .choice
+            .insert("logprobs".into(), serde_json::json!({"content": []}));
+        extra.response.insert("system_fingerprint".into(), "fp_1".into());
+        // Never replaces what the gateway says.
+        extra.response.insert("model".into(), "upstream-name".into());
+        extra
+    }
+
+    #[test]
+    fn pass_through_fields_are_grafted_into_answers_and_chunks() {
+        let h = header(Endpoint::Chat);
+        let whole: Value = serde_json::from_str(&h.complete(
+            "",
+            FinishReason::ToolCalls,
+            Usage::new(1, 2),
+            Some(&tool_call()),
+        ))
+        .unwrap();
+        assert_eq!(
+            whole,
+            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 7,
+                "model": "echo", "system_fingerprint": "fp_1",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": {"content": []},
+                    "message": {"role": "assistant", "content": null, "tool_calls": [
+                        {"index": 0, "id": "call_1", "type": "function",
+                         "function": {"name": "f", "arguments": "{}"}}]}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
+        );
+        let chunk: Value = serde_json::from_str(&h.passthrough_chunk(&tool_call())).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["model"], "echo");
+        assert_eq!(chunk["system_fingerprint"], "fp_1");
+        assert_eq!(chunk["choices"][0]["delta"]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(
+            chunk["choices"][0]["logprobs"],
+            serde_json::json!({"content": []})
+        );
+        assert_eq!(chunk["choices"][0]["finish_reason"], Value::Null);
     }
 }

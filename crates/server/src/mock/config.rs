@@ -72,6 +72,9 @@ pub struct Behaviour {
     pub cut_after: Option<u64>,
     /// `false` makes `/health` answer 503 as llama-server does while it loads a model.
     pub healthy: bool,
+    /// Requests waiting in the server's queue, as vLLM reports in `/metrics`
+    /// (`vllm:num_requests_waiting`).
+    pub queue_waiting: u64,
 }
 
 impl Default for Behaviour {
@@ -86,6 +89,7 @@ impl Default for Behaviour {
             retry_after_secs: None,
             cut_after: None,
             healthy: true,
+            queue_waiting: 0,
         }
     }
 }
@@ -151,6 +155,7 @@ impl From<MockArgs> for MockConfig {
                 retry_after_secs: args.retry_after_secs,
                 cut_after: args.cut_after,
                 healthy: true,
+                queue_waiting: 0,
             },
         }
     }

@@ -177,6 +177,7 @@ pub(crate) async fn completion(State(shared): State<Arc<Shared>>, body: Bytes) -
 /// says unhealthy.
 pub(crate) async fn health(State(shared): State<Arc<Shared>>) -> Response {
     shared.counters.health.fetch_add(1, Ordering::Relaxed);
+    shared.notify();
     if shared.behaviour().healthy {
         reply::json_bytes(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
     } else {

@@ -106,6 +106,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/metrics", get(openai::metrics))
         .route("/completion", post(llamacpp::completion))
         .route("/health", get(llamacpp::health))
         .route("/slots", get(llamacpp::slots))

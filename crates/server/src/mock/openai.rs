@@ -1,5 +1,6 @@
 //! The OpenAI-compatible endpoints of the mock: `POST /v1/chat/completions`,
-//! `POST /v1/completions` and `GET /v1/models`, as JSON bodies or SSE streams.
+//! `POST /v1/completions` and `GET /v1/models`, as JSON bodies or SSE streams; and vLLM's
+//! `GET /metrics` queue length.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -362,4 +363,24 @@ async fn handle(shared: Arc<Shared>, body: Bytes, chat: bool) -> Response {
 pub(crate) async fn models(State(shared): State<Arc<Shared>>) -> Response {
     shared.counters.models.fetch_add(1, Ordering::Relaxed);
     reply::json_bytes(StatusCode::OK, shared.models_body.clone())
+}
+
+/// vLLM's Prometheus text with the queue length the behaviour sets, per served model.
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared.counters.metrics.fetch_add(1, Ordering::Relaxed);
+    shared.notify();
+    let waiting = shared.behaviour().queue_waiting;
+    let mut text = String::from(
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\n",
+    );
+    for model in &shared.models {
+        text.push_str(&format!(
+            "vllm:num_requests_waiting{{engine=\"0\",model_name=\"{model}\"}} {waiting}.0\n"
+        ));
+    }
+    Response::builder()
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(text.into())
+        .unwrap_or_default()
 }

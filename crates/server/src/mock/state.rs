@@ -27,6 +27,8 @@ pub struct MockStats {
     pub health: u64,
     /// `GET /slots` requests received.
     pub slots: u64,
+    /// `GET /metrics` requests received.
+    pub metrics: u64,
     /// Streaming answers that began (their response head was sent).
     pub streams_started: u64,
     /// Streams that sent their last frame.
@@ -68,6 +70,7 @@ pub(crate) struct Counters {
     pub models: AtomicU64,
     pub health: AtomicU64,
     pub slots: AtomicU64,
+    pub metrics: AtomicU64,
     pub streams_started: AtomicU64,
     pub streams_completed: AtomicU64,
     pub streams_abandoned: AtomicU64,
@@ -97,6 +100,8 @@ pub(crate) struct Shared {
     pub models_body: Bytes,
     /// `model` of llama.cpp answers to requests that name none.
     pub default_model: String,
+    /// The served model names, as `/v1/models` lists them.
+    pub models: Vec<String>,
     last_request: Mutex<Option<RecordedRequest>>,
     /// Every `id_slot` value received, with how often.
     id_slots_seen: Mutex<BTreeMap<i64, u64>>,
@@ -131,6 +136,7 @@ impl Shared {
             seed: config.seed,
             models_body,
             default_model: config.models.first().cloned().unwrap_or_else(|| "mock".into()),
+            models: config.models.clone(),
             last_request: Mutex::new(None),
             id_slots_seen: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
@@ -256,6 +262,7 @@ impl MockHandle {
             models: get(&c.models),
             health: get(&c.health),
             slots: get(&c.slots),
+            metrics: get(&c.metrics),
             streams_started: get(&c.streams_started),
             streams_completed: get(&c.streams_completed),
             streams_abandoned: get(&c.streams_abandoned),
@@ -291,8 +298,9 @@ impl MockHandle {
     }
 
     /// Waits until `condition` holds for the counters. It is checked now and each time a
-    /// generating request arrives, a stream ends or a request is abandoned (not on `/health`,
-    /// `/slots` or `/v1/models`); bound the wait with a timeout.
+    /// generating request arrives, a stream ends, a request is abandoned or a health check
+    /// (`/health`, `/metrics`) comes in (not on `/slots` or `/v1/models`); bound the wait with a
+    /// timeout.
     pub async fn wait_until(&self, condition: impl Fn(&MockStats) -> bool) -> MockStats {
         self.shared.watched.store(true, Ordering::Release);
         loop {

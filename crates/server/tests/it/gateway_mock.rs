@@ -14,37 +14,47 @@ use serde_json::json;
 
 use crate::support::{Frame, SseReader, client, json};
 
-async fn mock(behaviour: Behaviour) -> RunningMock {
+pub async fn mock(behaviour: Behaviour) -> RunningMock {
     let mut config = MockConfig::ephemeral();
     config.behaviour = behaviour;
     MockUpstream::start(config).await.unwrap()
 }
 
+/// An OpenAI-compatible backend named `name` in front of `mock`.
+pub fn openai_backend(name: &str, mock: &RunningMock) -> OpenAiConfig {
+    OpenAiConfig {
+        name: name.into(),
+        base_url: mock.url("/v1"),
+        api_key_env: None,
+        model: Some("mock".into()),
+        headers: Default::default(),
+        timeouts: Default::default(),
+        routing: Default::default(),
+        health_check: None,
+    }
+}
+
 /// A gateway serving model `m` from `mocks` (backends `up0`, `up1`, ...) with `balancing`.
 async fn gateway(mocks: &[&RunningMock], balancing: Balancing) -> String {
+    let backends = mocks
+        .iter()
+        .enumerate()
+        .map(|(i, mock)| BackendConfig::Openai(openai_backend(&format!("up{i}"), mock)))
+        .collect();
+    gateway_of(backends, balancing).await
+}
+
+/// A gateway serving model `m` from every one of `backends`, with `balancing`.
+pub async fn gateway_of(backends: Vec<BackendConfig>, balancing: Balancing) -> String {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.backends.clear();
     config.models.clear();
-    let mut names = Vec::new();
-    for (i, mock) in mocks.iter().enumerate() {
-        let name = format!("up{i}");
-        config.backends.push(BackendConfig::Openai(OpenAiConfig {
-            name: name.clone(),
-            base_url: mock.url("/v1"),
-            api_key_env: None,
-            model: Some("mock".into()),
-            headers: Default::default(),
-            timeouts: Default::default(),
-            routing: Default::default(),
-        }));
-        names.push(name);
-    }
     let mut model = ModelConfig::single("m", "up0");
-    model.backends = names;
+    model.backends = backends.iter().map(|b| b.name().to_string()).collect();
     model.balancing = balancing;
     model.retries.initial_backoff_ms = 1;
     config.models.push(model);
+    config.backends = backends;
     let server = Server::bind(config).await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());
     tokio::spawn(server.run(std::future::pending()));
@@ -79,8 +89,10 @@ async fn tokens_arrive_as_the_upstream_makes_them_and_a_disconnect_reaches_it() 
         .unwrap();
     let mut reader = SseReader::new(response);
     reader.next().await.unwrap(); // role
-    let first = content(&reader.next().await.unwrap()).unwrap();
-    assert_eq!(first, "tok0");
+    let first = reader.next().await.unwrap();
+    assert_eq!(content(&first).unwrap(), "tok0");
+    // The upstream's fingerprint came alone in its opening chunk and rides on the first token.
+    assert!(json(&first)["system_fingerprint"].is_string(), "{first:?}");
     let stats = upstream.handle().stats();
     assert_eq!(
         (stats.streams_started, stats.streams_completed),
@@ -235,6 +247,7 @@ async fn llamacpp_sessions_keep_their_kv_cache_slot() {
         slots: 4,
         timeouts: Default::default(),
         routing: Default::default(),
+        health_check: Default::default(),
     })];
     config.models = vec![ModelConfig::single("m", "llama")];
     let server = Server::bind(config).await.unwrap();

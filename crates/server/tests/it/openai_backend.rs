@@ -25,6 +25,7 @@ async fn front(upstream: &TestServer) -> String {
             headers: Default::default(),
             timeouts: Default::default(),
             routing: Default::default(),
+            health_check: None,
         };
         config.backends.push(BackendConfig::Openai(backend.clone()));
         config

@@ -2,7 +2,7 @@
 //!
 //! In order: stop sequences (the output ends before the first one), the `max_tokens` cap
 //! (`finish_reason = length`), and joining into one piece for callers that did not ask for a
-//! stream. When Post ends a stream early it stops reading, which cancels the model call upstream.
+//! stream (pass-through deltas such as tool calls are merged into one too). When Post ends a stream early it stops reading, which cancels the model call upstream.
 
 mod stop;
 
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use self::stop::StopMatcher;
 use super::{Finished, Handoff, Piece, StageLogic, Start, StreamEnd};
 use crate::error::Stage;
-use crate::event::{FinishReason, Usage};
+use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::Shared;
 use crate::request::InferenceRequest;
 use crate::worker::count_tokens;
@@ -45,6 +45,8 @@ fn count(n: usize) -> u32 {
 struct Output {
     tx: mpsc::Sender<Piece>,
     joined: Option<String>,
+    /// Pass-through deltas merged, for joined callers.
+    joined_extra: Option<Box<Passthrough>>,
 }
 
 impl Output {
@@ -60,6 +62,19 @@ impl Output {
             }
             None => self.tx.send(Piece::Token(text)).await.is_ok(),
         }
+    }
+
+    /// Passes a pass-through delta on, or merges it for a joined caller; `false` when
+    /// downstream has gone.
+    async fn pass(&mut self, extra: Box<Passthrough>) -> bool {
+        if self.joined.is_none() {
+            return self.tx.send(Piece::Passthrough(extra)).await.is_ok();
+        }
+        match &mut self.joined_extra {
+            Some(whole) => whole.merge(*extra),
+            None => self.joined_extra = Some(extra),
+        }
+        true
     }
 }
 
@@ -78,6 +93,7 @@ async fn run(
     let mut out = Output {
         tx,
         joined: (!request.stream).then(String::new),
+        joined_extra: None,
     };
     let mut tokens: u64 = 0;
     let mut inference_active = Default::default();
@@ -102,6 +118,11 @@ async fn run(
                     break own_end(FinishReason::Length);
                 }
             }
+            Some(Piece::Passthrough(extra)) => {
+                if !out.pass(extra).await {
+                    return;
+                }
+            }
             Some(Piece::End(end)) => {
                 inference_active = end.inference_active;
                 if !out.emit(stops.finish()).await {
@@ -121,6 +142,11 @@ async fn run(
         finished
             .usage
             .get_or_insert(Usage::new(prompt_tokens, completion));
+    }
+    if let Some(extra) = out.joined_extra.take()
+        && out.tx.send(Piece::Passthrough(extra)).await.is_err()
+    {
+        return;
     }
     if let Some(joined) = out.joined.take() {
         if !joined.is_empty() && out.tx.send(Piece::Token(joined)).await.is_err() {

@@ -3,6 +3,9 @@
 //!
 //! With no file, [`Config::default`] serves one model, `echo`, from an echo backend.
 
+mod locate;
+mod summary;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -93,6 +96,8 @@ pub enum BackendConfig {
     },
     /// An OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp `/v1`, TGI.
     Openai(OpenAiConfig),
+    /// vLLM's OpenAI-compatible server, with its `priority`, `/health` and queue length.
+    Vllm(OpenAiConfig),
     /// llama-server's native `/completion`, one KV-cache slot per session.
     Llamacpp(LlamaCppConfig),
 }
@@ -101,7 +106,7 @@ impl BackendConfig {
     pub fn name(&self) -> &str {
         match self {
             BackendConfig::Echo { name, .. } => name,
-            BackendConfig::Openai(c) => &c.name,
+            BackendConfig::Openai(c) | BackendConfig::Vllm(c) => &c.name,
             BackendConfig::Llamacpp(c) => &c.name,
         }
     }
@@ -110,7 +115,7 @@ impl BackendConfig {
     pub fn routing(&self) -> ReplicaConfig {
         match self {
             BackendConfig::Echo { routing, .. } => *routing,
-            BackendConfig::Openai(c) => c.routing,
+            BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.routing,
             BackendConfig::Llamacpp(c) => c.routing,
         }
     }
@@ -175,7 +180,11 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {} problem(s)", self.source_name, self.problems.len())?;
         for p in &self.problems {
-            write!(f, "\n  {p}")?;
+            match p.location {
+                // The `file:line:column:` form editors and terminals link to.
+                Some((line, column)) => write!(f, "\n  {}:{line}:{column}: {p}", self.source_name)?,
+                None => write!(f, "\n  {p}")?,
+            }
         }
         Ok(())
     }
@@ -186,6 +195,8 @@ impl fmt::Display for ConfigError {
 pub struct Problem {
     pub path: String,
     pub message: String,
+    /// Line and column (1-based) of `path` in the file, where it is there.
+    pub location: Option<(usize, usize)>,
 }
 
 impl fmt::Display for Problem {
@@ -210,6 +221,7 @@ impl Config {
             problems: vec![Problem {
                 path: String::new(),
                 message: format!("cannot read the file: {e}"),
+                location: None,
             }],
         })?;
         Self::parse(&text, &source_name)
@@ -229,9 +241,13 @@ impl Config {
                 path: String::new(),
                 // toml's message carries the line, column and the offending key.
                 message: e.to_string().trim_end().to_string(),
+                location: None,
             }])
         })?;
-        let problems = config.problems();
+        let mut problems = config.problems();
+        for problem in &mut problems {
+            problem.location = locate::locate(text, &problem.path);
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -242,7 +258,13 @@ impl Config {
     /// The checks serde cannot make: references between sections and one-of rules.
     fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut add = |path: String, message: String| problems.push(Problem { path, message });
+        let mut add = |path: String, message: String| {
+            problems.push(Problem {
+                path,
+                message,
+                location: None,
+            });
+        };
 
         if self.server.max_body_bytes == 0 {
             add(
@@ -282,7 +304,7 @@ impl Config {
         for (i, backend) in self.backends.iter().enumerate() {
             let http = match backend {
                 BackendConfig::Echo { .. } => None,
-                BackendConfig::Openai(c) => Some((&c.base_url, &c.api_key_env)),
+                BackendConfig::Openai(c) | BackendConfig::Vllm(c) => Some((&c.base_url, &c.api_key_env)),
                 BackendConfig::Llamacpp(c) => Some((&c.base_url, &c.api_key_env)),
             };
             if let Some((base_url, api_key_env)) = http {
@@ -298,6 +320,25 @@ impl Config {
                     add(
                         format!("backends[{i}].api_key_env"),
                         format!("the environment variable {var} is not set or empty"),
+                    );
+                }
+            }
+            let health = match backend {
+                BackendConfig::Echo { .. } => None,
+                BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.health_check,
+                BackendConfig::Llamacpp(c) => Some(c.health_check),
+            };
+            if let Some(h) = health.filter(|h| h.interval_ms > 0) {
+                if h.timeout_ms == 0 {
+                    add(
+                        format!("backends[{i}].health_check.timeout_ms"),
+                        "must be at least 1 (set interval_ms = 0 to turn checks off)".into(),
+                    );
+                }
+                if h.unhealthy_after == 0 || h.healthy_after == 0 {
+                    add(
+                        format!("backends[{i}].health_check"),
+                        "unhealthy_after and healthy_after must be at least 1".into(),
                     );
                 }
             }
@@ -375,10 +416,54 @@ mod tests {
         );
     }
 
+    /// Every pipeline config in the repository (not Cargo's or rustfmt's own files).
+    fn example_configs() -> Vec<std::path::PathBuf> {
+        fn walk(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    if !name.starts_with('.') && name != "target" {
+                        walk(&path, found);
+                    }
+                } else if name.ends_with(".toml") && !matches!(name.as_str(), "Cargo.toml" | "rustfmt.toml") {
+                    found.push(path);
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut found = Vec::new();
+        walk(&root, &mut found);
+        found
+    }
+
+    #[test]
+    fn every_example_config_in_the_repository_is_valid() {
+        let examples = example_configs();
+        assert!(
+            examples.iter().any(|p| p.ends_with("pipeline.example.toml")),
+            "{examples:?}"
+        );
+        for path in examples {
+            // Examples may name key variables that are not set here.
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::parse(&text, &path.display().to_string()) {
+                let real = e
+                    .problems
+                    .iter()
+                    .filter(|p| !p.message.contains("environment variable"));
+                assert_eq!(real.count(), 0, "{e}");
+            }
+        }
+    }
+
     #[test]
     fn the_example_file_is_valid_and_states_the_defaults() {
         let example = Config::parse(
-            include_str!("../../../pipeline.example.toml"),
+            include_str!("../../../../pipeline.example.toml"),
             "pipeline.example.toml",
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -431,6 +516,34 @@ mod tests {
     }
 
     #[test]
+    fn health_checks_are_validated_only_when_on() {
+        let text = r#"
+            [[backends]]
+            kind = "vllm"
+            name = "v"
+            base_url = "http://127.0.0.1:8000/v1"
+            health_check = { timeout_ms = 0, healthy_after = 0 }
+            [[backends]]
+            kind = "llamacpp"
+            name = "l"
+            base_url = "http://127.0.0.1:8080"
+            health_check = { interval_ms = 0, timeout_ms = 0 }
+            [[models]]
+            name = "m"
+            backends = ["v", "l"]
+        "#;
+        let err = Config::parse(text, "test.toml").unwrap_err();
+        let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "backends[0].health_check.timeout_ms: must be at least 1 (set interval_ms = 0 to turn checks off)",
+                "backends[0].health_check: unhealthy_after and healthy_after must be at least 1",
+            ]
+        );
+    }
+
+    #[test]
     fn default_config_is_valid() {
         assert!(Config::default().problems().is_empty());
     }
@@ -451,6 +564,12 @@ mod tests {
             backends = ["nope"]
         "#;
         let err = Config::parse(text, "test.toml").unwrap_err();
+        // Each problem points at its place in the file.
+        assert!(
+            err.to_string()
+                .contains("\n  test.toml:3:30: server.max_body_bytes: must be at least 1"),
+            "{err}"
+        );
         let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,

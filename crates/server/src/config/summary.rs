@@ -1,0 +1,103 @@
+//! The one-screen summary `orchestrator validate` prints for a valid config: the listener, the
+//! stages with their queues, and each model with the backends behind it.
+
+use std::fmt::Write;
+
+use tokio_prompt_orchestrator::{Stage, WhenFull};
+
+use super::{BackendConfig, Config};
+
+impl Config {
+    /// What this config runs, in a few lines.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_summary(&mut out);
+        out
+    }
+
+    fn write_summary(&self, out: &mut String) -> std::fmt::Result {
+        let server = &self.server;
+        writeln!(
+            out,
+            "listen {}  max_body_bytes {}  shutdown_grace_ms {}",
+            server.listen, server.max_body_bytes, server.shutdown_grace_ms
+        )?;
+        let keys = self.auth.keys.len();
+        match keys {
+            0 => writeln!(out, "auth off (no keys)")?,
+            n => writeln!(
+                out,
+                "auth {n} key(s){}",
+                if self.auth.protect_metrics {
+                    ", /metrics protected"
+                } else {
+                    ""
+                }
+            )?,
+        }
+        let pipeline = &self.pipeline;
+        writeln!(out, "pipeline: {} shard(s)", pipeline.shards)?;
+        for stage in Stage::ALL {
+            let config = pipeline.stage(stage);
+            let policy = match config.queue.when_full {
+                WhenFull::Shed => "shed",
+                WhenFull::Block => "block",
+            };
+            writeln!(
+                out,
+                "  {:<10} queue {:>5} ({policy:<5})  concurrency {}",
+                stage.as_str(),
+                config.queue.capacity,
+                config.concurrency
+            )?;
+        }
+        writeln!(out, "models:")?;
+        for model in &self.models {
+            write!(out, "  {} -> {}", model.name, model.backends.join(", "))?;
+            if !model.fallback.is_empty() {
+                write!(out, "; fallback {}", model.fallback.join(", "))?;
+            }
+            writeln!(
+                out,
+                "  [{}, {} retries]",
+                model.balancing.as_str(),
+                model.retries.max
+            )?;
+        }
+        writeln!(out, "backends:")?;
+        for backend in &self.backends {
+            let (kind, target) = match backend {
+                BackendConfig::Echo { .. } => ("echo", String::new()),
+                BackendConfig::Openai(c) => ("openai", c.base_url.clone()),
+                BackendConfig::Vllm(c) => ("vllm", c.base_url.clone()),
+                BackendConfig::Llamacpp(c) => ("llamacpp", format!("{} ({} slots)", c.base_url, c.slots)),
+            };
+            let line = format!("  {:<16} {kind:<8} {target}", backend.name());
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_summary_names_every_stage_model_and_backend() {
+        let summary = Config::default().summary();
+        assert!(summary.starts_with("listen 127.0.0.1:8080"), "{summary}");
+        assert!(summary.contains("auth off"), "{summary}");
+        assert!(summary.contains("  rag        queue  1024 (shed )"), "{summary}");
+        assert!(
+            summary.contains("  inference  queue   512 (block)  concurrency 256"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("  echo -> echo  [session_affinity, 2 retries]"),
+            "{summary}"
+        );
+        assert!(summary.contains("  echo             echo"), "{summary}");
+    }
+}

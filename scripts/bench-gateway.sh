@@ -257,14 +257,16 @@ def oha(name):
 def cpu(name, r):
     t = dict(f.split("=") for f in (out / f"{name}.cpu").read_text().split())
     g, m = int(t["gateway_ticks"]) / clk_tck, int(t["mock_ticks"]) / clk_tck
-    return f"{100 * g / r['secs']:.0f}% / {100 * m / r['secs']:.0f}%"
+    # CPU time per request is steadier than req/s when other work shares the cores.
+    per_request = f"{1e6 * g / r['n']:.0f}" if "gateway" in name else "-"
+    return f"{100 * g / r['secs']:.0f}% / {100 * m / r['secs']:.0f}% | {per_request}"
 
 def row(label, name, r):
     return (f"| {label} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} "
             f"| {r['errors']} | {cpu(name, r)} |")
 
-head = ("| run | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU gateway / mock |\n"
-        "|---|---:|---:|---:|---:|---:|---:|")
+head = ("| run | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU gateway / mock | gateway CPU µs/req |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|")
 a_m, a_g = wrk("a-mock"), wrk("a-gateway")
 b_m, b_g = oha("b-mock"), oha("b-gateway")
 c_m, c_g = wrk("c-mock-stream"), wrk("c-gateway-stream")
@@ -274,7 +276,9 @@ rss_mb, hwm_mb = int(machine["gateway_rss_kb"]) / 1024, int(machine["gateway_hwm
 c, rate = machine["concurrency"], machine["rate"]
 ok = lambda met: "met" if met else "NOT MET"
 
-print(f"## Gateway benchmark, {machine['date']} (commit {machine['commit']})\n")
+built = machine["binary"] == "built from this tree"
+print(f"## Gateway benchmark, {machine['date']} "
+      f"({'commit ' + machine['commit'] if built else 'binary ' + machine['binary']})\n")
 print(f"{machine['nproc']} cores ({machine['cpu']}), shared by the load generator, the mock and the gateway; "
       f"wrk {machine['wrk']}, oha {machine['oha']}; gateway RUST_LOG={machine['rust_log']}.\n")
 print(f"(a) non-streaming, concurrency {c}, closed loop (wrk):\n\n{head}")

@@ -117,6 +117,9 @@ pub enum PipelineError {
     /// The model worker failed.
     #[error("model worker failed: {0}")]
     Worker(#[from] WorkerError),
+    /// A post-processor rejected the model's output (e.g. not valid JSON in JSON mode).
+    #[error("the output was rejected by the `{processor}` post-processor: {message}")]
+    Output { processor: String, message: String },
     /// A defect: the request was dropped inside the pipeline without an outcome.
     #[error("internal error: {message}")]
     Internal { message: String },
@@ -133,6 +136,7 @@ impl PipelineError {
             PipelineError::Shutdown => "shutdown",
             PipelineError::Retrieval { .. } => "retrieval",
             PipelineError::Worker(_) => "worker",
+            PipelineError::Output { .. } => "output",
             PipelineError::Internal { .. } => "internal",
         }
     }
@@ -145,9 +149,10 @@ impl PipelineError {
             | PipelineError::Shutdown
             | PipelineError::Timeout { .. } => true,
             PipelineError::Worker(e) => e.retryable,
-            PipelineError::Cancelled | PipelineError::Retrieval { .. } | PipelineError::Internal { .. } => {
-                false
-            }
+            PipelineError::Cancelled
+            | PipelineError::Retrieval { .. }
+            | PipelineError::Output { .. }
+            | PipelineError::Internal { .. } => false,
         }
     }
 }

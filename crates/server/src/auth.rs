@@ -15,7 +15,14 @@ pub struct KeyId(pub Arc<str>);
 
 struct Key {
     digest: [u8; 32],
-    id: KeyId,
+    caller: Caller,
+}
+
+/// Who presented a valid key, and whether the key may use the admin endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub id: KeyId,
+    pub admin: bool,
 }
 
 /// The accepted keys.
@@ -62,7 +69,10 @@ impl ApiKeys {
                 .unwrap_or_else(|| format!("key-{}", hex::encode(&digest[..4])));
             keys.push(Key {
                 digest,
-                id: KeyId(id.into()),
+                caller: Caller {
+                    id: KeyId(id.into()),
+                    admin: k.admin,
+                },
             });
         }
         (!config.keys.is_empty()).then_some(Self {
@@ -73,13 +83,13 @@ impl ApiKeys {
 
     /// The key `presented` matches, if any. Compares against every key without stopping early,
     /// so the time taken does not reveal how much of a key was right.
-    pub fn verify(&self, presented: &str) -> Option<KeyId> {
+    pub fn verify(&self, presented: &str) -> Option<Caller> {
         let presented = digest(presented);
-        let mut found: Option<&KeyId> = None;
+        let mut found: Option<&Caller> = None;
         for key in &self.keys {
             let hit: Choice = key.digest.ct_eq(&presented);
             if bool::from(hit) {
-                found = Some(&key.id);
+                found = Some(&key.caller);
             }
         }
         found.cloned()
@@ -114,6 +124,7 @@ mod tests {
                 },
                 ApiKeyConfig {
                     sha256: Some(hex::encode(digest("sk-hashed"))),
+                    admin: true,
                     ..Default::default()
                 },
             ],
@@ -125,10 +136,17 @@ mod tests {
     #[test]
     fn plain_and_hashed_keys_verify() {
         let keys = keys();
-        assert_eq!(keys.verify("sk-plain"), Some(KeyId("plain".into())));
+        assert_eq!(
+            keys.verify("sk-plain"),
+            Some(Caller {
+                id: KeyId("plain".into()),
+                admin: false
+            })
+        );
         let hashed = keys.verify("sk-hashed").unwrap();
-        assert!(hashed.0.starts_with("key-"), "{hashed:?}");
-        assert!(!hashed.0.contains("sk-hashed"));
+        assert!(hashed.admin);
+        assert!(hashed.id.0.starts_with("key-"), "{hashed:?}");
+        assert!(!hashed.id.0.contains("sk-hashed"));
         assert_eq!(keys.verify("sk-plai"), None);
         assert_eq!(keys.verify(""), None);
     }

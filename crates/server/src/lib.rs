@@ -3,8 +3,10 @@
 //!
 //! - [`config`]: `pipeline.toml`, read and validated.
 //! - [`server`]: binding, serving, draining on shutdown.
+//! - [`live`], [`reload`]: the running config's pipeline, and swapping it for a new one.
 //! - [`api`]: the routes, request parsing, responses and error mapping.
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
+//! - [`post`]: the config's post-processors (stop, max_chars, redact, json).
 //! - [`auth`]: bearer API keys.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`cli`]: the command line.
@@ -14,8 +16,11 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod live;
 pub mod mock;
 pub mod models;
+pub mod post;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 

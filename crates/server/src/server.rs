@@ -6,23 +6,29 @@
 //! 3. in-flight requests and streams run until done or until `shutdown_grace_ms` (counted from
 //!    the trigger), when what is left ends with an error event;
 //! 4. open connections get a moment to flush those last events, then `run` returns.
+//!
+//! Pipelines of configs replaced by a reload that are still draining are drained (and cut at
+//! the deadline) together with the current one.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::serve::ListenerExt;
+use futures_util::future::join_all;
 use orchestrator_backends::Router;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PipelineStats, ShutdownReport};
+use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
 
 use crate::api::{self, AppState, Readiness};
-use crate::auth::ApiKeys;
 use crate::config::{Config, ServerConfig};
+use crate::live::Live;
 use crate::models::build_router;
+use crate::reload::{self, ReloadError, Reloaded};
 use crate::telemetry::prometheus;
 
 /// How long connections may take to write their last bytes after the pipeline has finished.
@@ -32,7 +38,6 @@ const FLUSH_ALLOWANCE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct ServerHandle {
     state: Arc<AppState>,
-    pipeline: Pipeline,
 }
 
 impl ServerHandle {
@@ -40,9 +45,23 @@ impl ServerHandle {
         self.state.readiness()
     }
 
-    /// The pipeline's request counts.
+    /// The request counts of the running config's pipeline.
     pub fn pipeline_stats(&self) -> PipelineStats {
-        self.pipeline.stats()
+        self.state.live().pipeline.stats()
+    }
+
+    /// Reloads the config file (what SIGHUP does).
+    ///
+    /// # Errors
+    /// When the file has problems (the running pipeline is kept), there is no file, or the
+    /// server is draining.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        reload::reload(&self.state).await
+    }
+
+    /// Which config is running: 0 at start, one more after each reload.
+    pub fn generation(&self) -> u64 {
+        self.state.live().generation
     }
 
     /// Clients that went away before their response was complete.
@@ -55,7 +74,6 @@ impl ServerHandle {
 pub struct Server {
     listener: TcpListener,
     state: Arc<AppState>,
-    pipeline: Pipeline,
     config: ServerConfig,
 }
 
@@ -78,28 +96,23 @@ impl Server {
         let listener = TcpListener::bind(config.server.listen).await?;
         // The recorder must exist before the pipeline registers its metrics.
         prometheus();
-        let models = Arc::new(models);
-        let handles = PipelineBuilder::new(models.clone())
-            .config(config.pipeline.clone())
-            .spawn();
-        // The HTTP API only submits (handles); fire-and-forget outputs are not used.
-        drop(handles.output_rx);
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let state = Arc::new(AppState::new(
-            handles.input_tx,
-            models,
-            ApiKeys::from_config(&config.auth),
-            config.server.max_body_bytes,
-            started_at,
-        ));
+        let server_config = config.server.clone();
+        let live = Live::start(config, models, 0).map_err(io::Error::other)?;
+        let state = Arc::new(AppState::new(live, started_at));
         Ok(Self {
             listener,
             state,
-            pipeline: handles.pipeline,
-            config: config.server,
+            config: server_config,
         })
+    }
+
+    /// Lets reloads (SIGHUP, `POST /admin/reload`) read `path` again.
+    pub fn reload_from(self, path: PathBuf) -> Self {
+        self.state.set_config_path(path);
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -110,7 +123,6 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             state: self.state.clone(),
-            pipeline: self.pipeline.clone(),
         }
     }
 
@@ -126,7 +138,6 @@ impl Server {
         let Server {
             listener,
             state,
-            pipeline,
             config,
         } = self;
         let app = api::router(state.clone());
@@ -161,12 +172,21 @@ impl Server {
             "Draining: no new requests; in-flight ones may finish."
         );
         state.set_readiness(Readiness::Draining);
-        pipeline.close();
+        // Holding the reload lock keeps the pipelines as they are from here on.
+        let _no_more_reloads = state.reload_lock.lock().await;
+        let current = state.live().pipeline.clone();
+        current.close();
         tokio::time::sleep(Duration::from_millis(config.drain_delay_ms)).await;
         let _ = close_listener.send(());
-        let report = pipeline
-            .shutdown(grace_deadline.saturating_duration_since(Instant::now()))
-            .await;
+        let grace = grace_deadline.saturating_duration_since(Instant::now());
+        let pipelines = std::iter::once(current).chain(state.retired());
+        let reports = join_all(pipelines.map(|p| async move { p.shutdown(grace).await })).await;
+        let report = reports
+            .into_iter()
+            .fold(ShutdownReport::default(), |sum, r| ShutdownReport {
+                drained: sum.drained + r.drained,
+                aborted: sum.aborted + r.aborted,
+            });
         if tokio::time::timeout(FLUSH_ALLOWANCE, &mut serving).await.is_err() {
             tracing::warn!("Connections still open after the drain; closing them.");
             serving.abort();

@@ -37,6 +37,7 @@ use crate::metrics::{PipelineMetrics, record_queue_depth};
 use crate::stages::assemble::AssembleStage;
 use crate::stages::inference::InferenceStage;
 use crate::stages::post::PostStage;
+use crate::stages::post::chain::PostProcessor;
 use crate::stages::rag::{RagStage, Retriever};
 use crate::stages::stream::StreamStage;
 use crate::stages::{Handoff, StageLogic};
@@ -45,6 +46,8 @@ use crate::worker::ModelWorker;
 /// State every stage and handle shares.
 pub(crate) struct Shared {
     pub config: PipelineConfig,
+    /// Applied by the Post stage, in order, to every request they take.
+    pub post_processors: Vec<Arc<dyn PostProcessor>>,
     pub metrics: PipelineMetrics,
     pub stats: Stats,
     /// Every lane and delivery task, so `join` can wait for all of them.
@@ -99,10 +102,11 @@ pub fn spawn_pipeline(worker: Arc<dyn ModelWorker>) -> PipelineHandles {
     PipelineBuilder::new(worker).spawn()
 }
 
-/// Sets up a pipeline: worker, optional retriever, settings.
+/// Sets up a pipeline: worker, optional retriever and post-processors, settings.
 pub struct PipelineBuilder {
     worker: Arc<dyn ModelWorker>,
     retriever: Option<Arc<dyn Retriever>>,
+    post_processors: Vec<Arc<dyn PostProcessor>>,
     config: PipelineConfig,
 }
 
@@ -111,6 +115,7 @@ impl PipelineBuilder {
         Self {
             worker,
             retriever: None,
+            post_processors: Vec::new(),
             config: PipelineConfig::default(),
         }
     }
@@ -123,6 +128,12 @@ impl PipelineBuilder {
     /// Uses `retriever` in the RAG stage (without one, RAG passes requests straight through).
     pub fn retriever(mut self, retriever: Arc<dyn Retriever>) -> Self {
         self.retriever = Some(retriever);
+        self
+    }
+
+    /// Adds `processor` to the Post stage's chain (after the ones added before).
+    pub fn post_processor(mut self, processor: Arc<dyn PostProcessor>) -> Self {
+        self.post_processors.push(processor);
         self
     }
 
@@ -142,6 +153,7 @@ impl PipelineBuilder {
 
         let root = CancellationToken::new();
         let shared = Arc::new(Shared {
+            post_processors: self.post_processors,
             metrics: PipelineMetrics::register(),
             stats: Stats::default(),
             tracker: TaskTracker::new(),

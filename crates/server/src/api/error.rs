@@ -100,6 +100,35 @@ impl ApiError {
         )
     }
 
+    /// 400: a config file given to a reload has problems.
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_config",
+            message,
+        )
+    }
+
+    /// 409: a reload that cannot happen now (no file to read, or the server is draining).
+    pub fn reload_refused(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "reload_refused",
+            message,
+        )
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "permission_denied",
+            message,
+        )
+    }
+
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -210,6 +239,13 @@ impl From<PipelineError> for ApiError {
                     message,
                 ),
             },
+            // The model answered, but not in a form the config accepts (e.g. JSON mode).
+            PipelineError::Output { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "invalid_output",
+                message,
+            ),
             PipelineError::Retrieval { .. } => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",

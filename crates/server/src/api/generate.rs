@@ -23,6 +23,8 @@ use crate::auth::KeyId;
 /// Time spent in the gateway, excluding the backend's own time, in milliseconds.
 pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-orchestrator-overhead-ms");
 const SESSION_HEADER: &str = "x-session-id";
+/// `X-Dedup: on` lets identical non-deterministic requests in flight share one upstream call.
+const DEDUP_HEADER: &str = "x-dedup";
 /// Longest `X-Session-Id` accepted.
 const MAX_SESSION_ID_BYTES: usize = 256;
 
@@ -65,17 +67,28 @@ async fn generate(
     body: Body,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(headers, body, state.max_body_bytes).await?;
+    // The running config admits the request; after a reload, the next request gets the new one.
+    let live = state.live();
+    let bytes = read_limited(headers, body, live.max_body_bytes).await?;
     let parsed: GenerationRequest = parse_json(&bytes)?;
     let (mut request, delivery) = match endpoint {
         Endpoint::Chat => parsed.into_chat()?,
         Endpoint::Completion => parsed.into_completion()?,
     };
-    if !state.models.contains(&delivery.model) {
+    if !live.models.contains(&delivery.model) {
         return Err(ApiError::model_not_found(&delivery.model));
     }
     request.session = session_key(headers, &delivery, key.as_ref(), &ctx.id)?;
-    let handle = state.sender.submit(request).await?;
+    match headers.get(DEDUP_HEADER).map(HeaderValue::as_bytes) {
+        None | Some(b"off") => {}
+        Some(b"on") => {
+            request.meta.insert("dedup".into(), "on".into());
+        }
+        Some(_) => return Err(ApiError::invalid("X-Dedup", "must be `on` or `off`")),
+    }
+    let handle = live.sender.submit(request).await?;
+    // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.
+    drop(live);
     let header = Header {
         endpoint,
         id: format!("{}{}", endpoint.id_prefix(), ctx.id),

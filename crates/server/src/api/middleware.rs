@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::AppState;
 use super::error::ApiError;
 use super::generate::format_ms;
-use crate::auth::bearer_token;
+use crate::auth::{ApiKeys, Caller, bearer_token};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest client-chosen request id accepted.
@@ -127,26 +127,70 @@ fn valid_request_id(value: &HeaderValue) -> Option<Arc<str>> {
 
 /// Requires a valid bearer key when keys are configured, and records who the caller is.
 pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
-    let Some(keys) = &state.keys else {
+    let live = state.live();
+    let Some(keys) = &live.keys else {
+        drop(live);
         return next.run(request).await;
     };
+    match authenticate(keys, &request) {
+        Ok(caller) => {
+            drop(live);
+            request.extensions_mut().insert(caller.id);
+            next.run(request).await
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Like [`require_key`], when the running config protects `/metrics`.
+pub async fn require_key_for_metrics(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let live = state.live();
+    if let Some(keys) = live.keys.as_ref().filter(|k| k.protect_metrics)
+        && let Err(refusal) = authenticate(keys, &request)
+    {
+        return refusal.into_response();
+    }
+    drop(live);
+    next.run(request).await
+}
+
+/// Requires a key marked `admin = true` when keys are configured (without keys everything is
+/// open, admin endpoints too: keep such a gateway on a private address).
+pub async fn require_admin_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let live = state.live();
+    if let Some(keys) = &live.keys {
+        match authenticate(keys, &request) {
+            Ok(caller) if caller.admin => {}
+            Ok(_) => {
+                return ApiError::permission_denied(
+                    "This API key may not use admin endpoints: mark a key `admin = true` in [[auth.keys]].",
+                )
+                .into_response();
+            }
+            Err(refusal) => return refusal.into_response(),
+        }
+    }
+    drop(live);
+    next.run(request).await
+}
+
+/// The caller of `request`, or the 401 to answer with. The key itself never appears in a
+/// message or log.
+fn authenticate(keys: &ApiKeys, request: &Request) -> Result<Caller, ApiError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     let Some(presented) = presented else {
-        return ApiError::unauthorized(
+        return Err(ApiError::unauthorized(
             "Missing API key: send it as `Authorization: Bearer KEY` (the OpenAI SDKs do this with api_key).",
-        )
-        .into_response();
+        ));
     };
-    match keys.verify(presented) {
-        Some(id) => {
-            request.extensions_mut().insert(id);
-            next.run(request).await
-        }
-        // The key itself never appears in a message or log.
-        None => ApiError::unauthorized("Incorrect API key provided.").into_response(),
-    }
+    keys.verify(presented)
+        .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))
 }

@@ -24,7 +24,8 @@ fn model_object<'a>(state: &AppState, id: &'a str) -> ModelObject<'a> {
 
 /// `GET /v1/models`: every served model, in config order.
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
-    let data = state
+    let live = state.live();
+    let data = live
         .models
         .names()
         .iter()
@@ -35,7 +36,7 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /v1/models/{model}`.
 pub async fn get_model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    if state.models.contains(&model) {
+    if state.live().models.contains(&model) {
         Json(model_object(&state, &model)).into_response()
     } else {
         ApiError::model_not_found(&model).into_response()

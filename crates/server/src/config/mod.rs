@@ -3,6 +3,7 @@
 //!
 //! With no file, [`Config::default`] serves one model, `echo`, from an echo backend.
 
+mod graph;
 mod locate;
 mod summary;
 
@@ -19,6 +20,9 @@ use orchestrator_backends::routing::retry::RetryConfig;
 use serde::Deserialize;
 use tokio_prompt_orchestrator::PipelineConfig;
 
+pub use self::graph::{StageDecl, StageKind};
+use crate::post::PostConfig;
+
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +36,12 @@ pub struct Config {
     /// Model names clients ask for, each served by one backend.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Post-processors, applied in order to the output of the models each names.
+    #[serde(default)]
+    pub post: Vec<PostConfig>,
+    /// The pipeline as a graph of named stages; empty: the canonical five in order.
+    #[serde(default)]
+    pub stages: Vec<StageDecl>,
 }
 
 /// `[server]`: the listener and HTTP limits.
@@ -79,6 +89,9 @@ pub struct ApiKeyConfig {
     pub key: Option<String>,
     pub sha256: Option<String>,
     pub env: Option<String>,
+    /// Whether the key may use the admin endpoints (`POST /admin/reload`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// One backend, selected by `kind`.
@@ -136,6 +149,14 @@ pub struct ModelConfig {
     /// Retries before the first token, within each group.
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Identical requests in flight at once share one upstream call, when they are
+    /// deterministic (temperature 0) or the client sends `X-Dedup: on`.
+    #[serde(default = "yes")]
+    pub dedup: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelConfig {
@@ -147,6 +168,7 @@ impl ModelConfig {
             fallback: Vec::new(),
             balancing: Balancing::default(),
             retries: RetryConfig::default(),
+            dedup: true,
         }
     }
 }
@@ -164,6 +186,8 @@ impl Default for Config {
                 routing: ReplicaConfig::default(),
             }],
             models: vec![ModelConfig::single("echo", "echo")],
+            post: Vec::new(),
+            stages: Vec::new(),
         }
     }
 }
@@ -399,6 +423,24 @@ impl Config {
                 }
             }
         }
+        for (i, post) in self.post.iter().enumerate() {
+            // `build` names the field at fault (`pattern: ...`).
+            if let Err(e) = post.build() {
+                let (field, message) = e.split_once(": ").unwrap_or(("", &e));
+                add(format!("post[{i}].{field}"), message.to_string());
+            }
+            for (j, name) in post.models().iter().enumerate() {
+                if !model_names.contains(name.as_str()) {
+                    let mut known: Vec<&str> = model_names.iter().copied().collect();
+                    known.sort_unstable();
+                    add(
+                        format!("post[{i}].models[{j}]"),
+                        format!("no model named {name:?} (known: {})", known.join(", ")),
+                    );
+                }
+            }
+        }
+        self.graph_problems(&mut problems);
         problems
     }
 }
@@ -512,6 +554,39 @@ mod tests {
         assert_eq!(
             err.problems[0].to_string(),
             "backends[0].base_url: \"127.0.0.1:8000\" is not an http:// or https:// URL"
+        );
+    }
+
+    #[test]
+    fn post_processors_are_validated() {
+        let text = r#"
+            [[backends]]
+            kind = "echo"
+            name = "e"
+            [[models]]
+            name = "m"
+            backends = ["e"]
+            [[post]]
+            kind = "redact"
+            pattern = "("
+            [[post]]
+            kind = "max_chars"
+            max = 10
+            models = ["m", "nope"]
+        "#;
+        let err = Config::parse(text, "test.toml").unwrap_err();
+        let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("post[0].pattern: not a valid regex"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines[1], "post[1].models[1]: no model named \"nope\" (known: m)");
+        let unknown = Config::parse("[[post]]\nkind = \"upper\"\n", "t").unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown variant `upper`"),
+            "{unknown}"
         );
     }
 

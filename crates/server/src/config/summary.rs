@@ -52,6 +52,22 @@ impl Config {
                 config.concurrency
             )?;
         }
+        if !self.stages.is_empty() {
+            writeln!(out, "stages:")?;
+            for stage in &self.stages {
+                let inputs = if stage.inputs.is_empty() {
+                    "(entry)".to_string()
+                } else {
+                    stage.inputs.join(", ")
+                };
+                let kind = format!("{:?}", stage.kind).to_lowercase();
+                write!(out, "  {} [{kind}] <- {inputs}", stage.name)?;
+                if !stage.models.is_empty() {
+                    write!(out, "  models: {}", stage.models.join(", "))?;
+                }
+                writeln!(out)?;
+            }
+        }
         writeln!(out, "models:")?;
         for model in &self.models {
             write!(out, "  {} -> {}", model.name, model.backends.join(", "))?;

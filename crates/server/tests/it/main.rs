@@ -2,6 +2,7 @@
 
 mod auth;
 mod cancellation;
+mod dedup;
 mod endpoints;
 mod errors;
 mod gateway_mock;
@@ -10,6 +11,8 @@ mod mock_upstream;
 mod openai_backend;
 mod parser;
 mod passthrough;
+mod post;
+mod reload;
 mod sdk;
 mod shutdown;
 mod streaming;

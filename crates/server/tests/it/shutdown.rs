@@ -75,7 +75,7 @@ async fn streams_outliving_the_grace_period_end_with_an_error_event() {
 }
 
 /// Starts the binary with `config`, returning the child and its address from the JSON log.
-async fn spawn_binary(config: &str) -> (tokio::process::Child, String, tempfile::NamedTempFile) {
+pub async fn spawn_binary(config: &str) -> (tokio::process::Child, String, tempfile::NamedTempFile) {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))

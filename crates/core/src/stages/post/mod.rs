@@ -1,9 +1,11 @@
 //! Post stage: streaming transforms between the model and the caller.
 //!
-//! In order: stop sequences (the output ends before the first one), the `max_tokens` cap
-//! (`finish_reason = length`), and joining into one piece for callers that did not ask for a
+//! In order: the request's stop sequences (the output ends before the first one), the
+//! pipeline's post-processors ([`chain`]), the `max_tokens` cap (`finish_reason = length`), and
+//! joining into one piece for callers that did not ask for a
 //! stream (pass-through deltas such as tool calls are merged into one too). When Post ends a stream early it stops reading, which cancels the model call upstream.
 
+pub mod chain;
 mod stop;
 
 use std::sync::Arc;
@@ -12,8 +14,9 @@ use futures_util::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use self::stop::StopMatcher;
+use self::chain::Chain;
 use super::{Finished, Handoff, Piece, StageLogic, Start, StreamEnd};
+use crate::error::PipelineError;
 use crate::error::Stage;
 use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::Shared;
@@ -88,7 +91,7 @@ async fn run(
 ) {
     let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Post);
-    let mut stops = StopMatcher::new(&request.params.stop);
+    let mut chain = Chain::new(&shared.post_processors, &request);
     let max_tokens = request.params.max_tokens.map_or(u64::MAX, u64::from);
     let mut out = Output {
         tx,
@@ -99,20 +102,28 @@ async fn run(
     let mut inference_active = Default::default();
     // Our own end (stop sequence or cap) carries no upstream usage; the counts are ours.
     let own_end = |reason| Ok(Finished { reason, usage: None });
+    let rejected = |(processor, message)| Err((Stage::Post, PipelineError::Output { processor, message }));
 
     let mut result = loop {
         match pieces.recv().await {
             Some(Piece::Token(text)) => {
                 tokens += 1;
-                let scan = stops.push(&text);
-                if !out.emit(scan.emit).await {
+                let step = match chain.push(text) {
+                    Ok(step) => step,
+                    Err(rejection) => break rejected(rejection),
+                };
+                if !out.emit(step.emit).await {
                     return;
                 }
-                if scan.stopped {
-                    break own_end(FinishReason::Stop);
+                if let Some(reason) = step.end {
+                    break own_end(reason);
                 }
                 if tokens >= max_tokens {
-                    if !out.emit(stops.finish()).await {
+                    let held = match chain.finish() {
+                        Ok(held) => held,
+                        Err(rejection) => break rejected(rejection),
+                    };
+                    if !out.emit(held.emit).await {
                         return;
                     }
                     break own_end(FinishReason::Length);
@@ -125,10 +136,20 @@ async fn run(
             }
             Some(Piece::End(end)) => {
                 inference_active = end.inference_active;
-                if !out.emit(stops.finish()).await {
+                // A failed stream keeps its own error; a complete one must pass every check, and
+                // may still be cut by held-back text reaching a cap.
+                let held = match (chain.finish(), &end.result) {
+                    (Ok(held), _) => held,
+                    (Err(_), Err(_)) => Default::default(),
+                    (Err(rejection), Ok(_)) => break rejected(rejection),
+                };
+                if !out.emit(held.emit).await {
                     return;
                 }
-                break end.result;
+                match (held.end, end.result) {
+                    (Some(reason), Ok(_)) => break own_end(reason),
+                    (_, result) => break result,
+                }
             }
             // Inference stopped without an end marker: the request was aborted, and the Stream
             // stage reports why.

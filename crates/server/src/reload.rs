@@ -1,0 +1,87 @@
+//! Hot reload (SIGHUP, `POST /admin/reload`): read and validate the config file again; if it
+//! has problems, keep the running pipeline and report every one; otherwise start the new
+//! pipeline, send new requests to it, and let the old one drain what it admitted and stop.
+//!
+//! Nothing is lost or duplicated: a request is admitted by exactly one pipeline, and the old one
+//! closes its intake only after the last request that was being admitted there has its handle
+//! (see [`crate::live`]). The listener stays: a new `server.listen` needs a restart.
+
+use std::sync::Arc;
+
+use crate::api::{AppState, Readiness};
+use crate::config::{Config, ConfigError};
+use crate::live::Live;
+use crate::models::build_router;
+
+/// A reload that took effect.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// Changes that need a restart to apply.
+    pub warnings: Vec<String>,
+    /// What now runs, as `orchestrator validate` prints it.
+    pub summary: String,
+}
+
+/// Why a reload did not take effect; the running pipeline is untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Invalid(ConfigError),
+    #[error("the server was started without --config: there is no file to reload")]
+    NoFile,
+    #[error("the server is draining for shutdown")]
+    Draining,
+}
+
+/// Reloads the config file into `state`.
+///
+/// # Errors
+/// When the file has problems, there is no file, or the server is shutting down.
+pub async fn reload(state: &Arc<AppState>) -> Result<Reloaded, ReloadError> {
+    let _one_at_a_time = state.reload_lock.lock().await;
+    if state.readiness() == Readiness::Draining {
+        return Err(ReloadError::Draining);
+    }
+    let path = state.config_path().ok_or(ReloadError::NoFile)?;
+    let mut config = Config::load(path).map_err(ReloadError::Invalid)?;
+    let current = state.live();
+    let mut warnings = Vec::new();
+    let listening = current.config.server.listen;
+    if config.server.listen != listening {
+        warnings.push(format!(
+            "server.listen is {} in the file; the listener stays on {listening} until a restart",
+            config.server.listen
+        ));
+        config.server.listen = listening;
+    }
+    // A backend that cannot be built (its key variable vanished since validation) is a problem
+    // of the file too.
+    let late_problem = |path: &str, message| {
+        ReloadError::Invalid(ConfigError {
+            source_name: path.to_string(),
+            problems: vec![crate::config::Problem {
+                path: String::new(),
+                message,
+                location: None,
+            }],
+        })
+    };
+    let source = path.display().to_string();
+    let models = build_router(&config).map_err(|m| late_problem(&source, m))?;
+    let generation = current.generation + 1;
+    drop(current);
+    let live = Live::start(config, models, generation).map_err(|m| late_problem(&source, m))?;
+    let summary = live.config.summary();
+    // The old `Live` goes when its last admitting request lets go; its pipeline then drains.
+    drop(state.replace(live));
+    for warning in &warnings {
+        tracing::warn!(%warning, "Reload: not applied.");
+    }
+    tracing::info!(generation, file = %path.display(), "Config reloaded; new requests go to the new pipeline.");
+    Ok(Reloaded {
+        generation,
+        warnings,
+        summary,
+    })
+}

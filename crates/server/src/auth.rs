@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::AuthConfig;
+use crate::limits::KeyLimits;
 
 /// Who a request authenticated as: the key's configured name, or a short digest prefix. Never
 /// the key itself, so it is safe in logs and as a session key.
@@ -18,11 +19,22 @@ struct Key {
     caller: Caller,
 }
 
-/// Who presented a valid key, and whether the key may use the admin endpoints.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who presented a valid key, whether the key may use the admin endpoints, and its rate limits.
+#[derive(Clone)]
 pub struct Caller {
     pub id: KeyId,
     pub admin: bool,
+    pub limits: Option<Arc<KeyLimits>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("id", &self.id)
+            .field("admin", &self.admin)
+            .field("limited", &self.limits.is_some())
+            .finish()
+    }
 }
 
 /// The accepted keys.
@@ -72,6 +84,11 @@ impl ApiKeys {
                 caller: Caller {
                     id: KeyId(id.into()),
                     admin: k.admin,
+                    limits: k
+                        .rate_limit
+                        .or(config.rate_limit)
+                        .and_then(KeyLimits::new)
+                        .map(Arc::new),
                 },
             });
         }
@@ -129,6 +146,7 @@ mod tests {
                 },
             ],
             protect_metrics: false,
+            rate_limit: None,
         };
         ApiKeys::from_config(&config).unwrap()
     }
@@ -136,19 +154,14 @@ mod tests {
     #[test]
     fn plain_and_hashed_keys_verify() {
         let keys = keys();
-        assert_eq!(
-            keys.verify("sk-plain"),
-            Some(Caller {
-                id: KeyId("plain".into()),
-                admin: false
-            })
-        );
+        let plain = keys.verify("sk-plain").unwrap();
+        assert_eq!((plain.id, plain.admin), (KeyId("plain".into()), false));
         let hashed = keys.verify("sk-hashed").unwrap();
         assert!(hashed.admin);
         assert!(hashed.id.0.starts_with("key-"), "{hashed:?}");
         assert!(!hashed.id.0.contains("sk-hashed"));
-        assert_eq!(keys.verify("sk-plai"), None);
-        assert_eq!(keys.verify(""), None);
+        assert!(keys.verify("sk-plai").is_none());
+        assert!(keys.verify("").is_none());
     }
 
     #[test]

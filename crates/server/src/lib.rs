@@ -7,7 +7,7 @@
 //! - [`api`]: the routes, request parsing, responses and error mapping.
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
 //! - [`post`]: the config's post-processors (stop, max_chars, redact, json).
-//! - [`auth`]: bearer API keys.
+//! - [`auth`]: bearer API keys; [`limits`]: their rate limits.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`cli`]: the command line.
 //! - [`mock`]: a fake OpenAI-compatible and llama.cpp model server for tests and benchmarks.
@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod limits;
 pub mod live;
 pub mod mock;
 pub mod models;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use orchestrator_backends::Router;
+use orchestrator_backends::dedup::Dedup;
 use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, RequestSender};
 
 use crate::auth::ApiKeys;
@@ -34,7 +35,9 @@ impl Live {
     /// When a post-processor cannot be built (validation has normally caught it).
     pub fn start(config: Config, models: Router, generation: u64) -> Result<Self, String> {
         let models = Arc::new(models);
-        let mut builder = PipelineBuilder::new(models.clone()).config(config.pipeline.clone());
+        let sharing = config.models.iter().filter(|m| m.dedup).map(|m| m.name.clone());
+        let worker = Arc::new(Dedup::new(models.clone(), sharing));
+        let mut builder = PipelineBuilder::new(worker).config(config.pipeline.clone());
         for (post, models) in config.compile_graph().post {
             let processor: Arc<dyn PostProcessor> = post.build_for(&models)?;
             builder = builder.post_processor(processor);

@@ -12,6 +12,11 @@ use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
 
+/// mimalloc rather than the system allocator: glibc's malloc and free took about 14% of the
+/// gateway's CPU time per request (BENCHMARKS.md, "Gateway").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

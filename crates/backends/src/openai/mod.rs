@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use reqwest::Url;
 use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, TokenStream,
     WorkerChunk, WorkerError,
@@ -44,13 +45,17 @@ pub struct OpenAiWorker {
     http: HttpBackend,
     model: Option<String>,
     flavor: Flavor,
+    /// `{base_url}/chat/completions` and `{base_url}/completions`, parsed once.
+    chat_url: Url,
+    completions_url: Url,
 }
 
 impl OpenAiWorker {
     /// A worker for `config`, reading its API key from the environment now.
     ///
     /// # Errors
-    /// When the key's variable is unset, a header is invalid, or the HTTP client cannot start.
+    /// When the key's variable is unset, a header is invalid, the base URL is not a URL, or the
+    /// HTTP client cannot start.
     pub fn new(config: &OpenAiConfig) -> Result<Self, BuildError> {
         Self::with_flavor(config, Flavor::OpenAi)
     }
@@ -68,6 +73,8 @@ impl OpenAiWorker {
             Timeouts::from(config.timeouts),
         )?;
         Ok(Self {
+            chat_url: http.url(Endpoint::Chat.path())?,
+            completions_url: http.url(Endpoint::Completions.path())?,
             http,
             model: config.model.clone(),
             flavor,
@@ -112,10 +119,11 @@ impl ModelWorker for OpenAiWorker {
         {
             fields.insert("priority".into(), priority.into());
         }
-        let response = self
-            .http
-            .post(Endpoint::of(&call).path(), &body, deadline)
-            .await?;
+        let url = match Endpoint::of(&call) {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::Completions => &self.completions_url,
+        };
+        let response = self.http.post(url, &body, deadline).await?;
         if streamed {
             let dialect = stream::OpenAiDialect::default();
             return Ok(sse::relay(

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::order::OrderGate;
+use super::pipe::PipeTx;
 use crate::error::{PipelineError, Stage};
 use crate::event::{
     Completion, FinishReason, Passthrough, PromptOutput, Response, ResponseEvent, StageTimings, Usage,
@@ -23,12 +24,9 @@ use crate::stages::rag::RetrievedChunk;
 
 /// Where a request's events go.
 pub(crate) enum Reply {
-    /// A submitted request: tokens to its handle, then the final event on `done`.
-    Handle {
-        /// Tokens and pass-through deltas, before the final event.
-        tokens: mpsc::Sender<ResponseEvent>,
-        done: oneshot::Sender<Result<Completion, PipelineError>>,
-    },
+    /// A submitted request: tokens, then the one final event, on its handle's pipe. `None` only
+    /// while the Stream stage has the pipe out to relay tokens (`take_events`).
+    Handle(Option<PipeTx<ResponseEvent>>),
     /// A fire-and-forget request: one joined output, in session order, on the output stream.
     Output {
         tx: mpsc::Sender<PromptOutput>,
@@ -119,11 +117,6 @@ fn abort_cause(cancel: &CancellationToken, shared: &Shared, deadline: Option<Ins
 }
 
 impl Abort {
-    /// The cause, if the request must already stop.
-    pub fn check(&self) -> Option<AbortCause> {
-        abort_cause(&self.cancel, &self.shared, self.deadline)
-    }
-
     /// Cancels the request's token, so its model worker sees the call end.
     pub fn cancel_request(&self) {
         self.cancel.cancel();
@@ -131,18 +124,29 @@ impl Abort {
 
     /// Resolves when the request must stop.
     pub async fn wait(&self) -> AbortCause {
-        match self.deadline {
-            Some(deadline) => {
-                // Whichever comes first: the caller leaving / shutdown, or the deadline.
-                tokio::select! {
-                    () = self.cancel.cancelled() => {}
-                    () = tokio::time::sleep_until(deadline) => return AbortCause::Deadline,
-                }
-            }
-            None => self.cancel.cancelled().await,
-        }
-        self.check().unwrap_or(AbortCause::Cancelled)
+        wait_for_abort(&self.cancel, &self.shared, self.deadline).await
     }
+}
+
+/// Resolves when the request with these parts must stop.
+async fn wait_for_abort(
+    cancel: &CancellationToken,
+    shared: &Shared,
+    deadline: Option<Instant>,
+) -> AbortCause {
+    match deadline {
+        Some(deadline) => {
+            // Whichever comes first: the caller leaving / shutdown, or the deadline. The timer
+            // is boxed: held inline it would enlarge every stage job's future (which is moved
+            // into a box per request) by its size, deadline or not.
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = Box::pin(tokio::time::sleep_until(deadline)) => return AbortCause::Deadline,
+            }
+        }
+        None => cancel.cancelled().await,
+    }
+    abort_cause(cancel, shared, deadline).unwrap_or(AbortCause::Cancelled)
 }
 
 impl Deref for Envelope {
@@ -221,17 +225,31 @@ impl Body {
         }
     }
 
-    /// The caller's token channel, for a submitted request.
-    pub fn tokens(&self) -> Option<&mpsc::Sender<ResponseEvent>> {
-        match &self.reply {
-            Some(Reply::Handle { tokens, .. }) => Some(tokens),
+    /// Lends out the caller's event pipe (a submitted request's), for relaying tokens; give it
+    /// back with [`return_events`](Self::return_events) before finishing, or the caller sees
+    /// the pipe end without a final event (an `Internal` error).
+    pub fn take_events(&mut self) -> Option<PipeTx<ResponseEvent>> {
+        match &mut self.reply {
+            Some(Reply::Handle(events)) => events.take(),
             _ => None,
         }
     }
 
-    /// Why the request must stop, if it must (cheaper than `abort().check()`).
+    pub fn return_events(&mut self, pipe: Option<PipeTx<ResponseEvent>>) {
+        if let Some(Reply::Handle(events)) = &mut self.reply {
+            *events = pipe;
+        }
+    }
+
+    /// Why the request must stop, if it must.
     pub fn abort_cause(&self) -> Option<AbortCause> {
         abort_cause(&self.cancel, &self.shared, self.deadline)
+    }
+
+    /// Resolves when the request must stop; borrows instead of cloning the token, as
+    /// [`abort`](Self::abort) does.
+    pub async fn wait_for_abort(&self) -> AbortCause {
+        wait_for_abort(&self.cancel, &self.shared, self.deadline).await
     }
 
     fn deliver(&mut self, reply: Reply, outcome: Outcome) {
@@ -267,11 +285,16 @@ impl Body {
             }
         };
         match reply {
-            Reply::Handle { tokens, done } => {
-                // Close the token channel first so the handle sees every token, then the end.
-                drop(tokens);
-                // The caller may have gone; then nobody needs the event.
-                let _ = done.send(result.map(|r| r.completion));
+            Reply::Handle(events) => {
+                let event = match result {
+                    Ok(response) => ResponseEvent::Done(response.completion),
+                    Err(error) => ResponseEvent::Error(error),
+                };
+                // After every token; never waits. The caller may have gone, and then nobody
+                // needs the event.
+                if let Some(events) = events {
+                    events.finish(event);
+                }
             }
             Reply::Output { tx, gate } => {
                 let output = PromptOutput {

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use futures_util::Stream;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::pipe::PipeRx;
 use crate::error::{PipelineError, Stage};
-use crate::event::{Completion, Passthrough, Response, ResponseEvent};
+use crate::event::{Passthrough, Response, ResponseEvent};
 use crate::request::RequestId;
 
 /// The events of one submitted request. Dropping it before the final event cancels the request
@@ -22,11 +22,11 @@ use crate::request::RequestId;
 /// while the request still waits in a queue where no stage can see it yet.
 pub struct ResponseHandle {
     id: RequestId,
-    /// Tokens and pass-through deltas.
-    tokens: mpsc::Receiver<ResponseEvent>,
-    tokens_done: bool,
-    /// `None` once the final event has been returned.
-    done: Option<oneshot::Receiver<Result<Completion, PipelineError>>>,
+    /// Tokens and pass-through deltas, then the final event, from the Stream stage (or from
+    /// wherever the request ended).
+    events: PipeRx<ResponseEvent>,
+    /// Whether the final event has been returned.
+    done: bool,
     /// Cancels the request when the handle goes before its final event.
     cancel_on_drop: Option<DropGuard>,
     deadline: Option<Pin<Box<Sleep>>>,
@@ -37,17 +37,15 @@ pub struct ResponseHandle {
 impl ResponseHandle {
     pub(crate) fn new(
         id: RequestId,
-        tokens: mpsc::Receiver<ResponseEvent>,
-        done: oneshot::Receiver<Result<Completion, PipelineError>>,
+        events: PipeRx<ResponseEvent>,
         cancel: CancellationToken,
         deadline: Option<Instant>,
         progress: Arc<AtomicU8>,
     ) -> Self {
         Self {
             id,
-            tokens,
-            tokens_done: false,
-            done: Some(done),
+            events,
+            done: false,
             cancel_on_drop: Some(cancel.drop_guard()),
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             progress,
@@ -91,7 +89,7 @@ impl ResponseHandle {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<ResponseEvent>> {
-        if self.done.is_none() {
+        if self.done {
             return Poll::Ready(None);
         }
         // Once the request is in the Stream stage, the pipeline's own deadline timers end it and
@@ -106,31 +104,23 @@ impl ResponseHandle {
         {
             // Ending here cancels the request (the guard fires); the pipeline counts it as a
             // timeout too, because its deadline has passed.
-            self.done = None;
+            self.done = true;
             self.cancel_on_drop = None;
             return Poll::Ready(Some(ResponseEvent::Error(PipelineError::Timeout { stage })));
         }
-        let Some(done) = self.done.as_mut() else {
-            return Poll::Ready(None);
+        let event = match ready!(self.events.poll_recv(cx)) {
+            Some(event) => event,
+            // The pipe ended without a final event: the envelope was lost.
+            None => ResponseEvent::Error(lost()),
         };
-        // Tokens come first: the pipeline closes the token channel before sending the end.
-        if !self.tokens_done {
-            match ready!(self.tokens.poll_recv(cx)) {
-                Some(event) => return Poll::Ready(Some(event)),
-                None => self.tokens_done = true,
+        if event.is_final() {
+            self.done = true;
+            // Finished: dropping the handle now has nothing to cancel.
+            if let Some(guard) = self.cancel_on_drop.take() {
+                guard.disarm();
             }
         }
-        let result = ready!(Pin::new(done).poll(cx));
-        self.done = None;
-        // Finished: dropping the handle now has nothing to cancel.
-        if let Some(guard) = self.cancel_on_drop.take() {
-            guard.disarm();
-        }
-        Poll::Ready(Some(match result {
-            Ok(Ok(completion)) => ResponseEvent::Done(completion),
-            Ok(Err(error)) => ResponseEvent::Error(error),
-            Err(_) => ResponseEvent::Error(lost()),
-        }))
+        Poll::Ready(Some(event))
     }
 }
 

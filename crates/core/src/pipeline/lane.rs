@@ -6,11 +6,14 @@
 //! While a hand-off waits for room downstream, the lane keeps polling its in-flight work, so a
 //! full queue never stalls the streams that will empty it.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::future::{self, BoxFuture, Either};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
@@ -19,7 +22,7 @@ use super::edge::{Edge, Refused};
 use super::envelope::Body;
 use crate::error::PipelineError;
 use crate::metrics::StageMetrics;
-use crate::stages::{Carries, StageLogic, Start};
+use crate::stages::{Carries, Place, StageLogic, Start};
 
 /// What a lane task owns.
 pub(crate) struct Lane<L: StageLogic> {
@@ -27,14 +30,19 @@ pub(crate) struct Lane<L: StageLogic> {
     pub rx: mpsc::Receiver<L::In>,
     /// The next stage's lane for this shard; `None` for the last stage.
     pub next: Option<Edge<L::Out>>,
-    /// The stage's concurrency limit, shared by all its lanes.
-    pub limit: Arc<Semaphore>,
+    /// The stage's concurrency limit, shared by all its lanes; `None` where it cannot bind.
+    pub limit: Option<Arc<Semaphore>>,
+    /// The stage's configured concurrency.
+    pub concurrency: usize,
     /// For the first stage: cancelled when intake closes, so the lane stops taking new requests
     /// while live senders still exist.
     pub intake: Option<tokio_util::sync::CancellationToken>,
     pub shard: usize,
     pub metrics: StageMetrics,
 }
+
+/// At most this many requests are started from the queue in one pass of the lane loop.
+const MAX_BATCH: usize = 32;
 
 type OrderedOut<O> = Either<future::Ready<Option<O>>, BoxFuture<'static, Option<O>>>;
 
@@ -45,17 +53,19 @@ impl<L: StageLogic> Lane<L> {
             mut rx,
             next,
             limit,
+            concurrency,
             intake,
             shard,
             metrics,
         } = self;
+        let limit = limit.as_ref();
         let stage = L::STAGE;
         let ctx = StartCtx {
             logic: &*logic,
             metrics: &metrics,
             next: next.as_ref(),
         };
-        let max_ordered = limit.available_permits().max(1);
+        let max_ordered = concurrency.max(1);
         let mut s = LaneState {
             ordered: FuturesOrdered::new(),
             work: FuturesUnordered::new(),
@@ -68,6 +78,9 @@ impl<L: StageLogic> Lane<L> {
         let mut open = true;
         let mut intake_closed = intake.is_none();
         let intake = intake.unwrap_or_default();
+        // One wait for the whole loop: a new one per pass would register and unregister a
+        // waiter (two locks) every time round.
+        let mut intake_cancelled = pin!(intake.cancelled());
         tracing::debug!(%stage, shard, "Lane started.");
 
         loop {
@@ -79,7 +92,7 @@ impl<L: StageLogic> Lane<L> {
             // holds ahead of what waits in its queue.
             tokio::select! {
                 biased;
-                Some(()) = s.work.next(), if !s.work.is_empty() => {}
+                _ = finish_ready(&mut s.work), if !s.work.is_empty() => {}
                 Some(out) = s.ordered.next(), if s.pending.is_none() && !s.ordered.is_empty() => {
                     if let Some(out) = out {
                         s.pending = hand_off(ctx.next, out, Instant::now());
@@ -98,20 +111,34 @@ impl<L: StageLogic> Lane<L> {
                         }
                     }
                 }
-                acquired = limit.clone().acquire_owned(), if staged.is_some() => {
-                    // The semaphore is never closed, so `acquired` is always a permit.
-                    if let (Some(item), Ok(permit)) = (staged.take(), acquired) {
-                        ctx.start(item, permit, &mut s);
+                place = wait_for_place(limit), if staged.is_some() => {
+                    if let Some(item) = staged.take() {
+                        ctx.start(item, place, &mut s);
                     }
                 }
                 item = rx.recv(), if can_take => match item {
                     None => open = false,
-                    Some(item) => match limit.clone().try_acquire_owned() {
-                        Ok(permit) => ctx.start(item, permit, &mut s),
-                        Err(_) => staged = Some(item),
-                    },
+                    Some(item) => {
+                        // Start what else is queued while it can start at once: a pass of this
+                        // loop costs about as much as a request's own start, so under load the
+                        // lane takes requests in batches. The batch is bounded so that work it
+                        // holds still finishes promptly.
+                        let mut next = Some(item);
+                        let mut batch = 0;
+                        while let Some(item) = next.take() {
+                            let Some(place) = try_place(limit) else {
+                                staged = Some(item);
+                                break;
+                            };
+                            ctx.start(item, place, &mut s);
+                            batch += 1;
+                            if batch < MAX_BATCH && s.pending.is_none() && s.ordered.len() < max_ordered {
+                                next = rx.try_recv().ok();
+                            }
+                        }
+                    }
                 },
-                () = intake.cancelled(), if !intake_closed => {
+                () = &mut intake_cancelled, if !intake_closed => {
                     // Stop new sends; what is already queued was admitted and still drains.
                     intake_closed = true;
                     rx.close();
@@ -146,7 +173,7 @@ struct StartCtx<'a, L: StageLogic> {
 
 impl<L: StageLogic> StartCtx<'_, L> {
     /// Starts one item that has its place under the concurrency limit.
-    fn start(&self, mut item: L::In, permit: OwnedSemaphorePermit, s: &mut LaneState<L::Out>) {
+    fn start(&self, mut item: L::In, permit: Place, s: &mut LaneState<L::Out>) {
         let stage = L::STAGE;
         let metrics = self.metrics;
         let env: &mut Body = item.envelope_mut();
@@ -188,6 +215,45 @@ impl<L: StageLogic> StartCtx<'_, L> {
         } else {
             s.ordered.push_back(Either::Left(future::ready(Some(out))));
         }
+    }
+}
+
+/// Polls the lane's jobs until none is ready (or `MAX_BATCH` have finished); resolves once at
+/// least one has finished. Draining several per pass of the lane loop keeps the loop's own cost
+/// per request down under load.
+fn finish_ready<F: Future<Output = ()> + Unpin>(
+    work: &mut FuturesUnordered<F>,
+) -> impl Future<Output = usize> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut finished = 0;
+        while finished < MAX_BATCH {
+            match work.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => finished += 1,
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if finished == 0 && !work.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(finished)
+        }
+    })
+}
+
+/// A place under the stage's limit at once, if one is free (always, without a limit).
+fn try_place(limit: Option<&Arc<Semaphore>>) -> Option<Place> {
+    match limit {
+        None => Some(None),
+        Some(limit) => limit.clone().try_acquire_owned().ok().map(Some),
+    }
+}
+
+/// Waits for a place under the stage's limit.
+async fn wait_for_place(limit: Option<&Arc<Semaphore>>) -> Place {
+    // The semaphore is never closed, so this always yields a permit.
+    match limit {
+        None => None,
+        Some(limit) => limit.clone().acquire_owned().await.ok(),
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod envelope;
 mod handle;
 mod lane;
 mod order;
+pub(crate) mod pipe;
 mod sender;
 mod stats;
 
@@ -252,11 +253,16 @@ impl LaneSpawner<'_> {
         next: Option<Edge<L::Out>>,
         shard: usize,
     ) {
+        let concurrency = self.shared.config.stage(L::STAGE).concurrency.get();
+        // A synchronous stage has at most one request per lane in hand; a limit of at least the
+        // number of lanes can never stop one.
+        let binds = !logic.synchronous() || concurrency < self.shared.config.shards.get();
         let lane = Lane {
             logic: logic.clone(),
             rx,
             next,
-            limit: self.limits[L::STAGE.index()].clone(),
+            limit: binds.then(|| self.limits[L::STAGE.index()].clone()),
+            concurrency,
             intake: (L::STAGE == Stage::Rag).then(|| self.shared.intake.clone()),
             shard,
             metrics: self.shared.metrics.stage(L::STAGE).clone(),

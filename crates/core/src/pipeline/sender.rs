@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -12,6 +12,7 @@ use super::Shared;
 use super::edge::Edge;
 use super::envelope::{Envelope, Reply};
 use super::handle::ResponseHandle;
+use super::pipe::pipe;
 use crate::error::{PipelineError, Stage};
 use crate::event::PromptOutput;
 use crate::request::{InferenceRequest, RequestId};
@@ -96,18 +97,11 @@ impl RequestSender {
     /// As for [`send`](Self::send).
     pub async fn submit(&self, request: InferenceRequest) -> Result<ResponseHandle, PipelineError> {
         let admission = self.admit(request).await?;
-        let (tokens_tx, tokens_rx) = mpsc::channel(self.shared.config.token_buffer.get());
-        let (done_tx, done_rx) = oneshot::channel();
+        let (events_tx, events_rx) = pipe(self.shared.config.token_buffer.get());
         let progress = Arc::new(AtomicU8::new(Stage::Rag as u8));
-        let reply = Reply::Handle {
-            tokens: tokens_tx,
-            done: done_tx,
-        };
         let (id, cancel) = (admission.id, admission.cancel.clone());
-        let deadline = admission.enqueue(reply, Some(progress.clone()));
-        Ok(ResponseHandle::new(
-            id, tokens_rx, done_rx, cancel, deadline, progress,
-        ))
+        let deadline = admission.enqueue(Reply::Handle(Some(events_tx)), Some(progress.clone()));
+        Ok(ResponseHandle::new(id, events_rx, cancel, deadline, progress))
     }
 
     /// Reserves a place in the request's shard's input queue, under the input's policy.

@@ -6,10 +6,8 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::rag::RetrievedChunk;
-use super::{StageLogic, Start};
+use super::{Place, StageLogic, Start};
 use crate::error::Stage;
 use crate::pipeline::envelope::Envelope;
 use crate::request::{PromptInput, Role};
@@ -21,9 +19,13 @@ impl StageLogic for AssembleStage {
     type In = Envelope;
     type Out = Envelope;
 
-    fn start(&self, mut env: Envelope, _permit: OwnedSemaphorePermit) -> Start<Envelope> {
+    fn start(&self, mut env: Envelope, _permit: Place) -> Start<Envelope> {
         env.prompt = Some(render(&env.request.input, &env.retrieved));
         Start::Forward(env)
+    }
+
+    fn synchronous(&self) -> bool {
+        true
     }
 }
 

@@ -8,14 +8,14 @@
 use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use super::{Finished, Handoff, Piece, StageLogic, Start, StreamEnd};
+use super::{Finished, Handoff, Piece, Place, StageLogic, Start, StreamEnd};
 use crate::error::{PipelineError, Stage};
 use crate::event::FinishReason;
 use crate::pipeline::Shared;
 use crate::pipeline::envelope::{Abort, Envelope};
+use crate::pipeline::pipe::{PipeTx, pipe};
 use crate::stages::assemble;
 use crate::worker::{InferenceCall, ModelWorker, WorkerChunk};
 
@@ -28,9 +28,9 @@ impl StageLogic for InferenceStage {
     type In = Envelope;
     type Out = Handoff;
 
-    fn start(&self, env: Envelope, permit: OwnedSemaphorePermit) -> Start<Handoff> {
+    fn start(&self, env: Envelope, permit: Place) -> Start<Handoff> {
         let shared = env.shared.clone();
-        let (tx, rx) = mpsc::channel(shared.config.token_buffer.get());
+        let (tx, rx) = pipe(shared.config.token_buffer.get());
         let prompt = env
             .prompt
             .clone()
@@ -49,10 +49,10 @@ impl StageLogic for InferenceStage {
 async fn run(
     worker: Arc<dyn ModelWorker>,
     call: InferenceCall,
-    tx: mpsc::Sender<Piece>,
+    mut tx: PipeTx<Piece>,
     abort: Abort,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Place,
 ) {
     let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Inference);
@@ -66,7 +66,7 @@ async fn run(
             abort.cancel_request();
             cause
         } => Err(cause.into_error(Stage::Inference)),
-        relayed = relay(worker, call, &tx) => relayed,
+        relayed = relay(worker, call, &mut tx) => relayed,
     };
     let active = started.elapsed();
     metrics.latency.record(active.as_secs_f64());
@@ -96,14 +96,14 @@ async fn run(
         post_active: Default::default(),
     };
     // If Post has gone, the request already ended there.
-    let _ = tx.send(Piece::End(end)).await;
+    tx.finish(Piece::End(end));
 }
 
 /// Streams the worker's tokens into `tx`; `Ok(None)` when the receiver went away.
 async fn relay(
     worker: Arc<dyn ModelWorker>,
     call: InferenceCall,
-    tx: &mpsc::Sender<Piece>,
+    tx: &mut PipeTx<Piece>,
 ) -> Result<Option<Finished>, PipelineError> {
     let mut stream = worker.infer_stream(call).await?;
     while let Some(chunk) = stream.next().await {

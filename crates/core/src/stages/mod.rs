@@ -14,11 +14,12 @@ pub mod stream;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{PipelineError, Stage};
 use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::envelope::Envelope;
+use crate::pipeline::pipe::PipeRx;
 
 /// What starting one request in a stage produced.
 pub(crate) enum Start<Out> {
@@ -40,8 +41,19 @@ pub(crate) trait StageLogic: Send + Sync + 'static {
 
     /// Starts `item`; `permit` is its place under the stage's concurrency limit and must live
     /// as long as the stage works on it.
-    fn start(&self, item: Self::In, permit: OwnedSemaphorePermit) -> Start<Self::Out>;
+    fn start(&self, item: Self::In, permit: Place) -> Start<Self::Out>;
+
+    /// Whether `start` always answers `Forward`: the lane then has at most one request of this
+    /// stage in hand at a time, so a concurrency limit of at least the number of lanes cannot
+    /// bind and is not enforced (a semaphore costs a lock per request).
+    fn synchronous(&self) -> bool {
+        false
+    }
 }
+
+/// A request's place under its stage's concurrency limit, held while the stage works on it;
+/// `None` where the limit cannot bind (see [`StageLogic::synchronous`]).
+pub(crate) type Place = Option<OwnedSemaphorePermit>;
 
 /// Anything that carries a request's envelope between stages.
 pub(crate) trait Carries: Send + 'static {
@@ -59,10 +71,10 @@ impl Carries for Envelope {
     }
 }
 
-/// A request in the streaming half, with the channel its tokens arrive on.
+/// A request in the streaming half, with the pipe its tokens arrive on.
 pub(crate) struct Handoff {
     pub env: Envelope,
-    pub pieces: mpsc::Receiver<Piece>,
+    pub pieces: PipeRx<Piece>,
 }
 
 impl Carries for Handoff {

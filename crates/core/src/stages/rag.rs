@@ -9,10 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::{StageLogic, Start};
+use super::{Place, StageLogic, Start};
 use crate::error::{PipelineError, Stage};
 use crate::pipeline::envelope::Envelope;
 use crate::request::InferenceRequest;
@@ -45,25 +44,24 @@ impl StageLogic for RagStage {
     type In = Envelope;
     type Out = Envelope;
 
-    fn start(&self, env: Envelope, permit: OwnedSemaphorePermit) -> Start<Envelope> {
+    fn start(&self, env: Envelope, permit: Place) -> Start<Envelope> {
         let Some(retriever) = self.retriever.clone() else {
             return Start::Forward(env);
         };
         Start::Later(retrieve(retriever, env, permit).boxed())
     }
+
+    fn synchronous(&self) -> bool {
+        self.retriever.is_none()
+    }
 }
 
-async fn retrieve(
-    retriever: Arc<dyn Retriever>,
-    mut env: Envelope,
-    _permit: OwnedSemaphorePermit,
-) -> Option<Envelope> {
+async fn retrieve(retriever: Arc<dyn Retriever>, mut env: Envelope, _permit: Place) -> Option<Envelope> {
     let started = Instant::now();
-    let abort = env.abort();
     // The retriever's future is dropped when the caller leaves or the deadline passes.
     let result = tokio::select! {
         biased;
-        cause = abort.wait() => Err(cause.into_error(Stage::Rag)),
+        cause = env.wait_for_abort() => Err(cause.into_error(Stage::Rag)),
         found = retriever.retrieve(&env.request) => found,
     };
     let active = started.elapsed();

@@ -5,16 +5,14 @@
 //! gets its joined text on the output stream. If the request is aborted (caller gone, deadline,
 //! shutdown) this stage ends it with the matching typed error.
 
-use std::pin::pin;
-
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use super::{Finished, Handoff, Piece, StageLogic, Start};
+use super::{Finished, Handoff, Piece, Place, StageLogic, Start};
 use crate::error::{PipelineError, Stage};
 use crate::event::{Passthrough, ResponseEvent};
 use crate::pipeline::envelope::{Body, Outcome};
+use crate::pipeline::pipe::{PipeRx, PipeTx};
 
 pub(crate) struct StreamStage;
 
@@ -23,18 +21,22 @@ impl StageLogic for StreamStage {
     type In = Handoff;
     type Out = Handoff;
 
-    fn start(&self, handoff: Handoff, permit: OwnedSemaphorePermit) -> Start<Handoff> {
+    fn start(&self, handoff: Handoff, permit: Place) -> Start<Handoff> {
         Start::Work(run(handoff, permit).boxed())
     }
 }
 
-async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
+async fn run(handoff: Handoff, _permit: Place) {
     let Handoff { mut env, mut pieces } = handoff;
     let body: &mut Body = &mut env;
     let started = Instant::now();
     let mut text = String::new();
     let mut extra = None;
-    let relayed = relay(body, &mut pieces, &mut text, &mut extra).await;
+    // The caller's pipe goes back into the envelope before it finishes, which sends the final
+    // event on it after the tokens.
+    let mut events = body.take_events();
+    let relayed = relay(body, &mut pieces, events.as_mut(), &mut text, &mut extra).await;
+    body.return_events(events);
     let active = started.elapsed();
     let metrics = body.shared.metrics.stage(Stage::Stream);
     metrics.latency.record(active.as_secs_f64());
@@ -58,28 +60,22 @@ async fn run(handoff: Handoff, _permit: OwnedSemaphorePermit) {
     }
 }
 
-/// Relays pieces to the caller until the end marker; returns how the stream ended. A
-/// fire-and-forget request's text and pass-through deltas are gathered into `text` and `extra`.
+/// Relays pieces to the caller (`events`, for a submitted request) until the end marker;
+/// returns how the stream ended. A fire-and-forget request's text and pass-through deltas are
+/// gathered into `text` and `extra`.
 async fn relay(
     env: &mut Body,
-    pieces: &mut mpsc::Receiver<Piece>,
+    pieces: &mut PipeRx<Piece>,
+    mut events: Option<&mut PipeTx<ResponseEvent>>,
     text: &mut String,
     extra: &mut Option<Box<Passthrough>>,
 ) -> Result<Finished, (Stage, PipelineError)> {
-    let abort = env.abort();
-    // One abort future for the whole relay, polled first at every wait.
-    let mut aborted = pin!(abort.wait());
-    let tokens = env.tokens().cloned();
     loop {
-        let piece = tokio::select! {
-            biased;
-            cause = &mut aborted => {
-                // Still waiting for the model (or Post): the deadline ran out there.
-                return Err((Stage::Inference, cause.into_error(Stage::Inference)));
-            }
-            piece = pieces.recv() => piece,
-        };
-        let event = match piece {
+        // No abort watch here: while the request waits on the model, the Inference stage
+        // watches for the caller leaving and for the deadline. When the request must stop it
+        // drops the model call and its pipe, Post follows, and this pipe ends without an end
+        // marker (below). Not registering a waiter per request saves two locks.
+        let event = match pieces.recv().await {
             Some(Piece::Token(token)) => ResponseEvent::Token(token),
             Some(Piece::Passthrough(delta)) => ResponseEvent::Passthrough(delta),
             Some(Piece::End(end)) => {
@@ -89,7 +85,7 @@ async fn relay(
             }
             None => {
                 // Upstream stopped without an end marker because the request was aborted.
-                let error = match abort.check() {
+                let error = match env.abort_cause() {
                     Some(cause) => cause.into_error(Stage::Inference),
                     None => PipelineError::Internal {
                         message: "the token stream ended without an end marker".into(),
@@ -103,7 +99,7 @@ async fn relay(
             env.timings.first_token = Some(ttft);
             env.shared.metrics.time_to_first_token.record(ttft.as_secs_f64());
         }
-        let Some(tokens) = &tokens else {
+        let Some(events) = events.as_deref_mut() else {
             match event {
                 ResponseEvent::Token(token) => text.push_str(&token),
                 ResponseEvent::Passthrough(delta) => match extra {
@@ -115,14 +111,19 @@ async fn relay(
             }
             continue;
         };
+        // `biased`, send first: with room in the pipe the event goes at once and the abort watch
+        // is never polled (nor registered). A full pipe means a slow reader, and then only this
+        // stage can notice the deadline, so it watches for it here.
         tokio::select! {
             biased;
-            cause = &mut aborted => return Err((Stage::Stream, cause.into_error(Stage::Stream))),
-            sent = tokens.send(event) => {
+            sent = events.send(event) => {
                 if sent.is_err() {
                     // The handle was dropped without its drop guard having fired yet.
                     return Err((Stage::Stream, PipelineError::Cancelled));
                 }
+            }
+            cause = env.wait_for_abort() => {
+                return Err((Stage::Stream, cause.into_error(Stage::Stream)));
             }
         }
     }

@@ -53,3 +53,30 @@ async fn a_request_whose_deadline_passes_in_a_queue_is_never_processed() {
     assert_eq!(first.into_response().await.expect("completes").text, "slow");
     assert_eq!(probe.calls().len(), 1, "the late request never reached the model");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_stops_reading_times_out_in_the_stream_stage() {
+    let worker = ProbeWorker::new();
+    let probe = worker.probe.clone();
+    let mut config = small_config(1, 8, 8);
+    config.token_buffer = nz(1);
+    let handles = PipelineBuilder::new(Arc::new(worker)).config(config).spawn();
+
+    // More tokens than the pipes between the stages and to the caller can hold.
+    let words = vec!["word"; 32].join(" ");
+    let request = chat("s", &words).with_timeout(Duration::from_secs(1));
+    let mut handle = handles.input_tx.submit(request).await.expect("admitted");
+    // The caller reads nothing until well past its deadline.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut last = None;
+    while let Some(event) = handle.recv().await {
+        last = Some(event);
+    }
+    assert_eq!(
+        last,
+        Some(ResponseEvent::Error(PipelineError::Timeout {
+            stage: Stage::Stream
+        }))
+    );
+    probe.cancelled.wait_for(1).await;
+}

@@ -100,6 +100,22 @@ impl ApiError {
         )
     }
 
+    /// 429: the caller's key is over its rate limit for `which` (`requests` or `tokens`).
+    pub fn rate_limited(which: &'static str, retry_after: std::time::Duration) -> Self {
+        let seconds = u32::try_from(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            .unwrap_or(u32::MAX);
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            which,
+            "rate_limit_exceeded",
+            format!(
+                "Rate limit reached for {which} on this API key; retry in {} ms.",
+                retry_after.as_millis()
+            ),
+        )
+        .retry_after(seconds.max(1))
+    }
+
     /// 400: a config file given to a reload has problems.
     pub fn invalid_config(message: impl Into<String>) -> Self {
         Self::new(

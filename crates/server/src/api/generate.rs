@@ -19,10 +19,13 @@ use super::request::{Delivery, GenerationRequest};
 use super::sse;
 use super::wire::{Endpoint, Header};
 use crate::auth::KeyId;
+use crate::limits::KeyLimits;
 
 /// Time spent in the gateway, excluding the backend's own time, in milliseconds.
 pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-orchestrator-overhead-ms");
 const SESSION_HEADER: &str = "x-session-id";
+/// `X-Dedup: on` lets identical non-deterministic requests in flight share one upstream call.
+const DEDUP_HEADER: &str = "x-dedup";
 /// Longest `X-Session-Id` accepted.
 const MAX_SESSION_ID_BYTES: usize = 256;
 
@@ -30,10 +33,12 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestContext>,
     key: Option<Extension<KeyId>>,
+    limits: Option<Extension<Arc<KeyLimits>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(state, &ctx, key.map(|k| k.0), &headers, body, Endpoint::Chat)
+    let caller = (key.map(|k| k.0), limits.map(|l| l.0));
+    generate(state, &ctx, caller, &headers, body, Endpoint::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -42,29 +47,34 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestContext>,
     key: Option<Extension<KeyId>>,
+    limits: Option<Extension<Arc<KeyLimits>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(
-        state,
-        &ctx,
-        key.map(|k| k.0),
-        &headers,
-        body,
-        Endpoint::Completion,
-    )
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+    let caller = (key.map(|k| k.0), limits.map(|l| l.0));
+    generate(state, &ctx, caller, &headers, body, Endpoint::Completion)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn generate(
     state: Arc<AppState>,
     ctx: &RequestContext,
-    key: Option<KeyId>,
+    (key, limits): (Option<KeyId>, Option<Arc<KeyLimits>>),
     headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
+    // Over its rate limit, a request is refused before anything is read.
+    let limit_headers = match limits.as_deref().map(KeyLimits::admit) {
+        None => HeaderMap::new(),
+        Some(Ok(headers)) => headers,
+        Some(Err(refusal)) => {
+            let mut response = ApiError::rate_limited(refusal.which, refusal.retry_after).into_response();
+            response.headers_mut().extend(refusal.headers);
+            return Ok(response);
+        }
+    };
     // The running config admits the request; after a reload, the next request gets the new one.
     let live = state.live();
     let bytes = read_limited(headers, body, live.max_body_bytes).await?;
@@ -77,6 +87,13 @@ async fn generate(
         return Err(ApiError::model_not_found(&delivery.model));
     }
     request.session = session_key(headers, &delivery, key.as_ref(), &ctx.id)?;
+    match headers.get(DEDUP_HEADER).map(HeaderValue::as_bytes) {
+        None | Some(b"off") => {}
+        Some(b"on") => {
+            request.meta.insert("dedup".into(), "on".into());
+        }
+        Some(_) => return Err(ApiError::invalid("X-Dedup", "must be `on` or `off`")),
+    }
     let handle = live.sender.submit(request).await?;
     // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.
     drop(live);
@@ -88,10 +105,16 @@ async fn generate(
     };
     if delivery.stream {
         let guard = DisconnectGuard::new(state, "stream");
-        return sse::respond(handle, header, delivery.include_usage, ctx.start, guard).await;
+        let mut response =
+            sse::respond(handle, header, delivery.include_usage, ctx.start, guard, limits).await?;
+        response.headers_mut().extend(limit_headers);
+        return Ok(response);
     }
     let response = handle.into_response().await?;
     let completion = response.completion;
+    if let Some(limits) = &limits {
+        limits.charge(completion.usage.total_tokens);
+    }
     let body = header.complete(
         &response.text,
         completion.finish_reason,
@@ -107,6 +130,7 @@ async fn generate(
         OVERHEAD_HEADER,
         overhead_value(overhead(ctx.start.elapsed(), &completion)),
     );
+    http.headers_mut().extend(limit_headers);
     Ok(http)
 }
 

@@ -136,6 +136,9 @@ pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Reques
         Ok(caller) => {
             drop(live);
             request.extensions_mut().insert(caller.id);
+            if let Some(limits) = caller.limits {
+                request.extensions_mut().insert(limits);
+            }
             next.run(request).await
         }
         Err(refusal) => refusal.into_response(),

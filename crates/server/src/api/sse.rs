@@ -5,6 +5,7 @@
 //! with an `error` event carrying the error object and no `[DONE]`: never a silent truncation.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -17,6 +18,7 @@ use super::error::ApiError;
 use super::generate::{format_ms, overhead};
 use super::middleware::DisconnectGuard;
 use super::wire::Header;
+use crate::limits::KeyLimits;
 
 /// A comment every so often keeps idle proxies from closing a slow stream and lets the server
 /// notice a client that went away between tokens.
@@ -32,6 +34,7 @@ pub async fn respond(
     include_usage: bool,
     start: Instant,
     mut guard: DisconnectGuard,
+    limits: Option<Arc<KeyLimits>>,
 ) -> Result<Response, ApiError> {
     let first = match handle.recv().await {
         Some(ResponseEvent::Error(error)) => return Err(error.into()),
@@ -48,6 +51,7 @@ pub async fn respond(
         start,
         header,
         held: None,
+        limits,
     };
     let mut opening: Vec<Event> = closing.header.role_chunk().into_iter().map(data).collect();
     let rest = if let Some(events) = closing.events(first, &mut opening) {
@@ -88,6 +92,8 @@ struct Closing {
     /// Top-level fields (`system_fingerprint`) that came alone, to go out with the next chunk
     /// rather than in an empty chunk of their own.
     held: Option<Box<Passthrough>>,
+    /// The caller's key's rate limits, charged with the tokens used when the stream completes.
+    limits: Option<Arc<KeyLimits>>,
 }
 
 impl Closing {
@@ -121,6 +127,9 @@ impl Closing {
     }
 
     fn done(&mut self, completion: &Completion) -> Vec<Event> {
+        if let Some(limits) = &self.limits {
+            limits.charge(completion.usage.total_tokens);
+        }
         let held = self.held.take();
         let finish = self
             .header

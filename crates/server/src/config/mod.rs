@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio_prompt_orchestrator::PipelineConfig;
 
 pub use self::graph::{StageDecl, StageKind};
+use crate::limits::RateLimitConfig;
 use crate::post::PostConfig;
 
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
@@ -77,6 +78,8 @@ pub struct AuthConfig {
     pub keys: Vec<ApiKeyConfig>,
     /// Whether `/metrics` needs a key too (`/healthz` and `/readyz` never do).
     pub protect_metrics: bool,
+    /// Rate limits of every key that sets none of its own.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// One accepted key: exactly one of `key` (the key itself), `sha256` (hex digest of the key) or
@@ -92,6 +95,8 @@ pub struct ApiKeyConfig {
     /// Whether the key may use the admin endpoints (`POST /admin/reload`).
     #[serde(default)]
     pub admin: bool,
+    /// This key's rate limits, instead of `[auth] rate_limit`.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// One backend, selected by `kind`.
@@ -149,6 +154,14 @@ pub struct ModelConfig {
     /// Retries before the first token, within each group.
     #[serde(default)]
     pub retries: RetryConfig,
+    /// Identical requests in flight at once share one upstream call, when they are
+    /// deterministic (temperature 0) or the client sends `X-Dedup: on`.
+    #[serde(default = "yes")]
+    pub dedup: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ModelConfig {
@@ -160,6 +173,7 @@ impl ModelConfig {
             fallback: Vec::new(),
             balancing: Balancing::default(),
             retries: RetryConfig::default(),
+            dedup: true,
         }
     }
 }

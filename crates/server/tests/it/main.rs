@@ -2,10 +2,12 @@
 
 mod auth;
 mod cancellation;
+mod dedup;
 mod endpoints;
 mod errors;
 mod gateway_mock;
 mod health_checks;
+mod limits;
 mod mock_upstream;
 mod openai_backend;
 mod parser;

@@ -11,15 +11,15 @@ mod stop;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
 use self::chain::Chain;
-use super::{Finished, Handoff, Piece, StageLogic, Start, StreamEnd};
+use super::{Finished, Handoff, Piece, Place, StageLogic, Start, StreamEnd};
 use crate::error::PipelineError;
 use crate::error::Stage;
 use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::Shared;
+use crate::pipeline::pipe::{PipeRx, PipeTx, pipe};
 use crate::request::InferenceRequest;
 use crate::worker::count_tokens;
 
@@ -30,10 +30,10 @@ impl StageLogic for PostStage {
     type In = Handoff;
     type Out = Handoff;
 
-    fn start(&self, handoff: Handoff, permit: OwnedSemaphorePermit) -> Start<Handoff> {
+    fn start(&self, handoff: Handoff, permit: Place) -> Start<Handoff> {
         let Handoff { env, pieces } = handoff;
         let shared = env.shared.clone();
-        let (tx, rx) = mpsc::channel(shared.config.token_buffer.get());
+        let (tx, rx) = pipe(shared.config.token_buffer.get());
         let prompt_tokens = env.prompt.as_deref().map_or(0, |p| count(count_tokens(p)));
         let job = run(env.request.clone(), prompt_tokens, pieces, tx, shared, permit);
         Start::Stream(Handoff { env, pieces: rx }, job.boxed())
@@ -46,7 +46,7 @@ fn count(n: usize) -> u32 {
 
 /// Where post-processed text goes: straight on, or into one joined piece.
 struct Output {
-    tx: mpsc::Sender<Piece>,
+    tx: PipeTx<Piece>,
     joined: Option<String>,
     /// Pass-through deltas merged, for joined callers.
     joined_extra: Option<Box<Passthrough>>,
@@ -84,10 +84,10 @@ impl Output {
 async fn run(
     request: Arc<InferenceRequest>,
     prompt_tokens: u32,
-    mut pieces: mpsc::Receiver<Piece>,
-    tx: mpsc::Sender<Piece>,
+    mut pieces: PipeRx<Piece>,
+    tx: PipeTx<Piece>,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Place,
 ) {
     let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Post);
@@ -182,5 +182,5 @@ async fn run(
         inference_active,
         post_active,
     };
-    let _ = out.tx.send(Piece::End(end)).await;
+    out.tx.finish(Piece::End(end));
 }

@@ -1,0 +1,174 @@
+//! Rate limits per API key: requests per second (a GCRA bucket from `governor`) and tokens per
+//! minute (a bucket charged after the answer, when its size is known from the usage).
+//!
+//! Both are reported OpenAI-style on every response to a limited key
+//! (`x-ratelimit-{limit,remaining,reset}-{requests,tokens}`); a request over either limit gets
+//! 429 with `Retry-After`.
+
+use std::num::NonZeroU32;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use serde::Deserialize;
+
+/// `rate_limit = { requests_per_second = 10, burst = 20, tokens_per_minute = 100000 }`; each
+/// limit is off when left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: Option<NonZeroU32>,
+    /// Requests allowed at once above the steady rate (default: the rate itself).
+    pub burst: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<NonZeroU32>,
+}
+
+type RequestLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// One key's limits.
+pub struct KeyLimits {
+    requests: Option<(RequestLimiter, u32)>,
+    tokens: Option<TokenBudget>,
+}
+
+/// Why a request may not run now.
+pub struct Refusal {
+    pub retry_after: Duration,
+    pub which: &'static str,
+    pub headers: HeaderMap,
+}
+
+impl KeyLimits {
+    /// The limits `config` sets; `None` when it sets none.
+    pub fn new(config: RateLimitConfig) -> Option<Self> {
+        let requests = config.requests_per_second.map(|rate| {
+            let burst = config.burst.unwrap_or(rate);
+            let quota = Quota::per_second(rate).allow_burst(burst);
+            (
+                RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+                rate.get(),
+            )
+        });
+        let tokens = config.tokens_per_minute.map(TokenBudget::new);
+        (requests.is_some() || tokens.is_some()).then_some(Self { requests, tokens })
+    }
+
+    /// Admits one request, or says how long to wait; the headers describe the limits either way.
+    ///
+    /// # Errors
+    /// The refusal, when a limit is reached.
+    pub fn admit(&self) -> Result<HeaderMap, Box<Refusal>> {
+        let mut headers = HeaderMap::new();
+        if let Some(budget) = &self.tokens {
+            let (remaining, reset) = budget.state();
+            budget.describe(&mut headers, remaining, reset);
+            if remaining <= 0.0 {
+                return Err(Box::new(Refusal {
+                    retry_after: reset,
+                    which: "tokens",
+                    headers,
+                }));
+            }
+        }
+        if let Some((limiter, rate)) = &self.requests {
+            match limiter.check() {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    describe(
+                        &mut headers,
+                        "requests",
+                        *rate,
+                        f64::from(remaining),
+                        Duration::from_secs_f64(1.0 / f64::from(*rate)),
+                    );
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    describe(&mut headers, "requests", *rate, 0.0, wait);
+                    return Err(Box::new(Refusal {
+                        retry_after: wait,
+                        which: "requests",
+                        headers,
+                    }));
+                }
+            }
+        }
+        Ok(headers)
+    }
+
+    /// Charges the tokens a finished request used.
+    pub fn charge(&self, tokens: u32) {
+        if let Some(budget) = &self.tokens {
+            budget.charge(f64::from(tokens));
+        }
+    }
+}
+
+/// Tokens per minute, refilled continuously; a request is admitted while the balance is above
+/// zero and charged afterwards, so one large answer can take it below zero (a debt the refill
+/// pays off before the next request).
+///
+/// Written here rather than with `governor`, whose buckets cannot charge a cost learnt only
+/// after the work is done.
+struct TokenBudget {
+    per_minute: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBudget {
+    fn new(per_minute: NonZeroU32) -> Self {
+        let per_minute = f64::from(per_minute.get());
+        Self {
+            per_minute,
+            state: Mutex::new((per_minute, Instant::now())),
+        }
+    }
+
+    /// The balance now, and how long until it is full again (or positive, when in debt).
+    fn state(&self) -> (f64, Duration) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let per_second = self.per_minute / 60.0;
+        let now = Instant::now();
+        state.0 = (state.0 + now.duration_since(state.1).as_secs_f64() * per_second).min(self.per_minute);
+        state.1 = now;
+        let target = if state.0 <= 0.0 { 1.0 } else { self.per_minute };
+        let reset = Duration::from_secs_f64(((target - state.0) / per_second).max(0.0));
+        (state.0, reset)
+    }
+
+    fn charge(&self, tokens: f64) {
+        self.state();
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 -= tokens;
+    }
+
+    fn describe(&self, headers: &mut HeaderMap, remaining: f64, reset: Duration) {
+        describe(
+            headers,
+            "tokens",
+            self.per_minute as u32,
+            remaining.max(0.0),
+            reset,
+        );
+    }
+}
+
+fn describe(headers: &mut HeaderMap, what: &str, limit: u32, remaining: f64, reset: Duration) {
+    let mut put = |name: String, value: String| {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
+        }
+    };
+    put(format!("x-ratelimit-limit-{what}"), limit.to_string());
+    put(
+        format!("x-ratelimit-remaining-{what}"),
+        format!("{}", remaining.floor() as u64),
+    );
+    put(
+        format!("x-ratelimit-reset-{what}"),
+        format!("{:.3}s", reset.as_secs_f64()),
+    );
+}

@@ -1,0 +1,109 @@
+//! Rate limits per API key: requests per second and tokens per minute, with OpenAI's
+//! `x-ratelimit-*` headers and 429 + `Retry-After` over a limit.
+
+use orchestrator_server::{Config, Server};
+use serde_json::{Value, json};
+
+use crate::support::{chat_body, client, expect_error};
+
+const CONFIG: &str = r#"
+    [auth]
+    rate_limit = { tokens_per_minute = 10 }
+    [[auth.keys]]
+    name = "burst"
+    key = "sk-burst"
+    rate_limit = { requests_per_second = 1, burst = 2 }
+    [[auth.keys]]
+    name = "tokens"
+    key = "sk-tokens"
+    [[auth.keys]]
+    name = "streams"
+    key = "sk-streams"
+    [[backends]]
+    kind = "echo"
+    name = "echo"
+    [[models]]
+    name = "echo"
+    backends = ["echo"]
+"#;
+
+async fn gateway() -> String {
+    let mut config = Config::parse(CONFIG, "limits.toml").unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(config).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    tokio::spawn(server.run(std::future::pending()));
+    base
+}
+
+async fn chat(base: &str, key: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'r>(response: &'r reqwest::Response, name: &str) -> &'r str {
+    response.headers()[name].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn requests_over_the_burst_get_429_with_retry_after() {
+    let base = gateway().await;
+    for remaining in ["1", "0"] {
+        let response = chat(&base, "sk-burst", chat_body("echo", "hi")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-ratelimit-limit-requests"), "1");
+        assert_eq!(header(&response, "x-ratelimit-remaining-requests"), remaining);
+    }
+    let refused = chat(&base, "sk-burst", chat_body("echo", "hi")).await;
+    assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), "0");
+    assert!(header(&refused, "x-ratelimit-reset-requests").ends_with('s'));
+    assert_eq!(header(&refused, "retry-after"), "1");
+    let error = expect_error(refused, 429).await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("requests"), Some("rate_limit_exceeded"))
+    );
+    // Another key has its own budget.
+    assert_eq!(
+        chat(&base, "sk-tokens", chat_body("echo", "hi")).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn tokens_used_are_charged_and_a_key_in_debt_waits() {
+    let base = gateway().await;
+    let long = "one two three four five six seven eight nine ten eleven twelve";
+    let first = chat(&base, "sk-tokens", chat_body("echo", long)).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-ratelimit-limit-tokens"), "10");
+    let body: Value = first.json().await.unwrap();
+    assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 10);
+    let refused = chat(&base, "sk-tokens", chat_body("echo", "hi")).await;
+    assert_eq!(header(&refused, "x-ratelimit-remaining-tokens"), "0");
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!(
+        retry > 1,
+        "the debt takes a while to pay off at 10 tokens a minute: {retry}"
+    );
+    let error = expect_error(refused, 429).await;
+    assert_eq!(error["type"], "tokens");
+}
+
+#[tokio::test]
+async fn streamed_tokens_are_charged_when_the_stream_completes() {
+    let base = gateway().await;
+    let mut body = chat_body("echo", "one two three four five six seven eight nine ten eleven");
+    body["stream"] = json!(true);
+    let stream = chat(&base, "sk-streams", body).await;
+    assert_eq!(stream.status(), 200);
+    assert_eq!(header(&stream, "x-ratelimit-limit-tokens"), "10");
+    stream.text().await.unwrap();
+    let refused = chat(&base, "sk-streams", chat_body("echo", "hi")).await;
+    expect_error(refused, 429).await;
+}

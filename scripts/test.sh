@@ -7,7 +7,7 @@
 # and llama-cpp-python with a real model (scripts/setup-llm.sh; a build from source of several
 # minutes each the first time, reused after) and makes their tests required. CI leaves it unset:
 # the builds took longer than the rest of CI together (README.md, "Tests against real model
-# servers"). Unset, those tests run when the servers are already prepared and skip otherwise.
+# servers"). Unset, those tests are reported as ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-python.sh
@@ -16,5 +16,9 @@ case "${ORCHESTRATOR_REAL_LLM:-}" in
     *) bash scripts/setup-llm.sh all ;;
 esac
 cargo test --workspace --all-targets
+case "${ORCHESTRATOR_REAL_LLM:-}" in
+    "" | 0 | false) ;;
+    *) cargo test -p orchestrator-backends --test real_servers -- --ignored ;;
+esac
 # Doc tests (including the README example) are not part of --all-targets.
 cargo test --workspace --doc

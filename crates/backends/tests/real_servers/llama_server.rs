@@ -131,6 +131,7 @@ pub async fn until_idle(server: &Server) -> Vec<Value> {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn native_completion_whole_answer_honours_max_tokens() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -152,6 +153,7 @@ async fn native_completion_whole_answer_honours_max_tokens() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn native_completion_streams_token_by_token() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -170,6 +172,7 @@ async fn native_completion_streams_token_by_token() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn native_completion_stops_at_a_stop_sequence() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -188,6 +191,7 @@ async fn native_completion_stops_at_a_stop_sequence() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn greedy_decoding_on_fresh_slots_is_deterministic() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -214,6 +218,7 @@ async fn greedy_decoding_on_fresh_slots_is_deterministic() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn a_session_keeps_its_slot_and_sessions_get_their_own() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -316,6 +321,7 @@ async fn drop_mid_stream(server: &Server, worker: &dyn ModelWorker, request: Inf
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn dropping_a_native_stream_stops_generation_on_the_server() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -328,6 +334,7 @@ async fn dropping_a_native_stream_stops_generation_on_the_server() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn dropping_a_v1_stream_stops_generation_on_the_server() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -338,6 +345,7 @@ async fn dropping_a_v1_stream_stops_generation_on_the_server() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn v1_chat_whole_answer_honours_max_tokens() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -362,6 +370,7 @@ async fn v1_chat_whole_answer_honours_max_tokens() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn v1_chat_streams_token_by_token_with_usage() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;
@@ -378,6 +387,7 @@ async fn v1_chat_streams_token_by_token_with_usage() {
 }
 
 #[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
 async fn v1_completions_stream_and_whole_answer_agree() {
     let Some(server) = Server::start(Kind::LlamaServer).await else {
         return;

@@ -3,9 +3,9 @@
 //!
 //! Each test starts its own server on a free port and kills it when done; the tests take turns.
 //! The model's text means nothing, so the tests check structure: tokens, finish reasons, counts,
-//! and the server's own view of its slots. A test whose server is not prepared skips with a
-//! message, unless ORCHESTRATOR_REAL_LLM is set: then it fails. `ORCHESTRATOR_REAL_LLM=1 bash
-//! scripts/test.sh` prepares both servers and runs everything; CI does not (see README.md).
+//! and the server's own view of its slots. The tests are ignored unless asked for (`--ignored`):
+//! `ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh` prepares both servers and runs them, and then a
+//! missing server is a failure. CI does not (see README.md).
 
 mod llama_cpp_python;
 mod llama_server;

@@ -1,7 +1,7 @@
 //! The lane loop: one task per stage per shard, reading its bounded queue in order.
 //!
-//! A lane works on up to its stage's concurrency limit at once (a semaphore shared by the stage's
-//! lanes) by polling the requests' futures itself, without a task per request. Hand-offs leave in
+//! A lane works on up to its stage's concurrency limit at once (a counter of places shared by the
+//! stage's lanes) by polling the requests' futures itself, without a task per request. Hand-offs leave in
 //! arrival order, so a session's requests enter every stage in the order they were submitted.
 //! While a hand-off waits for room downstream, the lane keeps polling its in-flight work, so a
 //! full queue never stalls the streams that will empty it.
@@ -13,13 +13,14 @@ use std::task::Poll;
 
 use futures_util::future::{self, BoxFuture, Either};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 use super::edge::{Edge, Refused};
 use super::envelope::Body;
+use super::limit::Limit;
 use crate::error::PipelineError;
 use crate::metrics::StageMetrics;
 use crate::stages::{Carries, Place, StageLogic, Start};
@@ -31,7 +32,7 @@ pub(crate) struct Lane<L: StageLogic> {
     /// The next stage's lane for this shard; `None` for the last stage.
     pub next: Option<Edge<L::Out>>,
     /// The stage's concurrency limit, shared by all its lanes; `None` where it cannot bind.
-    pub limit: Option<Arc<Semaphore>>,
+    pub limit: Option<Arc<Limit>>,
     /// The stage's configured concurrency.
     pub concurrency: usize,
     /// For the first stage: cancelled when intake closes, so the lane stops taking new requests
@@ -241,19 +242,18 @@ fn finish_ready<F: Future<Output = ()> + Unpin>(
 }
 
 /// A place under the stage's limit at once, if one is free (always, without a limit).
-fn try_place(limit: Option<&Arc<Semaphore>>) -> Option<Place> {
+fn try_place(limit: Option<&Arc<Limit>>) -> Option<Place> {
     match limit {
         None => Some(None),
-        Some(limit) => limit.clone().try_acquire_owned().ok().map(Some),
+        Some(limit) => limit.try_take().map(Some),
     }
 }
 
 /// Waits for a place under the stage's limit.
-async fn wait_for_place(limit: Option<&Arc<Semaphore>>) -> Place {
-    // The semaphore is never closed, so this always yields a permit.
+async fn wait_for_place(limit: Option<&Arc<Limit>>) -> Place {
     match limit {
         None => None,
-        Some(limit) => limit.clone().acquire_owned().await.ok(),
+        Some(limit) => Some(limit.take().await),
     }
 }
 

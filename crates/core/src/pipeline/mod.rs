@@ -9,6 +9,7 @@ pub(crate) mod edge;
 pub(crate) mod envelope;
 mod handle;
 mod lane;
+pub(crate) mod limit;
 mod order;
 pub(crate) mod pipe;
 mod sender;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,6 +30,7 @@ pub use stats::{PipelineStats, ShutdownReport};
 use self::edge::Edge;
 use self::envelope::Envelope;
 use self::lane::Lane;
+use self::limit::Limit;
 use self::order::OrderRegistry;
 use self::stats::Stats;
 use crate::config::PipelineConfig;
@@ -167,7 +169,7 @@ impl PipelineBuilder {
             config,
         });
 
-        let limits = Stage::ALL.map(|s| Arc::new(Semaphore::new(shared.config.stage(s).concurrency.get())));
+        let limits = Stage::ALL.map(|s| Limit::new(shared.config.stage(s).concurrency.get()));
         let spawner = LaneSpawner {
             shared: &shared,
             limits: &limits,
@@ -242,7 +244,7 @@ fn queue<T: Send + 'static>(
 
 struct LaneSpawner<'a> {
     shared: &'a Arc<Shared>,
-    limits: &'a [Arc<Semaphore>; 5],
+    limits: &'a [Arc<Limit>; 5],
 }
 
 impl LaneSpawner<'_> {

@@ -14,11 +14,11 @@ pub mod stream;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{PipelineError, Stage};
 use crate::event::{FinishReason, Passthrough, Usage};
 use crate::pipeline::envelope::Envelope;
+use crate::pipeline::limit::LimitPermit;
 use crate::pipeline::pipe::PipeRx;
 
 /// What starting one request in a stage produced.
@@ -45,7 +45,8 @@ pub(crate) trait StageLogic: Send + Sync + 'static {
 
     /// Whether `start` always answers `Forward`: the lane then has at most one request of this
     /// stage in hand at a time, so a concurrency limit of at least the number of lanes cannot
-    /// bind and is not enforced (a semaphore costs a lock per request).
+    /// bind and is not enforced (taking and giving back a place costs two atomic operations and a
+    /// `Notify` check per request).
     fn synchronous(&self) -> bool {
         false
     }
@@ -53,7 +54,7 @@ pub(crate) trait StageLogic: Send + Sync + 'static {
 
 /// A request's place under its stage's concurrency limit, held while the stage works on it;
 /// `None` where the limit cannot bind (see [`StageLogic::synchronous`]).
-pub(crate) type Place = Option<OwnedSemaphorePermit>;
+pub(crate) type Place = Option<LimitPermit>;
 
 /// Anything that carries a request's envelope between stages.
 pub(crate) trait Carries: Send + 'static {

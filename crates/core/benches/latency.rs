@@ -1,6 +1,7 @@
 //! Per-request figures through all five stages: latency with EchoWorker (no model time, so all of
 //! it is the pipeline's) at 1, 64 and 4,096 requests in flight; the pipeline's overhead next to a
-//! 5 ms model; and fire-and-forget throughput.
+//! 5 ms model (a fixed 5 ms on tokio's timer, and 5 ms +- 0.5 ms timed by a thread of its own);
+//! and fire-and-forget throughput.
 //!
 //! `cargo bench --bench latency` (set `LATENCY_REQUESTS` to change the number of requests per
 //! row, e.g. for a short run under `valgrind --tool=callgrind`).
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio_prompt_orchestrator::{EchoWorker, ModelWorker, PipelineBuilder};
 
-use common::{bench_config, drive, drive_outputs, percentile, runtime};
+use common::{ThreadTimedModel, bench_config, drive, drive_outputs, percentile, runtime};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +56,26 @@ fn main() {
 
     println!("\nA model taking 5 ms per call: pipeline overhead = latency minus the model's time");
     let worker: Arc<dyn ModelWorker> = Arc::new(EchoWorker::with_token_delay(Duration::from_millis(5)));
+    let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
+    print_header();
+    for in_flight in [1usize, 64] {
+        let total = (requests / 20).max(in_flight * 5);
+        rt.block_on(drive(&handles.input_tx, in_flight, total / 10));
+        let start = Instant::now();
+        let samples = rt.block_on(drive(&handles.input_tx, in_flight, total));
+        let overheads = samples.iter().map(|s| s.overhead).collect();
+        print_row(
+            in_flight,
+            samples.len() as f64 / start.elapsed().as_secs_f64(),
+            overheads,
+        );
+    }
+
+    println!("\nThe same with a model taking 5 ms +- 0.5 ms, timed by its own thread, not tokio's 1 ms tick");
+    let worker: Arc<dyn ModelWorker> = Arc::new(ThreadTimedModel::new(
+        Duration::from_millis(5),
+        Duration::from_micros(500),
+    ));
     let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
     print_header();
     for in_flight in [1usize, 64] {

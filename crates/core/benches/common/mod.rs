@@ -126,3 +126,91 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
 }
+
+/// A model that answers each call after `delay` give or take up to `jitter` (spread evenly), timed
+/// by a thread of its own with the OS's precision rather than by tokio's 1 ms timer wheel. Real
+/// model servers do not finish their calls in lockstep; with a fixed delay, 64 closed-loop
+/// callers stay in step and every call's end queues behind 63 others in Post and Stream.
+pub struct ThreadTimedModel {
+    delay: Duration,
+    jitter: Duration,
+    calls: std::sync::atomic::AtomicU64,
+    due: std::sync::mpsc::Sender<Due>,
+}
+
+type Due = std::cmp::Reverse<(Instant, u64, OrdSender)>;
+
+/// A oneshot sender that sorts as equal to any other, so calls order by deadline alone.
+struct OrdSender(tokio::sync::oneshot::Sender<()>);
+
+impl PartialEq for OrdSender {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for OrdSender {}
+impl PartialOrd for OrdSender {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdSender {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl ThreadTimedModel {
+    pub fn new(delay: Duration, jitter: Duration) -> Self {
+        let (due, calls) = std::sync::mpsc::channel::<Due>();
+        std::thread::spawn(move || {
+            let mut waiting = std::collections::BinaryHeap::<Due>::new();
+            loop {
+                let next = match waiting.peek() {
+                    Some(std::cmp::Reverse((at, _, _))) => {
+                        calls.recv_timeout(at.saturating_duration_since(Instant::now()))
+                    }
+                    None => calls
+                        .recv()
+                        .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+                };
+                match next {
+                    Ok(call) => waiting.push(call),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if waiting.is_empty() => return,
+                    Err(_) => {}
+                }
+                let now = Instant::now();
+                while waiting
+                    .peek()
+                    .is_some_and(|std::cmp::Reverse((at, _, _))| *at <= now)
+                {
+                    if let Some(std::cmp::Reverse((_, _, done))) = waiting.pop() {
+                        let _ = done.0.send(());
+                    }
+                }
+            }
+        });
+        Self {
+            delay,
+            jitter,
+            calls: std::sync::atomic::AtomicU64::new(0),
+            due,
+        }
+    }
+}
+
+#[async_trait]
+impl tokio_prompt_orchestrator::ModelWorker for ThreadTimedModel {
+    async fn infer(&self, _prompt: &str) -> Result<Vec<String>, tokio_prompt_orchestrator::WorkerError> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A fixed pseudo-random spread (Weyl sequence): the same run every time.
+        let fraction = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        let delay = self.delay.saturating_sub(self.jitter) + self.jitter.mul_f64(2.0 * fraction);
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let _ = self
+            .due
+            .send(std::cmp::Reverse((Instant::now() + delay, n, OrdSender(done))));
+        let _ = wait.await;
+        Ok(vec!["done".to_string()])
+    }
+}

@@ -55,41 +55,12 @@ fn main() {
     }
 
     println!("\nA model taking 5 ms per call: pipeline overhead = latency minus the model's time");
-    let worker: Arc<dyn ModelWorker> = Arc::new(EchoWorker::with_token_delay(Duration::from_millis(5)));
-    let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
-    print_header();
-    for in_flight in [1usize, 64] {
-        let total = (requests / 20).max(in_flight * 5);
-        rt.block_on(drive(&handles.input_tx, in_flight, total / 10));
-        let start = Instant::now();
-        let samples = rt.block_on(drive(&handles.input_tx, in_flight, total));
-        let overheads = samples.iter().map(|s| s.overhead).collect();
-        print_row(
-            in_flight,
-            samples.len() as f64 / start.elapsed().as_secs_f64(),
-            overheads,
-        );
-    }
+    let fixed = EchoWorker::with_token_delay(Duration::from_millis(5));
+    overhead_rows(&rt, Arc::new(fixed), requests);
 
     println!("\nThe same with a model taking 5 ms +- 0.5 ms, timed by its own thread, not tokio's 1 ms tick");
-    let worker: Arc<dyn ModelWorker> = Arc::new(ThreadTimedModel::new(
-        Duration::from_millis(5),
-        Duration::from_micros(500),
-    ));
-    let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
-    print_header();
-    for in_flight in [1usize, 64] {
-        let total = (requests / 20).max(in_flight * 5);
-        rt.block_on(drive(&handles.input_tx, in_flight, total / 10));
-        let start = Instant::now();
-        let samples = rt.block_on(drive(&handles.input_tx, in_flight, total));
-        let overheads = samples.iter().map(|s| s.overhead).collect();
-        print_row(
-            in_flight,
-            samples.len() as f64 / start.elapsed().as_secs_f64(),
-            overheads,
-        );
-    }
+    let varied = ThreadTimedModel::new(Duration::from_millis(5), Duration::from_micros(500));
+    overhead_rows(&rt, Arc::new(varied), requests);
 
     println!("\nFire-and-forget (input_tx -> output_rx), EchoWorker, 1,024 sessions");
     println!("{:>10} {:>10} {:>12}", "in_flight", "requests", "req/s");
@@ -100,6 +71,24 @@ fn main() {
         rt.block_on(drive_outputs(&mut handles, 1024, in_flight, total / 10));
         let rate = rt.block_on(drive_outputs(&mut handles, 1024, in_flight, total));
         println!("{in_flight:>10} {total:>10} {rate:>12.0}");
+    }
+}
+
+/// Overhead percentiles next to `worker` at 1 and 64 requests in flight.
+fn overhead_rows(rt: &tokio::runtime::Runtime, worker: Arc<dyn ModelWorker>, requests: usize) {
+    let handles = rt.block_on(async { PipelineBuilder::new(worker).config(bench_config()).spawn() });
+    print_header();
+    for in_flight in [1usize, 64] {
+        let total = (requests / 20).max(in_flight * 5);
+        rt.block_on(drive(&handles.input_tx, in_flight, total / 10));
+        let start = Instant::now();
+        let samples = rt.block_on(drive(&handles.input_tx, in_flight, total));
+        let overheads = samples.iter().map(|s| s.overhead).collect();
+        print_row(
+            in_flight,
+            samples.len() as f64 / start.elapsed().as_secs_f64(),
+            overheads,
+        );
     }
 }
 

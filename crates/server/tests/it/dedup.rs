@@ -9,14 +9,14 @@ use orchestrator_server::mock::Behaviour;
 use serde_json::{Value, json};
 
 use crate::gateway_mock::{gateway_of, mock, openai_backend};
-use crate::support::{Frame, SseReader, client, expect_error};
+use crate::support::{Frame, SseReader, client, expect_error, streamed_text};
 
 fn deterministic() -> Value {
     json!({"model": "m", "stream": true, "temperature": 0,
            "messages": [{"role": "user", "content": "the same question"}]})
 }
 
-async fn streamed_text(base: &str) -> String {
+async fn deterministic_stream(base: &str) -> String {
     let response = client()
         .post(format!("{base}/v1/chat/completions"))
         .json(&deterministic())
@@ -25,15 +25,7 @@ async fn streamed_text(base: &str) -> String {
         .unwrap();
     let frames = SseReader::new(response).rest().await;
     assert_eq!(frames.last(), Some(&Frame::Data("[DONE]".into())));
-    frames
-        .iter()
-        .filter(|f| matches!(f, Frame::Data(d) if d != "[DONE]"))
-        .filter_map(|f| {
-            crate::support::json(f)["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect()
+    streamed_text(&frames)
 }
 
 #[tokio::test]
@@ -52,7 +44,7 @@ async fn identical_concurrent_requests_reach_the_upstream_once() {
     .await;
     let first = tokio::spawn({
         let base = base.clone();
-        async move { streamed_text(&base).await }
+        async move { deterministic_stream(&base).await }
     });
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -63,7 +55,7 @@ async fn identical_concurrent_requests_reach_the_upstream_once() {
     let later: Vec<_> = (0..4)
         .map(|_| {
             let base = base.clone();
-            tokio::spawn(async move { streamed_text(&base).await })
+            tokio::spawn(async move { deterministic_stream(&base).await })
         })
         .collect();
     let expected = first.await.unwrap();

@@ -12,7 +12,7 @@ use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
 use orchestrator_server::mock::{Behaviour, MockConfig, MockUpstream, RunningMock};
 use serde_json::json;
 
-use crate::support::{Frame, SseReader, client, json};
+use crate::support::{Frame, SseReader, client, json, serve};
 
 pub async fn mock(behaviour: Behaviour) -> RunningMock {
     let mut config = MockConfig::ephemeral();
@@ -47,7 +47,6 @@ async fn gateway(mocks: &[&RunningMock], balancing: Balancing) -> String {
 /// A gateway serving model `m` from every one of `backends`, with `balancing`.
 pub async fn gateway_of(backends: Vec<BackendConfig>, balancing: Balancing) -> String {
     let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.models.clear();
     let mut model = ModelConfig::single("m", "up0");
     model.backends = backends.iter().map(|b| b.name().to_string()).collect();
@@ -55,10 +54,7 @@ pub async fn gateway_of(backends: Vec<BackendConfig>, balancing: Balancing) -> S
     model.retries.initial_backoff_ms = 1;
     config.models.push(model);
     config.backends = backends;
-    let server = Server::bind(config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(server.run(std::future::pending()));
-    base
+    serve(config).await
 }
 
 fn stream_body() -> serde_json::Value {

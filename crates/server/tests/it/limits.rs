@@ -1,10 +1,10 @@
 //! Rate limits per API key: requests per second and tokens per minute, with OpenAI's
 //! `x-ratelimit-*` headers and 429 + `Retry-After` over a limit.
 
-use orchestrator_server::{Config, Server};
+use orchestrator_server::Config;
 use serde_json::{Value, json};
 
-use crate::support::{chat_body, client, expect_error};
+use crate::support::{chat_body, client, expect_error, serve};
 
 const CONFIG: &str = r#"
     [auth]
@@ -28,12 +28,7 @@ const CONFIG: &str = r#"
 "#;
 
 async fn gateway() -> String {
-    let mut config = Config::parse(CONFIG, "limits.toml").unwrap();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(server.run(std::future::pending()));
-    base
+    serve(Config::parse(CONFIG, "limits.toml").unwrap()).await
 }
 
 async fn chat(base: &str, key: &str, body: Value) -> reqwest::Response {

@@ -2,10 +2,10 @@
 //! character cap, the JSON check of JSON-mode requests, and a post stage that only one model's
 //! branch of a stage graph takes.
 
-use orchestrator_server::{Config, Server};
+use orchestrator_server::Config;
 use serde_json::{Value, json};
 
-use crate::support::{Frame, SseReader, chat_body, client, expect_error, json as frame_json};
+use crate::support::{Frame, SseReader, chat_body, client, expect_error, serve, streamed_text};
 
 const CONFIG: &str = r#"
     [[backends]]
@@ -34,12 +34,7 @@ const CONFIG: &str = r#"
 "#;
 
 async fn gateway() -> String {
-    let mut config = Config::parse(CONFIG, "post.toml").unwrap();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(server.run(std::future::pending()));
-    base
+    serve(Config::parse(CONFIG, "post.toml").unwrap()).await
 }
 
 async fn chat(base: &str, body: Value) -> reqwest::Response {
@@ -57,15 +52,7 @@ async fn redaction_applies_to_streams_across_token_boundaries() {
     let mut body = chat_body("echo", "pay with 1234-5678 today");
     body["stream"] = json!(true);
     let frames = SseReader::new(chat(&base, body).await).rest().await;
-    let text: String = frames
-        .iter()
-        .filter(|f| matches!(f, Frame::Data(d) if d != "[DONE]"))
-        .filter_map(|f| {
-            frame_json(f)["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = streamed_text(&frames);
     assert_eq!(text, "pay with [card] today");
 }
 
@@ -153,11 +140,7 @@ async fn a_stage_graph_branch_applies_its_processors_to_its_models_only() {
         kind = "stream"
         inputs = ["redact", "plain"]
     "#;
-    let mut config = Config::parse(text, "graph.toml").unwrap();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(server.run(std::future::pending()));
+    let base = serve(Config::parse(text, "graph.toml").unwrap()).await;
     for (model, expected) in [("secure", "card [card] ok"), ("chat", "card 1234-5678 ok")] {
         let body: Value = chat(&base, chat_body(model, "card 1234-5678 ok"))
             .await

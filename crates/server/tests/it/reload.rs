@@ -9,7 +9,7 @@ use orchestrator_server::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
 
 use crate::shutdown::spawn_binary;
-use crate::support::{Frame, SseReader, chat_body, client, expect_error};
+use crate::support::{Frame, SseReader, chat_body, client, expect_error, serve, streamed_text};
 
 /// A config serving `models`, each from its own echo backend with `delay_ms` per token.
 fn config_text(models: &[&str], delay_ms: u64) -> String {
@@ -158,15 +158,7 @@ async fn a_stream_started_before_a_reload_finishes_on_the_old_pipeline() {
     // ... while the stream admitted before runs to its end.
     let rest = reader.rest().await;
     assert_eq!(rest.last(), Some(&Frame::Data("[DONE]".into())));
-    let text: String = rest
-        .iter()
-        .filter(|f| matches!(f, Frame::Data(d) if d != "[DONE]"))
-        .filter_map(|f| {
-            crate::support::json(f)["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = streamed_text(&rest);
     assert_eq!(text, words.join(" "));
 }
 
@@ -218,11 +210,7 @@ async fn reloading_needs_an_admin_key_when_keys_are_configured() {
 
 #[tokio::test]
 async fn without_a_file_there_is_nothing_to_reload() {
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(server.run(std::future::pending()));
+    let base = serve(Config::default()).await;
     let body = expect_error(post_reload(&base, None).await, 409).await;
     assert_eq!(
         body["message"],

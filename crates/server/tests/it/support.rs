@@ -339,3 +339,26 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
     }
     panic!("timed out waiting until {what}");
 }
+
+/// Serves `config` (its listen address replaced by port 0) on a background task; returns
+/// `http://ADDR`. The server runs until the test's runtime ends.
+pub async fn serve(mut config: Config) -> String {
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(config).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    tokio::spawn(server.run(std::future::pending()));
+    base
+}
+
+/// The text of a chat stream's frames: every `delta.content`, joined.
+pub fn streamed_text(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Data(d) if d != "[DONE]"))
+        .filter_map(|f| {
+            json(f)["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}

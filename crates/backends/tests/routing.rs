@@ -519,6 +519,6 @@ fn health_checks_can_be_turned_off() {
     rt.block_on(async {
         let a = Scripted::new("a", Script::Answer);
         let ra = replica(&a, no_breaker());
-        assert!(health::watch(&ra, ScriptedProbe::new(), HealthConfig::OFF).is_none());
+        assert!(health::watch(&ra, ScriptedProbe::new(), HealthConfig::off()).is_none());
     });
 }

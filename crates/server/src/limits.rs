@@ -65,7 +65,7 @@ impl KeyLimits {
         let mut headers = HeaderMap::new();
         if let Some(budget) = &self.tokens {
             let (remaining, reset) = budget.state();
-            budget.describe(&mut headers, remaining, reset);
+            describe(&mut headers, TOKENS, budget.per_minute as u32, remaining, reset);
             if remaining <= 0.0 {
                 return Err(Box::new(Refusal {
                     retry_after: reset,
@@ -80,7 +80,7 @@ impl KeyLimits {
                     let remaining = snapshot.remaining_burst_capacity();
                     describe(
                         &mut headers,
-                        "requests",
+                        REQUESTS,
                         *rate,
                         f64::from(remaining),
                         Duration::from_secs_f64(1.0 / f64::from(*rate)),
@@ -88,7 +88,7 @@ impl KeyLimits {
                 }
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    describe(&mut headers, "requests", *rate, 0.0, wait);
+                    describe(&mut headers, REQUESTS, *rate, 0.0, wait);
                     return Err(Box::new(Refusal {
                         retry_after: wait,
                         which: "requests",
@@ -144,31 +144,34 @@ impl TokenBudget {
         self.state();
         self.state.lock().unwrap_or_else(PoisonError::into_inner).0 -= tokens;
     }
-
-    fn describe(&self, headers: &mut HeaderMap, remaining: f64, reset: Duration) {
-        describe(
-            headers,
-            "tokens",
-            self.per_minute as u32,
-            remaining.max(0.0),
-            reset,
-        );
-    }
 }
 
-fn describe(headers: &mut HeaderMap, what: &str, limit: u32, remaining: f64, reset: Duration) {
-    let mut put = |name: String, value: String| {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            headers.insert(name, value);
-        }
-    };
-    put(format!("x-ratelimit-limit-{what}"), limit.to_string());
-    put(
-        format!("x-ratelimit-remaining-{what}"),
-        format!("{}", remaining.floor() as u64),
+/// The `x-ratelimit-{limit,remaining,reset}-*` header names of one kind of limit.
+struct Names {
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
+}
+
+const REQUESTS: Names = Names {
+    limit: HeaderName::from_static("x-ratelimit-limit-requests"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-requests"),
+    reset: HeaderName::from_static("x-ratelimit-reset-requests"),
+};
+
+const TOKENS: Names = Names {
+    limit: HeaderName::from_static("x-ratelimit-limit-tokens"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    reset: HeaderName::from_static("x-ratelimit-reset-tokens"),
+};
+
+fn describe(headers: &mut HeaderMap, names: Names, limit: u32, remaining: f64, reset: Duration) {
+    // Numbers always make valid header values.
+    let value = |text: String| HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0"));
+    headers.insert(names.limit, HeaderValue::from(limit));
+    headers.insert(
+        names.remaining,
+        HeaderValue::from(remaining.max(0.0).floor() as u64),
     );
-    put(
-        format!("x-ratelimit-reset-{what}"),
-        format!("{:.3}s", reset.as_secs_f64()),
-    );
+    headers.insert(names.reset, value(format!("{:.3}s", reset.as_secs_f64())));
 }

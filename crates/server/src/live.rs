@@ -23,7 +23,6 @@ pub struct Live {
     pub models: Arc<Router>,
     /// `None` when no keys are configured: the API is open.
     pub keys: Option<ApiKeys>,
-    pub max_body_bytes: usize,
     pub config: Config,
 }
 
@@ -51,7 +50,6 @@ impl Live {
             pipeline: handles.pipeline,
             models,
             keys: ApiKeys::from_config(&config.auth),
-            max_body_bytes: config.server.max_body_bytes,
             config,
         })
     }

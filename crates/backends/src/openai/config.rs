@@ -42,7 +42,7 @@ impl OpenAiConfig {
     /// The health checks to run against this backend as `flavor`.
     pub fn health(&self, flavor: super::Flavor) -> HealthConfig {
         self.health_check.unwrap_or(match flavor {
-            super::Flavor::OpenAi => HealthConfig::OFF,
+            super::Flavor::OpenAi => HealthConfig::off(),
             super::Flavor::Vllm => HealthConfig::default(),
         })
     }

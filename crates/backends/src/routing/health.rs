@@ -48,12 +48,12 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     /// No checks.
-    pub const OFF: Self = Self {
-        interval_ms: 0,
-        timeout_ms: 2_000,
-        unhealthy_after: 2,
-        healthy_after: 2,
-    };
+    pub fn off() -> Self {
+        Self {
+            interval_ms: 0,
+            ..Self::default()
+        }
+    }
 }
 
 /// Asks a backend whether it can serve.

@@ -77,7 +77,7 @@ async fn generate(
     };
     // The running config admits the request; after a reload, the next request gets the new one.
     let live = state.live();
-    let bytes = read_limited(headers, body, live.max_body_bytes).await?;
+    let bytes = read_limited(headers, body, live.config.server.max_body_bytes).await?;
     let parsed: GenerationRequest = parse_json(&bytes)?;
     let (mut request, delivery) = match endpoint {
         Endpoint::Chat => parsed.into_chat()?,

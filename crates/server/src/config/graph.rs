@@ -107,15 +107,18 @@ impl Config {
             names.join(", ")
         };
         let models: HashSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
-        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); stages.len()];
+        let Shape {
+            edges,
+            entries,
+            outputs,
+        } = Shape::of(stages);
         for (i, stage) in stages.iter().enumerate() {
             for (j, input) in stage.inputs.iter().enumerate() {
-                match index.get(input.as_str()) {
-                    Some(&from) => edges[from].push(i),
-                    None => add(
+                if !index.contains_key(input.as_str()) {
+                    add(
                         format!("stages[{i}].inputs[{j}]"),
                         format!("no stage named {input:?} (known: {})", known()),
-                    ),
+                    );
                 }
             }
             for (j, model) in stage.models.iter().enumerate() {
@@ -127,9 +130,6 @@ impl Config {
                 }
             }
         }
-        let outputs: Vec<usize> = (0..stages.len())
-            .filter(|&i| stages[i].kind == StageKind::Stream)
-            .collect();
         let [output] = outputs[..] else {
             add(
                 "stages".into(),
@@ -145,9 +145,6 @@ impl Config {
             add("stages".into(), format!("a cycle: {}", names.join(" -> ")));
             return;
         }
-        let entries: Vec<usize> = (0..stages.len())
-            .filter(|&i| stages[i].inputs.is_empty())
-            .collect();
         let reachable = reach(&edges, &entries);
         let reverse = reversed(&edges);
         let leads_out = reach(&reverse, &[output]);
@@ -189,26 +186,13 @@ impl Config {
             };
         }
         let stages = &self.stages;
-        let index: HashMap<&str, usize> = stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); stages.len()];
-        for (i, stage) in stages.iter().enumerate() {
-            for input in &stage.inputs {
-                if let Some(&from) = index.get(input.as_str()) {
-                    edges[from].push(i);
-                }
-            }
-        }
-        let entries: Vec<usize> = (0..stages.len())
-            .filter(|&i| stages[i].inputs.is_empty())
-            .collect();
-        let output = stages
-            .iter()
-            .position(|s| s.kind == StageKind::Stream)
-            .unwrap_or(0);
+        let Shape {
+            edges,
+            entries,
+            outputs,
+        } = Shape::of(stages);
+        // A valid graph has exactly one output.
+        let output = outputs.first().copied().unwrap_or(0);
         // Which models take each stage.
         let mut takers: Vec<Vec<String>> = vec![Vec::new(); stages.len()];
         for model in &self.models {
@@ -228,6 +212,38 @@ impl Config {
             }
         }
         Compiled { post }
+    }
+}
+
+/// The graph of `[[stages]]` as indexes: who feeds whom (unknown inputs left out), the entries
+/// and the outputs.
+struct Shape {
+    edges: Vec<Vec<usize>>,
+    entries: Vec<usize>,
+    outputs: Vec<usize>,
+}
+
+impl Shape {
+    fn of(stages: &[StageDecl]) -> Self {
+        let index: HashMap<&str, usize> = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let mut edges = vec![Vec::new(); stages.len()];
+        for (i, stage) in stages.iter().enumerate() {
+            for input in &stage.inputs {
+                if let Some(&from) = index.get(input.as_str()) {
+                    edges[from].push(i);
+                }
+            }
+        }
+        let all = 0..stages.len();
+        Self {
+            edges,
+            entries: all.clone().filter(|&i| stages[i].inputs.is_empty()).collect(),
+            outputs: all.filter(|&i| stages[i].kind == StageKind::Stream).collect(),
+        }
     }
 }
 

@@ -64,6 +64,16 @@ pub struct WorkerError {
     /// How long the upstream asked callers to wait before retrying (its `Retry-After`).
     #[serde(default)]
     pub retry_after: Option<std::time::Duration>,
+    /// Every backend a router tried or passed over for this request, in order, when it gave up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<BackendAttempt>,
+}
+
+/// One backend a router tried (or passed over) for a request, and what went wrong there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendAttempt {
+    pub backend: String,
+    pub error: String,
 }
 
 impl WorkerError {
@@ -74,6 +84,7 @@ impl WorkerError {
             retryable: false,
             status: None,
             retry_after: None,
+            attempts: Vec::new(),
         }
     }
 

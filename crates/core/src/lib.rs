@@ -10,6 +10,7 @@
 //! - [`request`]: what callers submit ([`PromptRequest`], [`InferenceRequest`]).
 //! - [`event`]: what comes back ([`ResponseEvent`], [`PromptOutput`]).
 //! - [`worker`]: the [`ModelWorker`] extension point and [`EchoWorker`].
+//! - [`admission`]: priority admission in front of the pipeline ([`PriorityGate`]).
 //! - [`config`]: queue capacities, full-queue policies, concurrency, shards.
 //! - [`stages`]: what each stage does; [`Retriever`] plugs into RAG.
 //! - `pipeline`: lanes, admission, shutdown ([`spawn_pipeline`], [`Pipeline`]).
@@ -18,6 +19,7 @@
 //!
 //! See ARCHITECTURE.md for how backpressure, ordering, cancellation and shutdown fit together.
 
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -28,8 +30,9 @@ pub mod shard;
 pub mod stages;
 pub mod worker;
 
+pub use admission::{AdmissionConfig, GatePermit, PriorityGate};
 pub use config::{PipelineConfig, QueueConfig, StageConfig, WhenFull};
-pub use error::{PipelineError, Stage, WorkerError};
+pub use error::{BackendAttempt, PipelineError, Stage, WorkerError};
 pub use event::{
     Completion, FinishReason, Passthrough, PromptOutput, Response, ResponseEvent, StageTiming, StageTimings,
     Usage,

@@ -8,6 +8,9 @@
 //!   `completed` it, `failed` there, or `shed` at its full queue.
 //! - `orchestrator_requests_total{outcome, kind}` (counter): final outcomes of requests.
 //! - `orchestrator_time_to_first_token_seconds` (histogram).
+//! - `orchestrator_admission_requests_total{priority, outcome}` (counter): requests let in by a
+//!   [`PriorityGate`](crate::admission::PriorityGate) (`admitted`) or refused or displaced (`shed`).
+//! - `orchestrator_admission_queued{priority}` (gauge): requests waiting at the gate.
 //!
 //! The stages hold registered handles (made when the pipeline is spawned, so install the
 //! exporter first): a handle update is an atomic add, not a registry lookup per request.
@@ -24,6 +27,8 @@ pub const QUEUE_DEPTH: &str = "orchestrator_queue_depth";
 pub const STAGE_REQUESTS: &str = "orchestrator_stage_requests_total";
 pub const REQUESTS: &str = "orchestrator_requests_total";
 pub const TIME_TO_FIRST_TOKEN: &str = "orchestrator_time_to_first_token_seconds";
+pub const ADMISSION_REQUESTS: &str = "orchestrator_admission_requests_total";
+pub const ADMISSION_QUEUED: &str = "orchestrator_admission_queued";
 
 /// Records how long `stage` worked on one request.
 pub fn record_stage_latency(stage: Stage, duration: Duration) {

@@ -154,6 +154,38 @@ pub enum Priority {
     High,
 }
 
+impl Priority {
+    /// The lower-case name (`high`, `normal`, `low`): the `X-Priority` value and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            other => Err(format!(
+                "`{other}` is not a priority; use `high`, `normal` or `low`"
+            )),
+        }
+    }
+}
+
 /// The full request form a server submits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InferenceRequest {

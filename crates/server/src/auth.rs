@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
+use tokio_prompt_orchestrator::Priority;
 
 use crate::config::AuthConfig;
 use crate::limits::KeyLimits;
@@ -25,6 +26,8 @@ pub struct Caller {
     pub id: KeyId,
     pub admin: bool,
     pub limits: Option<Arc<KeyLimits>>,
+    /// Priority of requests that send no `X-Priority`.
+    pub priority: Priority,
 }
 
 impl std::fmt::Debug for Caller {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for Caller {
             .field("id", &self.id)
             .field("admin", &self.admin)
             .field("limited", &self.limits.is_some())
+            .field("priority", &self.priority)
             .finish()
     }
 }
@@ -89,6 +93,7 @@ impl ApiKeys {
                         .or(config.rate_limit)
                         .and_then(KeyLimits::new)
                         .map(Arc::new),
+                    priority: k.priority.unwrap_or_default(),
                 },
             });
         }

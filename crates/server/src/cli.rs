@@ -1,11 +1,13 @@
 //! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`,
-//! `orchestrator validate [FILE]`, and `orchestrator mock-upstream [FLAGS]`, a fake model server.
+//! `orchestrator validate [FILE]`, `orchestrator dlq [--file FILE] list|show|purge`, the
+//! dead-letter queue, and `orchestrator mock-upstream [FLAGS]`, a fake model server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::dlq::cli::DlqArgs;
 use crate::mock::MockArgs;
 use crate::telemetry::LogFormat;
 
@@ -30,6 +32,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check a pipeline config: print every problem and exit 2, or a summary and exit 0.
     Validate(ValidateArgs),
+    /// Inspect or empty the dead-letter queue's file while no gateway has it open (a running
+    /// gateway serves the same at /admin/dlq).
+    Dlq(DlqArgs),
     /// Run a fake OpenAI-compatible and llama.cpp model server (tests, benchmarks, no GPU).
     MockUpstream(MockArgs),
 }
@@ -57,7 +62,7 @@ impl Cli {
         match &self.command {
             None => Some(&self.serve),
             Some(Command::Serve(args)) => Some(args),
-            Some(Command::Validate(_) | Command::MockUpstream(_)) => None,
+            Some(Command::Validate(_) | Command::Dlq(_) | Command::MockUpstream(_)) => None,
         }
     }
 }
@@ -98,6 +103,31 @@ mod tests {
             cli.command,
             Some(Command::Validate(ValidateArgs { file: None }))
         ));
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dlq_takes_its_file_before_or_after_the_subcommand() {
+        use crate::dlq::cli::DlqCommand;
+        for args in [
+            &["orchestrator", "dlq", "--file", "d.redb", "show", "7"][..],
+            &["orchestrator", "dlq", "show", "7", "--file", "d.redb"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Some(Command::Dlq(dlq)) = cli.command else {
+                panic!("not dlq: {cli:?}");
+            };
+            assert_eq!(dlq.file, Some(PathBuf::from("d.redb")));
+            assert!(matches!(dlq.command, DlqCommand::Show { id: 7 }));
+        }
+        let cli = Cli::try_parse_from(["orchestrator", "dlq", "purge"]).unwrap();
+        assert!(cli.serve_args().is_none());
+        assert!(Cli::try_parse_from(["orchestrator", "dlq"]).is_err());
     }
 
     #[test]

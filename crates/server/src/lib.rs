@@ -8,6 +8,7 @@
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
 //! - [`post`]: the config's post-processors (stop, max_chars, redact, json).
 //! - [`auth`]: bearer API keys; [`limits`]: their rate limits.
+//! - [`dlq`]: the dead-letter queue's file of failed requests, and `orchestrator dlq`.
 //! - [`telemetry`]: logs and the Prometheus recorder.
 //! - [`cli`]: the command line.
 //! - [`mock`]: a fake OpenAI-compatible and llama.cpp model server for tests and benchmarks.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod limits;
 pub mod live;
 pub mod mock;

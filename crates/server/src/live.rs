@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use orchestrator_backends::Router;
 use orchestrator_backends::dedup::Dedup;
-use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, RequestSender};
+use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, PriorityGate, RequestSender};
 
 use crate::auth::ApiKeys;
 use crate::config::Config;
+use crate::dlq::DlqStore;
 
 pub struct Live {
     /// Counts reloads: 0 for the config the server started with.
@@ -23,16 +24,39 @@ pub struct Live {
     pub models: Arc<Router>,
     /// `None` when no keys are configured: the API is open.
     pub keys: Option<ApiKeys>,
+    /// Requests inside the pipeline at once; the rest wait here, higher priority first.
+    pub gate: PriorityGate,
+    /// Where failed requests are kept, when `[dlq]` is configured.
+    pub dlq: Option<DlqStore>,
     pub config: Config,
 }
 
 impl Live {
     /// Starts `config`'s pipeline, with its post-processors, in front of `models`. Must be called
-    /// inside a tokio runtime.
+    /// inside a tokio runtime. The dead-letter file stays open across reloads that keep its path
+    /// (`previous` is the running `Live`); a file can be open in one place only.
     ///
     /// # Errors
-    /// When a post-processor cannot be built (validation has normally caught it).
-    pub fn start(config: Config, models: Router, generation: u64) -> Result<Self, String> {
+    /// When a post-processor cannot be built (validation has normally caught it), or the
+    /// dead-letter file cannot be opened.
+    pub fn start(
+        config: Config,
+        models: Router,
+        generation: u64,
+        previous: Option<&Live>,
+    ) -> Result<Self, String> {
+        let dlq = match (&config.dlq, previous) {
+            (None, _) => None,
+            (
+                Some(wanted),
+                Some(Live {
+                    dlq: Some(store),
+                    config: old,
+                    ..
+                }),
+            ) if old.dlq.as_ref().is_some_and(|d| d.path == wanted.path) => Some(store.clone()),
+            (Some(wanted), _) => Some(DlqStore::open(&wanted.path).map_err(|e| format!("dlq.path: {e}"))?),
+        };
         let models = Arc::new(models);
         let sharing = config.models.iter().filter(|m| m.dedup).map(|m| m.name.clone());
         let worker = Arc::new(Dedup::new(models.clone(), sharing));
@@ -50,6 +74,8 @@ impl Live {
             pipeline: handles.pipeline,
             models,
             keys: ApiKeys::from_config(&config.auth),
+            gate: PriorityGate::new(config.admission),
+            dlq,
             config,
         })
     }

@@ -1,7 +1,7 @@
 //! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT (reloading
 //! the config on SIGHUP), drain;
-//! or check a config (`orchestrator validate`), or run the mock upstream
-//! (`orchestrator mock-upstream`).
+//! or check a config (`orchestrator validate`), inspect the dead-letter queue (`orchestrator dlq`),
+//! or run the mock upstream (`orchestrator mock-upstream`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
     match &cli.command {
         Some(Command::MockUpstream(args)) => return mock_upstream(args.clone()).await,
         Some(Command::Validate(args)) => return validate(args),
+        Some(Command::Dlq(args)) => return orchestrator_server::dlq::cli::run(args).await,
         _ => {}
     }
     match cli.serve_args() {

@@ -70,8 +70,9 @@ pub async fn reload(state: &Arc<AppState>) -> Result<Reloaded, ReloadError> {
     let source = path.display().to_string();
     let models = build_router(&config).map_err(|m| late_problem(&source, m))?;
     let generation = current.generation + 1;
+    let live =
+        Live::start(config, models, generation, Some(&current)).map_err(|m| late_problem(&source, m))?;
     drop(current);
-    let live = Live::start(config, models, generation).map_err(|m| late_problem(&source, m))?;
     let summary = live.config.summary();
     // The old `Live` goes when its last admitting request lets go; its pipeline then drains.
     drop(state.replace(live));

@@ -100,7 +100,7 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let server_config = config.server.clone();
-        let live = Live::start(config, models, 0).map_err(io::Error::other)?;
+        let live = Live::start(config, models, 0, None).map_err(io::Error::other)?;
         let state = Arc::new(AppState::new(live, started_at));
         Ok(Self {
             listener,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerError};
+use tokio_prompt_orchestrator::{BackendAttempt, InferenceCall, ModelWorker, TokenStream, WorkerError};
 
 use self::balance::{Balancing, order};
 use self::replica::Replica;
@@ -112,24 +112,44 @@ impl Router {
 #[derive(Default)]
 struct Attempts {
     notes: Vec<String>,
+    tried: Vec<BackendAttempt>,
     last: Option<WorkerError>,
 }
 
 impl Attempts {
-    fn failed(&mut self, error: WorkerError) {
+    fn failed(&mut self, replica: &Replica, error: WorkerError) {
         self.notes.push(error.message.clone());
+        self.tried.push(BackendAttempt {
+            backend: replica.name().to_owned(),
+            error: error.message.clone(),
+        });
         self.last = Some(error);
+    }
+
+    /// A failure not worth retrying ends the request as it is, with what was tried before.
+    fn fatal(mut self, replica: &Replica, mut error: WorkerError) -> WorkerError {
+        self.tried.push(BackendAttempt {
+            backend: replica.name().to_owned(),
+            error: error.message.clone(),
+        });
+        error.attempts = self.tried;
+        error
     }
 
     fn skipped(&mut self, replica: &Replica, why: replica::Unavailable) {
         replica.record_skip();
-        let mut note = format!("{}: {}", replica.name(), why.describe());
+        let mut detail = why.describe().to_owned();
         if let (replica::Unavailable::Unhealthy, Some(problem)) = (why, replica.health().problem()) {
-            note = format!("{note} ({problem})");
+            detail = format!("{detail} ({problem})");
         }
+        let note = format!("{}: {detail}", replica.name());
         // A replica passed over on several tries is named once.
         if !self.notes.contains(&note) {
             self.notes.push(note);
+            self.tried.push(BackendAttempt {
+                backend: replica.name().to_owned(),
+                error: detail,
+            });
         }
     }
 
@@ -143,6 +163,7 @@ impl Attempts {
             "every backend of model `{model}` failed: {}",
             self.notes.join("; ")
         );
+        error.attempts = self.tried;
         error
     }
 }
@@ -191,8 +212,8 @@ impl ModelWorker for Router {
                 }
                 match replica.call(call.clone(), admission).await {
                     Ok(stream) => return Ok(stream),
-                    Err(e) if e.retryable => attempts.failed(e),
-                    Err(e) => return Err(e),
+                    Err(e) if e.retryable => attempts.failed(replica, e),
+                    Err(e) => return Err(attempts.fatal(replica, e)),
                 }
             }
         }

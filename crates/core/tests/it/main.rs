@@ -1,5 +1,6 @@
 //! Integration tests of the core pipeline (one binary keeps link times down).
 
+mod admission;
 mod backpressure;
 mod cancellation;
 mod deadline;

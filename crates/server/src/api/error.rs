@@ -163,6 +163,29 @@ impl ApiError {
         )
     }
 
+    /// 404 for a thing the request named that does not exist (or a feature that is off).
+    pub fn not_found(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.to_owned()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "not_found",
+                message,
+            )
+        }
+    }
+
+    /// 500: something on this server failed (the message says what; no request field is at fault).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            message,
+        )
+    }
+
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,

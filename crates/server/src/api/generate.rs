@@ -9,36 +9,42 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use tokio_prompt_orchestrator::{Completion, SessionId, Stage};
+use bytes::Bytes;
+use tokio::time::Instant;
+use tokio_prompt_orchestrator::{
+    Completion, InferenceRequest, PipelineError, Priority, ResponseHandle, SessionId, Stage,
+};
 
 use super::AppState;
 use super::body::{parse_json, read_limited};
 use super::error::ApiError;
 use super::middleware::{DisconnectGuard, RequestContext};
+use super::outcome::{Draft, Outcome, unix_ms};
 use super::request::{Delivery, GenerationRequest};
 use super::sse;
 use super::wire::{Endpoint, Header};
-use crate::auth::KeyId;
+use crate::auth::Caller;
 use crate::limits::KeyLimits;
+use crate::live::Live;
 
 /// Time spent in the gateway, excluding the backend's own time, in milliseconds.
 pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-orchestrator-overhead-ms");
 const SESSION_HEADER: &str = "x-session-id";
 /// `X-Dedup: on` lets identical non-deterministic requests in flight share one upstream call.
 const DEDUP_HEADER: &str = "x-dedup";
+/// `X-Priority: high|normal|low` orders requests waiting for a place in the pipeline.
+const PRIORITY_HEADER: &str = "x-priority";
 /// Longest `X-Session-Id` accepted.
 const MAX_SESSION_ID_BYTES: usize = 256;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestContext>,
-    key: Option<Extension<KeyId>>,
-    limits: Option<Extension<Arc<KeyLimits>>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = (key.map(|k| k.0), limits.map(|l| l.0));
-    generate(state, &ctx, caller, &headers, body, Endpoint::Chat)
+    generate(state, &ctx, caller.map(|c| c.0), &headers, body, Endpoint::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -46,25 +52,31 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestContext>,
-    key: Option<Extension<KeyId>>,
-    limits: Option<Extension<Arc<KeyLimits>>>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = (key.map(|k| k.0), limits.map(|l| l.0));
-    generate(state, &ctx, caller, &headers, body, Endpoint::Completion)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    generate(
+        state,
+        &ctx,
+        caller.map(|c| c.0),
+        &headers,
+        body,
+        Endpoint::Completion,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn generate(
     state: Arc<AppState>,
     ctx: &RequestContext,
-    (key, limits): (Option<KeyId>, Option<Arc<KeyLimits>>),
+    caller: Option<Caller>,
     headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
+    let limits = caller.as_ref().and_then(|c| c.limits.clone());
     // Over its rate limit, a request is refused before anything is read.
     let limit_headers = match limits.as_deref().map(KeyLimits::admit) {
         None => HeaderMap::new(),
@@ -75,26 +87,20 @@ async fn generate(
             return Ok(response);
         }
     };
+    let received_at_ms = unix_ms();
     // The running config admits the request; after a reload, the next request gets the new one.
     let live = state.live();
     let bytes = read_limited(headers, body, live.config.server.max_body_bytes).await?;
-    let parsed: GenerationRequest = parse_json(&bytes)?;
-    let (mut request, delivery) = match endpoint {
-        Endpoint::Chat => parsed.into_chat()?,
-        Endpoint::Completion => parsed.into_completion()?,
+    let hints = Hints::from_headers(headers)?;
+    let key = caller.as_ref().map(|c| &*c.id.0);
+    let default_priority = caller.as_ref().map(|c| c.priority).unwrap_or_default();
+    let (request, delivery) = prepare(&live, &bytes, endpoint, &hints, key, default_priority, &ctx.id)?;
+    let mut outcome = Outcome {
+        limits,
+        permit: None,
+        dead_letter: draft(&live, &request, endpoint, key, &hints, bytes, received_at_ms),
     };
-    if !live.models.contains(&delivery.model) {
-        return Err(ApiError::model_not_found(&delivery.model));
-    }
-    request.session = session_key(headers, &delivery, key.as_ref(), &ctx.id)?;
-    match headers.get(DEDUP_HEADER).map(HeaderValue::as_bytes) {
-        None | Some(b"off") => {}
-        Some(b"on") => {
-            request.meta.insert("dedup".into(), "on".into());
-        }
-        Some(_) => return Err(ApiError::invalid("X-Dedup", "must be `on` or `off`")),
-    }
-    let handle = live.sender.submit(request).await?;
+    let handle = admit(&live, request, &mut outcome).await?;
     // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.
     drop(live);
     let header = Header {
@@ -106,15 +112,16 @@ async fn generate(
     if delivery.stream {
         let guard = DisconnectGuard::new(state, "stream");
         let mut response =
-            sse::respond(handle, header, delivery.include_usage, ctx.start, guard, limits).await?;
+            sse::respond(handle, header, delivery.include_usage, ctx.start, guard, outcome).await?;
         response.headers_mut().extend(limit_headers);
         return Ok(response);
     }
-    let response = handle.into_response().await?;
+    let response = match handle.into_response().await {
+        Ok(response) => response,
+        Err(error) => return Err(outcome.failed(error).await),
+    };
     let completion = response.completion;
-    if let Some(limits) = &limits {
-        limits.charge(completion.usage.total_tokens);
-    }
+    outcome.completed(&completion);
     let body = header.complete(
         &response.text,
         completion.finish_reason,
@@ -134,33 +141,156 @@ async fn generate(
     Ok(http)
 }
 
+/// What a request's headers add to its body.
+#[derive(Debug, Default, Clone)]
+pub struct Hints {
+    /// `X-Session-Id`.
+    pub session: Option<String>,
+    /// `X-Priority`; without it, the key's default.
+    pub priority: Option<Priority>,
+    /// `X-Dedup: on`.
+    pub dedup: bool,
+}
+
+impl Hints {
+    /// # Errors
+    /// 400 naming the header when one is malformed.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let session = match headers.get(SESSION_HEADER) {
+            None => None,
+            Some(value) => {
+                let bad = || {
+                    ApiError::invalid(
+                        "X-Session-Id",
+                        format!("must be 1 to {MAX_SESSION_ID_BYTES} visible ASCII characters"),
+                    )
+                };
+                let text = value.to_str().map_err(|_| bad())?.trim();
+                if text.is_empty() || text.len() > MAX_SESSION_ID_BYTES {
+                    return Err(bad());
+                }
+                Some(text.to_owned())
+            }
+        };
+        let priority =
+            match headers.get(PRIORITY_HEADER) {
+                None => None,
+                Some(value) => {
+                    Some(value.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        ApiError::invalid("X-Priority", "must be `high`, `normal` or `low`")
+                    })?)
+                }
+            };
+        let dedup = match headers.get(DEDUP_HEADER).map(HeaderValue::as_bytes) {
+            None | Some(b"off") => false,
+            Some(b"on") => true,
+            Some(_) => return Err(ApiError::invalid("X-Dedup", "must be `on` or `off`")),
+        };
+        Ok(Self {
+            session,
+            priority,
+            dedup,
+        })
+    }
+}
+
+/// Checks a body against `live`'s config and builds the pipeline request.
+///
+/// # Errors
+/// 400 naming the field at fault, 404 for an unknown model.
+pub fn prepare(
+    live: &Live,
+    bytes: &[u8],
+    endpoint: Endpoint,
+    hints: &Hints,
+    key: Option<&str>,
+    default_priority: Priority,
+    request_id: &str,
+) -> Result<(InferenceRequest, Delivery), ApiError> {
+    let parsed: GenerationRequest = parse_json(bytes)?;
+    let (mut request, delivery) = match endpoint {
+        Endpoint::Chat => parsed.into_chat()?,
+        Endpoint::Completion => parsed.into_completion()?,
+    };
+    if !live.models.contains(&delivery.model) {
+        return Err(ApiError::model_not_found(&delivery.model));
+    }
+    request.session = session_key(hints.session.as_deref(), &delivery, key, request_id);
+    request.priority = hints.priority.unwrap_or(default_priority);
+    if hints.dedup {
+        request.meta.insert("dedup".into(), "on".into());
+    }
+    Ok((request, delivery))
+}
+
+/// Waits for a place in the pipeline (higher priority first), then submits. The wait counts
+/// toward the request's deadline.
+///
+/// # Errors
+/// The request's refusal (`Overloaded`, `Timeout` while waiting, `Closed`), kept in the
+/// dead-letter queue when the config says so.
+pub async fn admit(
+    live: &Live,
+    mut request: InferenceRequest,
+    outcome: &mut Outcome,
+) -> Result<ResponseHandle, ApiError> {
+    let deadline = request
+        .timeout
+        .or(live.config.pipeline.default_timeout_ms.map(Duration::from_millis));
+    let waited = Instant::now();
+    let acquired = match deadline {
+        None => live.gate.acquire(request.priority).await,
+        Some(limit) => tokio::time::timeout(limit, live.gate.acquire(request.priority))
+            .await
+            .unwrap_or(Err(PipelineError::Timeout { stage: Stage::Rag })),
+    };
+    match acquired {
+        Ok(permit) => outcome.permit = Some(permit),
+        Err(error) => return Err(outcome.failed(error).await),
+    }
+    request.timeout = deadline.map(|d| d.saturating_sub(waited.elapsed()));
+    match live.sender.submit(request).await {
+        Ok(handle) => Ok(handle),
+        Err(error) => Err(outcome.failed(error).await),
+    }
+}
+
+/// The dead letter this request becomes if it fails, when the queue is on.
+fn draft(
+    live: &Live,
+    request: &InferenceRequest,
+    endpoint: Endpoint,
+    key: Option<&str>,
+    hints: &Hints,
+    body: Bytes,
+    received_at_ms: u64,
+) -> Option<Box<Draft>> {
+    let (store, config) = (live.dlq.as_ref()?, live.config.dlq.as_ref()?);
+    Some(Box::new(Draft {
+        store: store.clone(),
+        record: config.record.clone(),
+        received_at_ms,
+        endpoint,
+        model: request.model.clone(),
+        key: key.map(str::to_owned),
+        priority: request.priority,
+        session: hints.session.clone(),
+        body,
+    }))
+}
+
 /// The affinity key: `X-Session-Id`, else the `user` field, else the API key's name, else the
 /// request id (no affinity).
-fn session_key(
-    headers: &HeaderMap,
-    delivery: &Delivery,
-    key: Option<&KeyId>,
-    request_id: &str,
-) -> Result<SessionId, ApiError> {
-    if let Some(value) = headers.get(SESSION_HEADER) {
-        let bad = || {
-            ApiError::invalid(
-                "X-Session-Id",
-                format!("must be 1 to {MAX_SESSION_ID_BYTES} visible ASCII characters"),
-            )
-        };
-        let text = value.to_str().map_err(|_| bad())?.trim();
-        if text.is_empty() || text.len() > MAX_SESSION_ID_BYTES {
-            return Err(bad());
-        }
-        return Ok(SessionId::new(text));
+fn session_key(session: Option<&str>, delivery: &Delivery, key: Option<&str>, request_id: &str) -> SessionId {
+    if let Some(session) = session {
+        return SessionId::new(session);
     }
     // Prefixes keep the kinds of key apart: a user named like an API key is another session.
-    Ok(match (&delivery.user, key) {
+    match (&delivery.user, key) {
         (Some(user), _) => SessionId::new(format!("user:{user}")),
-        (None, Some(key)) => SessionId::new(format!("key:{}", key.0)),
+        (None, Some(key)) => SessionId::new(format!("key:{key}")),
         (None, None) => SessionId::new(format!("req:{request_id}")),
-    })
+    }
 }
 
 /// Gateway time that was not the model's: everything since the request arrived, minus the time
@@ -178,7 +308,7 @@ pub fn format_ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -135,10 +135,7 @@ pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Reques
     match authenticate(keys, &request) {
         Ok(caller) => {
             drop(live);
-            request.extensions_mut().insert(caller.id);
-            if let Some(limits) = caller.limits {
-                request.extensions_mut().insert(limits);
-            }
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(refusal) => refusal.into_response(),

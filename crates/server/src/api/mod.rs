@@ -1,17 +1,21 @@
 //! The HTTP API: OpenAI-compatible generation endpoints and the operational ones.
 //!
 //! - [`generate`]: `POST /v1/chat/completions`, `POST /v1/completions`.
-//! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`.
+//! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`;
+//!   [`dlq`]: `/admin/dlq` (the dead-letter queue).
+//! - [`outcome`]: what is settled when a request ends (tokens charged, place freed, failure kept).
 //! - [`middleware`]: request ids, access log, API keys.
 //! - [`request`] / [`wire`]: the OpenAI request and response bodies; [`body`]: reading them.
 //! - [`sse`]: streaming; [`error`]: every error a client can see, with its status.
 
 pub mod admin;
 pub mod body;
+pub mod dlq;
 pub mod error;
 pub mod generate;
 pub mod middleware;
 pub mod ops;
+pub mod outcome;
 pub mod request;
 pub mod sse;
 pub mod wire;
@@ -150,6 +154,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     let admin = Router::new()
         .route("/admin/reload", post(admin::reload))
+        .route("/admin/dlq", get(dlq::list).delete(dlq::purge))
+        .route("/admin/dlq/replay", post(dlq::replay_entries))
+        .route("/admin/dlq/{id}", get(dlq::show))
         .route_layer(from_fn_with_state(state.clone(), middleware::require_admin_key));
     Router::new()
         .merge(api)

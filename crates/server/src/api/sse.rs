@@ -5,7 +5,6 @@
 //! with an `error` event carrying the error object and no `[DONE]`: never a silent truncation.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -17,8 +16,8 @@ use tokio_prompt_orchestrator::{Completion, Passthrough, PipelineError, Response
 use super::error::ApiError;
 use super::generate::{format_ms, overhead};
 use super::middleware::DisconnectGuard;
+use super::outcome::Outcome;
 use super::wire::Header;
-use crate::limits::KeyLimits;
 
 /// A comment every so often keeps idle proxies from closing a slow stream and lets the server
 /// notice a client that went away between tokens.
@@ -34,16 +33,16 @@ pub async fn respond(
     include_usage: bool,
     start: Instant,
     mut guard: DisconnectGuard,
-    limits: Option<Arc<KeyLimits>>,
+    mut outcome: Outcome,
 ) -> Result<Response, ApiError> {
     let first = match handle.recv().await {
-        Some(ResponseEvent::Error(error)) => return Err(error.into()),
+        Some(ResponseEvent::Error(error)) => return Err(outcome.failed(error).await),
         Some(event) => event,
         None => {
-            return Err(PipelineError::Internal {
+            let error = PipelineError::Internal {
                 message: "the request ended without a final event".into(),
-            }
-            .into());
+            };
+            return Err(outcome.failed(error).await);
         }
     };
     let mut closing = Closing {
@@ -51,10 +50,10 @@ pub async fn respond(
         start,
         header,
         held: None,
-        limits,
+        outcome,
     };
     let mut opening: Vec<Event> = closing.header.role_chunk().into_iter().map(data).collect();
-    let rest = if let Some(events) = closing.events(first, &mut opening) {
+    let rest = if let Some(events) = closing.events(first, &mut opening).await {
         // The first event was already the last one.
         opening.extend(events);
         guard.disarm();
@@ -67,7 +66,7 @@ pub async fn respond(
         let (mut handle, mut closing, mut guard) = state?;
         let event = handle.recv().await?;
         let mut out = Vec::new();
-        match closing.events(event, &mut out) {
+        match closing.events(event, &mut out).await {
             Some(last) => {
                 out.extend(last);
                 guard.disarm();
@@ -92,14 +91,14 @@ struct Closing {
     /// Top-level fields (`system_fingerprint`) that came alone, to go out with the next chunk
     /// rather than in an empty chunk of their own.
     held: Option<Box<Passthrough>>,
-    /// The caller's key's rate limits, charged with the tokens used when the stream completes.
-    limits: Option<Arc<KeyLimits>>,
+    /// Settled when the stream ends: tokens charged, place given up, a failure kept.
+    outcome: Outcome,
 }
 
 impl Closing {
     /// Puts an event's chunk in `out` and returns `None`, or returns the closing events after a
     /// final event.
-    fn events(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
+    async fn events(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
         match event {
             ResponseEvent::Token(text) => {
                 out.push(data(self.header.text_chunk(&text, self.held.take().as_deref())));
@@ -120,16 +119,14 @@ impl Closing {
             }
             ResponseEvent::Done(completion) => Some(self.done(&completion)),
             ResponseEvent::Error(error) => {
-                let error = ApiError::from(error);
+                let error = self.outcome.failed(error).await;
                 Some(vec![Event::default().event("error").data(error.to_json())])
             }
         }
     }
 
     fn done(&mut self, completion: &Completion) -> Vec<Event> {
-        if let Some(limits) = &self.limits {
-            limits.charge(completion.usage.total_tokens);
-        }
+        self.outcome.completed(completion);
         let held = self.held.take();
         let finish = self
             .header

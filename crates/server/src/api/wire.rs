@@ -16,6 +16,21 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The route it is served on.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completion => "/v1/completions",
+        }
+    }
+
+    /// The endpoint served on `path`.
+    pub fn from_path(path: &str) -> Option<Self> {
+        [Endpoint::Chat, Endpoint::Completion]
+            .into_iter()
+            .find(|e| e.path() == path)
+    }
+
     /// The prefix of response ids.
     pub fn id_prefix(self) -> &'static str {
         match self {

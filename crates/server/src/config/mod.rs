@@ -10,7 +10,7 @@ mod summary;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use orchestrator_backends::OpenAiConfig;
 use orchestrator_backends::llamacpp::LlamaCppConfig;
@@ -18,9 +18,10 @@ use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::replica::ReplicaConfig;
 use orchestrator_backends::routing::retry::RetryConfig;
 use serde::Deserialize;
-use tokio_prompt_orchestrator::PipelineConfig;
+use tokio_prompt_orchestrator::{AdmissionConfig, PipelineConfig, Priority};
 
 pub use self::graph::{StageDecl, StageKind};
+use crate::dlq::entry::Reason;
 use crate::limits::RateLimitConfig;
 use crate::post::PostConfig;
 
@@ -31,6 +32,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub pipeline: PipelineConfig,
+    /// How many requests are inside the pipeline at once, and how the rest wait (by priority).
+    pub admission: AdmissionConfig,
+    /// Where failed requests are kept for replay; `None`: they are not kept.
+    pub dlq: Option<DlqConfig>,
     /// Model backends, by name. (Field defaults: a file must declare its own models.)
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -97,6 +102,25 @@ pub struct ApiKeyConfig {
     pub admin: bool,
     /// This key's rate limits, instead of `[auth] rate_limit`.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Priority of this key's requests that send no `X-Priority` header (default `normal`).
+    pub priority: Option<Priority>,
+}
+
+/// `[dlq]`: the dead-letter queue, a file of failed requests that can be inspected and replayed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    /// The redb file, created on first use; relative paths are from the working directory.
+    pub path: PathBuf,
+    /// Which endings are kept: `failed` (after retries and fallbacks), `timeout`, `shed`.
+    #[serde(default = "DlqConfig::default_record")]
+    pub record: Vec<Reason>,
+}
+
+impl DlqConfig {
+    fn default_record() -> Vec<Reason> {
+        vec![Reason::Failed, Reason::Timeout]
+    }
 }
 
 /// One backend, selected by `kind`.
@@ -185,6 +209,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             auth: AuthConfig::default(),
             pipeline: PipelineConfig::default(),
+            admission: AdmissionConfig::default(),
+            dlq: None,
             backends: vec![BackendConfig::Echo {
                 name: "echo".into(),
                 token_delay_ms: 0,
@@ -326,6 +352,25 @@ impl Config {
                 add(
                     format!("auth.keys[{i}].env"),
                     format!("the environment variable {var} is not set or empty"),
+                );
+            }
+        }
+        if let Some(dlq) = &self.dlq {
+            if dlq.path.as_os_str().is_empty() {
+                add(
+                    "dlq.path".into(),
+                    "must name the dead-letter file, e.g. \"orchestrator-dlq.redb\"".into(),
+                );
+            } else if dlq.path.is_dir() {
+                add(
+                    "dlq.path".into(),
+                    format!("{} is a directory; name a file inside it", dlq.path.display()),
+                );
+            }
+            if dlq.record.is_empty() {
+                add(
+                    "dlq.record".into(),
+                    "name at least one of \"failed\", \"timeout\", \"shed\" (or remove [dlq])".into(),
                 );
             }
         }

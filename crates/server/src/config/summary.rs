@@ -36,6 +36,24 @@ impl Config {
                 }
             )?,
         }
+        let admission = &self.admission;
+        writeln!(
+            out,
+            "admission: {} in flight, {} queued by priority, starvation bound {}",
+            admission.max_in_flight, admission.max_queued, admission.starvation_bound
+        )?;
+        match &self.dlq {
+            None => writeln!(out, "dead-letter queue off")?,
+            Some(dlq) => {
+                let record: Vec<&str> = dlq.record.iter().map(|r| r.as_str()).collect();
+                writeln!(
+                    out,
+                    "dead-letter queue {} (keeps {})",
+                    dlq.path.display(),
+                    record.join(", ")
+                )?;
+            }
+        }
         let pipeline = &self.pipeline;
         writeln!(out, "pipeline: {} shard(s)", pipeline.shards)?;
         for stage in Stage::ALL {

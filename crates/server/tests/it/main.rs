@@ -3,6 +3,7 @@
 mod auth;
 mod cancellation;
 mod dedup;
+mod dlq;
 mod endpoints;
 mod errors;
 mod gateway_mock;

@@ -1,0 +1,145 @@
+//! The dead-letter queue's admin endpoints (an admin key when auth is on):
+//! `GET /admin/dlq` lists entries, `GET /admin/dlq/{id}` shows one, `POST /admin/dlq/replay`
+//! sends entries through the running pipeline again, `DELETE /admin/dlq` purges.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::body::parse_json;
+use super::error::ApiError;
+use crate::dlq::cli::parse_since;
+use crate::dlq::replay::{Selection, replay};
+use crate::dlq::{DlqError, DlqStore, ListFilter};
+use crate::live::Live;
+
+/// Longest page `GET /admin/dlq` returns.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /admin/dlq` query: `since` (RFC 3339 or an age like `2h`), `after` (an id, for the next
+/// page), `limit` (at most 1000, the default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    since: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `POST /admin/dlq/replay` body: exactly one of `ids`, `all: true`, `since`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    ids: Option<Vec<u64>>,
+    #[serde(default)]
+    all: bool,
+    since: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let live = state.live();
+    let result = async {
+        let store = store(&live)?;
+        let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+        let since_ms = query.since.as_deref().map(|s| since_ms("since", s)).transpose()?;
+        let limit = query.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        let filter = ListFilter {
+            since_ms,
+            limit: Some(limit),
+            after_id: query.after,
+        };
+        let entries = store.list(filter).await.map_err(storage)?;
+        let total = store.len().await.map_err(storage)?;
+        let next = (entries.len() == limit)
+            .then(|| entries.last().map(|e| e.id))
+            .flatten();
+        Ok::<_, ApiError>(Json(json!({
+            "object": "list",
+            "data": entries,
+            "total": total,
+            "next_after": next,
+        })))
+    };
+    result.await.into_response()
+}
+
+pub async fn show(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+    let live = state.live();
+    let result = async {
+        match store(&live)?.get(id).await.map_err(storage)? {
+            Some(entry) => Ok(Json(entry)),
+            None => Err(ApiError::not_found(
+                "id",
+                format!("no dead-letter entry with id {id}"),
+            )),
+        }
+    };
+    result.await.into_response()
+}
+
+pub async fn replay_entries(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let live = state.live();
+    let result = async {
+        let store = store(&live)?;
+        let body: ReplayBody = parse_json(&body)?;
+        let selection = match (body.ids, body.all, body.since) {
+            (Some(ids), false, None) if !ids.is_empty() => Selection::Ids(ids),
+            (None, true, None) => Selection::All,
+            (None, false, Some(since)) => Selection::Since(since_ms("since", &since)?),
+            _ => {
+                return Err(ApiError::invalid(
+                    "ids",
+                    "send exactly one of `ids` (a non-empty list), `all: true` or `since`",
+                ));
+            }
+        };
+        let report = replay(&live, &store, selection).await.map_err(storage)?;
+        let remaining = store.len().await.map_err(storage)?;
+        Ok(Json(json!({
+            "replayed": report.replayed,
+            "failed": report.failed,
+            "missing": report.missing,
+            "remaining": remaining,
+        })))
+    };
+    result.await.into_response()
+}
+
+pub async fn purge(State(state): State<Arc<AppState>>) -> Response {
+    let live = state.live();
+    let result = async {
+        let purged = store(&live)?.purge().await.map_err(storage)?;
+        Ok::<_, ApiError>(Json(json!({ "purged": purged })))
+    };
+    result.await.into_response()
+}
+
+fn store(live: &Live) -> Result<DlqStore, ApiError> {
+    live.dlq.clone().ok_or_else(|| {
+        ApiError::not_found(
+            "dlq",
+            "the dead-letter queue is off; add a [dlq] section with a `path` to the config",
+        )
+    })
+}
+
+fn since_ms(param: &str, value: &str) -> Result<u64, ApiError> {
+    let time = parse_since(value).map_err(|message| ApiError::invalid(param, message))?;
+    Ok(time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+}
+
+fn storage(error: DlqError) -> ApiError {
+    ApiError::internal(format!("the dead-letter file: {error}"))
+}

@@ -1,0 +1,159 @@
+//! Replay: dead letters sent through a running pipeline again, exactly as they first came in (the
+//! same body, session, priority and key). An entry leaves the queue only when its replay
+//! succeeds; a failed replay stays, with the count of failed replays and the latest error.
+
+use futures_util::stream::{self, StreamExt};
+use metrics::counter;
+use serde::Serialize;
+use tokio_prompt_orchestrator::Priority;
+
+use super::entry::DeadLetter;
+use super::store::{DlqError, DlqStore, ListFilter};
+use crate::api::generate::{Hints, admit, prepare};
+use crate::api::outcome::Outcome;
+use crate::api::wire::{Endpoint, Header};
+use crate::live::Live;
+
+/// Counter of replays, by `outcome` (`succeeded`, `failed`).
+pub const DLQ_REPLAYED: &str = "orchestrator_dlq_replayed_total";
+/// Replays in flight at once; the pipeline's admission gate bounds them further.
+const CONCURRENCY: usize = 32;
+
+/// Which entries to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    Ids(Vec<u64>),
+    All,
+    /// Entries recorded at or after this unix time in milliseconds.
+    Since(u64),
+}
+
+/// What a replay run did, entry by entry.
+#[derive(Debug, Default, Serialize)]
+pub struct ReplayReport {
+    /// Replayed and removed from the queue, with the response the caller would have had.
+    pub replayed: Vec<Replayed>,
+    /// Still in the queue.
+    pub failed: Vec<ReplayFailure>,
+    /// Asked for by id but not in the queue.
+    pub missing: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Replayed {
+    pub id: u64,
+    pub response: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplayFailure {
+    pub id: u64,
+    pub error: String,
+}
+
+/// Replays the selected entries through `live`'s pipeline.
+///
+/// # Errors
+/// When the dead-letter file cannot be read or written.
+pub async fn replay(live: &Live, store: &DlqStore, selection: Selection) -> Result<ReplayReport, DlqError> {
+    let mut report = ReplayReport::default();
+    let entries = match selection {
+        Selection::All => store.list(ListFilter::default()).await?,
+        Selection::Since(since_ms) => {
+            store
+                .list(ListFilter {
+                    since_ms: Some(since_ms),
+                    ..ListFilter::default()
+                })
+                .await?
+        }
+        Selection::Ids(ids) => {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                match store.get(id).await? {
+                    Some(entry) => found.push(entry),
+                    None => report.missing.push(id),
+                }
+            }
+            found
+        }
+    };
+    let mut runs = stream::iter(entries)
+        .map(|entry| replay_one(live, store, entry))
+        .buffer_unordered(CONCURRENCY);
+    while let Some(result) = runs.next().await {
+        match result? {
+            Ok(done) => report.replayed.push(done),
+            Err(failure) => report.failed.push(failure),
+        }
+    }
+    report.replayed.sort_by_key(|r| r.id);
+    report.failed.sort_by_key(|f| f.id);
+    Ok(report)
+}
+
+/// One entry: removed when it succeeds, its failure noted in it when not.
+async fn replay_one(
+    live: &Live,
+    store: &DlqStore,
+    mut entry: DeadLetter,
+) -> Result<Result<Replayed, ReplayFailure>, DlqError> {
+    let id = entry.id;
+    match run(live, &entry).await {
+        Ok(response) => {
+            store.remove(id).await?;
+            counter!(DLQ_REPLAYED, "outcome" => "succeeded").increment(1);
+            tracing::info!(id, "Dead letter replayed and removed.");
+            Ok(Ok(Replayed { id, response }))
+        }
+        Err(error) => {
+            entry.replays += 1;
+            entry.last_replay_error = Some(error.clone());
+            store.update(&entry).await?;
+            counter!(DLQ_REPLAYED, "outcome" => "failed").increment(1);
+            tracing::warn!(id, %error, "Dead letter replay failed; it stays in the queue.");
+            Ok(Err(ReplayFailure { id, error }))
+        }
+    }
+}
+
+/// Sends the entry's request through the pipeline and returns the whole JSON response.
+async fn run(live: &Live, entry: &DeadLetter) -> Result<serde_json::Value, String> {
+    let endpoint = Endpoint::from_path(&entry.endpoint)
+        .ok_or_else(|| format!("the endpoint {} is not served here", entry.endpoint))?;
+    let body = serde_json::to_vec(&entry.request).map_err(|e| e.to_string())?;
+    let hints = Hints {
+        session: entry.session.clone(),
+        priority: entry.priority.parse::<Priority>().ok(),
+        dedup: false,
+    };
+    let request_id = format!("dlq-{}", entry.id);
+    let (request, delivery) = prepare(
+        live,
+        &body,
+        endpoint,
+        &hints,
+        entry.key.as_deref(),
+        Priority::Normal,
+        &request_id,
+    )
+    .map_err(|e| e.message)?;
+    // A failed replay updates this entry rather than adding another.
+    let mut outcome = Outcome::default();
+    let handle = admit(live, request, &mut outcome).await.map_err(|e| e.message)?;
+    let response = handle.into_response().await.map_err(|e| e.to_string())?;
+    outcome.completed(&response.completion);
+    let header = Header {
+        endpoint,
+        id: format!("{}{request_id}", endpoint.id_prefix()),
+        created: crate::api::generate::unix_now(),
+        model: delivery.model,
+    };
+    let body = header.complete(
+        &response.text,
+        response.completion.finish_reason,
+        response.completion.usage,
+        response.passthrough.as_deref(),
+    );
+    serde_json::from_str(&body).map_err(|e| e.to_string())
+}

@@ -50,6 +50,11 @@ impl ServerHandle {
         self.state.live().pipeline.stats()
     }
 
+    /// Requests holding a place in the running pipeline, and requests waiting for one.
+    pub fn admission_load(&self) -> (usize, usize) {
+        self.state.live().gate.load()
+    }
+
     /// Reloads the config file (what SIGHUP does).
     ///
     /// # Errors

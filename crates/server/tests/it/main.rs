@@ -2,6 +2,7 @@
 
 mod auth;
 mod cancellation;
+mod dead_letters;
 mod dedup;
 mod dlq;
 mod endpoints;
@@ -14,6 +15,7 @@ mod openai_backend;
 mod parser;
 mod passthrough;
 mod post;
+mod priority;
 mod reload;
 mod sdk;
 mod shutdown;

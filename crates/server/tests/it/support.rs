@@ -27,6 +27,8 @@ pub struct Counters {
     pub finished: AtomicUsize,
     /// Streams dropped before their end: the upstream call was cancelled.
     pub abandoned: AtomicUsize,
+    /// The `X-Session-Id` of every call, in the order the calls reached the worker.
+    pub sessions: std::sync::Mutex<Vec<String>>,
 }
 
 /// Model names select behaviour:
@@ -64,6 +66,11 @@ impl TestWorker {
 
     pub fn started(&self) -> usize {
         self.counters.started.load(Ordering::SeqCst)
+    }
+
+    /// The sessions of the calls so far, in the order they reached the worker.
+    pub fn sessions(&self) -> Vec<String> {
+        self.counters.sessions.lock().unwrap().clone()
     }
 
     pub fn abandoned(&self) -> usize {
@@ -106,6 +113,11 @@ impl ModelWorker for TestWorker {
     }
 
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        self.counters
+            .sessions
+            .lock()
+            .unwrap()
+            .push(call.request.session.to_string());
         self.counters.started.fetch_add(1, Ordering::SeqCst);
         let mut watch = Watch {
             counters: self.counters.clone(),

@@ -31,9 +31,9 @@ fn letter(n: u64) -> DeadLetter {
         received_at_ms: 1_704_067_199_000 + n,
         endpoint: "/v1/chat/completions".into(),
         model: format!("model-{n}"),
-        key: (n % 3 == 0).then(|| "team-a".into()),
+        key: n.is_multiple_of(3).then(|| "team-a".into()),
         priority: ["high", "normal", "low"][(n % 3) as usize].into(),
-        session: (n % 2 == 0).then(|| format!("session-{n}")),
+        session: n.is_multiple_of(2).then(|| format!("session-{n}")),
         request: json!({
             "model": format!("model-{n}"),
             "messages": [{"role": "user", "content": "x".repeat((n % 500) as usize)}],

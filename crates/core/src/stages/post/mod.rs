@@ -169,10 +169,11 @@ async fn run(
     {
         return;
     }
-    if let Some(joined) = out.joined.take() {
-        if !joined.is_empty() && out.tx.send(Piece::Token(joined)).await.is_err() {
-            return;
-        }
+    if let Some(joined) = out.joined.take()
+        && !joined.is_empty()
+        && out.tx.send(Piece::Token(joined)).await.is_err()
+    {
+        return;
     }
     let post_active = started.elapsed();
     metrics.latency.record(post_active.as_secs_f64());

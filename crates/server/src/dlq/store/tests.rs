@@ -14,7 +14,7 @@ fn letter(n: u64) -> DeadLetter {
         model: format!("model-{n}"),
         key: Some("team-a".into()),
         priority: "normal".into(),
-        session: (n % 2 == 0).then(|| format!("s{n}")),
+        session: n.is_multiple_of(2).then(|| format!("s{n}")),
         request: json!({"model": format!("model-{n}"), "messages": [{"role": "user", "content": "hi"}]}),
         reason: Reason::Failed,
         stage: Some("inference".into()),

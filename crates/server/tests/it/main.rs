@@ -12,6 +12,7 @@ mod health_checks;
 mod limits;
 mod mock_upstream;
 mod openai_backend;
+mod overload;
 mod parser;
 mod passthrough;
 mod post;

@@ -73,7 +73,7 @@ async fn ten_times_capacity_loses_nothing_and_high_priority_always_succeeds() {
             let n = wave * PER_WAVE + i;
             let priority = match (wave % 4, i) {
                 (0, 0) => "high",
-                _ if n % 2 == 0 => "normal",
+                _ if n.is_multiple_of(2) => "normal",
                 _ => "low",
             };
             let request = http

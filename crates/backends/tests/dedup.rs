@@ -74,6 +74,8 @@ fn call(temperature: Option<f32>, model: &str) -> InferenceCall {
         request: Arc::new(request),
         prompt: Arc::from("same question"),
         cancel: CancellationToken::new(),
+        messages: None,
+        prefix_key: None,
     }
 }
 

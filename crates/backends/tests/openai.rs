@@ -42,6 +42,8 @@ fn call(stream: bool) -> InferenceCall {
         request: Arc::new(request),
         prompt: Arc::from("Hello"),
         cancel: CancellationToken::new(),
+        messages: None,
+        prefix_key: None,
     }
 }
 
@@ -147,6 +149,8 @@ async fn completions_go_to_their_endpoint() {
         request: Arc::new(request),
         prompt: Arc::from("Once"),
         cancel: CancellationToken::new(),
+        messages: None,
+        prefix_key: None,
     };
     let chunks = collect(&worker, call).await;
     assert_eq!(chunks[0], Ok(WorkerChunk::Token(" upon".into())));

@@ -130,6 +130,8 @@ fn call(session: &str) -> InferenceCall {
         request: Arc::new(request),
         prompt: Arc::from("hi"),
         cancel: CancellationToken::new(),
+        messages: None,
+        prefix_key: None,
     }
 }
 

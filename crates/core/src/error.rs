@@ -125,6 +125,13 @@ pub enum PipelineError {
     /// Retrieval failed in the RAG stage.
     #[error("retrieval failed: {message}")]
     Retrieval { message: String },
+    /// The Assemble stage could not build the prompt (a template failed).
+    #[error("assembling the prompt failed: {message}")]
+    Assembly { message: String },
+    /// The parts of the prompt that are never dropped (system prompt, last user message) need
+    /// more tokens than the model's context window holds.
+    #[error("the prompt needs {needed} tokens but the model's context window is {limit}; shorten the system prompt or the last message")]
+    ContextLength { needed: usize, limit: usize },
     /// The model worker failed.
     #[error("model worker failed: {0}")]
     Worker(#[from] WorkerError),
@@ -146,6 +153,8 @@ impl PipelineError {
             PipelineError::Cancelled => "cancelled",
             PipelineError::Shutdown => "shutdown",
             PipelineError::Retrieval { .. } => "retrieval",
+            PipelineError::Assembly { .. } => "assembly",
+            PipelineError::ContextLength { .. } => "context_length",
             PipelineError::Worker(_) => "worker",
             PipelineError::Output { .. } => "output",
             PipelineError::Internal { .. } => "internal",
@@ -162,6 +171,8 @@ impl PipelineError {
             PipelineError::Worker(e) => e.retryable,
             PipelineError::Cancelled
             | PipelineError::Retrieval { .. }
+            | PipelineError::Assembly { .. }
+            | PipelineError::ContextLength { .. }
             | PipelineError::Output { .. }
             | PipelineError::Internal { .. } => false,
         }

@@ -46,6 +46,7 @@ pub use request::{
     SamplingParams, SessionId,
 };
 pub use stages::post::chain::{PostProcessor, PostStep, Step, StopSequences};
+pub use stages::assemble::{Assembled, Assembler};
 pub use stages::rag::{RetrievedChunk, Retriever};
 pub use worker::{EchoWorker, InferenceCall, ModelWorker, TokenStream, WorkerChunk};
 

@@ -33,12 +33,13 @@ pub fn request_body(call: &InferenceCall, model: &str, stream: bool) -> Value {
     // Pass-through fields first, so the fields we set below always win.
     let mut body: Map<String, Value> = request.extra.clone();
     body.insert("model".into(), model.into());
-    match &request.input {
-        PromptInput::Chat(messages) => {
+    match (&request.input, call.chat_messages()) {
+        // The messages as the Assemble stage built them (templates, retrieved context).
+        (PromptInput::Chat(_), Some(messages)) => {
             body.insert("messages".into(), messages.iter().map(message).collect());
         }
         // The rendered prompt: the text itself, with any retrieved context in front.
-        PromptInput::Text(_) => {
+        _ => {
             body.insert("prompt".into(), Value::from(&*call.prompt));
         }
     }
@@ -95,6 +96,8 @@ mod tests {
             prompt: Arc::from("rendered"),
             request: Arc::new(request),
             cancel: CancellationToken::new(),
+            messages: None,
+            prefix_key: None,
         }
     }
 

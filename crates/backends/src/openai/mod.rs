@@ -97,6 +97,8 @@ impl ModelWorker for OpenAiWorker {
             request: Arc::new(request),
             prompt: Arc::from(prompt),
             cancel: CancellationToken::new(),
+            messages: None,
+            prefix_key: None,
         };
         let mut tokens = Vec::new();
         let mut stream = self.infer_stream(call).await?;

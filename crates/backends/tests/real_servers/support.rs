@@ -275,6 +275,8 @@ pub fn call(request: InferenceRequest, prompt: &str) -> InferenceCall {
         request: Arc::new(request),
         prompt: Arc::from(prompt),
         cancel: CancellationToken::new(),
+        messages: None,
+        prefix_key: None,
     }
 }
 

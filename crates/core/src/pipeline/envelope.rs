@@ -20,6 +20,7 @@ use crate::event::{
     Completion, FinishReason, Passthrough, PromptOutput, Response, ResponseEvent, StageTimings, Usage,
 };
 use crate::request::{InferenceRequest, RequestId};
+use crate::stages::assemble::Assembled;
 use crate::stages::rag::RetrievedChunk;
 
 /// Where a request's events go.
@@ -65,7 +66,7 @@ pub(crate) struct Body {
     /// Added by the RAG stage.
     pub retrieved: Vec<RetrievedChunk>,
     /// Added by the Assemble stage.
-    pub prompt: Option<Arc<str>>,
+    pub assembled: Option<Assembled>,
     pub span: tracing::Span,
     /// For submitted requests: the stage whose queue the request last joined, read by its handle
     /// when the deadline passes while the request waits in a queue.
@@ -186,7 +187,7 @@ impl Envelope {
             enqueued_at: now,
             timings: StageTimings::default(),
             retrieved: Vec::new(),
-            prompt: None,
+            assembled: None,
             span,
             progress,
             reply: Some(reply),

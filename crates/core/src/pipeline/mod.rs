@@ -37,7 +37,7 @@ use crate::config::PipelineConfig;
 use crate::error::Stage;
 use crate::event::PromptOutput;
 use crate::metrics::{PipelineMetrics, record_queue_depth};
-use crate::stages::assemble::AssembleStage;
+use crate::stages::assemble::{AssembleStage, Assembler};
 use crate::stages::inference::InferenceStage;
 use crate::stages::post::PostStage;
 use crate::stages::post::chain::PostProcessor;
@@ -109,6 +109,7 @@ pub fn spawn_pipeline(worker: Arc<dyn ModelWorker>) -> PipelineHandles {
 pub struct PipelineBuilder {
     worker: Arc<dyn ModelWorker>,
     retriever: Option<Arc<dyn Retriever>>,
+    assembler: Option<Arc<dyn Assembler>>,
     post_processors: Vec<Arc<dyn PostProcessor>>,
     config: PipelineConfig,
 }
@@ -118,6 +119,7 @@ impl PipelineBuilder {
         Self {
             worker,
             retriever: None,
+            assembler: None,
             post_processors: Vec::new(),
             config: PipelineConfig::default(),
         }
@@ -131,6 +133,13 @@ impl PipelineBuilder {
     /// Uses `retriever` in the RAG stage (without one, RAG passes requests straight through).
     pub fn retriever(mut self, retriever: Arc<dyn Retriever>) -> Self {
         self.retriever = Some(retriever);
+        self
+    }
+
+    /// Uses `assembler` in the Assemble stage (without one, a fixed format: context, then the
+    /// conversation).
+    pub fn assembler(mut self, assembler: Arc<dyn Assembler>) -> Self {
+        self.assembler = Some(assembler);
         self
     }
 
@@ -177,7 +186,9 @@ impl PipelineBuilder {
         let rag = Arc::new(RagStage {
             retriever: self.retriever,
         });
-        let assemble = Arc::new(AssembleStage);
+        let assemble = Arc::new(AssembleStage {
+            assembler: self.assembler,
+        });
         let inference = Arc::new(InferenceStage { worker: self.worker });
         let post = Arc::new(PostStage);
         let stream = Arc::new(StreamStage);

@@ -1,18 +1,48 @@
-//! Assemble stage: renders the prompt the model will see from the messages and retrieved context.
+//! Assemble stage: builds what the model will see from the request and its retrieved context.
 //!
-//! For now a fixed, deterministic format: retrieved chunks first (as a context block), then the
+//! An [`Assembler`] plugs in (templates, prefix-stable order, a token budget); without one, a
+//! fixed, deterministic format: retrieved chunks first (as a context block), then the
 //! conversation. A lone user message is sent as-is.
 
 use std::fmt::Write;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+
 use super::rag::RetrievedChunk;
 use super::{Place, StageLogic, Start};
-use crate::error::Stage;
+use crate::error::{PipelineError, Stage};
 use crate::pipeline::envelope::Envelope;
-use crate::request::{PromptInput, Role};
+use crate::request::{ChatMessage, InferenceRequest, PromptInput, Role};
 
-pub(crate) struct AssembleStage;
+/// What the model is sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assembled {
+    /// The chat messages for chat backends; `None`: the request's own, unchanged.
+    pub messages: Option<Arc<[ChatMessage]>>,
+    /// The same as one text, for completion-style backends.
+    pub prompt: Arc<str>,
+    /// A hash of the prompt's stable prefix (system prompt, tools, documents): requests that
+    /// share it can share a backend's prefix cache (`prefix_affinity` routing).
+    pub prefix_key: Option<u64>,
+    /// The prompt's length in the model's tokens, when the assembler counted it; the pipeline's
+    /// usage figures use it when the backend reports none.
+    pub prompt_tokens: Option<u32>,
+}
+
+/// Builds the model's input for a request and the context retrieved for it.
+pub trait Assembler: Send + Sync + 'static {
+    /// Runs on the Assemble lane itself, so it must be quick and must not block.
+    ///
+    /// # Errors
+    /// [`PipelineError::Assembly`] when a template fails, [`PipelineError::ContextLength`] when
+    /// even the parts that are never dropped exceed the model's context window.
+    fn assemble(&self, request: &InferenceRequest, context: &[RetrievedChunk]) -> Result<Assembled, PipelineError>;
+}
+
+pub(crate) struct AssembleStage {
+    pub assembler: Option<Arc<dyn Assembler>>,
+}
 
 impl StageLogic for AssembleStage {
     const STAGE: Stage = Stage::Assemble;
@@ -20,8 +50,27 @@ impl StageLogic for AssembleStage {
     type Out = Envelope;
 
     fn start(&self, mut env: Envelope, _permit: Place) -> Start<Envelope> {
-        env.prompt = Some(render(&env.request.input, &env.retrieved));
-        Start::Forward(env)
+        let assembled = match &self.assembler {
+            None => Ok(Assembled {
+                messages: None,
+                prompt: render(&env.request.input, &env.retrieved),
+                prefix_key: None,
+                prompt_tokens: None,
+            }),
+            Some(assembler) => assembler.assemble(&env.request, &env.retrieved),
+        };
+        match assembled {
+            Ok(assembled) => {
+                env.assembled = Some(assembled);
+                Start::Forward(env)
+            }
+            Err(error) => {
+                env.shared.metrics.stage(Stage::Assemble).failed.increment(1);
+                env.fail(Stage::Assemble, error);
+                // Nothing to hand on; the request has had its final event.
+                Start::Later(futures_util::future::ready(None).boxed())
+            }
+        }
     }
 
     fn synchronous(&self) -> bool {

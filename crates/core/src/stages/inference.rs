@@ -16,7 +16,7 @@ use crate::event::FinishReason;
 use crate::pipeline::Shared;
 use crate::pipeline::envelope::{Abort, Envelope};
 use crate::pipeline::pipe::{PipeTx, pipe};
-use crate::stages::assemble;
+use crate::stages::assemble::{self, Assembled};
 use crate::worker::{InferenceCall, ModelWorker, WorkerChunk};
 
 pub(crate) struct InferenceStage {
@@ -31,14 +31,18 @@ impl StageLogic for InferenceStage {
     fn start(&self, env: Envelope, permit: Place) -> Start<Handoff> {
         let shared = env.shared.clone();
         let (tx, rx) = pipe(shared.config.token_buffer.get());
-        let prompt = env
-            .prompt
-            .clone()
-            .unwrap_or_else(|| assemble::render(&env.request.input, &env.retrieved));
+        let assembled = env.assembled.clone().unwrap_or_else(|| Assembled {
+            messages: None,
+            prompt: assemble::render(&env.request.input, &env.retrieved),
+            prefix_key: None,
+            prompt_tokens: None,
+        });
         let call = InferenceCall {
             id: env.id,
             request: env.request.clone(),
-            prompt,
+            prompt: assembled.prompt,
+            messages: assembled.messages,
+            prefix_key: assembled.prefix_key,
             cancel: env.cancel.clone(),
         };
         let job = run(self.worker.clone(), call, tx, env.abort(), shared, permit);

@@ -17,7 +17,7 @@ pub(crate) use echo::count_tokens;
 
 use crate::error::WorkerError;
 use crate::event::{FinishReason, Passthrough, Usage};
-use crate::request::{InferenceRequest, RequestId};
+use crate::request::{ChatMessage, InferenceRequest, PromptInput, RequestId};
 
 /// One item of a worker's token stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,9 +45,25 @@ pub struct InferenceCall {
     pub request: Arc<InferenceRequest>,
     /// The prompt as the Assemble stage rendered it (for completion-style backends and `infer`).
     pub prompt: Arc<str>,
+    /// The chat messages as the Assemble stage built them; `None`: the request's own.
+    pub messages: Option<Arc<[ChatMessage]>>,
+    /// Shared by calls whose prompts start with the same system prompt, tools and documents.
+    pub prefix_key: Option<u64>,
     /// Cancelled when the caller goes away, the deadline passes, or the pipeline aborts at its
     /// shutdown deadline. The pipeline also drops the worker's future and stream then.
     pub cancel: CancellationToken,
+}
+
+impl InferenceCall {
+    /// The messages to send a chat backend: the assembled ones, else the request's own; `None`
+    /// for a completion request that was not assembled into messages.
+    pub fn chat_messages(&self) -> Option<&[ChatMessage]> {
+        match (&self.messages, &self.request.input) {
+            (Some(messages), _) => Some(messages),
+            (None, PromptInput::Chat(messages)) => Some(messages),
+            (None, PromptInput::Text(_)) => None,
+        }
+    }
 }
 
 /// A model backend.

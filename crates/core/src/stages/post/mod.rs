@@ -34,7 +34,10 @@ impl StageLogic for PostStage {
         let Handoff { env, pieces } = handoff;
         let shared = env.shared.clone();
         let (tx, rx) = pipe(shared.config.token_buffer.get());
-        let prompt_tokens = env.prompt.as_deref().map_or(0, |p| count(count_tokens(p)));
+        // The assembler's count (a real tokenizer) when it made one, else a word count.
+        let prompt_tokens = env.assembled.as_ref().map_or(0, |a| {
+            a.prompt_tokens.unwrap_or_else(|| count(count_tokens(&a.prompt)))
+        });
         let job = run(env.request.clone(), prompt_tokens, pieces, tx, shared, permit);
         Start::Stream(Handoff { env, pieces: rx }, job.boxed())
     }

@@ -1,0 +1,1 @@
+//! Prompt assembly: templates, prefix-stable order, token budget.

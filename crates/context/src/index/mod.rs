@@ -1,0 +1,1 @@
+//! Chunking, ingest and BM25 retrieval over a tantivy index.

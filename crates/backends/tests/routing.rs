@@ -345,6 +345,40 @@ async fn sessions_keep_their_replica() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn requests_sharing_a_prompt_prefix_meet_on_one_replica_whatever_their_session() {
+    let workers: Vec<Arc<Scripted>> = ["r0", "r1", "r2"]
+        .into_iter()
+        .map(|n| Scripted::new(n, Script::Answer))
+        .collect();
+    let replicas = workers.iter().map(|w| replica(w, no_breaker())).collect();
+    let router = router(vec![replicas], Balancing::PrefixAffinity, 0);
+    let answer = |session: &str, prefix_key: Option<u64>| {
+        let mut call = call(session);
+        call.prefix_key = prefix_key;
+        let router = &router;
+        async move {
+            let stream = router.infer_stream(call).await.unwrap();
+            stream
+                .map(|item| format!("{:?}", item.unwrap()))
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+    let mut replicas_used = std::collections::HashSet::new();
+    for prefix in 0..20u64 {
+        let first = answer("session-0", Some(prefix)).await;
+        for s in 1..5 {
+            assert_eq!(answer(&format!("session-{s}"), Some(prefix)).await, first);
+        }
+        replicas_used.insert(first);
+    }
+    assert!(replicas_used.len() > 1, "prefixes spread over the replicas");
+    // Without a prefix key, the session decides, as with session affinity.
+    let by_session = answer("user-7", None).await;
+    assert_eq!(answer("user-7", None).await, by_session);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unknown_models_are_404() {
     let router = Router::new();
     let error = router.infer_stream(call("s")).await.err().unwrap();

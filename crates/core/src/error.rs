@@ -130,7 +130,9 @@ pub enum PipelineError {
     Assembly { message: String },
     /// The parts of the prompt that are never dropped (system prompt, last user message) need
     /// more tokens than the model's context window holds.
-    #[error("the prompt needs {needed} tokens but the model's context window is {limit}; shorten the system prompt or the last message")]
+    #[error(
+        "the prompt needs {needed} tokens but the model's context window is {limit}; shorten the system prompt or the last message"
+    )]
     ContextLength { needed: usize, limit: usize },
     /// The model worker failed.
     #[error("model worker failed: {0}")]

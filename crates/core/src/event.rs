@@ -1,12 +1,14 @@
 //! What comes back: token events, the one final event, and the joined output of fire-and-forget
 //! requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Stage};
 use crate::request::{Extra, Meta, RequestId, SessionId};
+use crate::stages::rag::RetrievedChunk;
 
 /// One event of a submitted request: any number of tokens, then exactly one `Done` or `Error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,6 +18,8 @@ pub enum ResponseEvent {
     Token(String),
     /// What the model answered besides text (tool calls, logprobs, ...), passed on unread.
     Passthrough(Box<Passthrough>),
+    /// The context the RAG stage retrieved, sent once before the first output when there was any.
+    Sources(Arc<[RetrievedChunk]>),
     /// The request completed.
     Done(Completion),
     /// The request failed; after a token this means the stream was cut, never a quiet truncation.
@@ -177,6 +181,9 @@ pub struct Completion {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub text: String,
+    /// The context retrieved for the request (empty without RAG).
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub sources: Arc<[RetrievedChunk]>,
     /// Tool calls, logprobs and the like, merged over the stream; `None` when there were none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passthrough: Option<Box<Passthrough>>,

@@ -45,8 +45,8 @@ pub use request::{
     ChatMessage, Extra, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RequestId, Role,
     SamplingParams, SessionId,
 };
-pub use stages::post::chain::{PostProcessor, PostStep, Step, StopSequences};
 pub use stages::assemble::{Assembled, Assembler};
+pub use stages::post::chain::{PostProcessor, PostStep, Step, StopSequences};
 pub use stages::rag::{RetrievedChunk, Retriever};
 pub use worker::{EchoWorker, InferenceCall, ModelWorker, TokenStream, WorkerChunk};
 

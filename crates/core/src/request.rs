@@ -130,6 +130,20 @@ pub enum PromptInput {
     Text(String),
 }
 
+impl PromptInput {
+    /// What the caller asks now: the last user message of a chat, or the whole prompt text.
+    pub fn last_user_text(&self) -> Option<&str> {
+        match self {
+            PromptInput::Chat(messages) => messages
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map(|m| m.content.as_str()),
+            PromptInput::Text(text) => Some(text),
+        }
+    }
+}
+
 /// Sampling parameters, passed to the model worker; `stop` and `max_tokens` are also enforced by
 /// the Post stage so every backend honours them the same way.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,10 @@ pub enum Balancing {
     /// the sessions.
     #[default]
     SessionAffinity,
+    /// Rendezvous hashing on the prompt's prefix key (system prompt, tools, documents; made by
+    /// the Assemble stage): requests that start alike meet the backend that has that prefix
+    /// cached, whatever their session. Without a prefix key, the session key.
+    PrefixAffinity,
     /// Power of two choices on the number of calls in flight.
     LeastOutstanding,
     RoundRobin,
@@ -23,6 +27,7 @@ impl Balancing {
     pub fn as_str(self) -> &'static str {
         match self {
             Balancing::SessionAffinity => "session_affinity",
+            Balancing::PrefixAffinity => "prefix_affinity",
             Balancing::LeastOutstanding => "least_outstanding",
             Balancing::RoundRobin => "round_robin",
             Balancing::Weighted => "weighted",
@@ -38,12 +43,14 @@ pub trait Candidate {
 }
 
 /// The indexes of `replicas` in the order to try them: the first is the pick, the rest are
-/// where retries go.
-pub fn order<C: Candidate>(policy: Balancing, replicas: &[C], session: &str, turn: usize) -> Vec<usize> {
+/// where retries go. `affinity` is the key the affinity policies hash: the session key, or the
+/// prefix key for `prefix_affinity`.
+pub fn order<C: Candidate>(policy: Balancing, replicas: &[C], affinity: &str, turn: usize) -> Vec<usize> {
+    let session = affinity;
     let n = replicas.len();
     let mut order: Vec<usize> = (0..n).collect();
     match policy {
-        Balancing::SessionAffinity => {
+        Balancing::SessionAffinity | Balancing::PrefixAffinity => {
             // Highest score first; each replica's score depends only on (session, replica).
             order.sort_by_key(|&i| std::cmp::Reverse(rendezvous_score(session, replicas[i].name())));
         }

@@ -188,14 +188,14 @@ impl ModelWorker for Router {
             WorkerError::new(format!("the model `{model}` does not exist")).with_status(404)
         })?;
         let mut attempts = Attempts::default();
+        let prefix = call.prefix_key.map(|key| format!("prefix:{key:016x}"));
         for group in &route.groups {
             let turn = group.turn.fetch_add(1, Ordering::Relaxed);
-            let ranked = order(
-                group.balancing,
-                &group.replicas,
-                call.request.session.as_str(),
-                turn,
-            );
+            let affinity = match (group.balancing, &prefix) {
+                (Balancing::PrefixAffinity, Some(prefix)) => prefix.as_str(),
+                _ => call.request.session.as_str(),
+            };
+            let ranked = order(group.balancing, &group.replicas, affinity, turn);
             // Each try goes to the next available replica in the order, wrapping round.
             let mut cursor = 0;
             for tries in 0..=route.retry.max {

@@ -270,6 +270,7 @@ impl Body {
                 self.shared.metrics.completed.increment(1);
                 Ok(Response {
                     text,
+                    sources: std::mem::take(&mut self.retrieved).into(),
                     passthrough,
                     completion: Completion {
                         finish_reason,

@@ -14,6 +14,7 @@ use super::pipe::PipeRx;
 use crate::error::{PipelineError, Stage};
 use crate::event::{Passthrough, Response, ResponseEvent};
 use crate::request::RequestId;
+use crate::stages::rag::RetrievedChunk;
 
 /// The events of one submitted request. Dropping it before the final event cancels the request
 /// in whatever stage it is, including the model call.
@@ -68,8 +69,10 @@ impl ResponseHandle {
     pub async fn into_response(mut self) -> Result<Response, PipelineError> {
         let mut text = String::new();
         let mut passthrough: Option<Box<Passthrough>> = None;
+        let mut sources: Arc<[RetrievedChunk]> = Arc::new([]);
         while let Some(event) = self.recv().await {
             match event {
+                ResponseEvent::Sources(found) => sources = found,
                 ResponseEvent::Token(t) => text.push_str(&t),
                 ResponseEvent::Passthrough(delta) => match &mut passthrough {
                     Some(whole) => whole.merge(*delta),
@@ -78,6 +81,7 @@ impl ResponseHandle {
                 ResponseEvent::Done(completion) => {
                     return Ok(Response {
                         text,
+                        sources,
                         passthrough,
                         completion,
                     });

@@ -37,7 +37,11 @@ pub trait Assembler: Send + Sync + 'static {
     /// # Errors
     /// [`PipelineError::Assembly`] when a template fails, [`PipelineError::ContextLength`] when
     /// even the parts that are never dropped exceed the model's context window.
-    fn assemble(&self, request: &InferenceRequest, context: &[RetrievedChunk]) -> Result<Assembled, PipelineError>;
+    fn assemble(
+        &self,
+        request: &InferenceRequest,
+        context: &[RetrievedChunk],
+    ) -> Result<Assembled, PipelineError>;
 }
 
 pub(crate) struct AssembleStage {

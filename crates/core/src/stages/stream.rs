@@ -60,6 +60,26 @@ async fn run(handoff: Handoff, _permit: Place) {
     }
 }
 
+/// Sends one event to the caller's handle.
+async fn deliver(
+    env: &Body,
+    events: &mut PipeTx<ResponseEvent>,
+    event: ResponseEvent,
+) -> Result<(), (Stage, PipelineError)> {
+    // `biased`, send first: with room in the pipe the event goes at once and the abort watch
+    // is never polled (nor registered). A full pipe means a slow reader, and then only this
+    // stage can notice the deadline, so it watches for it here.
+    tokio::select! {
+        biased;
+        sent = events.send(event) => match sent {
+            Ok(()) => Ok(()),
+            // The handle was dropped without its drop guard having fired yet.
+            Err(_) => Err((Stage::Stream, PipelineError::Cancelled)),
+        },
+        cause = env.wait_for_abort() => Err((Stage::Stream, cause.into_error(Stage::Stream))),
+    }
+}
+
 /// Relays pieces to the caller (`events`, for a submitted request) until the end marker;
 /// returns how the stream ended. A fire-and-forget request's text and pass-through deltas are
 /// gathered into `text` and `extra`.
@@ -107,24 +127,15 @@ async fn relay(
                     None => *extra = Some(delta),
                 },
                 // Only tokens and deltas come this far.
-                ResponseEvent::Done(_) | ResponseEvent::Error(_) => {}
+                _ => {}
             }
             continue;
         };
-        // `biased`, send first: with room in the pipe the event goes at once and the abort watch
-        // is never polled (nor registered). A full pipe means a slow reader, and then only this
-        // stage can notice the deadline, so it watches for it here.
-        tokio::select! {
-            biased;
-            sent = events.send(event) => {
-                if sent.is_err() {
-                    // The handle was dropped without its drop guard having fired yet.
-                    return Err((Stage::Stream, PipelineError::Cancelled));
-                }
-            }
-            cause = env.wait_for_abort() => {
-                return Err((Stage::Stream, cause.into_error(Stage::Stream)));
-            }
+        // The retrieved context goes to the caller once, just before the first output.
+        if !env.retrieved.is_empty() {
+            let sources = std::mem::take(&mut env.retrieved).into();
+            deliver(env, events, ResponseEvent::Sources(sources)).await?;
         }
+        deliver(env, events, event).await?;
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the core pipeline (one binary keeps link times down).
 
 mod admission;
+mod assembly;
 mod backpressure;
 mod cancellation;
 mod deadline;

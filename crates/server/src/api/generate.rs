@@ -21,8 +21,8 @@ use super::error::ApiError;
 use super::middleware::{DisconnectGuard, RequestContext};
 use super::outcome::{Draft, Outcome, unix_ms};
 use super::request::{Delivery, GenerationRequest};
-use super::sse;
 use super::wire::{Endpoint, Header};
+use super::{sources, sse};
 use crate::auth::Caller;
 use crate::limits::KeyLimits;
 use crate::live::Live;
@@ -34,6 +34,8 @@ const SESSION_HEADER: &str = "x-session-id";
 const DEDUP_HEADER: &str = "x-dedup";
 /// `X-Priority: high|normal|low` orders requests waiting for a place in the pipeline.
 const PRIORITY_HEADER: &str = "x-priority";
+const RAG_QUERY_HEADER: &str = "x-rag-query";
+const RAG_SOURCES_HEADER: &str = "x-rag-sources";
 /// Longest `X-Session-Id` accepted.
 const MAX_SESSION_ID_BYTES: usize = 256;
 
@@ -111,8 +113,16 @@ async fn generate(
     };
     if delivery.stream {
         let guard = DisconnectGuard::new(state, "stream");
-        let mut response =
-            sse::respond(handle, header, delivery.include_usage, ctx.start, guard, outcome).await?;
+        let mut response = sse::respond(
+            handle,
+            header,
+            delivery.include_usage,
+            ctx.start,
+            guard,
+            outcome,
+            hints.rag_sources,
+        )
+        .await?;
         response.headers_mut().extend(limit_headers);
         return Ok(response);
     }
@@ -122,17 +132,25 @@ async fn generate(
     };
     let completion = response.completion;
     outcome.completed(&completion);
-    let body = header.complete(
+    let mut body = header.complete(
         &response.text,
         completion.finish_reason,
         completion.usage,
         response.passthrough.as_deref(),
     );
+    let show_sources = hints.rag_sources && !response.sources.is_empty();
+    if show_sources {
+        body = sources::with_field(body, &response.sources);
+    }
     let mut http = (
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
     )
         .into_response();
+    if show_sources {
+        http.headers_mut()
+            .insert(sources::SOURCES_HEADER, sources::header(&response.sources));
+    }
     http.headers_mut().insert(
         OVERHEAD_HEADER,
         overhead_value(overhead(ctx.start.elapsed(), &completion)),
@@ -150,6 +168,10 @@ pub struct Hints {
     pub priority: Option<Priority>,
     /// `X-Dedup: on`.
     pub dedup: bool,
+    /// `X-Rag-Query`: what to search for instead of the last user message.
+    pub rag_query: Option<String>,
+    /// `X-Rag-Sources: true`: the answer lists the retrieved context it used.
+    pub rag_sources: bool,
 }
 
 impl Hints {
@@ -186,10 +208,29 @@ impl Hints {
             Some(b"on") => true,
             Some(_) => return Err(ApiError::invalid("X-Dedup", "must be `on` or `off`")),
         };
+        let rag_query = match headers.get(RAG_QUERY_HEADER) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .map(str::trim)
+                    .filter(|q| !q.is_empty())
+                    .ok_or_else(|| ApiError::invalid("X-Rag-Query", "must be non-empty visible ASCII text"))?
+                    .to_owned(),
+            ),
+        };
+        let rag_sources = match headers.get(RAG_SOURCES_HEADER).map(HeaderValue::as_bytes) {
+            None | Some(b"false") => false,
+            Some(b"true") => true,
+            Some(_) => return Err(ApiError::invalid("X-Rag-Sources", "must be `true` or `false`")),
+        };
         Ok(Self {
             session,
             priority,
             dedup,
+            rag_query,
+            rag_sources,
         })
     }
 }
@@ -219,6 +260,9 @@ pub fn prepare(
     request.priority = hints.priority.unwrap_or(default_priority);
     if hints.dedup {
         request.meta.insert("dedup".into(), "on".into());
+    }
+    if let Some(query) = &hints.rag_query {
+        request.meta.insert("rag_query".into(), query.clone());
     }
     Ok((request, delivery))
 }

@@ -17,6 +17,7 @@ pub mod middleware;
 pub mod ops;
 pub mod outcome;
 pub mod request;
+pub mod sources;
 pub mod sse;
 pub mod wire;
 

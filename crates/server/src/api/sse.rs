@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::generate::{format_ms, overhead};
 use super::middleware::DisconnectGuard;
 use super::outcome::Outcome;
+use super::sources;
 use super::wire::Header;
 
 /// A comment every so often keeps idle proxies from closing a slow stream and lets the server
@@ -34,17 +35,25 @@ pub async fn respond(
     start: Instant,
     mut guard: DisconnectGuard,
     mut outcome: Outcome,
+    show_sources: bool,
 ) -> Result<Response, ApiError> {
-    let first = match handle.recv().await {
-        Some(ResponseEvent::Error(error)) => return Err(outcome.failed(error).await),
-        Some(event) => event,
-        None => {
-            let error = PipelineError::Internal {
-                message: "the request ended without a final event".into(),
-            };
-            return Err(outcome.failed(error).await);
+    // The retrieved context comes just before the first output; the status still waits for
+    // that output (or the error instead of it).
+    let mut found = None;
+    let first = loop {
+        match handle.recv().await {
+            Some(ResponseEvent::Error(error)) => return Err(outcome.failed(error).await),
+            Some(ResponseEvent::Sources(sources)) => found = Some(sources),
+            Some(event) => break event,
+            None => {
+                let error = PipelineError::Internal {
+                    message: "the request ended without a final event".into(),
+                };
+                return Err(outcome.failed(error).await);
+            }
         }
     };
+    let sources = found.filter(|_| show_sources);
     let mut closing = Closing {
         include_usage,
         start,
@@ -52,7 +61,17 @@ pub async fn respond(
         held: None,
         outcome,
     };
-    let mut opening: Vec<Event> = closing.header.role_chunk().into_iter().map(data).collect();
+    let mut opening: Vec<Event> = Vec::new();
+    match (closing.header.role_chunk(), &sources) {
+        (Some(role), Some(sources)) => opening.push(data(sources::with_field(role, sources))),
+        (Some(role), None) => opening.push(data(role)),
+        // Completions have no role chunk: the sources go in a chunk of their own.
+        (None, Some(sources)) => {
+            let chunk = closing.header.text_chunk("", None);
+            opening.push(data(sources::with_field(chunk, sources)));
+        }
+        (None, None) => {}
+    }
     let rest = if let Some(events) = closing.events(first, &mut opening).await {
         // The first event was already the last one.
         opening.extend(events);
@@ -78,9 +97,15 @@ pub async fn respond(
     let events = stream::iter(opening)
         .chain(rest.flat_map(stream::iter))
         .map(Ok::<_, Infallible>);
-    Ok(Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+        .into_response();
+    if let Some(sources) = &sources {
+        response
+            .headers_mut()
+            .insert(sources::SOURCES_HEADER, sources::header(sources));
+    }
+    Ok(response)
 }
 
 /// One stream's chunks, and how it ends.
@@ -117,6 +142,8 @@ impl Closing {
                 out.push(data(self.header.passthrough_chunk(&extra)));
                 None
             }
+            // Sent once, before the first output, and read there.
+            ResponseEvent::Sources(_) => None,
             ResponseEvent::Done(completion) => Some(self.done(&completion)),
             ResponseEvent::Error(error) => {
                 let error = self.outcome.failed(error).await;

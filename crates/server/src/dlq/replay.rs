@@ -125,7 +125,7 @@ async fn run(live: &Live, entry: &DeadLetter) -> Result<serde_json::Value, Strin
     let hints = Hints {
         session: entry.session.clone(),
         priority: entry.priority.parse::<Priority>().ok(),
-        dedup: false,
+        ..Hints::default()
     };
     let request_id = format!("dlq-{}", entry.id);
     let (request, delivery) = prepare(

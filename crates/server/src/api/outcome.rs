@@ -59,8 +59,8 @@ pub struct Draft {
 }
 
 impl Draft {
-    /// Appends the dead letter and waits until it is on disk, when `error` is an ending the
-    /// config keeps. A caller who went away left no failure to replay.
+    /// Appends the dead letter when `error` is an ending the config keeps, and waits until it is
+    /// on disk, except for refusals (see below). A caller who went away left no failure to replay.
     async fn keep(self, error: &PipelineError) {
         let Some((reason, stage)) = classify(error) else {
             return;
@@ -99,16 +99,26 @@ impl Draft {
             replays: 0,
             last_replay_error: None,
         };
-        match self.store.append(letter).await {
-            Ok(id) => tracing::info!(
-                id,
-                reason = reason.as_str(),
-                "Failed request kept in the dead-letter queue."
-            ),
-            // The caller still gets its error; the operator learns what was not kept.
-            Err(e) => {
-                tracing::error!(error = %e, "A failed request could not be kept in the dead-letter queue.")
+        let store = self.store;
+        let append = async move {
+            match store.append(letter).await {
+                Ok(id) => tracing::info!(
+                    id,
+                    reason = reason.as_str(),
+                    "Failed request kept in the dead-letter queue."
+                ),
+                // The caller still gets its error; the operator learns what was not kept.
+                Err(e) => {
+                    tracing::error!(error = %e, "A failed request could not be kept in the dead-letter queue.")
+                }
             }
+        };
+        if reason == Reason::Shed {
+            // A refusal must be answered at once, not after a disk sync (which can take hundreds
+            // of milliseconds under a burst of them): it is written in the background.
+            tokio::spawn(append);
+        } else {
+            append.await;
         }
     }
 }

@@ -122,6 +122,10 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// Counted by the pipeline because the backend reported none (its prompt count is the
+    /// assembler's when it counted, else words); not part of any wire format.
+    #[serde(skip)]
+    pub estimated: bool,
 }
 
 impl Usage {
@@ -130,6 +134,7 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            estimated: false,
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check a pipeline config: print every problem and exit 2, or a summary and exit 0.
     Validate(ValidateArgs),
+    /// Add files (.txt, .md, .jsonl; directories are walked) to the config's full-text index:
+    /// changed files are re-indexed, unchanged ones skipped.
+    Ingest(IngestArgs),
     /// Inspect or empty the dead-letter queue's file while no gateway has it open (a running
     /// gateway serves the same at /admin/dlq).
     Dlq(DlqArgs),
@@ -44,6 +47,17 @@ pub struct ValidateArgs {
     /// The file to check; without one, the built-in default config.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// Pipeline configuration file; its `[rag.index]` says where the index is and how to chunk.
+    /// Without one, the built-in config (the sample index under target/).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Files and directories to ingest.
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -62,7 +76,9 @@ impl Cli {
         match &self.command {
             None => Some(&self.serve),
             Some(Command::Serve(args)) => Some(args),
-            Some(Command::Validate(_) | Command::Dlq(_) | Command::MockUpstream(_)) => None,
+            Some(Command::Validate(_) | Command::Ingest(_) | Command::Dlq(_) | Command::MockUpstream(_)) => {
+                None
+            }
         }
     }
 }

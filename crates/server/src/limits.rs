@@ -100,6 +100,11 @@ impl KeyLimits {
         Ok(headers)
     }
 
+    /// Whether this key has a token budget (and so needs token counts).
+    pub fn counts_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
     /// Charges the tokens a finished request used.
     pub fn charge(&self, tokens: u32) {
         if let Some(budget) = &self.tokens {

@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use orchestrator_backends::Router;
 use orchestrator_backends::dedup::Dedup;
+use orchestrator_context::assemble::{AssembleConfig, Encoding, TemplateAssembler};
+use orchestrator_context::index::{IndexRetriever, ensure_indexed};
 use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, PriorityGate, RequestSender};
 
 use crate::auth::ApiKeys;
-use crate::config::Config;
+use crate::config::{Config, RagConfig};
 use crate::dlq::DlqStore;
 
 pub struct Live {
@@ -61,7 +63,28 @@ impl Live {
         let sharing = config.models.iter().filter(|m| m.dedup).map(|m| m.name.clone());
         let worker = Arc::new(Dedup::new(models.clone(), sharing));
         let mut builder = PipelineBuilder::new(worker).config(config.pipeline.clone());
-        for (post, models) in config.compile_graph().post {
+        let graph = config.compile_graph();
+        let auth = &config.auth;
+        let budgets = auth
+            .keys
+            .iter()
+            .filter_map(|k| k.rate_limit)
+            .chain(auth.rate_limit);
+        if budgets.into_iter().any(|r| r.tokens_per_minute.is_some()) {
+            // Token budgets count prompts with a tokenizer that takes ~0.2 s to load: load it now,
+            // not in the first limited request.
+            std::thread::spawn(|| Encoding::O200kBase.count_tokens(""));
+        }
+        if let Some(rag) = &config.rag {
+            builder = builder.retriever(Arc::new(open_index(rag, &graph.without_rag)?));
+        }
+        let assemble = graph.assemble_config(&config.assemble);
+        // Without settings, the core's own assembly does the same, without a tokenizer.
+        if assemble != AssembleConfig::default() {
+            let assembler = TemplateAssembler::new(assemble).map_err(|e| format!("assemble: {e}"))?;
+            builder = builder.assembler(Arc::new(assembler));
+        }
+        for (post, models) in graph.post {
             let processor: Arc<dyn PostProcessor> = post.build_for(&models)?;
             builder = builder.post_processor(processor);
         }
@@ -79,4 +102,17 @@ impl Live {
             config,
         })
     }
+}
+
+/// Opens the index, first ingesting `ingest_on_start` if the index is still empty.
+fn open_index(rag: &RagConfig, without_rag: &[String]) -> Result<IndexRetriever, String> {
+    if !rag.ingest_on_start.is_empty() {
+        match ensure_indexed(&rag.index, &rag.ingest_on_start) {
+            Ok(Some(summary)) => tracing::info!(%summary, "Indexed the configured corpus on first start."),
+            Ok(None) => {}
+            Err(e) => return Err(format!("rag.ingest_on_start: {e}")),
+        }
+    }
+    IndexRetriever::open(&rag.index, rag.search, rag.per_model(without_rag))
+        .map_err(|e| format!("rag.index: {e}"))
 }

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator_server::cli::{Cli, Command, ServeArgs, ValidateArgs};
+use orchestrator_context::index::Progress;
+use orchestrator_server::cli::{Cli, Command, IngestArgs, ServeArgs, ValidateArgs};
 use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
@@ -24,6 +25,7 @@ async fn main() -> ExitCode {
     match &cli.command {
         Some(Command::MockUpstream(args)) => return mock_upstream(args.clone()).await,
         Some(Command::Validate(args)) => return validate(args),
+        Some(Command::Ingest(args)) => return ingest(args),
         Some(Command::Dlq(args)) => return orchestrator_server::dlq::cli::run(args).await,
         _ => {}
     }
@@ -45,11 +47,42 @@ fn validate(args: &ValidateArgs) -> ExitCode {
                 return ExitCode::from(INVALID_CONFIG);
             }
         },
-        None => (Config::default(), "the built-in default config".to_string()),
+        None => (Config::builtin(), "the built-in default config".to_string()),
     };
     // A closed pipe (`| head`) is not worth a panic.
     let _ = write!(std::io::stdout().lock(), "{name}: valid\n{}", config.summary());
     ExitCode::SUCCESS
+}
+
+/// `orchestrator ingest PATH...`: adds files to the config's index (changed files are replaced,
+/// unchanged ones skipped).
+fn ingest(args: &IngestArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(INVALID_CONFIG);
+            }
+        },
+        None => Config::builtin(),
+    };
+    let Some(rag) = &config.rag else {
+        eprintln!(
+            "the config has no [rag] section; add one with [rag.index] path = \"DIR\" to say where the index goes"
+        );
+        return ExitCode::from(INVALID_CONFIG);
+    };
+    match orchestrator_context::index::ingest(&rag.index, &args.paths, Progress::auto()) {
+        Ok(summary) => {
+            let _ = writeln!(std::io::stdout().lock(), "{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn mock_upstream(args: MockArgs) -> ExitCode {
@@ -82,7 +115,7 @@ async fn serve(args: &ServeArgs) -> ExitCode {
                 return ExitCode::from(INVALID_CONFIG);
             }
         },
-        None => Config::default(),
+        None => Config::builtin(),
     };
     if let Some(listen) = args.listen {
         config.server.listen = listen;

@@ -19,7 +19,7 @@ use super::AppState;
 use super::body::{parse_json, read_limited};
 use super::error::ApiError;
 use super::middleware::{DisconnectGuard, RequestContext};
-use super::outcome::{Draft, Outcome, unix_ms};
+use super::outcome::{Draft, Outcome, estimate_prompt_tokens, unix_ms};
 use super::request::{Delivery, GenerationRequest};
 use super::wire::{Endpoint, Header};
 use super::{sources, sse};
@@ -97,8 +97,13 @@ async fn generate(
     let key = caller.as_ref().map(|c| &*c.id.0);
     let default_priority = caller.as_ref().map(|c| c.priority).unwrap_or_default();
     let (request, delivery) = prepare(&live, &bytes, endpoint, &hints, key, default_priority, &ctx.id)?;
+    let prompt_estimate = limits
+        .as_ref()
+        .filter(|l| l.counts_tokens())
+        .map(|_| estimate_prompt_tokens(&request.input));
     let mut outcome = Outcome {
         limits,
+        prompt_estimate,
         permit: None,
         dead_letter: draft(&live, &request, endpoint, key, &hints, bytes, received_at_ms),
     };

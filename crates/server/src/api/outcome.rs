@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio_prompt_orchestrator::{Completion, GatePermit, PipelineError, Priority, Stage};
+use orchestrator_context::assemble::{Encoding, MESSAGE_OVERHEAD_TOKENS};
+use tokio_prompt_orchestrator::{Completion, GatePermit, PipelineError, Priority, PromptInput, Stage};
 
 use super::error::ApiError;
 use super::wire::Endpoint;
@@ -18,6 +19,9 @@ use crate::limits::KeyLimits;
 pub struct Outcome {
     /// The caller's key's limits, charged with the tokens used.
     pub limits: Option<Arc<KeyLimits>>,
+    /// The request's prompt in tokens, counted with a real tokenizer when the key has a token
+    /// budget, for backends that report no usage.
+    pub prompt_estimate: Option<u32>,
     /// The request's place inside the pipeline; let go when it ends.
     pub permit: Option<GatePermit>,
     /// What to keep if it fails; `None` when the dead-letter queue is off.
@@ -27,7 +31,13 @@ pub struct Outcome {
 impl Outcome {
     pub fn completed(&mut self, completion: &Completion) {
         if let Some(limits) = &self.limits {
-            limits.charge(completion.usage.total_tokens);
+            let usage = completion.usage;
+            let tokens = match self.prompt_estimate {
+                // The pipeline's own prompt count may be words; the tokenizer's is better.
+                Some(prompt) if usage.estimated => prompt.saturating_add(usage.completion_tokens),
+                _ => usage.total_tokens,
+            };
+            limits.charge(tokens);
         }
         self.permit = None;
         self.dead_letter = None;
@@ -141,4 +151,83 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The tokens of a request's text (messages' contents, or the prompt) by `o200k_base`, the
+/// encoding of current OpenAI models: an estimate for a budget, not a bill.
+pub fn estimate_prompt_tokens(input: &PromptInput) -> u32 {
+    let count = |text: &str| Encoding::O200kBase.count_tokens(text);
+    let tokens = match input {
+        PromptInput::Text(text) => count(text),
+        PromptInput::Chat(messages) => messages
+            .iter()
+            .map(|m| count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
+            .sum::<usize>(),
+    };
+    u32::try_from(tokens).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use tokio_prompt_orchestrator::{ChatMessage, Usage};
+
+    use super::*;
+    use crate::limits::RateLimitConfig;
+
+    fn remaining_tokens(limits: &KeyLimits) -> String {
+        let Ok(headers) = limits.admit() else {
+            panic!("the budget is not used up")
+        };
+        headers["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn without_upstream_usage_a_budget_is_charged_the_tokenizers_count_of_the_prompt() {
+        let limits = Arc::new(
+            KeyLimits::new(RateLimitConfig {
+                tokens_per_minute: NonZeroU32::new(1000),
+                ..RateLimitConfig::default()
+            })
+            .unwrap(),
+        );
+        // One "word" to a word count, many tokens to a tokenizer.
+        let input = PromptInput::Chat(vec![ChatMessage::user("x".repeat(400))]);
+        let estimate = estimate_prompt_tokens(&input);
+        assert_eq!(
+            estimate as usize,
+            Encoding::O200kBase.count_tokens(&"x".repeat(400)) + MESSAGE_OVERHEAD_TOKENS
+        );
+        assert!(estimate > 40, "{estimate}");
+        let mut outcome = Outcome {
+            limits: Some(limits.clone()),
+            prompt_estimate: Some(estimate),
+            ..Outcome::default()
+        };
+        let pipeline_count = Usage {
+            estimated: true,
+            ..Usage::new(1, 5)
+        };
+        outcome.completed(&Completion {
+            usage: pipeline_count,
+            ..Completion::default()
+        });
+        assert_eq!(remaining_tokens(&limits), (1000 - estimate - 5).to_string());
+
+        // The upstream's own usage is charged as it is.
+        let mut outcome = Outcome {
+            limits: Some(limits.clone()),
+            prompt_estimate: Some(estimate),
+            ..Outcome::default()
+        };
+        outcome.completed(&Completion {
+            usage: Usage::new(10, 5),
+            ..Completion::default()
+        });
+        assert_eq!(remaining_tokens(&limits), (1000 - estimate - 5 - 15).to_string());
+    }
 }

@@ -13,6 +13,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
+use orchestrator_context::assemble::{AssembleConfig, AssembleSettings};
+
 use super::{Config, Problem};
 use crate::post::PostConfig;
 
@@ -31,6 +33,9 @@ pub struct StageDecl {
     /// `kind = "post"` only: its post-processors, as in `[[post]]`.
     #[serde(default)]
     pub processors: Vec<PostConfig>,
+    /// `kind = "assemble"` only: prompt settings (templates, budget) for the models that take
+    /// this branch, over `[assemble]`'s, as a `[assemble.models."<name>"]` entry would.
+    pub assemble: Option<AssembleSettings>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -47,6 +52,10 @@ pub enum StageKind {
 /// model's path, each with the models that take it.
 pub struct Compiled {
     pub post: Vec<(PostConfig, Vec<String>)>,
+    /// Models whose path leaves out the rag stage: they get no retrieved context.
+    pub without_rag: Vec<String>,
+    /// Prompt settings of assemble branches, each with the models that take it.
+    pub assemble: Vec<(AssembleSettings, Vec<String>)>,
 }
 
 impl Config {
@@ -77,6 +86,12 @@ impl Config {
                 add(
                     format!("stages[{i}].name"),
                     format!("stage {:?} is declared twice", stage.name),
+                );
+            }
+            if stage.kind != StageKind::Assemble && stage.assemble.is_some() {
+                add(
+                    format!("stages[{i}].assemble"),
+                    "only assemble stages take prompt settings".into(),
                 );
             }
             if stage.kind != StageKind::Post && !stage.processors.is_empty() {
@@ -183,6 +198,8 @@ impl Config {
                     .iter()
                     .map(|p| (p.clone(), p.models().to_vec()))
                     .collect(),
+                without_rag: Vec::new(),
+                assemble: Vec::new(),
             };
         }
         let stages = &self.stages;
@@ -195,8 +212,12 @@ impl Config {
         let output = outputs.first().copied().unwrap_or(0);
         // Which models take each stage.
         let mut takers: Vec<Vec<String>> = vec![Vec::new(); stages.len()];
+        let mut without_rag = Vec::new();
         for model in &self.models {
             if let Ok(path) = path_of(stages, &edges, &entries, output, &model.name) {
+                if !path.iter().any(|&i| stages[i].kind == StageKind::Rag) {
+                    without_rag.push(model.name.clone());
+                }
                 for i in path {
                     takers[i].push(model.name.clone());
                 }
@@ -204,6 +225,12 @@ impl Config {
         }
         // A topological order agrees with every model's path.
         let mut post = Vec::new();
+        let assemble = stages
+            .iter()
+            .zip(&takers)
+            .filter_map(|(stage, takers)| Some((stage.assemble.clone()?, takers.clone())))
+            .filter(|(_, takers)| !takers.is_empty())
+            .collect();
         for i in topological(&edges) {
             if stages[i].kind == StageKind::Post && !takers[i].is_empty() {
                 for processor in &stages[i].processors {
@@ -211,7 +238,25 @@ impl Config {
                 }
             }
         }
-        Compiled { post }
+        Compiled {
+            post,
+            without_rag,
+            assemble,
+        }
+    }
+}
+
+impl Compiled {
+    /// `[assemble]` with the graph's branch settings laid over the models that take them.
+    pub fn assemble_config(&self, base: &AssembleConfig) -> AssembleConfig {
+        let mut config = base.clone();
+        for (settings, models) in &self.assemble {
+            for model in models {
+                let entry = config.models.entry(model.clone()).or_default();
+                *entry = entry.overlay(settings);
+            }
+        }
+        config
     }
 }
 

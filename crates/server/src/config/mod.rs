@@ -5,6 +5,7 @@
 
 mod graph;
 mod locate;
+mod rag;
 mod summary;
 
 use std::collections::HashSet;
@@ -17,10 +18,12 @@ use orchestrator_backends::llamacpp::LlamaCppConfig;
 use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::replica::ReplicaConfig;
 use orchestrator_backends::routing::retry::RetryConfig;
+use orchestrator_context::assemble::AssembleConfig;
 use serde::Deserialize;
 use tokio_prompt_orchestrator::{AdmissionConfig, PipelineConfig, Priority};
 
 pub use self::graph::{StageDecl, StageKind};
+pub use self::rag::RagConfig;
 use crate::dlq::entry::Reason;
 use crate::limits::RateLimitConfig;
 use crate::post::PostConfig;
@@ -36,6 +39,10 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// Where failed requests are kept for replay; `None`: they are not kept.
     pub dlq: Option<DlqConfig>,
+    /// Retrieval from a full-text index in the RAG stage; `None`: requests pass straight through.
+    pub rag: Option<RagConfig>,
+    /// Prompt templates, prefix-stable assembly and the token budget of the Assemble stage.
+    pub assemble: AssembleConfig,
     /// Model backends, by name. (Field defaults: a file must declare its own models.)
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
@@ -211,6 +218,8 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             admission: AdmissionConfig::default(),
             dlq: None,
+            rag: None,
+            assemble: AssembleConfig::default(),
             backends: vec![BackendConfig::Echo {
                 name: "echo".into(),
                 token_delay_ms: 0,
@@ -220,6 +229,33 @@ impl Default for Config {
             post: Vec::new(),
             stages: Vec::new(),
         }
+    }
+}
+
+/// The sample corpus the built-in config indexes: the project's own documentation.
+const SAMPLE_CORPUS: [&str; 3] = ["README.md", "ARCHITECTURE.md", "BENCHMARKS.md"];
+/// Where the built-in config keeps the sample corpus's index (build output, not source).
+const SAMPLE_INDEX: &str = "target/orchestrator-sample-index";
+
+impl Config {
+    /// What `orchestrator` serves without `--config`: [`Config::default`], plus retrieval over
+    /// the project's documentation when it is started from a checkout of the repository (the
+    /// index is built on the first start), so the echo model shows what RAG adds to a prompt.
+    pub fn builtin() -> Self {
+        let mut config = Self::default();
+        let corpus: Vec<PathBuf> = SAMPLE_CORPUS.iter().map(PathBuf::from).collect();
+        if corpus.iter().all(|p| p.is_file()) {
+            config.rag = Some(RagConfig {
+                index: orchestrator_context::index::IndexConfig::new(SAMPLE_INDEX),
+                search: orchestrator_context::index::RagSettings {
+                    top_k: 2,
+                    ..Default::default()
+                },
+                models: Default::default(),
+                ingest_on_start: corpus,
+            });
+        }
+        config
     }
 }
 
@@ -374,6 +410,11 @@ impl Config {
                 );
             }
         }
+        if let Some(rag) = &self.rag {
+            for (path, message) in rag.problems(&self.models) {
+                add(path, message);
+            }
+        }
         let mut backend_names = HashSet::new();
         for (i, backend) in self.backends.iter().enumerate() {
             let http = match backend {
@@ -490,7 +531,19 @@ impl Config {
                 }
             }
         }
+        let before = problems.len();
         self.graph_problems(&mut problems);
+        // The graph's assemble branches are compiled into `[assemble]` to check them, which
+        // needs a valid graph (a cycle has no path to follow).
+        if problems.len() == before {
+            for (path, message) in self.assemble_problems() {
+                problems.push(Problem {
+                    path,
+                    message,
+                    location: None,
+                });
+            }
+        }
         problems
     }
 }

@@ -17,6 +17,7 @@ mod parser;
 mod passthrough;
 mod post;
 mod priority;
+mod rag;
 mod reload;
 mod sdk;
 mod shutdown;

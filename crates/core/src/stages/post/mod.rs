@@ -163,9 +163,10 @@ async fn run(
     drop(pieces);
     if let Ok(finished) = &mut result {
         let completion = count(usize::try_from(tokens).unwrap_or(usize::MAX));
-        finished
-            .usage
-            .get_or_insert(Usage::new(prompt_tokens, completion));
+        finished.usage.get_or_insert(Usage {
+            estimated: true,
+            ..Usage::new(prompt_tokens, completion)
+        });
     }
     if let Some(extra) = out.joined_extra.take()
         && out.tx.send(Piece::Passthrough(extra)).await.is_err()

@@ -291,6 +291,24 @@ impl From<PipelineError> for ApiError {
                 "retrieval_failed",
                 message,
             ),
+            // Even the parts never dropped (system prompt, last message) do not fit: the
+            // client's to fix, with OpenAI's code for it.
+            PipelineError::ContextLength { .. } => Self {
+                param: Some("messages".into()),
+                ..Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "context_length_exceeded",
+                    message,
+                )
+            },
+            // A template failed at request time (e.g. a `meta` field the request lacks).
+            PipelineError::Assembly { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "assembly_failed",
+                message,
+            ),
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -343,6 +361,11 @@ mod tests {
         assert_eq!(status(WorkerError::retryable("connection refused").into()), 502);
         let rejected = WorkerError::new("prompt too long").with_status(400);
         assert_eq!(status(rejected.into()), 400);
+        assert_eq!(status(PipelineError::ContextLength { needed: 9, limit: 8 }), 400);
+        let broken = PipelineError::Assembly {
+            message: "template `system` line 1: `meta.x` is undefined".into(),
+        };
+        assert_eq!(status(broken), 500);
     }
 
     #[test]

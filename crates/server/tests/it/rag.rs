@@ -227,3 +227,86 @@ fn ingest_indexes_new_and_changed_files_and_skips_unchanged_ones() {
     assert_eq!(status, 2);
     assert!(stderr.contains("no [rag] section"), "{stderr}");
 }
+
+const TEMPLATED: &str = r#"
+    [assemble]
+    system = "You help with {{ model }}."
+
+    # Two assemble branches: `terse` gets its own system prompt.
+    [[stages]]
+    name = "general"
+    kind = "assemble"
+    models = ["echo"]
+    [[stages]]
+    name = "short"
+    kind = "assemble"
+    models = ["terse"]
+    assemble = { system = "Answer in one word." }
+    [[stages]]
+    name = "infer"
+    kind = "inference"
+    inputs = ["general", "short"]
+    [[stages]]
+    name = "post"
+    kind = "post"
+    inputs = ["infer"]
+    [[stages]]
+    name = "out"
+    kind = "stream"
+    inputs = ["post"]
+
+    [[backends]]
+    kind = "echo"
+    name = "echo"
+    [[models]]
+    name = "echo"
+    backends = ["echo"]
+    [[models]]
+    name = "terse"
+    backends = ["echo"]
+"#;
+
+#[tokio::test]
+async fn templates_render_the_system_prompt_and_each_branch_has_its_own() {
+    let base = serve(Config::parse(TEMPLATED, "templated.toml").unwrap()).await;
+    // The echo backend answers with the prompt text it was sent.
+    let body: Value = ask(&base, "echo", "hi", &[]).await.json().await.unwrap();
+    assert_eq!(content(&body), "system: You help with echo.\nuser: hi");
+    let body: Value = ask(&base, "terse", "hi", &[]).await.json().await.unwrap();
+    assert_eq!(content(&body), "system: Answer in one word.\nuser: hi");
+}
+
+#[test]
+fn a_broken_template_is_a_config_problem_naming_it_and_its_line() {
+    let text = TEMPLATED.replace(
+        "system = \"You help with {{ model }}.\"",
+        "system = \"Hello\\n{{ model \"",
+    );
+    let error = Config::parse(&text, "templated.toml").unwrap_err().to_string();
+    assert!(error.contains("template `system` line 2"), "{error}");
+    let text = TEMPLATED.replace("{{ model }}", "{{ modle }}");
+    let error = Config::parse(&text, "templated.toml").unwrap_err().to_string();
+    assert!(error.contains("`modle`"), "{error}");
+}
+
+#[tokio::test]
+async fn a_prompt_that_cannot_fit_the_context_window_is_a_400() {
+    let text = TEMPLATED.replace(
+        "system = \"You help with {{ model }}.\"",
+        "system = \"You help with {{ model }}.\"\ncontext_window = 60\nreserve_output_tokens = 20",
+    );
+    let base = serve(Config::parse(&text, "budget.toml").unwrap()).await;
+    // A short question fits.
+    assert_eq!(ask(&base, "echo", "hi", &[]).await.status(), 200);
+    let long = "word ".repeat(200);
+    let error = expect_error(ask(&base, "echo", &long, &[]).await, 400).await;
+    assert_eq!(error["code"], "context_length_exceeded");
+    assert_eq!(error["param"], "messages");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("context window is 60"),
+        "{error}"
+    );
+}

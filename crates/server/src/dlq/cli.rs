@@ -150,28 +150,19 @@ pub async fn run(args: &DlqArgs) -> ExitCode {
         );
         return ExitCode::from(USAGE);
     }
-    if let DlqCommand::Replay(replay) = &args.command {
-        return match replay_entries(config, path, replay).await {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("{message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    // Blocking, but this runtime runs nothing else, so no one waits for it.
-    let store = match DlqStore::open(&path) {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = match &args.command {
-        DlqCommand::List(list) => list_entries(&store, list).await,
-        DlqCommand::Show { id } => show(&store, *id).await,
-        DlqCommand::Purge { .. } => purge(&store).await,
-        DlqCommand::Replay(_) => unreachable!("replay returned above"),
+        // Replay opens the file with the pipeline it builds.
+        DlqCommand::Replay(replay) => replay_entries(config, path, replay).await,
+        command => match DlqStore::open(&path) {
+            // Blocking, but this runtime runs nothing else, so no one waits for it.
+            Err(e) => Err(e.to_string()),
+            Ok(store) => match command {
+                DlqCommand::List(list) => list_entries(&store, list).await,
+                DlqCommand::Show { id } => show(&store, *id).await,
+                // Purge: replay went its own way above.
+                _ => purge(&store).await,
+            },
+        },
     };
     match result {
         Ok(code) => code,

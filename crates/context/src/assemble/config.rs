@@ -5,6 +5,7 @@
 //! [assemble]
 //! system = "You answer questions about {{ meta.product }}."   # a plain string is an inline template
 //! context = { file = "prompts/context.j2" }                   # or { inline = "..." }
+//! prompt = { file = "prompts/chatml.j2" }                     # optional: for completion backends
 //! context_window = 128000
 //! reserve_output_tokens = 1024
 //! encoding = "o200k_base"
@@ -125,6 +126,11 @@ pub struct AssembleSettings {
     /// Renders the retrieved chunks into the context block; without one, a built-in block
     /// (`Context:` then one `[source#position] text` line per chunk) is used.
     pub context: Option<TemplateSource>,
+    /// Renders the whole prompt that completion-style backends get (`Assembled::prompt`) in the
+    /// model's own chat format (ChatML, Llama 3 headers, ...) from `system`, `tools`, `context`
+    /// and `messages`; without one, a plain flattening (`system: ...`, then `role: content`
+    /// lines). The chat messages that chat backends get are the same either way.
+    pub prompt: Option<TemplateSource>,
     /// The model's context window in tokens; without one there is no budget (nothing is
     /// dropped, and tokens are not counted).
     pub context_window: Option<NonZeroU32>,
@@ -142,6 +148,7 @@ impl AssembleSettings {
         AssembleSettings {
             system: over.system.clone().or_else(|| self.system.clone()),
             context: over.context.clone().or_else(|| self.context.clone()),
+            prompt: over.prompt.clone().or_else(|| self.prompt.clone()),
             context_window: over.context_window.or(self.context_window),
             reserve_output_tokens: over.reserve_output_tokens.or(self.reserve_output_tokens),
             encoding: over.encoding.or(self.encoding),
@@ -168,7 +175,7 @@ impl AssembleConfig {
     pub fn with_base_dir(mut self, dir: &Path) -> Self {
         let settings = std::iter::once(&mut self.default).chain(self.models.values_mut());
         for settings in settings {
-            for source in [&mut settings.system, &mut settings.context]
+            for source in [&mut settings.system, &mut settings.context, &mut settings.prompt]
                 .into_iter()
                 .flatten()
             {
@@ -190,6 +197,7 @@ impl AssembleConfig {
 struct RawAssembleConfig {
     system: Option<TemplateSource>,
     context: Option<TemplateSource>,
+    prompt: Option<TemplateSource>,
     context_window: Option<NonZeroU32>,
     reserve_output_tokens: Option<u32>,
     encoding: Option<Encoding>,
@@ -203,6 +211,7 @@ impl From<RawAssembleConfig> for AssembleConfig {
             default: AssembleSettings {
                 system: raw.system,
                 context: raw.context,
+                prompt: raw.prompt,
                 context_window: raw.context_window,
                 reserve_output_tokens: raw.reserve_output_tokens,
                 encoding: raw.encoding,

@@ -10,6 +10,9 @@
 //! - `chunks` (context template only): the retrieved chunks in canonical order, each
 //!   `{ text, source, position, score }`.
 //!
+//! The `prompt` template (see the `prompt` module) sees other variables: the rendered parts
+//! (`system`, `tools`, `context`) and, as `messages`, the conversation after the system part.
+//!
 //! There is deliberately no `now` or other clock: a prompt that changes every second never shares
 //! a prefix with the previous request, which defeats prefix caching. Anything that must vary
 //! belongs in the conversation, after the stable prefix.
@@ -18,6 +21,12 @@
 //! leaving a hole in the prompt: an unknown variable is reported when the assembler is built, an
 //! unknown field (`meta.tenant` on a request without it) when the request is assembled. Optional
 //! metadata is written `{% if meta.tenant is defined %}` or `{{ meta.tenant | default("none") }}`.
+//!
+//! Whitespace: block tags swallow the newline after them (`trim_blocks`) and the indentation
+//! before them (`lstrip_blocks`), as in Hugging Face chat templates; `{% if x +%}` keeps the
+//! newline. A template's final newline is kept (`keep_trailing_newline`): the system and context
+//! blocks are trimmed anyway, and the `prompt` template's output is used exactly as rendered,
+//! since chat formats end in a newline (`<|im_start|>assistant\n`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -45,6 +54,8 @@ pub(crate) const DEFAULT_CONTEXT_NAME: &str = "context (built-in)";
 pub(crate) enum TemplateKind {
     System,
     Context,
+    /// The whole completion prompt: see the `prompt` module.
+    Prompt,
 }
 
 /// Which of the request's variables a template reads, so that rendering builds only those.
@@ -85,6 +96,7 @@ impl Templates {
         let syntax = SyntaxConfig::builder()
             .trim_blocks(true)
             .lstrip_blocks(true)
+            .keep_trailing_newline(true)
             .build()
             .map_err(|err| AssembleProblem::Invalid {
                 field: "template syntax".into(),
@@ -178,15 +190,27 @@ impl Templates {
                 "messages" => uses.messages = true,
                 "meta" => uses.meta = true,
                 "chunks" if kind == TemplateKind::Context => uses.chunks = true,
+                // The prompt template always gets its parts: they are rendered anyway.
+                "system" | "tools" | "context" if kind == TemplateKind::Prompt => {}
                 _ if self.globals.contains(&variable) => {}
                 _ => {
-                    let hint = if variable == "chunks" {
-                        "the retrieved chunks belong in the `context` template (when the budget drops \
-                         chunks, only that block is rendered again)"
-                    } else if kind == TemplateKind::Context {
-                        "the variables are `model`, `messages`, `meta` and `chunks`"
-                    } else {
-                        "the variables are `model`, `messages` and `meta`"
+                    let hint = match (kind, variable.as_str()) {
+                        (TemplateKind::Prompt, "chunks") => {
+                            "the retrieved chunks belong in the `context` template; the `prompt` \
+                             template gets that block, rendered, as `context`"
+                        }
+                        (_, "chunks") => {
+                            "the retrieved chunks belong in the `context` template (when the budget \
+                             drops chunks, only that block is rendered again)"
+                        }
+                        (_, "system" | "tools" | "context") => {
+                            "`system`, `tools` and `context` exist only in the `prompt` template"
+                        }
+                        (TemplateKind::Context, _) => "the variables are `model`, `messages`, `meta` and `chunks`",
+                        (TemplateKind::System, _) => "the variables are `model`, `messages` and `meta`",
+                        (TemplateKind::Prompt, _) => {
+                            "the variables are `system`, `tools`, `context`, `messages`, `model` and `meta`"
+                        }
                     };
                     problems.push(AssembleProblem::UnknownVariable {
                         template: name.to_owned(),
@@ -224,17 +248,32 @@ impl Templates {
             meta => uses.meta.then(|| Value::from(request.meta.clone())),
             chunks => uses.chunks.then(|| chunks_value(chunks)),
         };
-        let rendered = self
-            .env
-            .get_template(&template.name)
-            .and_then(|compiled| compiled.render(ctx))
-            .map_err(|err| render_error(template, &err))?;
+        let rendered = self.render_raw(template, ctx)?;
         let trimmed = rendered.trim();
         Ok(if trimmed.len() == rendered.len() {
             rendered
         } else {
             trimmed.to_owned()
         })
+    }
+
+    /// Renders `template` with `ctx` as it is, untrimmed.
+    ///
+    /// # Errors
+    /// [`PipelineError::Assembly`] naming the template and line.
+    pub(crate) fn render_raw(&self, template: &TemplateRef, ctx: Value) -> Result<String, PipelineError> {
+        self.env
+            .get_template(&template.name)
+            .and_then(|compiled| compiled.render(ctx))
+            .map_err(|err| render_error(template, &err))
+    }
+}
+
+impl TemplateRef {
+    /// Whether the template reads the request's `model`, `meta`: the prompt template's render
+    /// builds only those it reads.
+    pub(crate) fn uses_model_and_meta(&self) -> (bool, bool) {
+        (self.uses.model, self.uses.meta)
     }
 }
 

@@ -1,5 +1,10 @@
 //! The template assembler end to end: templates, prefix stability, the token budget, and a timing
-//! probe (`--ignored`).
+//! probe (`--ignored`); the `prompt` template's tests are in `assemble/prompt.rs`.
+
+// A crate root finds its modules beside it, so the path keeps the file under `assemble/`, out of
+// the way of cargo, which would build `tests/prompt.rs` as a test binary of its own.
+#[path = "assemble/prompt.rs"]
+mod prompt;
 
 use std::time::Instant;
 
@@ -9,7 +14,8 @@ use orchestrator_context::assemble::{
 };
 use serde_json::json;
 use tokio_prompt_orchestrator::{
-    Assembled, Assembler, ChatMessage, InferenceRequest, PipelineError, RetrievedChunk, Role, SessionId,
+    Assembled, Assembler, ChatMessage, InferenceRequest, PipelineError, PromptInput, RetrievedChunk, Role,
+    SessionId,
 };
 
 fn assembler(config: serde_json::Value) -> TemplateAssembler {
@@ -625,6 +631,12 @@ fn timing_of_a_typical_request() {
     let templates = assembler(config(None));
     let budget = assembler(config(Some(128_000)));
     let tight = assembler(config(Some(1_000)));
+    // ChatML, as in the `prompt` module's docs: the budget counts the whole rendered text.
+    let chatml = assembler(json!({
+        "system": "You are the support assistant for {{ meta.product }}. Answer from the context.",
+        "prompt": "{% if system %}<|im_start|>system\n{{ system }}{% if context +%}\n\n{{ context }}{% endif %}<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+        "context_window": 128_000,
+    }));
 
     // The best of three rounds of 1000 requests: the machine's other work only ever adds time.
     // `make(round, i)` builds each request, so that a round can have texts never seen before.
@@ -663,6 +675,24 @@ fn timing_of_a_typical_request() {
         "+ budget (1k window: drops chunks), same documents",
         &tight,
         &same,
+    );
+    time("+ prompt template (ChatML), same documents", &chatml, &same);
+    // A new question over the same documents: the chat form counts only the new message, while
+    // the rendered prompt is new text, encoded whole (the price of an exact count).
+    let new_question = |round: usize, i: usize| {
+        let (mut request, chunks) = typical_request(0, false);
+        let question = ChatMessage::user(format!("And what does caller {round}-{i} see?"));
+        if let PromptInput::Chat(messages) = &mut request.input {
+            messages.push(question);
+        }
+        (request, chunks)
+    };
+    time("+ budget (128k window), new question", &budget, &new_question);
+    time("+ prompt template (ChatML), new question", &chatml, &new_question);
+    time(
+        "+ prompt template (ChatML), new documents each request",
+        &chatml,
+        &new,
     );
     time(
         "+ budget (1k window: drops chunks), new documents",

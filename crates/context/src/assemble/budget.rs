@@ -21,7 +21,7 @@ pub(crate) struct Budget {
 
 impl Budget {
     /// Tokens the prompt may use.
-    fn limit(self) -> usize {
+    pub(crate) fn limit(self) -> usize {
         self.window - self.reserve
     }
 }

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use super::template::TemplateKind;
+
 /// Every problem found in an `[assemble]` config.
 #[derive(Debug)]
 pub struct AssembleError {
@@ -72,6 +74,28 @@ pub enum AssembleProblem {
     /// A number is out of range.
     #[error("`{field}`: {message}")]
     Invalid { field: String, message: String },
+}
+
+/// What to write instead of `variable`, which a `kind` template does not have.
+pub(crate) fn unknown_variable_hint(kind: TemplateKind, variable: &str) -> &'static str {
+    match (kind, variable) {
+        (TemplateKind::Prompt, "chunks") => {
+            "the retrieved chunks belong in the `context` template; the `prompt` \
+             template gets that block, rendered, as `context`"
+        }
+        (_, "chunks") => {
+            "the retrieved chunks belong in the `context` template (when the budget \
+             drops chunks, only that block is rendered again)"
+        }
+        (_, "system" | "tools" | "context") => {
+            "`system`, `tools` and `context` exist only in the `prompt` template"
+        }
+        (TemplateKind::Context, _) => "the variables are `model`, `messages`, `meta` and `chunks`",
+        (TemplateKind::System, _) => "the variables are `model`, `messages` and `meta`",
+        (TemplateKind::Prompt, _) => {
+            "the variables are `system`, `tools`, `context`, `messages`, `model` and `meta`"
+        }
+    }
 }
 
 fn in_file(file: &Option<PathBuf>) -> String {

@@ -2,7 +2,10 @@
 //! budget, configured per model.
 //!
 //! - [`config`]: the `[assemble]` section ([`AssembleConfig`]).
-//! - `template`: compiling and rendering the system and context templates.
+//! - `profile`: one model's compiled settings (templates, budget, tokenizer).
+//! - `template`: compiling and rendering the templates.
+//! - `prompt`: the optional `prompt` template (the text completion-style backends get, in the
+//!   model's chat format, e.g. ChatML) and the budget counted on it.
 //! - `order`: the canonical order of the prompt's parts and its text forms.
 //! - `budget`: what to drop when the prompt does not fit the context window.
 //! - `draft`: counting a request's parts for the budget.
@@ -18,6 +21,8 @@ pub mod error;
 mod budget;
 mod draft;
 mod order;
+mod profile;
+mod prompt;
 mod template;
 mod tokens;
 
@@ -33,10 +38,11 @@ pub use config::{AssembleConfig, AssembleSettings, DEFAULT_RESERVE_OUTPUT_TOKENS
 pub use error::{AssembleError, AssembleProblem};
 pub use tokens::{MESSAGE_OVERHEAD_TOKENS, REPLY_PRIMING_TOKENS, SEPARATOR_TOKENS};
 
-use budget::Budget;
 use draft::Draft;
 use order::{Conversation, Input};
-use template::{TemplateKind, TemplateRef, Templates};
+use profile::{Profile, build_profile, toml_key};
+use prompt::PromptDraft;
+use template::Templates;
 use tokens::TokenCounter;
 
 /// Assembles prompts from templates, in a prefix-stable order, within a token budget.
@@ -49,11 +55,15 @@ use tokens::TokenCounter;
 ///   to text, with the tool definitions after the system prompt.
 /// - **Completion** (`PromptInput::Text`): `messages = None`; `prompt` = system prompt, tools,
 ///   context block and the request's text, separated by blank lines.
+/// - With a `prompt` template, `prompt` is that template's output instead, for both kinds (see
+///   the `prompt` module: it renders the same parts in the model's chat format); the chat
+///   `messages` do not change.
 /// - `prefix_key` = XXH3 of the stable prefix (system prompt, tools, context block as joined in
 ///   the prompt); `None` when there is none. The conversation never changes it, so a session keeps
 ///   its key from turn to turn unless the budget drops chunks.
 /// - `prompt_tokens`: counted only when the model has a context window (a budget needs the count;
-///   without one, the tokenizer is not run).
+///   without one, the tokenizer is not run). With a `prompt` template it is the exact count of
+///   `prompt`; otherwise an estimate of the chat form (contents plus a fixed framing per message).
 ///
 /// When even the system prompt, the tools and the last user turn exceed the window minus
 /// `reserve_output_tokens`, the request fails with `ContextLength { needed, limit }`: `needed`
@@ -67,14 +77,6 @@ pub struct TemplateAssembler {
     profiles: Vec<Profile>,
     by_model: HashMap<String, usize>,
     counter: TokenCounter,
-}
-
-/// One model's compiled settings.
-struct Profile {
-    system: Option<TemplateRef>,
-    context: TemplateRef,
-    budget: Option<Budget>,
-    encoding: Encoding,
 }
 
 impl TemplateAssembler {
@@ -145,68 +147,6 @@ impl TemplateAssembler {
     }
 }
 
-/// Compiles one profile. `own` holds what this entry itself sets: only those templates are
-/// compiled under its path; the others are shared with `default`.
-fn build_profile(
-    templates: &mut Templates,
-    path: &str,
-    settings: &AssembleSettings,
-    own: &AssembleSettings,
-    default: Option<&Profile>,
-    builtin_context: &TemplateRef,
-    problems: &mut Vec<AssembleProblem>,
-) -> Profile {
-    let mut template = |source: &Option<TemplateSource>, field: &str, kind| {
-        let source = source.as_ref()?;
-        templates.add(&format!("{path}{field}"), source, kind, problems)
-    };
-    let system = match default {
-        Some(default) if own.system.is_none() => default.system.clone(),
-        _ => template(&settings.system, "system", TemplateKind::System),
-    };
-    let context = match default {
-        Some(default) if own.context.is_none() => Some(default.context.clone()),
-        _ => template(&settings.context, "context", TemplateKind::Context),
-    }
-    .unwrap_or_else(|| builtin_context.clone());
-
-    let budget = settings.context_window.and_then(|window| {
-        let window = window.get();
-        let reserve = settings
-            .reserve_output_tokens
-            .unwrap_or(DEFAULT_RESERVE_OUTPUT_TOKENS);
-        if reserve >= window {
-            problems.push(AssembleProblem::Invalid {
-                field: format!("{path}reserve_output_tokens"),
-                message: format!(
-                    "reserving {reserve} tokens for the answer leaves no room for the prompt in a \
-                     context window of {window}; set `reserve_output_tokens` below `context_window`"
-                ),
-            });
-            return None;
-        }
-        Some(Budget {
-            window: window as usize,
-            reserve: reserve as usize,
-        })
-    });
-    Profile {
-        system,
-        context,
-        budget,
-        encoding: settings.encoding.unwrap_or_default(),
-    }
-}
-
-/// A model name as a TOML key: bare when it can be, quoted otherwise (`gpt-4o`, `"gpt-4.1"`).
-fn toml_key(key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if bare { key.to_owned() } else { format!("{key:?}") }
-}
-
 impl Assembler for TemplateAssembler {
     fn assemble(
         &self,
@@ -215,7 +155,12 @@ impl Assembler for TemplateAssembler {
     ) -> Result<Assembled, PipelineError> {
         let profile = self.profile(&request.model);
         let tools = order::tools_block(&request.extra);
-        if profile.system.is_none() && profile.budget.is_none() && context.is_empty() && tools.is_none() {
+        if profile.system.is_none()
+            && profile.prompt.is_none()
+            && profile.budget.is_none()
+            && context.is_empty()
+            && tools.is_none()
+        {
             return Ok(plain(request));
         }
 
@@ -236,20 +181,42 @@ impl Assembler for TemplateAssembler {
             self.templates.render(&profile.context, request, &chunks)?
         };
 
+        // With a `prompt` template, the budget is counted on its output (see `prompt`).
+        let templated = profile.prompt.as_ref().map(|template| PromptDraft {
+            assembler: self,
+            profile,
+            template,
+            request,
+            system: &system,
+            tools: tools.as_deref(),
+            chunks: &chunks,
+            input: &input,
+        });
         let mut dropped_turns = 0;
         let mut prompt_tokens = None;
+        // The prompt, when the budget has already rendered it.
+        let mut rendered = None;
         if let Some(budget) = profile.budget {
-            let draft = Draft {
-                assembler: self,
-                profile,
-                request,
-                system: &system,
-                tools: tools.as_deref(),
-                chunks: &chunks,
-                input: &input,
+            let (fit, block) = match &templated {
+                Some(draft) => {
+                    let fitted = draft.fit(budget, &context_block)?;
+                    rendered = Some(fitted.prompt);
+                    (fitted.fit, fitted.context_block)
+                }
+                None => {
+                    let draft = Draft {
+                        assembler: self,
+                        profile,
+                        request,
+                        system: &system,
+                        tools: tools.as_deref(),
+                        chunks: &chunks,
+                        input: &input,
+                    };
+                    let decision = draft.decide(budget, &context_block)?;
+                    (decision.fit, decision.context_block)
+                }
             };
-            let decision = draft.decide(budget, &context_block)?;
-            let fit = decision.fit;
             if fit.dropped_chunks > 0 || fit.dropped_turns > 0 {
                 tracing::debug!(
                     model = %request.model,
@@ -259,7 +226,7 @@ impl Assembler for TemplateAssembler {
                     "Dropped context to fit the token budget."
                 );
             }
-            if let Some(block) = decision.context_block {
+            if let Some(block) = block {
                 context_block = block;
             }
             dropped_turns = fit.dropped_turns;
@@ -268,24 +235,30 @@ impl Assembler for TemplateAssembler {
 
         let prefix = order::join_parts(&[&system, tools.as_deref().unwrap_or(""), &context_block]);
         let prefix_key = (!prefix.is_empty()).then(|| xxh3_64(prefix.as_bytes()));
-        let (messages, prompt) = match &input {
-            Input::Text(text) => (None, order::join_parts(&[&prefix, text])),
+        let messages = match &input {
+            Input::Text(_) => None,
             Input::Chat(conversation) => {
-                let history = conversation.history_after(dropped_turns);
                 // Unchanged: nothing was added, folded or dropped, so the backend can be sent the
                 // request's own messages without copying them.
                 let unchanged = configured.is_empty()
                     && context_block.is_empty()
                     && conversation.leading_system.len() <= 1
                     && dropped_turns == 0;
-                let messages = (!unchanged).then(|| {
+                (!unchanged).then(|| {
                     chat_messages(
                         order::join_parts(&[&system, &context_block]),
                         conversation,
-                        history,
+                        conversation.history_after(dropped_turns),
                     )
-                });
-                (messages, order::chat_prompt(&prefix, history))
+                })
+            }
+        };
+        let prompt = match (rendered, &templated, &input) {
+            (Some(prompt), _, _) => prompt,
+            (None, Some(draft), _) => draft.render(&context_block, dropped_turns)?,
+            (None, None, Input::Text(text)) => order::join_parts(&[&prefix, text]),
+            (None, None, Input::Chat(conversation)) => {
+                order::chat_prompt(&prefix, conversation.history_after(dropped_turns))
             }
         };
         Ok(Assembled {
@@ -333,12 +306,6 @@ fn chat_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_names_become_toml_keys() {
-        assert_eq!(toml_key("gpt-4o"), "gpt-4o");
-        assert_eq!(toml_key("gpt-4.1"), "\"gpt-4.1\"");
-    }
 
     #[test]
     fn template_errors_are_all_reported_with_their_paths() {

@@ -38,7 +38,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, context};
 use tokio_prompt_orchestrator::{InferenceRequest, PipelineError, PromptInput, RetrievedChunk};
 
 use super::config::TemplateSource;
-use super::error::AssembleProblem;
+use super::error::{AssembleProblem, unknown_variable_hint};
 
 /// The built-in context block, in the same form as the core's default assembly.
 pub(crate) const DEFAULT_CONTEXT_TEMPLATE: &str = "Context:
@@ -194,24 +194,7 @@ impl Templates {
                 "system" | "tools" | "context" if kind == TemplateKind::Prompt => {}
                 _ if self.globals.contains(&variable) => {}
                 _ => {
-                    let hint = match (kind, variable.as_str()) {
-                        (TemplateKind::Prompt, "chunks") => {
-                            "the retrieved chunks belong in the `context` template; the `prompt` \
-                             template gets that block, rendered, as `context`"
-                        }
-                        (_, "chunks") => {
-                            "the retrieved chunks belong in the `context` template (when the budget \
-                             drops chunks, only that block is rendered again)"
-                        }
-                        (_, "system" | "tools" | "context") => {
-                            "`system`, `tools` and `context` exist only in the `prompt` template"
-                        }
-                        (TemplateKind::Context, _) => "the variables are `model`, `messages`, `meta` and `chunks`",
-                        (TemplateKind::System, _) => "the variables are `model`, `messages` and `meta`",
-                        (TemplateKind::Prompt, _) => {
-                            "the variables are `system`, `tools`, `context`, `messages`, `model` and `meta`"
-                        }
-                    };
+                    let hint = unknown_variable_hint(kind, &variable);
                     problems.push(AssembleProblem::UnknownVariable {
                         template: name.to_owned(),
                         file: file.clone(),

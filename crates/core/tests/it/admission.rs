@@ -162,6 +162,18 @@ async fn a_waiter_that_gives_up_frees_its_place_and_loses_no_permit() {
     assert_eq!(gate.load(), (0, 0));
 }
 
+/// A permit held by a test task, and the count of permits out that it is part of.
+struct Holding {
+    held: Arc<AtomicUsize>,
+    _permit: GatePermit,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -185,13 +197,14 @@ proptest! {
                 let (gate, held) = (gate.clone(), held.clone());
                 let task = tokio::spawn(async move {
                     let permit: GatePermit = gate.acquire(priority).await?;
-                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                    // Counted out before the permit goes back, also when the task is aborted
+                    // while it holds it (fields drop in order: the count, then the permit).
+                    let holding = Holding { held, _permit: permit };
+                    let now = holding.held.fetch_add(1, Ordering::SeqCst) + 1;
                     assert!(now <= max_in_flight, "{now} permits out, limit {max_in_flight}");
                     for _ in 0..yields {
                         tokio::task::yield_now().await;
                     }
-                    held.fetch_sub(1, Ordering::SeqCst);
-                    drop(permit);
                     Ok::<_, PipelineError>(())
                 });
                 if gives_up {

@@ -1,0 +1,198 @@
+//! `orchestrator-bench`: parse the options, start what is needed, measure, report, stop.
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use orchestrator_bench::harness::{self, Plan, Target, UPSTREAM};
+use orchestrator_bench::load::{self, Load};
+use orchestrator_bench::procs::Server;
+use orchestrator_bench::{chart, config, report};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+mod cli;
+use cli::{Args, Mode, Peer};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    // Ctrl-C drops `run`, and with it every started server (kill_on_drop).
+    let result = tokio::select! {
+        r = run(args) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; started servers stopped")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(cli::default_out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let needs_bin = args.upstream_url.is_none() || args.gateway_url.is_none();
+    let bin = if needs_bin {
+        Some(cli::orchestrator_bin(&args)?)
+    } else {
+        None
+    };
+
+    let mut servers: Vec<Server> = Vec::new();
+    let upstream = match (&args.upstream_url, &bin) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(bin)) => {
+            eprintln!("== starting the mock upstream");
+            let s = cli::start_mock(bin, &args, &out).await?;
+            let url = s.base_url.clone();
+            servers.push(s);
+            url
+        }
+        (None, None) => unreachable!("needs_bin covers a missing upstream URL"),
+    };
+    let mut targets = vec![Target {
+        system: UPSTREAM.into(),
+        base_url: upstream.clone(),
+        pid: servers.first().map(|s| s.pid),
+    }];
+    match (&args.gateway_url, &bin) {
+        (Some(url), _) => targets.push(Target {
+            system: "gateway".into(),
+            base_url: url.trim_end_matches('/').into(),
+            pid: None,
+        }),
+        (None, Some(bin)) => {
+            eprintln!("== starting the gateway");
+            let s = cli::start_gateway(bin, &args, &upstream, &out).await?;
+            targets.push(Target {
+                system: "gateway".into(),
+                base_url: s.base_url.clone(),
+                pid: Some(s.pid),
+            });
+            servers.push(s);
+        }
+        (None, None) => unreachable!("needs_bin covers a missing gateway URL"),
+    }
+    if args.peer == Some(Peer::Litellm) {
+        eprintln!("== starting litellm ({})", args.litellm_bin.display());
+        let s = cli::start_litellm(&args, &upstream, &out).await?;
+        targets.push(Target {
+            system: "litellm".into(),
+            base_url: s.base_url.clone(),
+            pid: Some(s.pid),
+        });
+        servers.push(s);
+    }
+
+    let loads: Vec<Load> = match args.mode {
+        Mode::Rate => args.rates.iter().map(|&r| Load::Rate(r)).collect(),
+        Mode::Concurrency => args.concurrency.iter().map(|&c| Load::Concurrency(c)).collect(),
+    };
+    let plan = Plan {
+        loads,
+        duration: args.duration,
+        warmup: args.warmup,
+        stream: args.stream,
+        body: Bytes::from(config::request_body(&args.model, args.stream)),
+        max_in_flight: args.max_in_flight,
+        timeout: args.timeout,
+    };
+    let client = load::client(args.max_in_flight)?;
+    check_targets(&client, &targets, &plan).await?;
+
+    eprintln!("== waiting for {} (held while measuring)", args.lock.display());
+    let lock = lock_file(&args.lock).await?;
+    let bar = ProgressBar::new(plan.runs(targets.len()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let rows = harness::measure(&client, &targets, &plan, &bar).await;
+    bar.finish_and_clear();
+    drop(lock);
+
+    for s in servers {
+        s.stop().await;
+    }
+    write_results(&args, &out, &targets, &rows)
+}
+
+/// One request to each target before measuring, so a wrong URL or model fails fast.
+async fn check_targets(client: &reqwest::Client, targets: &[Target], plan: &Plan) -> Result<()> {
+    for t in targets {
+        let url = format!("{}/v1/chat/completions", t.base_url);
+        let r = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(plan.body.clone())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .with_context(|| format!("{}: POST {url}", t.system))?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        anyhow::ensure!(
+            status.is_success(),
+            "{}: POST {url} answered {status}: {text}",
+            t.system
+        );
+    }
+    Ok(())
+}
+
+/// Takes an exclusive flock on `path` (the same lock scripts/bench-gateway.sh uses); released
+/// when the file is dropped.
+async fn lock_file(path: &std::path::Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let file = tokio::task::spawn_blocking(move || {
+        // SAFETY: flock on a file descriptor this function owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            Ok(file)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    })
+    .await??;
+    Ok(file)
+}
+
+fn write_results(args: &Args, out: &std::path::Path, targets: &[Target], rows: &[report::Row]) -> Result<()> {
+    let table = report::markdown(rows);
+    let mut header = format!(
+        "mode {:?}, duration {:?}, warm-up {:?}, stream {}, mock tokens {}, {} cores shared by the harness and every server\n\n",
+        args.mode,
+        args.duration,
+        args.warmup,
+        args.stream,
+        args.mock_tokens,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    header.push_str(&table);
+    print!("{header}");
+    std::fs::write(out.join("summary.md"), &header)?;
+    let json = serde_json::json!({
+        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "args": format!("{args:?}"),
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "targets": targets.iter().map(|t| serde_json::json!({"system": t.system, "base_url": t.base_url, "pid": t.pid})).collect::<Vec<_>>(),
+        "rows": rows,
+    });
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    if !args.no_chart && args.mode == Mode::Rate {
+        match chart::draw(rows, &out.join("latency.png")) {
+            Ok(()) => eprintln!("chart: {}", out.join("latency.png").display()),
+            Err(e) => eprintln!("no chart: {e:#}"),
+        }
+    }
+    eprintln!("results: {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The harness against a tiny in-process OpenAI-like server: every request is counted, errors
+//! are sorted by status, streams yield TTFT and ITL. Short runs at low rates; no timing is
+//! asserted.
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use bytes::Bytes;
+use indicatif::ProgressBar;
+use orchestrator_bench::config::request_body;
+use orchestrator_bench::harness::{Plan, Target, UPSTREAM, measure};
+use orchestrator_bench::load::{self, Load};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Serves /v1/chat/completions: JSON, or three tokens as SSE when the body asks for a stream;
+/// every `fail_every`-th request (if non-zero) gets a 503. Returns its base URL and a counter of
+/// requests served.
+async fn server(fail_every: u64) -> (String, Arc<AtomicU64>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter = seen.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |body: String| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if fail_every > 0 && n.is_multiple_of(fail_every) {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+                }
+                if body.contains("\"stream\":true") {
+                    let mut sse =
+                        String::from("data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n");
+                    for t in ["a", "b", "c"] {
+                        sse.push_str(&format!(
+                            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n"
+                        ));
+                    }
+                    sse.push_str("data: [DONE]\n\n");
+                    return ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response();
+                }
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    r#"{"choices":[{"message":{"content":"hi"}}]}"#,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+fn plan(loads: Vec<Load>, stream: bool) -> Plan {
+    Plan {
+        loads,
+        duration: Duration::from_millis(1_000),
+        warmup: Duration::ZERO,
+        stream,
+        body: Bytes::from(request_body("mock", stream)),
+        max_in_flight: 64,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_counts_every_request_for_every_target() {
+    let (a, seen_a) = server(0).await;
+    let (b, seen_b) = server(0).await;
+    let targets = [
+        Target {
+            system: UPSTREAM.into(),
+            base_url: a,
+            pid: None,
+        },
+        Target {
+            system: "gateway".into(),
+            base_url: b,
+            pid: Some(std::process::id()),
+        },
+    ];
+    let client = load::client(64).unwrap();
+    let rows = measure(
+        &client,
+        &targets,
+        &plan(vec![Load::Rate(40.0)], false),
+        &ProgressBar::hidden(),
+    )
+    .await;
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row.sent, 40, "{row:?}");
+        assert_eq!(row.ok, 40, "{row:?}");
+        assert_eq!(row.errors, 0, "{row:?}");
+        assert_eq!(row.latency.unwrap().count, 40);
+        assert_eq!(row.send_lag.unwrap().count, 40);
+    }
+    assert_eq!(seen_a.load(Ordering::SeqCst), 40);
+    assert_eq!(seen_b.load(Ordering::SeqCst), 40);
+    assert!(rows[0].added_vs_upstream.is_none());
+    assert!(rows[1].added_vs_upstream.is_some());
+    // The "gateway" here is this test process: its /proc figures are read.
+    assert!(rows[1].process.unwrap().peak_rss_mib > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_counted_by_status_and_streams_are_timed() {
+    let (url, seen) = server(4).await;
+    let targets = [Target {
+        system: UPSTREAM.into(),
+        base_url: url,
+        pid: None,
+    }];
+    let client = load::client(64).unwrap();
+    let rows = measure(
+        &client,
+        &targets,
+        &plan(vec![Load::Rate(40.0)], true),
+        &ProgressBar::hidden(),
+    )
+    .await;
+    let row = &rows[0];
+    assert_eq!(row.sent, 40);
+    assert_eq!(row.status_errors.get(&503), Some(&10), "{row:?}");
+    assert_eq!(row.ok, 30);
+    assert_eq!(row.ok + row.errors, seen.load(Ordering::SeqCst));
+    assert_eq!(row.ttft.unwrap().count, 30);
+    assert_eq!(row.itl.unwrap().count, 60, "two gaps between three tokens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_and_connection_errors_are_counted() {
+    let (url, seen) = server(0).await;
+    let mut p = plan(vec![Load::Concurrency(4)], false);
+    p.duration = Duration::from_millis(300);
+    let client = load::client(64).unwrap();
+    let targets = [
+        Target {
+            system: UPSTREAM.into(),
+            base_url: url,
+            pid: None,
+        },
+        // Nothing listens on port 1.
+        Target {
+            system: "down".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            pid: None,
+        },
+    ];
+    let rows = measure(&client, &targets, &p, &ProgressBar::hidden()).await;
+    assert!(rows[0].ok > 0);
+    assert_eq!(rows[0].ok, rows[0].sent);
+    assert_eq!(rows[0].ok, seen.load(Ordering::SeqCst));
+    assert_eq!(rows[1].ok, 0);
+    assert_eq!(rows[1].connect_errors, rows[1].sent);
+    assert!(rows[1].sent > 0);
+}

@@ -65,8 +65,10 @@ pub struct WorkerError {
     #[serde(default)]
     pub retry_after: Option<std::time::Duration>,
     /// Every backend a router tried or passed over for this request, in order, when it gave up.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub attempts: Vec<BackendAttempt>,
+    /// (A boxed slice, not a `Vec`: errors travel in every token stream's item type, so their
+    /// size is paid per token.)
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub attempts: Box<[BackendAttempt]>,
 }
 
 /// One backend a router tried (or passed over) for a request, and what went wrong there.
@@ -84,7 +86,7 @@ impl WorkerError {
             retryable: false,
             status: None,
             retry_after: None,
-            attempts: Vec::new(),
+            attempts: Box::default(),
         }
     }
 

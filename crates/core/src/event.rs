@@ -186,9 +186,9 @@ pub struct Completion {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub text: String,
-    /// The context retrieved for the request (empty without RAG).
-    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
-    pub sources: Arc<[RetrievedChunk]>,
+    /// The context retrieved for the request; `None` without any (and then nothing is allocated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Arc<[RetrievedChunk]>>,
     /// Tool calls, logprobs and the like, merged over the stream; `None` when there were none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passthrough: Option<Box<Passthrough>>,

@@ -132,7 +132,7 @@ impl Attempts {
             backend: replica.name().to_owned(),
             error: error.message.clone(),
         });
-        error.attempts = self.tried;
+        error.attempts = self.tried.into_boxed_slice();
         error
     }
 
@@ -163,7 +163,7 @@ impl Attempts {
             "every backend of model `{model}` failed: {}",
             self.notes.join("; ")
         );
-        error.attempts = self.tried;
+        error.attempts = self.tried.into_boxed_slice();
         error
     }
 }

@@ -270,7 +270,7 @@ impl Body {
                 self.shared.metrics.completed.increment(1);
                 Ok(Response {
                     text,
-                    sources: std::mem::take(&mut self.retrieved).into(),
+                    sources: (!self.retrieved.is_empty()).then(|| std::mem::take(&mut self.retrieved).into()),
                     passthrough,
                     completion: Completion {
                         finish_reason,

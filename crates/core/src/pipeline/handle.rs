@@ -14,7 +14,6 @@ use super::pipe::PipeRx;
 use crate::error::{PipelineError, Stage};
 use crate::event::{Passthrough, Response, ResponseEvent};
 use crate::request::RequestId;
-use crate::stages::rag::RetrievedChunk;
 
 /// The events of one submitted request. Dropping it before the final event cancels the request
 /// in whatever stage it is, including the model call.
@@ -69,10 +68,10 @@ impl ResponseHandle {
     pub async fn into_response(mut self) -> Result<Response, PipelineError> {
         let mut text = String::new();
         let mut passthrough: Option<Box<Passthrough>> = None;
-        let mut sources: Arc<[RetrievedChunk]> = Arc::new([]);
+        let mut sources = None;
         while let Some(event) = self.recv().await {
             match event {
-                ResponseEvent::Sources(found) => sources = found,
+                ResponseEvent::Sources(found) => sources = Some(found),
                 ResponseEvent::Token(t) => text.push_str(&t),
                 ResponseEvent::Passthrough(delta) => match &mut passthrough {
                     Some(whole) => whole.merge(*delta),

@@ -168,5 +168,5 @@ async fn retrieved_context_reaches_the_caller_once_before_the_first_token() {
         .into_response()
         .await
         .unwrap();
-    assert_eq!(response.sources.len(), 2);
+    assert_eq!(response.sources.map(|s| s.len()), Some(2));
 }

@@ -143,18 +143,18 @@ async fn generate(
         completion.usage,
         response.passthrough.as_deref(),
     );
-    let show_sources = hints.rag_sources && !response.sources.is_empty();
-    if show_sources {
-        body = sources::with_field(body, &response.sources);
+    let shown = response.sources.as_deref().filter(|_| hints.rag_sources);
+    if let Some(shown) = shown {
+        body = sources::with_field(body, shown);
     }
     let mut http = (
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
     )
         .into_response();
-    if show_sources {
+    if let Some(shown) = shown {
         http.headers_mut()
-            .insert(sources::SOURCES_HEADER, sources::header(&response.sources));
+            .insert(sources::SOURCES_HEADER, sources::header(shown));
     }
     http.headers_mut().insert(
         OVERHEAD_HEADER,

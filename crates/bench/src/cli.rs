@@ -73,6 +73,10 @@ pub struct Args {
     /// RUST_LOG of the gateway (`info` keeps its access log on, as deployed).
     #[arg(long, default_value = "info")]
     pub gateway_log: String,
+    /// Gateway: requests it holds at once (admission, and the streaming stages' concurrency and
+    /// queues), for loads above its defaults (256 in the pipeline), e.g. 1,000 open streams.
+    #[arg(long, value_name = "N")]
+    pub gateway_capacity: Option<usize>,
     /// Open loop: most requests in flight; beyond it requests wait (and that wait is latency).
     #[arg(long, default_value_t = 4096)]
     pub max_in_flight: usize,
@@ -150,7 +154,10 @@ pub async fn start_mock(bin: &Path, args: &Args, out: &Path) -> Result<Server> {
 /// When it does not start or become ready within 30 s.
 pub async fn start_gateway(bin: &Path, args: &Args, upstream: &str, out: &Path) -> Result<Server> {
     let config = out.join("gateway.toml");
-    std::fs::write(&config, config::gateway_toml(upstream, &args.model))?;
+    std::fs::write(
+        &config,
+        config::gateway_toml(upstream, &args.model, args.gateway_capacity),
+    )?;
     let mut cmd = Command::new(bin);
     cmd.args([
         "serve",

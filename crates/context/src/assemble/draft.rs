@@ -43,7 +43,7 @@ pub(super) struct Decision {
 }
 
 impl Draft<'_> {
-    fn count(&self, text: &str) -> usize {
+    pub(super) fn count(&self, text: &str) -> usize {
         self.assembler.counter.count(self.profile.encoding, text)
     }
 
@@ -189,6 +189,17 @@ impl Draft<'_> {
         self.assembler
             .templates
             .render(&self.profile.context, self.request, &kept)
+    }
+}
+
+impl Draft<'_> {
+    /// The context block without the `dropped` chunks (indexes into `chunks`); `""` without any.
+    pub(super) fn context_without(&self, dropped: &[usize]) -> Result<String, PipelineError> {
+        let kept = kept_after(dropped, self.chunks.len());
+        if kept.is_empty() {
+            return Ok(String::new());
+        }
+        self.render(&kept)
     }
 }
 

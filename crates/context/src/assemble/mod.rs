@@ -182,15 +182,18 @@ impl Assembler for TemplateAssembler {
         };
 
         // With a `prompt` template, the budget is counted on its output (see `prompt`).
-        let templated = profile.prompt.as_ref().map(|template| PromptDraft {
+        let draft = Draft {
             assembler: self,
             profile,
-            template,
             request,
             system: &system,
             tools: tools.as_deref(),
             chunks: &chunks,
             input: &input,
+        };
+        let templated = profile.prompt.as_ref().map(|template| PromptDraft {
+            draft: &draft,
+            template,
         });
         let mut dropped_turns = 0;
         let mut prompt_tokens = None;
@@ -204,15 +207,6 @@ impl Assembler for TemplateAssembler {
                     (fitted.fit, fitted.context_block)
                 }
                 None => {
-                    let draft = Draft {
-                        assembler: self,
-                        profile,
-                        request,
-                        system: &system,
-                        tools: tools.as_deref(),
-                        chunks: &chunks,
-                        input: &input,
-                    };
                     let decision = draft.decide(budget, &context_block)?;
                     (decision.fit, decision.context_block)
                 }

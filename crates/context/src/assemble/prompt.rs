@@ -48,25 +48,17 @@
 
 use minijinja::context;
 use minijinja::value::Value;
-use tokio_prompt_orchestrator::{ChatMessage, InferenceRequest, PipelineError, RetrievedChunk, Role};
+use tokio_prompt_orchestrator::{ChatMessage, PipelineError, RetrievedChunk, Role};
 
 use super::budget::{Budget, Fit};
+use super::draft::Draft;
 use super::order::Input;
 use super::template::TemplateRef;
-use super::{Profile, TemplateAssembler};
 
 /// A request's parts, ready to render into the prompt template.
 pub(super) struct PromptDraft<'a> {
-    pub assembler: &'a TemplateAssembler,
-    pub profile: &'a Profile,
+    pub draft: &'a Draft<'a>,
     pub template: &'a TemplateRef,
-    pub request: &'a InferenceRequest,
-    /// The system prompt (configured, then the caller's leading system messages).
-    pub system: &'a str,
-    pub tools: Option<&'a str>,
-    /// The chunks in canonical order.
-    pub chunks: &'a [&'a RetrievedChunk],
-    pub input: &'a Input<'a>,
 }
 
 /// What fits, and the texts that were rendered to know it.
@@ -79,20 +71,21 @@ pub(super) struct PromptFit {
 }
 
 impl PromptDraft<'_> {
-    fn count(&self, text: &str) -> usize {
-        self.assembler.counter.count(self.profile.encoding, text)
-    }
-
     /// The prompt with `context` as the context block and the `dropped_turns` oldest turns gone.
     ///
     /// # Errors
     /// [`PipelineError::Assembly`] naming the template and line, when rendering fails.
     pub(super) fn render(&self, context: &str, dropped_turns: usize) -> Result<String, PipelineError> {
-        let messages = match self.input {
+        let messages = match self.draft.input {
             Input::Chat(conversation) => messages_value(conversation.history_after(dropped_turns), None),
             Input::Text(text) => Value::from(vec![message_value(Role::User.as_str(), text)]),
         };
-        self.render_with(self.system, self.tools.unwrap_or(""), context, messages)
+        self.render_with(
+            self.draft.system,
+            self.draft.tools.unwrap_or(""),
+            context,
+            messages,
+        )
     }
 
     fn render_with(
@@ -108,10 +101,10 @@ impl PromptDraft<'_> {
             tools => tools,
             context => context,
             messages => messages,
-            model => model.then(|| Value::from(self.request.model.as_str())),
-            meta => meta.then(|| Value::from(self.request.meta.clone())),
+            model => model.then(|| Value::from(self.draft.request.model.as_str())),
+            meta => meta.then(|| Value::from(self.draft.request.meta.clone())),
         };
-        self.assembler.templates.render_raw(self.template, ctx)
+        self.draft.assembler.templates.render_raw(self.template, ctx)
     }
 
     /// Decides what to drop so the rendered prompt fits `budget` (see the module docs);
@@ -123,18 +116,18 @@ impl PromptDraft<'_> {
     /// [`PipelineError::Assembly`] when a template fails.
     pub(super) fn fit(&self, budget: Budget, full_block: &str) -> Result<PromptFit, PipelineError> {
         let limit = budget.limit();
-        let droppable_turns = match self.input {
+        let droppable_turns = match self.draft.input {
             Input::Chat(conversation) => conversation.droppable_turns().count(),
             Input::Text(_) => 0,
         };
-        let drop_order = super::order::drop_order(self.chunks);
+        let drop_order = super::order::drop_order(self.draft.chunks);
         let mut costs = Estimates::default();
         let (mut chunks_gone, mut turns_gone) = (0, 0);
         let mut block: Option<String> = None;
         loop {
             let context = block.as_deref().unwrap_or(full_block);
             let prompt = self.render(context, turns_gone)?;
-            let total = self.count(&prompt);
+            let total = self.draft.count(&prompt);
             if total <= limit {
                 let fit = Fit {
                     dropped_chunks: chunks_gone,
@@ -150,7 +143,7 @@ impl PromptDraft<'_> {
             // Cover the excess with estimates, chunks first; every round drops at least one part.
             let mut excess = total - limit;
             let before = (chunks_gone, turns_gone);
-            while excess > 0 && chunks_gone < self.chunks.len() {
+            while excess > 0 && chunks_gone < self.draft.chunks.len() {
                 let cost = costs.chunk(self, full_block, drop_order[chunks_gone]);
                 excess = excess.saturating_sub(cost);
                 chunks_gone += 1;
@@ -167,23 +160,9 @@ impl PromptDraft<'_> {
                 });
             }
             if chunks_gone != before.0 {
-                block = Some(self.context_without(&drop_order[..chunks_gone])?);
+                block = Some(self.draft.context_without(&drop_order[..chunks_gone])?);
             }
         }
-    }
-
-    /// The context block without the `dropped` chunks (indexes into `chunks`); `""` without any.
-    fn context_without(&self, dropped: &[usize]) -> Result<String, PipelineError> {
-        let kept: Vec<&RetrievedChunk> = (0..self.chunks.len())
-            .filter(|i| !dropped.contains(i))
-            .map(|i| self.chunks[i])
-            .collect();
-        if kept.is_empty() {
-            return Ok(String::new());
-        }
-        self.assembler
-            .templates
-            .render(&self.profile.context, self.request, &kept)
     }
 
     /// The tokens of the prompt's framing alone, with `dropped_turns` turns gone and no context
@@ -192,18 +171,18 @@ impl PromptDraft<'_> {
     /// message contents. Small, and the same for every request of the same shape, so mostly
     /// served by the count cache.
     fn framing(&self, dropped_turns: usize) -> Result<usize, PipelineError> {
-        let Input::Chat(conversation) = self.input else {
+        let Input::Chat(conversation) = self.draft.input else {
             return Ok(0);
         };
         let stand_in = |part: &str| if part.is_empty() { "" } else { "x" };
         let messages = messages_value(conversation.history_after(dropped_turns), Some(""));
         let probe = self.render_with(
-            stand_in(self.system),
-            stand_in(self.tools.unwrap_or("")),
+            stand_in(self.draft.system),
+            stand_in(self.draft.tools.unwrap_or("")),
             "",
             messages,
         )?;
-        Ok(self.count(&probe))
+        Ok(self.draft.count(&probe))
     }
 }
 
@@ -218,19 +197,19 @@ struct Estimates {
 
 impl Estimates {
     /// Chunk `i`'s text plus its share of the block's framing.
-    fn chunk(&mut self, draft: &PromptDraft<'_>, full_block: &str, i: usize) -> usize {
-        let text = |chunk: &RetrievedChunk| draft.count(&chunk.text);
+    fn chunk(&mut self, prompt: &PromptDraft<'_>, full_block: &str, i: usize) -> usize {
+        let text = |chunk: &RetrievedChunk| prompt.draft.count(&chunk.text);
         let framing = *self.chunk_framing.get_or_insert_with(|| {
-            let texts: usize = draft.chunks.iter().map(|&c| text(c)).sum();
-            draft.count(full_block).saturating_sub(texts) / draft.chunks.len().max(1)
+            let texts: usize = prompt.draft.chunks.iter().map(|&c| text(c)).sum();
+            prompt.draft.count(full_block).saturating_sub(texts) / prompt.draft.chunks.len().max(1)
         });
-        text(draft.chunks[i]) + framing
+        text(prompt.draft.chunks[i]) + framing
     }
 
     /// The oldest remaining turn's contents plus the framing that goes with it: the difference
     /// between two framing probes, with and without the turn.
-    fn turn(&mut self, draft: &PromptDraft<'_>, dropped: usize) -> Result<usize, PipelineError> {
-        let Input::Chat(conversation) = draft.input else {
+    fn turn(&mut self, prompt: &PromptDraft<'_>, dropped: usize) -> Result<usize, PipelineError> {
+        let Input::Chat(conversation) = prompt.draft.input else {
             return Ok(0);
         };
         let Some(turn) = conversation.droppable_turns().nth(dropped) else {
@@ -238,13 +217,13 @@ impl Estimates {
         };
         let with = match self.framing {
             Some((at, tokens)) if at == dropped => tokens,
-            _ => draft.framing(dropped)?,
+            _ => prompt.framing(dropped)?,
         };
-        let without = draft.framing(dropped + 1)?;
+        let without = prompt.framing(dropped + 1)?;
         self.framing = Some((dropped + 1, without));
         let contents: usize = conversation.history[turn]
             .iter()
-            .map(|m| draft.count(&m.content))
+            .map(|m| prompt.draft.count(&m.content))
             .sum();
         Ok(contents + with.saturating_sub(without))
     }

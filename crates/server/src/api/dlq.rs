@@ -16,6 +16,7 @@ use super::AppState;
 use super::body::parse_json;
 use super::error::ApiError;
 use crate::dlq::cli::parse_since;
+use crate::dlq::entry::unix_ms;
 use crate::dlq::replay::{Selection, replay};
 use crate::dlq::{DlqError, DlqStore, ListFilter};
 use crate::live::Live;
@@ -135,9 +136,7 @@ fn store(live: &Live) -> Result<DlqStore, ApiError> {
 
 fn since_ms(param: &str, value: &str) -> Result<u64, ApiError> {
     let time = parse_since(value).map_err(|message| ApiError::invalid(param, message))?;
-    Ok(time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    Ok(unix_ms(time))
 }
 
 fn storage(error: DlqError) -> ApiError {

@@ -19,11 +19,12 @@ use super::AppState;
 use super::body::{parse_json, read_limited};
 use super::error::ApiError;
 use super::middleware::{DisconnectGuard, RequestContext};
-use super::outcome::{Draft, Outcome, estimate_prompt_tokens, unix_ms};
+use super::outcome::{Draft, Outcome};
 use super::request::{Delivery, GenerationRequest};
 use super::wire::{Endpoint, Header};
 use super::{sources, sse};
 use crate::auth::Caller;
+use crate::dlq::entry::unix_ms;
 use crate::limits::KeyLimits;
 use crate::live::Live;
 
@@ -89,7 +90,7 @@ async fn generate(
             return Ok(response);
         }
     };
-    let received_at_ms = unix_ms();
+    let received_at_ms = unix_ms(SystemTime::now());
     // The running config admits the request; after a reload, the next request gets the new one.
     let live = state.live();
     let bytes = read_limited(headers, body, live.config.server.max_body_bytes).await?;
@@ -97,13 +98,13 @@ async fn generate(
     let key = caller.as_ref().map(|c| &*c.id.0);
     let default_priority = caller.as_ref().map(|c| c.priority).unwrap_or_default();
     let (request, delivery) = prepare(&live, &bytes, endpoint, &hints, key, default_priority, &ctx.id)?;
-    let prompt_estimate = limits
+    let prompt = limits
         .as_ref()
         .filter(|l| l.counts_tokens())
-        .map(|_| estimate_prompt_tokens(&request.input));
+        .map(|_| request.input.clone());
     let mut outcome = Outcome {
         limits,
-        prompt_estimate,
+        prompt,
         permit: None,
         dead_letter: draft(&live, &request, endpoint, key, &hints, bytes, received_at_ms),
     };
@@ -183,61 +184,71 @@ impl Hints {
     /// # Errors
     /// 400 naming the header when one is malformed.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
-        let session = match headers.get(SESSION_HEADER) {
-            None => None,
-            Some(value) => {
-                let bad = || {
-                    ApiError::invalid(
-                        "X-Session-Id",
-                        format!("must be 1 to {MAX_SESSION_ID_BYTES} visible ASCII characters"),
-                    )
-                };
-                let text = value.to_str().map_err(|_| bad())?.trim();
-                if text.is_empty() || text.len() > MAX_SESSION_ID_BYTES {
-                    return Err(bad());
-                }
-                Some(text.to_owned())
-            }
-        };
-        let priority =
-            match headers.get(PRIORITY_HEADER) {
-                None => None,
-                Some(value) => {
-                    Some(value.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
-                        ApiError::invalid("X-Priority", "must be `high`, `normal` or `low`")
-                    })?)
-                }
-            };
-        let dedup = match headers.get(DEDUP_HEADER).map(HeaderValue::as_bytes) {
-            None | Some(b"off") => false,
-            Some(b"on") => true,
-            Some(_) => return Err(ApiError::invalid("X-Dedup", "must be `on` or `off`")),
-        };
-        let rag_query = match headers.get(RAG_QUERY_HEADER) {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .map(str::trim)
-                    .filter(|q| !q.is_empty())
-                    .ok_or_else(|| ApiError::invalid("X-Rag-Query", "must be non-empty visible ASCII text"))?
-                    .to_owned(),
-            ),
-        };
-        let rag_sources = match headers.get(RAG_SOURCES_HEADER).map(HeaderValue::as_bytes) {
-            None | Some(b"false") => false,
-            Some(b"true") => true,
-            Some(_) => return Err(ApiError::invalid("X-Rag-Sources", "must be `true` or `false`")),
-        };
+        let session_rule = format!("must be 1 to {MAX_SESSION_ID_BYTES} visible ASCII characters");
+        let session = header(headers, SESSION_HEADER, "X-Session-Id", &session_rule, |text| {
+            let text = text.trim();
+            (!text.is_empty() && text.len() <= MAX_SESSION_ID_BYTES).then(|| text.to_owned())
+        })?;
+        let priority = header(
+            headers,
+            PRIORITY_HEADER,
+            "X-Priority",
+            "must be `high`, `normal` or `low`",
+            |text| text.parse().ok(),
+        )?;
+        let dedup = header(
+            headers,
+            DEDUP_HEADER,
+            "X-Dedup",
+            "must be `on` or `off`",
+            |text| match text {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            },
+        )?;
+        let rag_query = header(
+            headers,
+            RAG_QUERY_HEADER,
+            "X-Rag-Query",
+            "must be non-empty visible ASCII text",
+            |text| Some(text.trim()).filter(|q| !q.is_empty()).map(str::to_owned),
+        )?;
+        let rag_sources = header(
+            headers,
+            RAG_SOURCES_HEADER,
+            "X-Rag-Sources",
+            "must be `true` or `false`",
+            |text| text.parse::<bool>().ok(),
+        )?;
         Ok(Self {
             session,
             priority,
-            dedup,
+            dedup: dedup.unwrap_or(false),
             rag_query,
-            rag_sources,
+            rag_sources: rag_sources.unwrap_or(false),
         })
     }
+}
+
+/// Header `name` read by `parse`; `None` when absent. A value that is not visible ASCII, or that
+/// `parse` rejects, is a 400 naming `param`: "`param`: `rule`".
+fn header<T>(
+    headers: &HeaderMap,
+    name: &str,
+    param: &str,
+    rule: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(parse)
+        .map(Some)
+        .ok_or_else(|| ApiError::invalid(param, rule))
 }
 
 /// Checks a body against `live`'s config and builds the pipeline request.

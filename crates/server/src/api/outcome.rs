@@ -3,7 +3,7 @@
 //! next waiting request, and a failure is kept in the dead-letter queue when the config says so.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use orchestrator_context::assemble::{Encoding, MESSAGE_OVERHEAD_TOKENS};
@@ -11,6 +11,7 @@ use tokio_prompt_orchestrator::{Completion, GatePermit, PipelineError, Priority,
 
 use super::error::ApiError;
 use super::wire::Endpoint;
+use crate::dlq::entry::unix_ms;
 use crate::dlq::{Attempt, DeadLetter, DlqStore, Reason};
 use crate::limits::KeyLimits;
 
@@ -19,9 +20,9 @@ use crate::limits::KeyLimits;
 pub struct Outcome {
     /// The caller's key's limits, charged with the tokens used.
     pub limits: Option<Arc<KeyLimits>>,
-    /// The request's prompt in tokens, counted with a real tokenizer when the key has a token
-    /// budget, for backends that report no usage.
-    pub prompt_estimate: Option<u32>,
+    /// The request's prompt, kept when the key has a token budget: if the backend reports no
+    /// usage, it is counted with a real tokenizer (only then, as counting costs ~30 us per KB).
+    pub prompt: Option<PromptInput>,
     /// The request's place inside the pipeline; let go when it ends.
     pub permit: Option<GatePermit>,
     /// What to keep if it fails; `None` when the dead-letter queue is off.
@@ -32,9 +33,11 @@ impl Outcome {
     pub fn completed(&mut self, completion: &Completion) {
         if let Some(limits) = &self.limits {
             let usage = completion.usage;
-            let tokens = match self.prompt_estimate {
+            let tokens = match &self.prompt {
                 // The pipeline's own prompt count may be words; the tokenizer's is better.
-                Some(prompt) if usage.estimated => prompt.saturating_add(usage.completion_tokens),
+                Some(prompt) if usage.estimated => {
+                    estimate_prompt_tokens(prompt).saturating_add(usage.completion_tokens)
+                }
                 _ => usage.total_tokens,
             };
             limits.charge(tokens);
@@ -93,7 +96,7 @@ impl Draft {
         let request = serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null);
         let letter = DeadLetter {
             id: 0,
-            recorded_at_ms: unix_ms(),
+            recorded_at_ms: unix_ms(SystemTime::now()),
             received_at_ms: self.received_at_ms,
             endpoint: self.endpoint.path().to_owned(),
             model: self.model,
@@ -147,15 +150,9 @@ fn classify(error: &PipelineError) -> Option<(Reason, Option<Stage>)> {
     })
 }
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The tokens of a request's text (messages' contents, or the prompt) by `o200k_base`, the
 /// encoding of current OpenAI models: an estimate for a budget, not a bill.
-pub fn estimate_prompt_tokens(input: &PromptInput) -> u32 {
+fn estimate_prompt_tokens(input: &PromptInput) -> u32 {
     let count = |text: &str| Encoding::O200kBase.count_tokens(text);
     let tokens = match input {
         PromptInput::Text(text) => count(text),
@@ -205,7 +202,7 @@ mod tests {
         assert!(estimate > 40, "{estimate}");
         let mut outcome = Outcome {
             limits: Some(limits.clone()),
-            prompt_estimate: Some(estimate),
+            prompt: Some(input.clone()),
             ..Outcome::default()
         };
         let pipeline_count = Usage {
@@ -221,7 +218,7 @@ mod tests {
         // The upstream's own usage is charged as it is.
         let mut outcome = Outcome {
             limits: Some(limits.clone()),
-            prompt_estimate: Some(estimate),
+            prompt: Some(input.clone()),
             ..Outcome::default()
         };
         outcome.completed(&Completion {

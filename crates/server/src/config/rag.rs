@@ -52,13 +52,7 @@ impl RagConfig {
         let mut named: Vec<_> = self.models.iter().collect();
         named.sort_by_key(|(name, _)| name.as_str());
         for (name, settings) in named {
-            if !models.iter().any(|m| &m.name == name) {
-                let known: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-                problems.push((
-                    format!("rag.models.{name}"),
-                    format!("no model named {name:?} (known: {})", known.join(", ")),
-                ));
-            }
+            problems.extend(unknown_model(format!("rag.models.{name}"), name, models));
             problems.extend(
                 settings
                     .validate()
@@ -86,12 +80,11 @@ impl Config {
     pub(super) fn assemble_problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         for name in self.assemble.models.keys() {
-            if !self.models.iter().any(|m| &m.name == name) {
-                problems.push((
-                    format!("assemble.models.{name}"),
-                    format!("no model named {name:?}"),
-                ));
-            }
+            problems.extend(unknown_model(
+                format!("assemble.models.{name}"),
+                name,
+                &self.models,
+            ));
         }
         if let Err(error) = TemplateAssembler::new(self.compile_graph().assemble_config(&self.assemble)) {
             for problem in error.problems() {
@@ -104,4 +97,16 @@ impl Config {
         }
         problems
     }
+}
+
+/// The problem at `path` when no model is named `name`, listing the ones there are.
+fn unknown_model(path: String, name: &str, models: &[ModelConfig]) -> Option<(String, String)> {
+    if models.iter().any(|m| m.name == name) {
+        return None;
+    }
+    let known: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    Some((
+        path,
+        format!("no model named {name:?} (known: {})", known.join(", ")),
+    ))
 }

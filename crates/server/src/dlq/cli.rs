@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 
-use super::entry::DeadLetter;
+use super::entry::{DeadLetter, unix_ms};
 use super::replay::{Selection, replay};
 use super::store::{DlqStore, ListFilter};
 use crate::config::{Config, DlqConfig};
@@ -246,11 +246,6 @@ fn one_line_prefix(text: &str, chars: usize) -> String {
 
 fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn show(store: &DlqStore, id: u64) -> Result<ExitCode, String> {

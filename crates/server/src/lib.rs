@@ -2,7 +2,7 @@
 //! tokio-prompt-orchestrator pipeline.
 //!
 //! - [`config`]: `pipeline.toml`, read and validated.
-//! - [`server`]: binding, serving, draining on shutdown.
+//! - [`server`]: binding, serving, draining on shutdown; `http1`: the accept loop.
 //! - [`live`], [`reload`]: the running config's pipeline, and swapping it for a new one.
 //! - [`api`]: the routes, request parsing, responses and error mapping.
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+mod http1;
 pub mod limits;
 pub mod live;
 pub mod mock;

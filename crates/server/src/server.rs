@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::serve::ListenerExt;
 use futures_util::future::join_all;
 use orchestrator_backends::Router;
 use tokio::net::TcpListener;
@@ -26,6 +25,7 @@ use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
 
 use crate::api::{self, AppState, Readiness};
 use crate::config::{Config, ServerConfig};
+use crate::http1;
 use crate::live::Live;
 use crate::models::build_router;
 use crate::reload::{self, ReloadError, Reloaded};
@@ -146,19 +146,11 @@ impl Server {
             config,
         } = self;
         let app = api::router(state.clone());
-        // Small SSE frames must leave at once, not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "Could not set TCP_NODELAY on a connection.");
-            }
-        });
         let (close_listener, listener_closed) = tokio::sync::oneshot::channel::<()>();
-        // `into_make_service` prepares the routes once; serving the `Router` itself would rebuild
-        // its route table for every connection (about 5 KB each, held while the connection lives).
-        let serve = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async {
+        let serve = http1::serve(listener, app, async {
             let _ = listener_closed.await;
         });
-        let mut serving = tokio::spawn(async move { serve.await });
+        let mut serving = tokio::spawn(serve);
         state.set_readiness(Readiness::Ready);
 
         tokio::select! {
@@ -166,8 +158,7 @@ impl Server {
             result = &mut serving => {
                 // The server stopped before being asked to.
                 return Err(match result {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => io::Error::other("the HTTP server stopped unexpectedly"),
+                    Ok(()) => io::Error::other("the HTTP server stopped unexpectedly"),
                     Err(e) => io::Error::other(e),
                 });
             }

@@ -1,0 +1,83 @@
+//! The accept loop: every connection served as HTTP/1.1 by hyper, closed gracefully on shutdown.
+//!
+//! This is what `axum::serve` does, minus its protocol detection. That detection reads the first
+//! 24 bytes of every connection on their own (to look for an HTTP/2 preface) and hands them back
+//! to the HTTP/1 parser, which then has to grow its 8 KiB read buffer to 16 KiB to read the rest
+//! of the head: 8 KiB more per open connection, held as long as the connection lives (about 8 MB
+//! with 1,000 streams open; BENCHMARKS.md, "1,000 concurrent streams"). The gateway speaks
+//! HTTP/1.1 only, so it does not need the detection.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long to wait before accepting again after an error that is not one connection's own
+/// (out of file descriptors, say), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Serves `app` on `listener` until `stop` completes; then stops accepting, lets each connection
+/// finish the response it is writing, and returns when every connection has closed.
+pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<Output = ()>) {
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let mut stop = pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    accept_failed(&error).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // Small SSE frames must leave at once, not wait for Nagle's algorithm.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "Could not set TCP_NODELAY on a connection.");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let closing = closing.clone();
+        connections.spawn(async move {
+            let mut builder = http1::Builder::new();
+            // The timer enforces hyper's limit on how long a request head may take to arrive.
+            builder.timer(TokioTimer::new());
+            let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = closing.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "A connection ended with an error.");
+            }
+        });
+    }
+    drop(listener);
+    closing.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
+/// Errors of one connection (reset before it was accepted) need no pause; others do.
+async fn accept_failed(error: &io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "Could not accept a connection; retrying in a second.");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}

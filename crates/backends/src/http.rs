@@ -124,8 +124,9 @@ impl HttpBackend {
         self.timeouts.total.map(|t| Instant::now() + t)
     }
 
-    /// Posts `body` to `url` (from [`url`](Self::url)) and waits for a successful response head, within the first-token
-    /// limit and `deadline`.
+    /// Posts `body` to `url` (from [`url`](Self::url)) and waits for a successful response head
+    /// within `deadline` and, for a stream, the first-token limit. A whole (non-streamed)
+    /// answer's head only comes when the generation has ended, so only the deadline bounds it.
     ///
     /// # Errors
     /// Connection failures and timeouts (retryable), and error statuses with the upstream's
@@ -135,13 +136,23 @@ impl HttpBackend {
         url: &Url,
         body: &serde_json::Value,
         deadline: Option<Instant>,
+        streamed: bool,
     ) -> Result<reqwest::Response, WorkerError> {
         let request = self.client.post(url.clone()).json(body).send();
-        let limit = earliest(self.timeouts.first_token.map(|t| Instant::now() + t), deadline);
-        let response = match limit {
-            Some(at) => tokio::time::timeout_at(at, request)
-                .await
-                .map_err(|_| self.error("no answer within the first-token timeout", true))?,
+        let first_token = self
+            .timeouts
+            .first_token
+            .filter(|_| streamed)
+            .map(|t| Instant::now() + t);
+        let response = match earliest(first_token, deadline) {
+            Some(at) => tokio::time::timeout_at(at, request).await.map_err(|_| {
+                let message = if first_token == Some(at) {
+                    "no answer within the first-token timeout"
+                } else {
+                    "the call took longer than its total timeout"
+                };
+                self.error(message, true)
+            })?,
             None => request.await,
         }
         .map_err(|e| self.error(&format!("request failed: {}", error_chain(&e)), true))?;

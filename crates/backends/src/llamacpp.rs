@@ -169,7 +169,10 @@ impl ModelWorker for LlamaCppWorker {
     async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
         let body = serde_json::json!({"prompt": prompt, "n_predict": -1, "cache_prompt": true});
         let deadline = self.http.deadline();
-        let response = self.http.post(&self.completion_url, &body, deadline).await?;
+        let response = self
+            .http
+            .post(&self.completion_url, &body, deadline, false)
+            .await?;
         let bytes = self.http.read_all(response, deadline).await?;
         let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
             self.http
@@ -188,6 +191,7 @@ impl ModelWorker for LlamaCppWorker {
                 &self.completion_url,
                 &request_body(&call, slot, streamed),
                 deadline,
+                streamed,
             )
             .await?;
         if streamed {

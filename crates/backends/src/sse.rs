@@ -2,6 +2,7 @@
 //! goes on as soon as its event arrives. The time to the first token, the gap between tokens and
 //! the call's deadline are enforced here; what an event means is the backend's [`Dialect`].
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,8 +51,12 @@ struct Reader<D> {
     done: bool,
     /// The final item (finish or error) has been produced.
     end_sent: bool,
-    /// An event's pass-through part, waiting to follow its token.
-    pending: Option<WorkerChunk>,
+    /// Chunks read together, going out one by one.
+    queued: VecDeque<WorkerChunk>,
+    /// Top-level fields that came alone (an opening chunk's `system_fingerprint`): not output
+    /// yet, so they wait for the first real output and go out just before it. Until then the
+    /// call can still be retried elsewhere and the first-token limit still applies.
+    held: Option<Box<Passthrough>>,
 }
 
 /// The token stream of an SSE `response`. A stream that ends before the dialect has seen its
@@ -78,7 +83,8 @@ pub fn relay<D: Dialect>(
         got_token: false,
         finish: None,
         usage: None,
-        pending: None,
+        queued: VecDeque::new(),
+        held: None,
         done: false,
         end_sent: false,
     };
@@ -91,7 +97,7 @@ pub fn relay<D: Dialect>(
 
 impl<D: Dialect> Reader<D> {
     async fn next(&mut self) -> Option<Result<WorkerChunk, WorkerError>> {
-        if let Some(chunk) = self.pending.take() {
+        if let Some(chunk) = self.queued.pop_front() {
             return Some(Ok(chunk));
         }
         while !self.done {
@@ -109,7 +115,13 @@ impl<D: Dialect> Reader<D> {
                 None => self.events.next().await,
             };
             let event = match next {
-                None => return Some(self.ended()),
+                // Fine after a finish reason (some servers omit their end marker), a cut otherwise.
+                None if self.finish.is_some() => break,
+                None => {
+                    return Some(Err(
+                        self.fail("the stream ended before the answer was complete".into())
+                    ));
+                }
                 Some(Err(e)) => return Some(Err(self.fail(format!("the stream broke: {e}")))),
                 Some(Ok(event)) => event,
             };
@@ -124,45 +136,44 @@ impl<D: Dialect> Reader<D> {
                 self.finish = parsed.finish;
             }
             self.done = parsed.done;
-            let extra = parsed.extra.map(WorkerChunk::Passthrough);
-            let output = match parsed.token.filter(|t| !t.is_empty()) {
-                Some(text) => {
-                    self.pending = extra;
-                    Some(WorkerChunk::Token(text))
+            let token = parsed.token.filter(|t| !t.is_empty());
+            let extra = match parsed.extra {
+                Some(alone) if token.is_none() && alone.message.is_empty() && alone.choice.is_empty() => {
+                    self.hold(*alone);
+                    None
                 }
-                None => extra,
+                extra => extra,
             };
+            if token.is_none() && extra.is_none() {
+                continue;
+            }
             // Tool-call deltas are output too: they count for the token timeouts, and once
             // any output went out a failure can no longer be retried elsewhere.
-            if let Some(chunk) = output {
-                self.got_token = true;
-                return Some(Ok(chunk));
-            }
+            self.got_token = true;
+            self.queued.extend(self.held.take().map(WorkerChunk::Passthrough));
+            self.queued.extend(token.map(WorkerChunk::Token));
+            self.queued.extend(extra.map(WorkerChunk::Passthrough));
+            return self.queued.pop_front().map(Ok);
         }
-        // The end was seen (its own token, if any, went out above): say how it ended, once.
+        // The end was seen (its own output, if any, went out above): say how it ended, once,
+        // after top-level fields that never found output to go with.
         if self.end_sent {
             return None;
         }
         self.end_sent = true;
-        Some(Ok(WorkerChunk::Finish {
+        self.queued.push_back(WorkerChunk::Finish {
             reason: self.finish.unwrap_or_default(),
             usage: self.usage,
-        }))
+        });
+        let held = self.held.take().map(WorkerChunk::Passthrough);
+        held.or_else(|| self.queued.pop_front()).map(Ok)
     }
 
-    /// The body ended: fine after a finish reason (some servers omit their end marker), a cut
-    /// otherwise.
-    fn ended(&mut self) -> Result<WorkerChunk, WorkerError> {
-        match self.finish {
-            Some(reason) => {
-                self.done = true;
-                self.end_sent = true;
-                Ok(WorkerChunk::Finish {
-                    reason,
-                    usage: self.usage,
-                })
-            }
-            None => Err(self.fail("the stream ended before the answer was complete".into())),
+    /// Keeps top-level fields for the next output; the latest value of each wins.
+    fn hold(&mut self, fields: Passthrough) {
+        match &mut self.held {
+            Some(held) => held.merge(fields),
+            None => self.held = Some(Box::new(fields)),
         }
     }
 
@@ -186,5 +197,151 @@ impl<D: Dialect> Reader<D> {
             retryable: !self.got_token,
             ..WorkerError::new(format!("{}: {message}", self.backend))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::stream::{self, StreamExt};
+
+    use super::*;
+    use crate::openai::stream::OpenAiDialect;
+
+    const OPENING: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"system_fingerprint\":\"fp_1\"}\n\n";
+    const TOKEN: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"system_fingerprint\":\"fp_1\"}\n\n";
+    const FINISH: &str =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+    /// A relayed SSE body of `events`, staying open afterwards when `then_silent`; first token
+    /// within 1 s, 5 s between tokens, 10 s in all.
+    fn relayed(events: &[&'static str], then_silent: bool) -> TokenStream {
+        let chunks: Vec<_> = events
+            .iter()
+            .map(|e| Ok::<_, std::io::Error>(Bytes::from_static(e.as_bytes())))
+            .collect();
+        let chunks = stream::iter(chunks);
+        let body = if then_silent {
+            reqwest::Body::wrap_stream(chunks.chain(stream::pending()))
+        } else {
+            reqwest::Body::wrap_stream(chunks)
+        };
+        let timeouts = Timeouts {
+            connect: None,
+            first_token: Some(Duration::from_secs(1)),
+            between_tokens: Some(Duration::from_secs(5)),
+            total: None,
+        };
+        let response = reqwest::Response::from(http::Response::new(body));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        relay(
+            response,
+            OpenAiDialect::default(),
+            "up".into(),
+            timeouts,
+            Some(deadline),
+        )
+    }
+
+    fn fingerprint(chunk: &WorkerChunk) -> Option<&serde_json::Value> {
+        match chunk {
+            WorkerChunk::Passthrough(extra) => extra.response.get("system_fingerprint"),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_opening_chunk_without_text_keeps_the_call_retryable_and_the_first_token_limit() {
+        let mut tokens = relayed(&[OPENING], true);
+        let error = tokens.next().await.unwrap().unwrap_err();
+        assert!(error.retryable, "{error:?}");
+        assert_eq!(error.message, "up: no first token within 1000 ms");
+        assert!(tokens.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_a_token_ends_the_stream_and_is_not_retryable() {
+        let mut tokens = relayed(&[OPENING, TOKEN], true);
+        assert!(fingerprint(&tokens.next().await.unwrap().unwrap()).is_some());
+        assert!(matches!(tokens.next().await, Some(Ok(WorkerChunk::Token(_)))));
+        let start = Instant::now();
+        let error = tokens.next().await.unwrap().unwrap_err();
+        assert_eq!(error.message, "up: no token for 5000 ms");
+        assert!(!error.retryable);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_keeps_going_past_the_total_limit_is_cut_there() {
+        // A token every 4 s: never silent for 5 s, but past 10 s in all.
+        let start = Instant::now();
+        let body = stream::unfold(0, |n| async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from_static(TOKEN.as_bytes())),
+                n + 1,
+            ))
+        });
+        let timeouts = Timeouts {
+            connect: None,
+            first_token: Some(Duration::from_secs(5)),
+            between_tokens: Some(Duration::from_secs(5)),
+            total: Some(Duration::from_secs(10)),
+        };
+        let response = reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(body)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let chunks: Vec<_> = relay(
+            response,
+            OpenAiDialect::default(),
+            "up".into(),
+            timeouts,
+            Some(deadline),
+        )
+        .collect()
+        .await;
+        let (last, tokens) = chunks.split_last().unwrap();
+        let error = last.as_ref().unwrap_err();
+        assert_eq!(error.message, "up: the call took longer than its total timeout");
+        assert!(!error.retryable);
+        // Tokens came at 4 s and 8 s.
+        assert_eq!(tokens.len(), 2, "{tokens:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_top_level_fields_go_out_just_before_the_first_output() {
+        let chunks: Vec<_> = relayed(&[OPENING, TOKEN, FINISH], false)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(chunks.len(), 3, "{chunks:?}");
+        assert_eq!(fingerprint(&chunks[0]), Some(&serde_json::json!("fp_1")));
+        assert!(matches!(&chunks[1], WorkerChunk::Token(t) if t == "Hi"));
+        assert!(matches!(
+            chunks[2],
+            WorkerChunk::Finish {
+                reason: FinishReason::Stop,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn top_level_fields_of_an_empty_answer_still_reach_the_caller() {
+        let chunks: Vec<_> = relayed(&[OPENING, FINISH], false)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(chunks.len(), 2, "{chunks:?}");
+        assert_eq!(fingerprint(&chunks[0]), Some(&serde_json::json!("fp_1")));
+        assert!(matches!(
+            chunks[1],
+            WorkerChunk::Finish {
+                reason: FinishReason::Stop,
+                ..
+            }
+        ));
     }
 }

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 pub struct TimeoutConfig {
     /// Establishing the TCP (and TLS) connection.
     pub connect_ms: u64,
-    /// From sending the request to the first token (prompt processing and queueing upstream).
+    /// From sending the request to the first token (prompt processing and queueing upstream), for
+    /// streams; a whole answer arrives at once, when generation ends, within `total_ms`.
     pub first_token_ms: u64,
     /// Longest silence between two tokens of a stream.
     pub between_tokens_ms: u64,

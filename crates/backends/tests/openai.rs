@@ -506,3 +506,34 @@ async fn a_whole_answer_passes_its_tool_calls_logprobs_and_fingerprint_on() {
         })
     ));
 }
+
+#[tokio::test]
+async fn a_whole_answer_is_bounded_by_the_total_timeout_not_the_first_token_one() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(ANSWER, "application/json")
+                .set_delay(std::time::Duration::from_millis(300)),
+        )
+        .mount(&server)
+        .await;
+    let mut config = config(&server);
+    // The answer's head comes after the whole generation, later than a first token would.
+    config.timeouts.first_token_ms = 100;
+    let worker = OpenAiWorker::new(&config).unwrap();
+    let chunks = collect(&worker, call(false)).await;
+    assert!(
+        matches!(&chunks[0], Ok(WorkerChunk::Token(t)) if t == "Hi there"),
+        "{chunks:?}"
+    );
+
+    config.timeouts.total_ms = 100;
+    let worker = OpenAiWorker::new(&config).unwrap();
+    let error = worker.infer_stream(call(false)).await.err().unwrap();
+    assert_eq!(
+        error.message,
+        "vllm-a: the call took longer than its total timeout"
+    );
+    assert!(error.retryable);
+}

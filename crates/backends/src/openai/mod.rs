@@ -9,7 +9,7 @@
 
 mod body;
 mod config;
-mod stream;
+pub(crate) mod stream;
 pub mod vllm;
 
 use std::sync::Arc;
@@ -125,7 +125,7 @@ impl ModelWorker for OpenAiWorker {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Completions => &self.completions_url,
         };
-        let response = self.http.post(url, &body, deadline).await?;
+        let response = self.http.post(url, &body, deadline, streamed).await?;
         if streamed {
             let dialect = stream::OpenAiDialect::default();
             return Ok(sse::relay(

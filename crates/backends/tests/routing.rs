@@ -219,7 +219,19 @@ async fn permanent_errors_are_not_retried() {
     );
     let error = run(&router, "s").await.unwrap_err();
     assert_eq!(error.status, Some(400));
+    assert_eq!(error.message, "a: answered 400: bad prompt");
     assert_eq!(b.calls(), 0);
+
+    // After a retryable failure elsewhere, the final error still names every backend tried.
+    b.set(unavailable("b"));
+    let error = run(&router, "s").await.unwrap_err();
+    assert_eq!(error.status, Some(400));
+    assert_eq!(
+        error.message,
+        "a: answered 400: bad prompt (tried before: b: answered 503: overloaded)"
+    );
+    let tried: Vec<_> = error.attempts.iter().map(|t| t.backend.as_str()).collect();
+    assert_eq!(tried, ["b", "a"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -126,12 +126,16 @@ impl Attempts {
         self.last = Some(error);
     }
 
-    /// A failure not worth retrying ends the request as it is, with what was tried before.
+    /// A failure not worth retrying ends the request with its own status and message, followed
+    /// by what was tried before it.
     fn fatal(mut self, replica: &Replica, mut error: WorkerError) -> WorkerError {
         self.tried.push(BackendAttempt {
             backend: replica.name().to_owned(),
             error: error.message.clone(),
         });
+        if !self.notes.is_empty() {
+            error.message = format!("{} (tried before: {})", error.message, self.notes.join("; "));
+        }
         error.attempts = self.tried.into_boxed_slice();
         error
     }

@@ -1,6 +1,7 @@
 //! The gateway in front of mock upstreams (real HTTP on both sides): tokens relayed as the
 //! upstream produces them, cancellation reaching the upstream, a mid-stream cut, retries before
-//! the first token, session affinity across replicas, and pass-through fields.
+//! the first token, fallback and `Retry-After`, backend call metrics, session affinity across
+//! replicas, and pass-through fields.
 
 use std::time::Duration;
 
@@ -288,4 +289,56 @@ async fn llamacpp_sessions_keep_their_kv_cache_slot() {
         Some(&5),
         "every alice request used one slot: {slots:?}"
     );
+}
+
+#[tokio::test]
+async fn exhausted_backends_fall_back_honour_retry_after_and_count_every_call() {
+    // The primary refuses everything with 429 and a Retry-After of a minute.
+    let refusing = mock(Behaviour {
+        error_rate: 1.0,
+        error_status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+        retry_after_secs: Some(60),
+        ..Behaviour::default()
+    })
+    .await;
+    let healthy = mock(Behaviour::default()).await;
+    let mut config = Config::default();
+    config.models.clear();
+    let mut model = ModelConfig::single("m", "metered-primary");
+    model.fallback = vec!["metered-fallback".into()];
+    model.retries.initial_backoff_ms = 1;
+    config.models.push(model);
+    config.backends = vec![
+        BackendConfig::Openai(openai_backend("metered-primary", &refusing)),
+        BackendConfig::Openai(openai_backend("metered-fallback", &healthy)),
+    ];
+    let base = serve(config).await;
+    let ask = |text: &str| {
+        client()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
+            .send()
+    };
+    assert_eq!(ask("first").await.unwrap().status(), 200);
+    // The primary asked for a minute's rest: the next request goes straight to the fallback.
+    assert_eq!(ask("second").await.unwrap().status(), 200);
+    assert_eq!(refusing.handle().stats().chat_completions, 1);
+    assert_eq!(healthy.handle().stats().chat_completions, 2);
+
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "orchestrator_backend_calls_total{backend=\"metered-primary\",outcome=\"failure\"} 1",
+        // Passed over resting: on the first request's retry, and on the second request.
+        "orchestrator_backend_calls_total{backend=\"metered-primary\",outcome=\"skipped\"} 2",
+        "orchestrator_backend_calls_total{backend=\"metered-fallback\",outcome=\"success\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
 }

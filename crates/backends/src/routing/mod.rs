@@ -21,6 +21,7 @@ pub mod retry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_prompt_orchestrator::{BackendAttempt, InferenceCall, ModelWorker, TokenStream, WorkerError};
@@ -114,6 +115,8 @@ struct Attempts {
     notes: Vec<String>,
     tried: Vec<BackendAttempt>,
     last: Option<WorkerError>,
+    /// The shortest rest left of the backends passed over for their `Retry-After`.
+    soonest_back: Option<Duration>,
 }
 
 impl Attempts {
@@ -142,6 +145,9 @@ impl Attempts {
 
     fn skipped(&mut self, replica: &Replica, why: replica::Unavailable) {
         replica.record_skip();
+        if let Some(left) = replica.rest_left() {
+            self.soonest_back = Some(self.soonest_back.map_or(left, |soonest| soonest.min(left)));
+        }
         let mut detail = why.describe().to_owned();
         if let (replica::Unavailable::Unhealthy, Some(problem)) = (why, replica.health().problem()) {
             detail = format!("{detail} ({problem})");
@@ -157,12 +163,16 @@ impl Attempts {
         }
     }
 
-    /// The error the caller gets: every backend tried and why it failed.
+    /// The error the caller gets: every backend tried and why it failed. When backends were
+    /// left out for their `Retry-After`, the caller is told when the first comes back.
     fn into_error(self, model: &str) -> WorkerError {
         let mut error = self.last.unwrap_or_else(|| {
             // Only skips: every backend was unavailable, which is worth retrying later.
             WorkerError::retryable("no backend available").with_status(503)
         });
+        if let Some(soonest) = self.soonest_back {
+            error.retry_after = Some(error.retry_after.map_or(soonest, |own| own.min(soonest)));
+        }
         error.message = format!(
             "every backend of model `{model}` failed: {}",
             self.notes.join("; ")

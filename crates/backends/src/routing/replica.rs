@@ -107,17 +107,23 @@ impl Replica {
         self.breaker.state()
     }
 
+    /// How much longer this backend rests after a `Retry-After`, if it does.
+    pub fn rest_left(&self) -> Option<Duration> {
+        let until = *self
+            .resting_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+    }
+
     /// Takes a slot now, or says why not.
     pub fn try_admit(&self) -> Result<Admission, Unavailable> {
         if !self.health.is_healthy() {
             return Err(Unavailable::Unhealthy);
         }
-        let resting = self
-            .resting_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|until| Instant::now() < until);
-        if resting {
+        if self.rest_left().is_some() {
             return Err(Unavailable::Resting);
         }
         let permit = match &self.limit {

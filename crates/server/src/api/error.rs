@@ -102,8 +102,6 @@ impl ApiError {
 
     /// 429: the caller's key is over its rate limit for `which` (`requests` or `tokens`).
     pub fn rate_limited(which: &'static str, retry_after: std::time::Duration) -> Self {
-        let seconds = u32::try_from(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
-            .unwrap_or(u32::MAX);
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             which,
@@ -113,7 +111,7 @@ impl ApiError {
                 retry_after.as_millis()
             ),
         )
-        .retry_after(seconds.max(1))
+        .retry_after(whole_seconds(retry_after))
     }
 
     /// 400: a config file given to a reload has problems.
@@ -218,6 +216,12 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` counts whole seconds: `wait` rounded up, at least 1.
+fn whole_seconds(wait: std::time::Duration) -> u32 {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    u32::try_from(seconds).unwrap_or(u32::MAX).max(1)
+}
+
 impl From<PipelineError> for ApiError {
     fn from(error: PipelineError) -> Self {
         let message = error.to_string();
@@ -271,12 +275,30 @@ impl From<PipelineError> for ApiError {
                     "upstream_rejected",
                     upstream.message.clone(),
                 ),
-                _ => Self::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    "upstream_error",
-                    message,
-                ),
+                // Every backend is rate limited or resting after its `Retry-After`: the client
+                // is told when the first comes back, rather than given a bare 502.
+                status => match upstream.retry_after {
+                    Some(wait) if status == Some(429) => Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "upstream_error",
+                        "upstream_rate_limited",
+                        message,
+                    )
+                    .retry_after(whole_seconds(wait)),
+                    Some(wait) => Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream_error",
+                        "upstream_unavailable",
+                        message,
+                    )
+                    .retry_after(whole_seconds(wait)),
+                    None => Self::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_error",
+                        "upstream_error",
+                        message,
+                    ),
+                },
             },
             // The model answered, but not in a form the config accepts (e.g. JSON mode).
             PipelineError::Output { .. } => Self::new(

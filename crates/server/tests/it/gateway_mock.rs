@@ -342,3 +342,46 @@ async fn exhausted_backends_fall_back_honour_retry_after_and_count_every_call() 
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn when_every_backend_is_rate_limited_the_client_is_told_when_to_come_back() {
+    let refusing = mock(Behaviour {
+        error_rate: 1.0,
+        error_status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+        retry_after_secs: Some(60),
+        ..Behaviour::default()
+    })
+    .await;
+    let base = gateway(&[&refusing], Balancing::RoundRobin).await;
+    let ask = || {
+        client()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // The upstream's own 429 and its Retry-After reach the client.
+    let response = ask().await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "60");
+    let error = crate::support::expect_error(response, 429).await;
+    assert_eq!(error["code"], "upstream_rate_limited");
+    // While the backend rests, requests are not sent to it; the client hears when it is back.
+    let response = ask().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let seconds: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&seconds), "{seconds}");
+    let error = crate::support::expect_error(response, 503).await;
+    assert_eq!(error["code"], "upstream_unavailable");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("up0: skipped: waiting out its Retry-After"),
+        "{error}"
+    );
+    assert_eq!(refusing.handle().stats().chat_completions, 1);
+}

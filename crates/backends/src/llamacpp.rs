@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
@@ -35,7 +36,9 @@ pub struct LlamaCppConfig {
     pub api_key_env: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The server's parallel slots (its `-np`); each session maps to one of them.
+    /// The server's parallel slots (its `-np`); each session maps to one of them. The health
+    /// checks read the real number from the server's `/slots`, which then wins; this one is used
+    /// until then, and for servers started with `--no-slots`.
     #[serde(default = "one")]
     pub slots: usize,
     #[serde(default)]
@@ -53,7 +56,8 @@ fn one() -> usize {
 
 pub struct LlamaCppWorker {
     http: HttpBackend,
-    slots: usize,
+    /// Slots sessions are spread over: configured, then as `/slots` reports.
+    slots: AtomicUsize,
     /// `{base_url}/completion`, parsed once.
     completion_url: Url,
 }
@@ -76,7 +80,7 @@ impl LlamaCppWorker {
         Ok(Self {
             completion_url: http.url("/completion")?,
             http,
-            slots: config.slots,
+            slots: AtomicUsize::new(config.slots),
         })
     }
 }
@@ -183,7 +187,7 @@ impl ModelWorker for LlamaCppWorker {
 
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
         let deadline = self.http.deadline();
-        let slot = shard_for(&call.request.session, self.slots);
+        let slot = shard_for(&call.request.session, self.slots.load(Ordering::Relaxed));
         let streamed = call.request.stream;
         let response = self
             .http
@@ -232,9 +236,22 @@ impl LlamaCppWorker {
 
 #[async_trait]
 impl HealthProbe for LlamaCppWorker {
-    /// llama-server answers `/health` with 503 while it loads its model.
+    /// llama-server answers `/health` with 503 while it loads its model. Its `/slots` lists its
+    /// parallel slots: their number replaces the configured one, so every session maps onto a
+    /// slot that exists (a server started with `--no-slots` refuses, and the count stays).
     async fn probe(&self) -> Result<Option<usize>, String> {
-        let url = format!("{}/health", self.http.base_url());
-        self.http.probe(&url).await.map(|_| None)
+        let base = self.http.base_url();
+        self.http.probe(&format!("{base}/health")).await?;
+        let listed = self.http.probe(&format!("{base}/slots")).await.ok();
+        let count = listed
+            .and_then(|body| serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&body).ok())
+            .map_or(0, |slots| slots.len());
+        if count > 0 {
+            let before = self.slots.swap(count, Ordering::Relaxed);
+            if before != count {
+                tracing::info!(backend = %self.http.name, slots = count, before, "The server's /slots lists another number of slots; sessions now map onto those.");
+            }
+        }
+        Ok(None)
     }
 }

@@ -47,7 +47,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(state, &ctx, caller.map(|c| c.0), &headers, body, Endpoint::Chat)
+    generate(state, &ctx, caller.map(|c| c.0), headers, body, Endpoint::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -63,7 +63,7 @@ pub async fn completions(
         state,
         &ctx,
         caller.map(|c| c.0),
-        &headers,
+        headers,
         body,
         Endpoint::Completion,
     )
@@ -75,7 +75,7 @@ async fn generate(
     state: Arc<AppState>,
     ctx: &RequestContext,
     caller: Option<Caller>,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Body,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
@@ -93,8 +93,11 @@ async fn generate(
     let received_at_ms = unix_ms(SystemTime::now());
     // The running config admits the request; after a reload, the next request gets the new one.
     let live = state.live();
-    let bytes = read_limited(headers, body, live.config.server.max_body_bytes).await?;
-    let hints = Hints::from_headers(headers)?;
+    let bytes = read_limited(&headers, body, live.config.server.max_body_bytes).await?;
+    let hints = Hints::from_headers(&headers)?;
+    // The header values (and the body, below) are slices of the connection's read buffer: held
+    // while the request waits, they would keep that buffer alive beside the next one.
+    drop(headers);
     let key = caller.as_ref().map(|c| &*c.id.0);
     let default_priority = caller.as_ref().map(|c| c.priority).unwrap_or_default();
     let (request, delivery) = prepare(&live, &bytes, endpoint, &hints, key, default_priority, &ctx.id)?;
@@ -326,6 +329,8 @@ fn draft(
     received_at_ms: u64,
 ) -> Option<Box<Draft>> {
     let (store, config) = (live.dlq.as_ref()?, live.config.dlq.as_ref()?);
+    // A copy, so the connection's read buffer is not held for the request's whole life.
+    let body = Bytes::copy_from_slice(&body);
     Some(Box::new(Draft {
         store: store.clone(),
         record: config.record.clone(),

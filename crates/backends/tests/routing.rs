@@ -38,6 +38,8 @@ enum Script {
 struct Scripted {
     name: &'static str,
     calls: AtomicUsize,
+    /// When each call came (paused time).
+    times: Mutex<Vec<tokio::time::Instant>>,
     script: Mutex<Script>,
 }
 
@@ -46,6 +48,7 @@ impl Scripted {
         Arc::new(Self {
             name,
             calls: AtomicUsize::new(0),
+            times: Mutex::new(Vec::new()),
             script: Mutex::new(script),
         })
     }
@@ -67,6 +70,7 @@ impl ModelWorker for Scripted {
 
     async fn infer_stream(&self, _call: InferenceCall) -> Result<TokenStream, WorkerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.times.lock().unwrap().push(tokio::time::Instant::now());
         let script = self.script.lock().unwrap().clone();
         let name = self.name;
         match script {
@@ -106,19 +110,18 @@ fn no_breaker() -> ReplicaConfig {
 }
 
 fn router(groups: Vec<Vec<Arc<Replica>>>, balancing: Balancing, retries: u32) -> Router {
+    let retry = RetryConfig {
+        max: retries,
+        initial_backoff_ms: 100,
+        max_backoff_ms: 1000,
+    };
+    router_with(groups, balancing, retry)
+}
+
+fn router_with(groups: Vec<Vec<Arc<Replica>>>, balancing: Balancing, retry: RetryConfig) -> Router {
     let mut router = Router::new();
     let groups = groups.into_iter().map(|g| Group::new(g, balancing)).collect();
-    router.insert(
-        "m",
-        Route::new(
-            groups,
-            RetryConfig {
-                max: retries,
-                initial_backoff_ms: 100,
-                max_backoff_ms: 1000,
-            },
-        ),
-    );
+    router.insert("m", Route::new(groups, retry));
     router
 }
 
@@ -203,6 +206,45 @@ async fn exhausted_groups_fall_back_and_the_error_names_every_backend() {
         "every backend of model `m` failed: b: answered 503: overloaded; a: answered 503: overloaded; \
          c: answered 503: overloaded; c: answered 503: overloaded"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_wait_their_backoff_and_a_cancel_ends_the_wait() {
+    let a = Scripted::new("a", unavailable("a"));
+    let retry = RetryConfig {
+        max: 2,
+        initial_backoff_ms: 10_000,
+        max_backoff_ms: 15_000,
+    };
+    let router = router_with(
+        vec![vec![replica(&a, no_breaker())]],
+        Balancing::RoundRobin,
+        retry,
+    );
+    assert!(run(&router, "s").await.is_err());
+    let times = a.times.lock().unwrap().clone();
+    assert_eq!(times.len(), 3, "the first call and two retries");
+    // Full jitter: each wait is drawn up to its bound (10 s, then 15 s, capped from 20 s).
+    let waits = [times[1] - times[0], times[2] - times[1]];
+    assert!(waits[0] <= Duration::from_secs(10), "{waits:?}");
+    assert!(waits[1] <= Duration::from_secs(15), "{waits:?}");
+    // Both draws at zero is a chance of about one in 10^8.
+    assert!(waits[0] + waits[1] > Duration::ZERO, "{waits:?}");
+
+    // A caller that goes away while the router waits to retry ends the wait.
+    let call = call("s");
+    let cancel = call.cancel.clone();
+    let waiting = tokio::spawn({
+        let router = Arc::new(router);
+        async move { router.infer_stream(call).await.err().unwrap() }
+    });
+    while a.calls() < 4 {
+        tokio::task::yield_now().await;
+    }
+    cancel.cancel();
+    let error = waiting.await.unwrap();
+    assert_eq!(error.message, "cancelled while waiting to retry");
+    assert_eq!(a.calls(), 4, "no retry after the cancel");
 }
 
 #[tokio::test(start_paused = true)]

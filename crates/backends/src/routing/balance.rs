@@ -176,6 +176,29 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_replica_moves_only_its_own_sessions() {
+        let before = replicas(5);
+        // vllm-2 goes away.
+        let after: Vec<R> = replicas(5).into_iter().filter(|r| r.0 != "vllm-2").collect();
+        let sessions = 10_000;
+        let mut moved = 0;
+        for s in 0..sessions {
+            let session = format!("user-{s}");
+            let (b, a) = (
+                pick(Balancing::SessionAffinity, &before, &session),
+                pick(Balancing::SessionAffinity, &after, &session),
+            );
+            if a != b {
+                moved += 1;
+                assert_eq!(b, "vllm-2", "{session} moved off a replica that stayed");
+            }
+        }
+        // Ideal: the removed replica's 1/5 of sessions, spread over the other four.
+        let share = f64::from(moved) / f64::from(sessions);
+        assert!((0.17..0.23).contains(&share), "{share}");
+    }
+
+    #[test]
     fn least_outstanding_avoids_the_busy_replica() {
         let r = vec![R("a".into(), 100, 1), R("b".into(), 0, 1)];
         for _ in 0..50 {

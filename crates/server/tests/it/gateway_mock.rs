@@ -1,13 +1,14 @@
 //! The gateway in front of mock upstreams (real HTTP on both sides): tokens relayed as the
 //! upstream produces them, cancellation reaching the upstream, a mid-stream cut, retries before
-//! the first token, fallback and `Retry-After`, backend call metrics, session affinity across
-//! replicas, and pass-through fields.
+//! the first token, fallback and `Retry-After`, circuit breakers, per-backend limits, backend
+//! call metrics, session affinity across replicas, and pass-through fields.
 
 use std::time::Duration;
 
 use orchestrator_backends::OpenAiConfig;
 use orchestrator_backends::llamacpp::LlamaCppConfig;
 use orchestrator_backends::routing::balance::Balancing;
+use orchestrator_backends::routing::breaker::BreakerConfig;
 use orchestrator_server::Server;
 use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
 use orchestrator_server::mock::{Behaviour, MockConfig, MockUpstream, RunningMock};
@@ -384,4 +385,123 @@ async fn when_every_backend_is_rate_limited_the_client_is_told_when_to_come_back
         "{error}"
     );
     assert_eq!(refusing.handle().stats().chat_completions, 1);
+}
+
+/// Sends one non-streamed chat request to model `m` and returns its status.
+async fn chat_status(base: &str, text: &str) -> u16 {
+    client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_failing_backend_trips_its_breaker_and_is_let_back_after_a_good_probe() {
+    let failing = mock(Behaviour {
+        error_rate: 1.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let healthy = mock(Behaviour::default()).await;
+    let mut a = openai_backend("breaker-a", &failing);
+    a.routing.breaker = BreakerConfig {
+        consecutive_failures: 2,
+        error_rate: 0.0,
+        window: 20,
+        cooldown_ms: 1_000,
+    };
+    let b = openai_backend("breaker-b", &healthy);
+    let base = gateway_of(
+        vec![BackendConfig::Openai(a), BackendConfig::Openai(b)],
+        Balancing::RoundRobin,
+    )
+    .await;
+    // Every request is answered (retried on b when a fails). Round robin tries a first on every
+    // other request, five times: after its second failure in a row the breaker opens and a is
+    // passed over (a probe after a cool-down would fail and reopen it).
+    for i in 0..10 {
+        assert_eq!(chat_status(&base, &format!("q{i}")).await, 200);
+    }
+    let tripped = failing.handle().stats().chat_completions;
+    assert!((2..5).contains(&tripped), "a was called {tripped} times");
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orchestrator_backend_calls_total{backend=\"breaker-a\",outcome=\"skipped\"}"),
+        "a was never passed over:\n{metrics}"
+    );
+
+    // a recovers. After the cool-down one probe goes through; it succeeds and closes the breaker.
+    failing.handle().update(|b| b.error_rate = 0.0);
+    let mut asked = 0;
+    while failing.handle().stats().chat_completions == tripped {
+        assert_eq!(chat_status(&base, "probe?").await, 200);
+        asked += 1;
+        assert!(asked < 1_000, "the breaker never let a probe through");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Closed again: a takes its turn in the rotation.
+    let before = failing.handle().stats().chat_completions;
+    for i in 0..4 {
+        assert_eq!(chat_status(&base, &format!("after {i}")).await, 200);
+    }
+    assert_eq!(failing.handle().stats().chat_completions - before, 2);
+}
+
+#[tokio::test]
+async fn a_backend_at_its_max_in_flight_is_passed_over() {
+    // a holds each stream for a few seconds; b answers at once.
+    let slow = mock(Behaviour {
+        tokens: 8,
+        tokens_per_second: 2.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let fast = mock(Behaviour::default()).await;
+    let mut a = openai_backend("limited-a", &slow);
+    a.routing.max_in_flight = 1;
+    let b = openai_backend("limited-b", &fast);
+    let base = gateway_of(
+        vec![BackendConfig::Openai(a), BackendConfig::Openai(b)],
+        Balancing::RoundRobin,
+    )
+    .await;
+    // The first request (a's turn) takes a's one place and keeps it while it streams.
+    let held = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let mut held = SseReader::new(held);
+    assert!(held.next().await.is_some());
+    // Four more: on a's turns it is full, so they go to b at once.
+    for i in 0..4 {
+        assert_eq!(chat_status(&base, &format!("q{i}")).await, 200);
+    }
+    assert_eq!(slow.handle().stats().chat_completions, 1);
+    assert_eq!(fast.handle().stats().chat_completions, 4);
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = "orchestrator_backend_calls_total{backend=\"limited-a\",outcome=\"skipped\"} 2";
+    assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    // The held stream still completes.
+    assert_eq!(held.rest().await.last(), Some(&Frame::Data("[DONE]".into())));
 }

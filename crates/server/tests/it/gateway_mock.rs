@@ -314,26 +314,13 @@ async fn exhausted_backends_fall_back_honour_retry_after_and_count_every_call() 
         BackendConfig::Openai(openai_backend("metered-fallback", &healthy)),
     ];
     let base = serve(config).await;
-    let ask = |text: &str| {
-        client()
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
-            .send()
-    };
-    assert_eq!(ask("first").await.unwrap().status(), 200);
+    assert_eq!(chat_status(&base, "first").await, 200);
     // The primary asked for a minute's rest: the next request goes straight to the fallback.
-    assert_eq!(ask("second").await.unwrap().status(), 200);
+    assert_eq!(chat_status(&base, "second").await, 200);
     assert_eq!(refusing.handle().stats().chat_completions, 1);
     assert_eq!(healthy.handle().stats().chat_completions, 2);
 
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&base).await;
     for line in [
         "orchestrator_backend_calls_total{backend=\"metered-primary\",outcome=\"failure\"} 1",
         // Passed over resting: on the first request's retry, and on the second request.
@@ -387,6 +374,12 @@ async fn when_every_backend_is_rate_limited_the_client_is_told_when_to_come_back
     assert_eq!(refusing.handle().stats().chat_completions, 1);
 }
 
+/// The gateway's `/metrics` text.
+async fn metrics_text(base: &str) -> String {
+    let response = client().get(format!("{base}/metrics")).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
 /// Sends one non-streamed chat request to model `m` and returns its status.
 async fn chat_status(base: &str, text: &str) -> u16 {
     client()
@@ -428,14 +421,7 @@ async fn a_failing_backend_trips_its_breaker_and_is_let_back_after_a_good_probe(
     }
     let tripped = failing.handle().stats().chat_completions;
     assert!((2..5).contains(&tripped), "a was called {tripped} times");
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&base).await;
     assert!(
         metrics.contains("orchestrator_backend_calls_total{backend=\"breaker-a\",outcome=\"skipped\"}"),
         "a was never passed over:\n{metrics}"
@@ -492,14 +478,7 @@ async fn a_backend_at_its_max_in_flight_is_passed_over() {
     }
     assert_eq!(slow.handle().stats().chat_completions, 1);
     assert_eq!(fast.handle().stats().chat_completions, 4);
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&base).await;
     let line = "orchestrator_backend_calls_total{backend=\"limited-a\",outcome=\"skipped\"} 2";
     assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     // The held stream still completes.

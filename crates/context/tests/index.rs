@@ -195,6 +195,38 @@ async fn a_changed_file_is_replaced_and_unchanged_files_are_skipped() {
 }
 
 #[tokio::test]
+async fn files_gone_from_an_ingested_directory_leave_the_index() {
+    let corpus = Corpus::new();
+    corpus.ingest();
+    assert_eq!(
+        sources(&retrieve(&corpus.retriever(), &ask("obsidian volcanic glass")).await),
+        [corpus.source("sub/deep.md")]
+    );
+    fs::remove_file(corpus.file("sub/deep.md")).unwrap();
+    let summary = corpus.ingest();
+    assert_eq!(summary.files_removed, 1, "{summary}");
+    assert_eq!(summary.files_unchanged, 3, "{summary}");
+    assert!(
+        summary.to_string().contains(", 1 removed (no longer there)"),
+        "{summary}"
+    );
+    assert!(
+        retrieve(&corpus.retriever(), &ask("obsidian volcanic glass"))
+            .await
+            .is_empty()
+    );
+
+    // A file given by itself is the only thing that ingest looks at: the rest stays.
+    let only_notes = ingest(&corpus.config(), &[corpus.file("notes.txt")], Progress::Quiet).unwrap();
+    assert_eq!((only_notes.files_unchanged, only_notes.files_removed), (1, 0));
+    assert_eq!(
+        sources(&retrieve(&corpus.retriever(), &ask("lighthouse")).await),
+        [corpus.source("notes.txt")]
+    );
+    assert!(!retrieve(&corpus.retriever(), &ask("pectin")).await.is_empty());
+}
+
+#[tokio::test]
 async fn jsonl_records_are_chunked_per_line_and_bad_lines_are_reported() {
     let corpus = Corpus::new();
     let summary = corpus.ingest();

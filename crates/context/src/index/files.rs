@@ -34,6 +34,8 @@ pub(crate) struct Found {
     pub files: Vec<SourceFile>,
     /// Files with an extension ingest does not read, and links to directories.
     pub skipped: usize,
+    /// The directories given (walked whole), as the index names paths under them.
+    pub dirs: Vec<PathBuf>,
 }
 
 /// Every supported file under `paths`: files as given, directories walked recursively with their
@@ -58,6 +60,7 @@ pub(crate) fn find(paths: &[PathBuf]) -> Result<Found, IndexError> {
         })?;
         if metadata.is_dir() {
             walk(&path, &mut found, &mut seen)?;
+            found.dirs.push(path);
         } else {
             add_file(path, &mut found, &mut seen);
         }

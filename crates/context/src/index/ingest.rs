@@ -5,7 +5,7 @@
 //! `tokio::task::spawn_blocking`. One ingest at a time may write to an index (tantivy's writer
 //! lock, across processes too); searches go on meanwhile and see the new state after the commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ pub struct IngestSummary {
     pub files_indexed: usize,
     /// Files whose bytes were the same as at the last ingest, left as they were.
     pub files_unchanged: usize,
+    /// Files indexed before under a directory given now, no longer there (deleted, renamed, or
+    /// now of a type ingest does not read): their chunks were removed.
+    pub files_removed: usize,
     /// Files not read: an extension other than `.txt`, `.md` or `.jsonl`, or a link to a directory.
     pub files_skipped: usize,
     /// Chunks written for the indexed files.
@@ -66,6 +69,9 @@ impl fmt::Display for IngestSummary {
             self.files_unchanged,
             self.files_skipped,
         )?;
+        if self.files_removed > 0 {
+            write!(f, ", {} removed (no longer there)", self.files_removed)?;
+        }
         if self.lines_skipped > 0 {
             write!(f, ", {} bad JSONL lines skipped", self.lines_skipped)?;
         }
@@ -78,8 +84,9 @@ impl fmt::Display for IngestSummary {
 ///
 /// A file is known by its path as given (`./` parts removed), so ingest from the same working
 /// directory with the same paths each time. A file whose bytes hash (xxh3) to what the last ingest
-/// recorded is left alone; a changed file's chunks are all replaced. Files that have since been
-/// deleted are not removed from the index. In a `.jsonl` file, a line that is not a JSON object
+/// recorded is left alone; a changed file's chunks are all replaced. A file indexed before under
+/// a directory given now that is no longer there is removed from the index (files given one by
+/// one must exist). In a `.jsonl` file, a line that is not a JSON object
 /// with a string field `config.jsonl_text_field` is skipped, counted and reported in the summary
 /// (with its file and line number); the rest of the file is indexed.
 ///
@@ -139,7 +146,17 @@ pub fn ingest(
         reporter.file_done(&file.source);
     }
 
-    if summary.files_indexed > 0 {
+    // What the index holds under a directory walked now, but the walk did not find, is gone.
+    let found_now: HashSet<&str> = found.files.iter().map(|f| f.source.as_str()).collect();
+    for source in known.keys() {
+        let under_walked = found.dirs.iter().any(|dir| Path::new(source).starts_with(dir));
+        if under_walked && !found_now.contains(source.as_str()) {
+            writer.delete_term(Term::from_field_text(fields.source, source));
+            summary.files_removed += 1;
+        }
+    }
+
+    if summary.files_indexed + summary.files_removed > 0 {
         writer
             .commit()
             .map_err(IndexError::tantivy(index_path, "committing the ingest"))?;

@@ -97,6 +97,7 @@ impl Reporter {
             tracing::info!(
                 files_indexed = summary.files_indexed,
                 files_unchanged = summary.files_unchanged,
+                files_removed = summary.files_removed,
                 files_skipped = summary.files_skipped,
                 chunks_added = summary.chunks_added,
                 lines_skipped = summary.lines_skipped,

@@ -439,6 +439,28 @@ fn a_prompt_that_cannot_fit_is_a_context_length_error_with_exact_numbers() {
 }
 
 #[test]
+fn a_requests_max_tokens_is_the_room_kept_for_the_answer() {
+    let request = budget_conversation();
+    let full = tokens_of(&request, &budget_chunks());
+    // The configured reserve (100) leaves room for everything...
+    let assembler = with_window(full + 100);
+    let out = assembler.assemble(&request, &budget_chunks()).unwrap();
+    assert_eq!(sources(&out), ["a.md", "b.md", "c.md", "d.md"]);
+    // ...but a request that may take 300 tokens of answer needs 200 more: chunks go.
+    let mut asks_more = request.clone();
+    asks_more.params.max_tokens = Some(300);
+    let out = assembler.assemble(&asks_more, &budget_chunks()).unwrap();
+    assert!(sources(&out).len() < 4, "{:?}", sources(&out));
+    assert!(out.prompt_tokens.unwrap() as usize + 300 <= full + 100);
+    // A request asking for the whole window cannot fit any prompt.
+    asks_more.params.max_tokens = Some(u32::try_from(full + 100).unwrap());
+    match assembler.assemble(&asks_more, &budget_chunks()) {
+        Err(PipelineError::ContextLength { limit, .. }) => assert_eq!(limit, full + 100),
+        other => panic!("expected ContextLength, got {other:?}"),
+    }
+}
+
+#[test]
 fn prompt_tokens_match_tiktoken_within_the_documented_overhead() {
     let request = budget_conversation();
     let out = with_window(100_000).assemble(&request, &budget_chunks()).unwrap();

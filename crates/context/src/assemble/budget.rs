@@ -1,6 +1,7 @@
 //! The token budget: what to drop when a prompt does not fit the model's context window.
 //!
-//! The prompt must leave `reserve_output_tokens` of the window free for the answer. When it does
+//! The prompt must leave room for the answer: the request's own `max_tokens` when it sets one (the
+//! upstream refuses a prompt that leaves less), else `reserve_output_tokens`. When it does
 //! not, the retrieved chunks go first, lowest score first, one at a time; then the oldest turns of
 //! the conversation. The system prompt, the tools and the last user turn are never dropped: if
 //! they alone do not fit, the request fails with [`PipelineError::ContextLength`].
@@ -11,8 +12,8 @@
 
 use tokio_prompt_orchestrator::PipelineError;
 
-/// A model's window and the part of it kept for the answer (`reserve < window`, checked when the
-/// assembler is built).
+/// A model's window and the part of it kept for the answer (the configured reserve is below the
+/// window, checked when the assembler is built; a request's `max_tokens` may not be).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Budget {
     pub window: usize,
@@ -22,7 +23,18 @@ pub(crate) struct Budget {
 impl Budget {
     /// Tokens the prompt may use.
     pub(crate) fn limit(self) -> usize {
-        self.window - self.reserve
+        self.window.saturating_sub(self.reserve)
+    }
+
+    /// This budget for a request that asks for at most `max_tokens` of answer, when it says.
+    pub(crate) fn for_answer(self, max_tokens: Option<u32>) -> Self {
+        match max_tokens {
+            Some(tokens) => Self {
+                reserve: tokens as usize,
+                ..self
+            },
+            None => self,
+        }
     }
 }
 

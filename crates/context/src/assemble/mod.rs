@@ -65,9 +65,10 @@ use tokens::TokenCounter;
 ///   without one, the tokenizer is not run). With a `prompt` template it is the exact count of
 ///   `prompt`; otherwise an estimate of the chat form (contents plus a fixed framing per message).
 ///
-/// When even the system prompt, the tools and the last user turn exceed the window minus
-/// `reserve_output_tokens`, the request fails with `ContextLength { needed, limit }`: `needed`
-/// counts the prompt plus the reserve and `limit` is the window, as OpenAI reports it.
+/// The answer's room is the request's `max_tokens` when it sets one, else
+/// `reserve_output_tokens`. When even the system prompt, the tools and the last user turn exceed
+/// the window minus that room, the request fails with `ContextLength { needed, limit }`: `needed`
+/// counts the prompt plus the room and `limit` is the window, as OpenAI reports it.
 ///
 /// With no system template, no chunks, no tools and no budget, the result is the core's default
 /// (`messages = None`, the plain prompt) at the cost of one copy of the prompt.
@@ -199,7 +200,7 @@ impl Assembler for TemplateAssembler {
         let mut prompt_tokens = None;
         // The prompt, when the budget has already rendered it.
         let mut rendered = None;
-        if let Some(budget) = profile.budget {
+        if let Some(budget) = profile.budget.map(|b| b.for_answer(request.params.max_tokens)) {
             let (fit, block) = match &templated {
                 Some(draft) => {
                     let fitted = draft.fit(budget, &context_block)?;

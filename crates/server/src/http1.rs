@@ -13,7 +13,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,10 +47,10 @@ pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<O
         let service = TowerToHyperService::new(app.clone());
         let closing = closing.clone();
         connections.spawn(async move {
-            let mut builder = http1::Builder::new();
-            // The timer enforces hyper's limit on how long a request head may take to arrive.
-            builder.timer(TokioTimer::new());
-            let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            // No timer, as with `axum::serve`: hyper's request-head timeout would arm one for
+            // every request, idle keep-alive waits included.
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let mut connection = pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 () = closing.cancelled() => {

@@ -51,14 +51,13 @@ pub struct ApiKeys {
 impl ApiKeys {
     /// The keys of `[auth]`, or `None` when none are configured (the API is open).
     ///
-    /// Environment variables are read here; the config's validation has already checked that
-    /// they are set, so one that vanished since then is skipped with an error in the log.
+    /// The variables named by `key_env` are read here; the config's validation has already
+    /// checked that they are set, so one that vanished since then is skipped with an error in
+    /// the log (and with no usable key left, every request is refused: the API stays closed).
     pub fn from_config(config: &AuthConfig) -> Option<Self> {
         let mut keys = Vec::with_capacity(config.keys.len());
         for (i, k) in config.keys.iter().enumerate() {
-            let digest = if let Some(key) = &k.key {
-                digest(key)
-            } else if let Some(hex_digest) = &k.sha256 {
+            let digest = if let Some(hex_digest) = &k.sha256 {
                 let mut d = [0u8; 32];
                 if hex::decode_to_slice(hex_digest, &mut d).is_err() {
                     tracing::error!(
@@ -68,7 +67,7 @@ impl ApiKeys {
                     continue;
                 }
                 d
-            } else if let Some(var) = &k.env {
+            } else if let Some(var) = &k.key_env {
                 match std::env::var(var) {
                     Ok(key) if !key.is_empty() => digest(&key),
                     _ => {
@@ -137,16 +136,23 @@ mod tests {
     use crate::config::ApiKeyConfig;
 
     fn keys() -> ApiKeys {
+        // SAFETY of the test: no other test reads or writes this variable.
+        unsafe { std::env::set_var("ORCHESTRATOR_TEST_AUTH_UNIT_KEY", "sk-plain") };
         let config = AuthConfig {
             keys: vec![
                 ApiKeyConfig {
                     name: Some("plain".into()),
-                    key: Some("sk-plain".into()),
+                    key_env: Some("ORCHESTRATOR_TEST_AUTH_UNIT_KEY".into()),
                     ..Default::default()
                 },
                 ApiKeyConfig {
                     sha256: Some(hex::encode(digest("sk-hashed"))),
                     admin: true,
+                    ..Default::default()
+                },
+                ApiKeyConfig {
+                    name: Some("unset".into()),
+                    key_env: Some("ORCHESTRATOR_TEST_AUTH_UNIT_UNSET".into()),
                     ..Default::default()
                 },
             ],
@@ -157,8 +163,9 @@ mod tests {
     }
 
     #[test]
-    fn plain_and_hashed_keys_verify() {
+    fn keys_from_the_environment_and_hashed_keys_verify() {
         let keys = keys();
+        assert_eq!(keys.keys.len(), 2, "the key whose variable is unset is skipped");
         let plain = keys.verify("sk-plain").unwrap();
         assert_eq!((plain.id, plain.admin), (KeyId("plain".into()), false));
         let hashed = keys.verify("sk-hashed").unwrap();

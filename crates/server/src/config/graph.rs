@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use orchestrator_context::assemble::{AssembleConfig, AssembleSettings};
 
+use super::parse::Unparsed;
 use super::{Config, Problem};
 use crate::post::PostConfig;
 
@@ -48,6 +49,19 @@ pub enum StageKind {
     Stream,
 }
 
+impl StageKind {
+    /// The name a file gives this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Rag => "rag",
+            StageKind::Assemble => "assemble",
+            StageKind::Inference => "inference",
+            StageKind::Post => "post",
+            StageKind::Stream => "stream",
+        }
+    }
+}
+
 /// What a valid graph compiles to: the post-processors in an order that agrees with every
 /// model's path, each with the models that take it.
 pub struct Compiled {
@@ -60,7 +74,10 @@ pub struct Compiled {
 
 impl Config {
     /// The graph's problems, each with its path, appended to `problems`.
-    pub(super) fn graph_problems(&self, problems: &mut Vec<Problem>) {
+    ///
+    /// With a stage that did not parse (in `unparsed`) the graph is incomplete: references to
+    /// its name are not reported, and neither is the shape (output, cycles, paths).
+    pub(super) fn graph_problems(&self, unparsed: &Unparsed, problems: &mut Vec<Problem>) {
         let mut add = |path: String, message: String| {
             problems.push(Problem {
                 path,
@@ -85,19 +102,30 @@ impl Config {
             } else if index.insert(&stage.name, i).is_some() {
                 add(
                     format!("stages[{i}].name"),
-                    format!("stage {:?} is declared twice", stage.name),
+                    format!(
+                        "stage {:?} is declared twice; give each stage its own name",
+                        stage.name
+                    ),
                 );
             }
             if stage.kind != StageKind::Assemble && stage.assemble.is_some() {
                 add(
                     format!("stages[{i}].assemble"),
-                    "only assemble stages take prompt settings".into(),
+                    format!(
+                        "only assemble stages take prompt settings (this one is {:?}); move them \
+                         to the assemble stage of the branch",
+                        stage.kind.as_str()
+                    ),
                 );
             }
             if stage.kind != StageKind::Post && !stage.processors.is_empty() {
                 add(
                     format!("stages[{i}].processors"),
-                    "only post stages take processors".into(),
+                    format!(
+                        "only post stages take processors (this one is {:?}); move them to a \
+                         post stage",
+                        stage.kind.as_str()
+                    ),
                 );
             }
             for (j, processor) in stage.processors.iter().enumerate() {
@@ -117,11 +145,13 @@ impl Config {
             }
         }
         let known = || {
-            let mut names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-            names.sort_unstable();
-            names.join(", ")
+            super::validate::known(
+                stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .chain(unparsed.stages.iter()),
+            )
         };
-        let models: HashSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
         let Shape {
             edges,
             entries,
@@ -129,7 +159,7 @@ impl Config {
         } = Shape::of(stages);
         for (i, stage) in stages.iter().enumerate() {
             for (j, input) in stage.inputs.iter().enumerate() {
-                if !index.contains_key(input.as_str()) {
+                if !index.contains_key(input.as_str()) && !unparsed.stages.covers(input) {
                     add(
                         format!("stages[{i}].inputs[{j}]"),
                         format!("no stage named {input:?} (known: {})", known()),
@@ -137,13 +167,13 @@ impl Config {
                 }
             }
             for (j, model) in stage.models.iter().enumerate() {
-                if !models.contains(model.as_str()) {
-                    add(
-                        format!("stages[{i}].models[{j}]"),
-                        format!("no model named {model:?}"),
-                    );
+                if let Some(message) = self.unknown_model(model, unparsed) {
+                    add(format!("stages[{i}].models[{j}]"), message);
                 }
             }
+        }
+        if unparsed.stages.any() {
+            return;
         }
         let [output] = outputs[..] else {
             add(
@@ -544,11 +574,15 @@ mod tests {
             "orphan post ghost-input",
             "dead-end post infer",
         ];
-        let found = problems(&lines);
-        assert!(found.contains(&"stages[3].inputs[0]: no stage named \"ghost-input\" (known: assemble, dead-end, infer, orphan, out)".to_string()), "{found:?}");
-        assert!(
-            found.contains(&"stages[4]: \"dead-end\" has no path to the output stage \"out\"".to_string()),
-            "{found:?}"
+        assert_eq!(
+            problems(&lines),
+            [
+                "stages[3].inputs[0]: no stage named \"ghost-input\" (known: assemble, dead-end, infer, \
+                 orphan, out)",
+                "stages[3]: \"orphan\" is unreachable: no path to it from an entry stage (one with no \
+                 inputs)",
+                "stages[4]: \"dead-end\" has no path to the output stage \"out\"",
+            ]
         );
         let lines = [
             "assemble assemble -",
@@ -621,7 +655,78 @@ mod tests {
             found,
             [
                 "post: with [[stages]] declared, put post-processors in the `processors` of a post stage",
-                "stages[2].processors: only post stages take processors",
+                "stages[2].processors: only post stages take processors (this one is \"inference\"); \
+                 move them to a post stage",
+            ]
+        );
+    }
+
+    #[test]
+    fn stage_names_must_be_there_and_unique() {
+        let lines = [
+            "assemble assemble -",
+            "infer inference assemble",
+            "infer post infer",
+            "out stream infer",
+        ];
+        let found = problems(&lines);
+        assert_eq!(
+            found[0],
+            "stages[2].name: stage \"infer\" is declared twice; give each stage its own name"
+        );
+        let text = graph(&CANONICAL).replacen("name = \"post\"", "name = \"\"", 1);
+        let err = Config::parse(&text, "g.toml").unwrap_err();
+        assert_eq!(err.problems[0].to_string(), "stages[3].name: must not be empty");
+    }
+
+    #[test]
+    fn branches_name_known_models() {
+        let lines = [
+            "assemble assemble -",
+            "infer inference assemble",
+            "out stream infer chat,scure",
+        ];
+        assert_eq!(
+            problems(&lines)[0],
+            "stages[2].models[1]: no model named \"scure\" (known: chat, secure)"
+        );
+    }
+
+    #[test]
+    fn prompt_settings_belong_to_assemble_stages() {
+        let text = graph(&CANONICAL).replacen(
+            "kind = \"post\"\n",
+            "kind = \"post\"\nassemble = { system = \"Be brief.\" }\n",
+            1,
+        );
+        let err = Config::parse(&text, "g.toml").unwrap_err();
+        let found: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "stages[3].assemble: only assemble stages take prompt settings (this one is \"post\"); \
+              move them to the assemble stage of the branch"
+            ]
+        );
+    }
+
+    #[test]
+    fn processors_are_checked_and_take_their_models_from_the_stage() {
+        let text = graph(&CANONICAL).replacen(
+            "kind = \"post\"\n",
+            "kind = \"post\"\nprocessors = [{ kind = \"max_chars\", max = 3, models = [\"chat\"] }, \
+             { kind = \"redact\", pattern = \"[\" }]\n",
+            1,
+        );
+        let err = Config::parse(&text, "g.toml").unwrap_err();
+        let found: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "stages[3].processors[0].models: set `models` on the stage: its models are the ones \
+                 that take it",
+                "stages[3].processors[1].pattern: not a valid regex: regex parse error:\n    [\n    \
+                 ^\nerror: unclosed character class",
             ]
         );
     }

@@ -47,11 +47,7 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
         span = Some(next.span());
         value = next.get_ref();
     }
-    let offset = span?.start;
-    let before = text.get(..offset)?;
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |n| before.len() - n - 1) + 1;
-    Some((line, column))
+    Some(super::parse::line_column(text, span?.start))
 }
 
 #[cfg(test)]

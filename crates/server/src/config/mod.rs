@@ -1,14 +1,21 @@
 //! `pipeline.toml`: the raw file as serde reads it, and the validation pass that turns it into a
 //! [`Config`] with every problem reported at once.
 //!
+//! - `parse`: the text, read section by section and entry by entry, so one entry's serde error
+//!   does not hide the rest;
+//! - `validate`: the checks serde cannot make; `graph` and `rag` add those of `[[stages]]`,
+//!   `[rag]` and `[assemble]`;
+//! - `locate`: a problem's path turned into a line and column.
+//!
 //! With no file, [`Config::default`] serves one model, `echo`, from an echo backend.
 
 mod graph;
 mod locate;
+mod parse;
 mod rag;
 mod summary;
+mod validate;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -94,16 +101,17 @@ pub struct AuthConfig {
     pub rate_limit: Option<RateLimitConfig>,
 }
 
-/// One accepted key: exactly one of `key` (the key itself), `sha256` (hex digest of the key) or
-/// `env` (name of an environment variable holding the key).
+/// One accepted key: exactly one of `key_env`, the name of the environment variable holding the
+/// key (read when the file is loaded), or `sha256`, the hex SHA-256 digest of the key. The key
+/// itself is never written in the file: reading one refuses `key = "..."`, pointing to `key_env`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// Shown in logs and used as the session key of requests without one; never the key itself.
     pub name: Option<String>,
-    pub key: Option<String>,
+    /// The environment variable holding the key, like backends' `api_key_env`.
+    pub key_env: Option<String>,
     pub sha256: Option<String>,
-    pub env: Option<String>,
     /// Whether the key may use the admin endpoints (`POST /admin/reload`).
     #[serde(default)]
     pub admin: bool,
@@ -320,231 +328,29 @@ impl Config {
 
     /// Parses and validates TOML text; `source_name` names it in errors.
     ///
+    /// Each section and list entry is read on its own, so a file with a typo in one backend and
+    /// a dangling reference in a model gets both reported; the environment variables that keys
+    /// and backends name are read here too.
+    ///
     /// # Errors
-    /// A syntax or type error, or every problem the validation pass finds.
+    /// The syntax errors, or every problem of every item that does not deserialize plus every
+    /// one the validation pass finds in the rest.
     pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let error = |problems| ConfigError {
             source_name: source_name.to_string(),
             problems,
         };
-        let config: Config = toml::from_str(text).map_err(|e| {
-            error(vec![Problem {
-                path: String::new(),
-                // toml's message carries the line, column and the offending key.
-                message: e.to_string().trim_end().to_string(),
-                location: None,
-            }])
-        })?;
-        let mut problems = config.problems();
-        for problem in &mut problems {
+        let (config, unparsed, mut problems) = parse::read(text).map_err(error)?;
+        for mut problem in config.problems(&unparsed) {
+            problem.path = unparsed.in_file(&problem.path);
             problem.location = locate::locate(text, &problem.path);
+            problems.push(problem);
         }
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(error(problems))
         }
-    }
-
-    /// The checks serde cannot make: references between sections and one-of rules.
-    fn problems(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let mut add = |path: String, message: String| {
-            problems.push(Problem {
-                path,
-                message,
-                location: None,
-            });
-        };
-
-        if self.server.max_body_bytes == 0 {
-            add(
-                "server.max_body_bytes".into(),
-                "must be at least 1 (the default is 1048576, 1 MiB)".into(),
-            );
-        }
-        for (i, key) in self.auth.keys.iter().enumerate() {
-            let set = [&key.key, &key.sha256, &key.env]
-                .iter()
-                .filter(|v| v.is_some())
-                .count();
-            if set != 1 {
-                add(
-                    format!("auth.keys[{i}]"),
-                    "set exactly one of `key`, `sha256` or `env`".into(),
-                );
-            }
-            if let Some(digest) = &key.sha256
-                && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                add(
-                    format!("auth.keys[{i}].sha256"),
-                    "must be 64 hex digits (e.g. the output of `printf %s KEY | sha256sum`)".into(),
-                );
-            }
-            if let Some(var) = &key.env
-                && std::env::var(var).map_or(true, |v| v.is_empty())
-            {
-                add(
-                    format!("auth.keys[{i}].env"),
-                    format!("the environment variable {var} is not set or empty"),
-                );
-            }
-        }
-        if let Some(dlq) = &self.dlq {
-            if dlq.path.as_os_str().is_empty() {
-                add(
-                    "dlq.path".into(),
-                    "must name the dead-letter file, e.g. \"orchestrator-dlq.redb\"".into(),
-                );
-            } else if dlq.path.is_dir() {
-                add(
-                    "dlq.path".into(),
-                    format!("{} is a directory; name a file inside it", dlq.path.display()),
-                );
-            }
-            if dlq.record.is_empty() {
-                add(
-                    "dlq.record".into(),
-                    "name at least one of \"failed\", \"timeout\", \"shed\" (or remove [dlq])".into(),
-                );
-            }
-        }
-        if let Some(rag) = &self.rag {
-            for (path, message) in rag.problems(&self.models) {
-                add(path, message);
-            }
-        }
-        let mut backend_names = HashSet::new();
-        for (i, backend) in self.backends.iter().enumerate() {
-            let http = match backend {
-                BackendConfig::Echo { .. } => None,
-                BackendConfig::Openai(c) | BackendConfig::Vllm(c) => Some((&c.base_url, &c.api_key_env)),
-                BackendConfig::Llamacpp(c) => Some((&c.base_url, &c.api_key_env)),
-            };
-            if let Some((base_url, api_key_env)) = http {
-                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                    add(
-                        format!("backends[{i}].base_url"),
-                        format!("{base_url:?} is not an http:// or https:// URL"),
-                    );
-                }
-                if let Some(var) = api_key_env
-                    && std::env::var(var).map_or(true, |v| v.is_empty())
-                {
-                    add(
-                        format!("backends[{i}].api_key_env"),
-                        format!("the environment variable {var} is not set or empty"),
-                    );
-                }
-            }
-            let health = match backend {
-                BackendConfig::Echo { .. } => None,
-                BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.health_check,
-                BackendConfig::Llamacpp(c) => Some(c.health_check),
-            };
-            if let Some(h) = health.filter(|h| h.interval_ms > 0) {
-                if h.timeout_ms == 0 {
-                    add(
-                        format!("backends[{i}].health_check.timeout_ms"),
-                        "must be at least 1 (set interval_ms = 0 to turn checks off)".into(),
-                    );
-                }
-                if h.unhealthy_after == 0 || h.healthy_after == 0 {
-                    add(
-                        format!("backends[{i}].health_check"),
-                        "unhealthy_after and healthy_after must be at least 1".into(),
-                    );
-                }
-            }
-            if let BackendConfig::Llamacpp(c) = backend
-                && c.slots == 0
-            {
-                add(
-                    format!("backends[{i}].slots"),
-                    "must be at least 1: the server's parallel slots (llama-server -np)".into(),
-                );
-            }
-            if backend.name().is_empty() {
-                add(format!("backends[{i}].name"), "must not be empty".into());
-            } else if !backend_names.insert(backend.name()) {
-                add(
-                    format!("backends[{i}].name"),
-                    format!("another backend is already named {:?}", backend.name()),
-                );
-            }
-        }
-        if self.models.is_empty() {
-            add(
-                "models".into(),
-                "declare at least one [[models]] entry with a `name` and its `backends`".into(),
-            );
-        }
-        let mut model_names = HashSet::new();
-        for (i, model) in self.models.iter().enumerate() {
-            if model.name.is_empty() {
-                add(format!("models[{i}].name"), "must not be empty".into());
-            } else if !model_names.insert(model.name.as_str()) {
-                add(
-                    format!("models[{i}].name"),
-                    format!("model {:?} is declared twice", model.name),
-                );
-            }
-            if model.backends.is_empty() {
-                add(
-                    format!("models[{i}].backends"),
-                    "name at least one backend from [[backends]]".into(),
-                );
-            }
-            let mut known: Vec<&str> = backend_names.iter().copied().collect();
-            known.sort_unstable();
-            let known = if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            };
-            for (list, names) in [("backends", &model.backends), ("fallback", &model.fallback)] {
-                for (j, name) in names.iter().enumerate() {
-                    if !backend_names.contains(name.as_str()) {
-                        add(
-                            format!("models[{i}].{list}[{j}]"),
-                            format!("no backend named {name:?} (known: {known})"),
-                        );
-                    }
-                }
-            }
-        }
-        for (i, post) in self.post.iter().enumerate() {
-            // `build` names the field at fault (`pattern: ...`).
-            if let Err(e) = post.build() {
-                let (field, message) = e.split_once(": ").unwrap_or(("", &e));
-                add(format!("post[{i}].{field}"), message.to_string());
-            }
-            for (j, name) in post.models().iter().enumerate() {
-                if !model_names.contains(name.as_str()) {
-                    let mut known: Vec<&str> = model_names.iter().copied().collect();
-                    known.sort_unstable();
-                    add(
-                        format!("post[{i}].models[{j}]"),
-                        format!("no model named {name:?} (known: {})", known.join(", ")),
-                    );
-                }
-            }
-        }
-        let before = problems.len();
-        self.graph_problems(&mut problems);
-        // The graph's assemble branches are compiled into `[assemble]` to check them, which
-        // needs a valid graph (a cycle has no path to follow).
-        if problems.len() == before {
-            for (path, message) in self.assemble_problems() {
-                problems.push(Problem {
-                    path,
-                    message,
-                    location: None,
-                });
-            }
-        }
-        problems
     }
 }
 
@@ -723,7 +529,7 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        assert!(Config::default().problems().is_empty());
+        assert!(Config::default().problems(&parse::Unparsed::default()).is_empty());
     }
 
     #[test]
@@ -733,6 +539,7 @@ mod tests {
             max_body_bytes = 0
             [[auth.keys]]
             key = "a"
+            [[auth.keys]]
             sha256 = "b"
             [[backends]]
             kind = "echo"
@@ -742,39 +549,33 @@ mod tests {
             backends = ["nope"]
         "#;
         let err = Config::parse(text, "test.toml").unwrap_err();
-        // Each problem points at its place in the file.
-        assert!(
-            err.to_string()
-                .contains("\n  test.toml:3:30: server.max_body_bytes: must be at least 1"),
-            "{err}"
-        );
-        let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        // Each problem points at its place in the file: first those that stopped an item from
+        // being read, in file order, then the validation pass's.
+        let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();
         assert_eq!(
             lines,
             [
-                "server.max_body_bytes: must be at least 1 (the default is 1048576, 1 MiB)",
-                "auth.keys[0]: set exactly one of `key`, `sha256` or `env`",
-                "auth.keys[0].sha256: must be 64 hex digits (e.g. the output of `printf %s KEY | sha256sum`)",
-                "models[0].backends[0]: no backend named \"nope\" (known: e)",
+                "test.toml: 4 problem(s)",
+                "  test.toml:5:13: auth.keys[0].key: a key may not be written in the file: put it in \
+                 an environment variable and name that variable here with `key_env = \"VAR\"` (or \
+                 give the key's SHA-256 digest as `sha256`)",
+                "  test.toml:3:30: server.max_body_bytes: must be at least 1 (the default is 1048576, 1 MiB)",
+                "  test.toml:7:22: auth.keys[1].sha256: must be 64 hex digits (e.g. the output of \
+                 `printf %s KEY | sha256sum`)",
+                "  test.toml:13:25: models[0].backends[0]: no backend named \"nope\" (known: e)",
             ]
         );
     }
 
     #[test]
-    fn unknown_keys_and_kinds_are_rejected() {
-        let err = Config::parse("[server]\nlisten_addr = \"x\"\n", "t").unwrap_err();
-        assert!(err.to_string().contains("unknown field `listen_addr`"), "{err}");
-        let err = Config::parse("[[backends]]\nkind = \"gpu\"\nname = \"g\"\n", "t").unwrap_err();
-        assert!(err.to_string().contains("unknown variant `gpu`"), "{err}");
-    }
-
-    #[test]
-    fn missing_key_variable_is_named() {
-        let text = "[[auth.keys]]\nenv = \"ORCHESTRATOR_TEST_SURELY_UNSET\"\n[[backends]]\nkind = \"echo\"\nname = \"e\"\n[[models]]\nname = \"m\"\nbackends = [\"e\"]\n";
-        let err = Config::parse(text, "t").unwrap_err();
-        assert_eq!(
-            err.problems[0].to_string(),
-            "auth.keys[0].env: the environment variable ORCHESTRATOR_TEST_SURELY_UNSET is not set or empty"
-        );
+    fn keys_are_read_from_their_environment_variables() {
+        const TEXT: &str = "[[auth.keys]]\nname = \"app\"\nkey_env = \"ORCHESTRATOR_TEST_CONFIG_KEY\"\n\
+                            [[backends]]\nkind = \"echo\"\nname = \"e\"\n\
+                            [[models]]\nname = \"m\"\nbackends = [\"e\"]\n";
+        // SAFETY of the test: no other test reads or writes this variable.
+        unsafe { std::env::set_var("ORCHESTRATOR_TEST_CONFIG_KEY", "sk-config") };
+        let config = Config::parse(TEXT, "t").unwrap_or_else(|e| panic!("{e}"));
+        let keys = crate::auth::ApiKeys::from_config(&config.auth).unwrap();
+        assert_eq!(&*keys.verify("sk-config").unwrap().id.0, "app");
     }
 }

@@ -8,7 +8,8 @@ use orchestrator_context::assemble::{AssembleProblem, TemplateAssembler};
 use orchestrator_context::index::{IndexConfig, RagSettings};
 use serde::Deserialize;
 
-use super::{Config, ModelConfig};
+use super::Config;
+use super::parse::Unparsed;
 
 /// `[rag]`: where the index is, the default retrieval settings, per-model ones.
 ///
@@ -36,7 +37,8 @@ pub struct RagConfig {
 
 impl RagConfig {
     /// Every problem, as (path in the file, message).
-    pub(super) fn problems(&self, models: &[ModelConfig]) -> Vec<(String, String)> {
+    /// `unknown_model` is the message for a name that is not a model's, if it is not.
+    pub(super) fn problems(&self, unknown_model: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
         let mut problems: Vec<(String, String)> = self
             .index
             .validate()
@@ -52,7 +54,9 @@ impl RagConfig {
         let mut named: Vec<_> = self.models.iter().collect();
         named.sort_by_key(|(name, _)| name.as_str());
         for (name, settings) in named {
-            problems.extend(unknown_model(format!("rag.models.{name}"), name, models));
+            if let Some(message) = unknown_model(name) {
+                problems.push((format!("rag.models.{name}"), message));
+            }
             problems.extend(
                 settings
                     .validate()
@@ -77,36 +81,28 @@ impl RagConfig {
 
 impl Config {
     /// `[assemble]`'s problems: its templates are compiled (and their files read) to find them.
-    pub(super) fn assemble_problems(&self) -> Vec<(String, String)> {
+    pub(super) fn assemble_problems(&self, unparsed: &Unparsed) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         for name in self.assemble.models.keys() {
-            problems.extend(unknown_model(
-                format!("assemble.models.{name}"),
-                name,
-                &self.models,
-            ));
+            if let Some(message) = self.unknown_model(name, unparsed) {
+                problems.push((format!("assemble.models.{name}"), message));
+            }
         }
         if let Err(error) = TemplateAssembler::new(self.compile_graph().assemble_config(&self.assemble)) {
             for problem in error.problems() {
-                let field = match problem {
-                    AssembleProblem::Invalid { field, .. } => format!("assemble.{field}"),
-                    _ => "assemble".to_owned(),
-                };
-                problems.push((field, problem.to_string()));
+                problems.push(match problem {
+                    // The path names the field; its message need not again.
+                    AssembleProblem::Invalid { field, message } => {
+                        (format!("assemble.{field}"), message.clone())
+                    }
+                    AssembleProblem::Syntax { template, .. }
+                    | AssembleProblem::ReadFile { template, .. }
+                    | AssembleProblem::UnknownVariable { template, .. } => {
+                        (format!("assemble.{template}"), problem.to_string())
+                    }
+                });
             }
         }
         problems
     }
-}
-
-/// The problem at `path` when no model is named `name`, listing the ones there are.
-fn unknown_model(path: String, name: &str, models: &[ModelConfig]) -> Option<(String, String)> {
-    if models.iter().any(|m| m.name == name) {
-        return None;
-    }
-    let known: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    Some((
-        path,
-        format!("no model named {name:?} (known: {})", known.join(", ")),
-    ))
 }

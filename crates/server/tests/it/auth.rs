@@ -8,11 +8,20 @@ use crate::support::{TestServer, chat_body, client, expect_error};
 
 const KEY: &str = "sk-test-123";
 
+/// Sets the environment variable `var`, which a config's `key_env` names, to `key`. Tests run
+/// in parallel in one process, so each test names variables of its own.
+pub fn key_var(var: &str, key: &str) {
+    // SAFETY of the test: no other test reads or writes this variable (each names its own).
+    unsafe { std::env::set_var(var, key) };
+}
+
 async fn server(protect_metrics: bool) -> TestServer {
+    // Both tests set the same value, so it does not matter which is first.
+    key_var("ORCHESTRATOR_TEST_IT_AUTH_KEY", KEY);
     let mut config = Config::default();
     config.auth.keys = vec![ApiKeyConfig {
         name: Some("tests".into()),
-        key: Some(KEY.into()),
+        key_env: Some("ORCHESTRATOR_TEST_IT_AUTH_KEY".into()),
         ..Default::default()
     }];
     config.auth.protect_metrics = protect_metrics;

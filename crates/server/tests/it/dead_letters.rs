@@ -6,6 +6,7 @@ use orchestrator_server::dlq::DlqStore;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+use crate::auth::key_var;
 use crate::support::{SseReader, TestServer, chat_body, client, expect_error};
 
 /// A gateway keeping `record` in a fresh dead-letter file, with a deadline of 2 s.
@@ -309,7 +310,10 @@ async fn the_cli_replays_through_the_configs_backends() {
 
 #[tokio::test]
 async fn the_endpoints_need_an_admin_key_when_auth_is_on() {
-    let extra = "[[auth.keys]]\nname = \"ops\"\nkey = \"sk-ops\"\nadmin = true\n[[auth.keys]]\nname = \"app\"\nkey = \"sk-app\"";
+    key_var("ORCHESTRATOR_TEST_IT_DLQ_OPS", "sk-ops");
+    key_var("ORCHESTRATOR_TEST_IT_DLQ_APP", "sk-app");
+    let extra = "[[auth.keys]]\nname = \"ops\"\nkey_env = \"ORCHESTRATOR_TEST_IT_DLQ_OPS\"\nadmin = true\n\
+                 [[auth.keys]]\nname = \"app\"\nkey_env = \"ORCHESTRATOR_TEST_IT_DLQ_APP\"";
     let (server, _dir) = server(r#"["failed"]"#, extra).await;
     let get = |key: Option<&'static str>| {
         let mut request = client().get(server.url("/admin/dlq"));

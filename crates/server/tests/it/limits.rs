@@ -4,6 +4,7 @@
 use orchestrator_server::Config;
 use serde_json::{Value, json};
 
+use crate::auth::key_var;
 use crate::support::{chat_body, client, expect_error, serve};
 
 const CONFIG: &str = r#"
@@ -11,14 +12,14 @@ const CONFIG: &str = r#"
     rate_limit = { tokens_per_minute = 10 }
     [[auth.keys]]
     name = "burst"
-    key = "sk-burst"
+    key_env = "ORCHESTRATOR_TEST_IT_LIMITS_BURST"
     rate_limit = { requests_per_second = 1, burst = 2 }
     [[auth.keys]]
     name = "tokens"
-    key = "sk-tokens"
+    key_env = "ORCHESTRATOR_TEST_IT_LIMITS_TOKENS"
     [[auth.keys]]
     name = "streams"
-    key = "sk-streams"
+    key_env = "ORCHESTRATOR_TEST_IT_LIMITS_STREAMS"
     [[backends]]
     kind = "echo"
     name = "echo"
@@ -28,6 +29,9 @@ const CONFIG: &str = r#"
 "#;
 
 async fn gateway() -> String {
+    key_var("ORCHESTRATOR_TEST_IT_LIMITS_BURST", "sk-burst");
+    key_var("ORCHESTRATOR_TEST_IT_LIMITS_TOKENS", "sk-tokens");
+    key_var("ORCHESTRATOR_TEST_IT_LIMITS_STREAMS", "sk-streams");
     serve(Config::parse(CONFIG, "limits.toml").unwrap()).await
 }
 

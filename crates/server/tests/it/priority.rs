@@ -6,6 +6,7 @@ use orchestrator_server::Config;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use crate::auth::key_var;
 use crate::support::{TestServer, chat_body, client, eventually, expect_error};
 
 /// One place in the pipeline and two in the queue.
@@ -16,11 +17,11 @@ const CONFIG: &str = r#"
     starvation_bound = 100
     [[auth.keys]]
     name = "batch"
-    key = "sk-batch"
+    key_env = "ORCHESTRATOR_TEST_IT_PRIORITY_BATCH"
     priority = "low"
     [[auth.keys]]
     name = "app"
-    key = "sk-app"
+    key_env = "ORCHESTRATOR_TEST_IT_PRIORITY_APP"
     # The test server answers with its own workers; these only make the file valid.
     [[backends]]
     kind = "echo"
@@ -31,6 +32,8 @@ const CONFIG: &str = r#"
 "#;
 
 async fn server() -> TestServer {
+    key_var("ORCHESTRATOR_TEST_IT_PRIORITY_BATCH", "sk-batch");
+    key_var("ORCHESTRATOR_TEST_IT_PRIORITY_APP", "sk-app");
     TestServer::start(Config::parse(CONFIG, "priority.toml").unwrap()).await
 }
 

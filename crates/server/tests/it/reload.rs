@@ -8,6 +8,7 @@ use std::time::Duration;
 use orchestrator_server::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
 
+use crate::auth::key_var;
 use crate::shutdown::spawn_binary;
 use crate::support::{Frame, SseReader, chat_body, client, expect_error, serve, streamed_text};
 
@@ -198,8 +199,10 @@ async fn reloading_needs_an_admin_key_when_keys_are_configured() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
     std::fs::write(&file, config_text(&["echo"], 0)).unwrap();
-    let keys = "[[auth.keys]]\nname = \"app\"\nkey = \"sk-app\"\n\n\
-                [[auth.keys]]\nname = \"ops\"\nkey = \"sk-ops\"\nadmin = true\n";
+    key_var("ORCHESTRATOR_TEST_IT_RELOAD_APP", "sk-app");
+    key_var("ORCHESTRATOR_TEST_IT_RELOAD_OPS", "sk-ops");
+    let keys = "[[auth.keys]]\nname = \"app\"\nkey_env = \"ORCHESTRATOR_TEST_IT_RELOAD_APP\"\n\n\
+                [[auth.keys]]\nname = \"ops\"\nkey_env = \"ORCHESTRATOR_TEST_IT_RELOAD_OPS\"\nadmin = true\n";
     let (base, handle) = start(&file, keys).await;
     expect_error(post_reload(&base, None).await, 401).await;
     let denied = expect_error(post_reload(&base, Some("sk-app")).await, 403).await;

@@ -44,6 +44,41 @@ fn a_file_with_mistakes_gets_every_problem_and_exit_status_2() {
 }
 
 #[test]
+fn a_key_written_in_the_file_and_a_typo_hide_no_other_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[auth.keys]]\nname = \"app\"\nkey = \"sk-live-123\"\n\n\
+         [[auth.keys]]\nname = \"ops\"\nkey_env = \"ORCHESTRATOR_TEST_VALIDATE_UNSET\"\n\n\
+         [[backends]]\nkind = \"echo\"\nname = \"e\"\ntoken_delay = 5\n\n\
+         [[models]]\nname = \"m\"\nbackends = [\"e\", \"f\"]\n",
+    )
+    .unwrap();
+    let (status, stdout, stderr) = validate(&[file.to_str().unwrap()]);
+    assert_eq!((status, stdout.as_str()), (2, ""));
+    let name = file.display();
+    assert_eq!(
+        stderr,
+        format!(
+            "{name}: 4 problem(s)\n\
+             \x20 {name}:3:1: auth.keys[0].key: a key may not be written in the file: put it in an \
+             environment variable and name that variable here with `key_env = \"VAR\"` (or give the \
+             key's SHA-256 digest as `sha256`)\n\
+             \x20 {name}:12:1: backends[0].token_delay: unknown field `token_delay`, expected one of \
+             `name`, `token_delay_ms`, `routing`\n\
+             \x20 {name}:7:11: auth.keys[1].key_env: the environment variable \
+             ORCHESTRATOR_TEST_VALIDATE_UNSET is not set or empty\n\
+             \x20 {name}:16:18: models[0].backends[1]: no backend named \"f\" (known: e)\n"
+        )
+    );
+    assert!(
+        !stderr.contains("sk-live-123"),
+        "a key written in the file is never echoed"
+    );
+}
+
+#[test]
 fn a_valid_file_gets_a_summary_and_exit_status_0() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipeline.example.toml");
     let (status, stdout, stderr) = validate(&[example]);

@@ -70,9 +70,14 @@ pub async fn reload(state: &Arc<AppState>) -> Result<Reloaded, ReloadError> {
     let source = path.display().to_string();
     let models = build_router(&config).map_err(|m| late_problem(&source, m))?;
     let generation = current.generation + 1;
-    let live =
-        Live::start(config, models, generation, Some(&current)).map_err(|m| late_problem(&source, m))?;
+    // Starting may open (and on its first start, fill) the index and warm the tokenizer: file
+    // work that must not hold up the requests this thread serves meanwhile.
+    let previous = current.clone();
     drop(current);
+    let live = tokio::task::spawn_blocking(move || Live::start(config, models, generation, Some(&previous)))
+        .await
+        .map_err(|e| late_problem(&source, format!("starting the new config failed: {e}")))?
+        .map_err(|m| late_problem(&source, m))?;
     let summary = live.config.summary();
     // The old `Live` goes when its last admitting request lets go; its pipeline then drains.
     drop(state.replace(live));

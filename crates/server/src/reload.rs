@@ -72,9 +72,7 @@ pub async fn reload(state: &Arc<AppState>) -> Result<Reloaded, ReloadError> {
     let generation = current.generation + 1;
     // Starting may open (and on its first start, fill) the index and warm the tokenizer: file
     // work that must not hold up the requests this thread serves meanwhile.
-    let previous = current.clone();
-    drop(current);
-    let live = tokio::task::spawn_blocking(move || Live::start(config, models, generation, Some(&previous)))
+    let live = tokio::task::spawn_blocking(move || Live::start(config, models, generation, Some(&current)))
         .await
         .map_err(|e| late_problem(&source, format!("starting the new config failed: {e}")))?
         .map_err(|m| late_problem(&source, m))?;

@@ -1,12 +1,16 @@
 //! Hot reload: under concurrent load nothing admitted is lost or duplicated; a stream started
 //! before a reload finishes on the old pipeline; an invalid file changes nothing; admin keys;
-//! SIGHUP on the binary.
+//! SIGHUP on the binary, with a valid file and with invalid ones.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use orchestrator_server::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 use crate::auth::key_var;
 use crate::shutdown::spawn_binary;
@@ -239,4 +243,133 @@ async fn sighup_reloads_the_binary() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("SIGHUP did not reload the config");
+}
+
+/// Starts the binary with `config` (JSON logs), returning the child, its address, the file it
+/// reloads from, and its log lines as they come.
+async fn spawn_logging(
+    config: &str,
+) -> (
+    Child,
+    String,
+    tempfile::NamedTempFile,
+    mpsc::UnboundedReceiver<Value>,
+) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(file.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, mut logs) = mpsc::unbounded_channel();
+    // Forwarding every line also keeps the child from blocking on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let log: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
+            if tx.send(log).is_err() {
+                break;
+            }
+        }
+    });
+    let log = next_log(&mut logs, |log| log["fields"]["addr"].is_string()).await;
+    let addr = log["fields"]["addr"].as_str().unwrap().to_string();
+    (child, format!("http://{addr}"), file, logs)
+}
+
+/// The next log line for which `wanted` holds (bounded: the binary logs within seconds).
+async fn next_log(logs: &mut mpsc::UnboundedReceiver<Value>, wanted: impl Fn(&Value) -> bool) -> Value {
+    let found = async {
+        while let Some(log) = logs.recv().await {
+            if wanted(&log) {
+                return log;
+            }
+        }
+        panic!("the binary exited before logging what was expected");
+    };
+    tokio::time::timeout(Duration::from_secs(60), found)
+        .await
+        .expect("the expected log line never came")
+}
+
+fn sighup(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sighup_with_an_invalid_file_keeps_the_running_config_and_logs_every_problem() {
+    let (child, base, file, mut logs) = spawn_logging(&config_text(&["before"], 0)).await;
+    // Served once: by now the binary has set up its SIGHUP handler too (it does so as it starts
+    // listening, and logs nothing when done).
+    assert_eq!(model_names(&base).await, ["before"]);
+    let name = file.path().display().to_string();
+    let refused = |log: &Value| {
+        log["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Reload refused"))
+    };
+
+    // Two mistakes: both are logged, each with its place in the file.
+    std::fs::write(
+        file.path(),
+        "[server]\nmax_body_bytes = 0\n\n[[backends]]\nkind = \"echo\"\nname = \"a\"\n\n\
+         [[models]]\nname = \"after\"\nbackends = [\"a\", \"vllm-c\"]\n",
+    )
+    .unwrap();
+    sighup(&child);
+    let log = next_log(&mut logs, refused).await;
+    assert_eq!(log["level"], "ERROR");
+    assert_eq!(
+        log["fields"]["message"],
+        format!(
+            "Reload refused; the running config stays.\n{name}: 2 problem(s)\n\
+             \x20 {name}:2:18: server.max_body_bytes: must be at least 1 (the default is 1048576, 1 MiB)\n\
+             \x20 {name}:10:18: models[0].backends[1]: no backend named \"vllm-c\" (known: a)"
+        )
+    );
+    assert_eq!(model_names(&base).await, ["before"]);
+
+    // A file that is not TOML at all changes nothing either.
+    std::fs::write(file.path(), "[[models]\nname = \"after\"\n").unwrap();
+    sighup(&child);
+    let log = next_log(&mut logs, refused).await;
+    let message = log["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{name}: ")) && message.contains(" problem(s)\n"),
+        "{message}"
+    );
+    assert_eq!(model_names(&base).await, ["before"]);
+    let still = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat_body("before", "still here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 200);
+    let body: Value = still.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "still here");
+
+    // Neither refused reload counted: the next valid one is the first generation.
+    std::fs::write(file.path(), config_text(&["after"], 0)).unwrap();
+    let response = post_reload(&base, None).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["generation"], 1);
+    assert_eq!(model_names(&base).await, ["after"]);
 }

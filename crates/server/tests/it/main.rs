@@ -6,6 +6,7 @@ mod dead_letters;
 mod dedup;
 mod dlq;
 mod endpoints;
+mod environment;
 mod errors;
 mod gateway_mock;
 mod health_checks;

@@ -1,6 +1,6 @@
-//! Post-processors declared in the config, through the gateway: redaction on a stream, a
-//! character cap, the JSON check of JSON-mode requests, and a post stage that only one model's
-//! branch of a stage graph takes.
+//! Post-processors declared in the config, through the gateway: stop sequences, redaction on a
+//! stream, a character cap, the JSON check of JSON-mode requests, and a post stage that only one
+//! model's branch of a stage graph takes.
 
 use orchestrator_server::Config;
 use serde_json::{Value, json};
@@ -149,4 +149,51 @@ async fn a_stage_graph_branch_applies_its_processors_to_its_models_only() {
             .unwrap();
         assert_eq!(body["choices"][0]["message"]["content"], expected, "{model}");
     }
+}
+
+const STOP: &str = r#"
+    [[backends]]
+    kind = "echo"
+    name = "echo"
+    [[models]]
+    name = "echo"
+    backends = ["echo"]
+    [[models]]
+    name = "raw"
+    backends = ["echo"]
+    [[post]]
+    kind = "stop"
+    sequences = ["</answer>", "STOP HERE"]
+    models = ["echo"]
+"#;
+
+#[tokio::test]
+async fn a_configured_stop_sequence_ends_the_output_before_it() {
+    let base = serve(Config::parse(STOP, "stop.toml").unwrap()).await;
+    // The echo backend answers with the prompt, so the prompt is the model's output.
+    let body: Value = chat(&base, chat_body("echo", "the answer</answer> and what follows"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "the answer");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+
+    // Streamed, a sequence split over two tokens is caught too, and nothing after it goes out.
+    let mut request = chat_body("echo", "keep this STOP HERE not this");
+    request["stream"] = json!(true);
+    let frames = SseReader::new(chat(&base, request).await).rest().await;
+    assert_eq!(streamed_text(&frames), "keep this ");
+    assert_eq!(frames.last(), Some(&Frame::Data("[DONE]".into())));
+
+    // A model the processor does not name runs on.
+    let body: Value = chat(&base, chat_body("raw", "the answer</answer> and what follows"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "the answer</answer> and what follows"
+    );
 }

@@ -1,5 +1,6 @@
 //! Retrieval at the gateway: the index built from the config's corpus, context in the prompt,
-//! sources in the answer when asked, `X-Rag-Query`, RAG off per model, and `orchestrator ingest`.
+//! sources in the answer when asked, `X-Rag-Query`, RAG off per model (in `[rag]` or by a stage
+//! graph branch without the rag stage), and `orchestrator ingest`.
 
 use std::path::Path;
 
@@ -15,6 +16,12 @@ const BREAD: &str = "Bread\n\nSourdough rises because wild yeast ferments the fl
 /// A corpus of two files, and a gateway whose models `echo` (with RAG) and `plain` (without)
 /// answer with the prompt they are sent.
 async fn gateway() -> (String, TempDir) {
+    gateway_with("[rag.models.plain]\nenabled = false\n").await
+}
+
+/// The corpus and the models `echo` and `plain` of [`gateway`], with `extra` (say, what turns
+/// RAG off for `plain`) added to the config.
+async fn gateway_with(extra: &str) -> (String, TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus");
     std::fs::create_dir(&corpus).unwrap();
@@ -28,8 +35,6 @@ async fn gateway() -> (String, TempDir) {
         path = {index:?}
         [rag.search]
         top_k = 1
-        [rag.models.plain]
-        enabled = false
         [[backends]]
         kind = "echo"
         name = "echo"
@@ -39,6 +44,7 @@ async fn gateway() -> (String, TempDir) {
         [[models]]
         name = "plain"
         backends = ["echo"]
+        {extra}
         "#,
         corpus = corpus.display().to_string(),
         index = dir.path().join("index").display().to_string(),
@@ -132,6 +138,66 @@ async fn a_model_with_rag_off_gets_the_question_alone() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(content(&body), "why are there tides");
     assert!(body.get("sources").is_none());
+}
+
+/// A stage graph in which `echo` goes through the rag stage and `plain` takes a branch without
+/// one (nothing in `[rag]` turns retrieval off for it).
+const RAG_BRANCHES: &str = r#"
+    [[stages]]
+    name = "retrieve"
+    kind = "rag"
+    models = ["echo"]
+    [[stages]]
+    name = "assemble"
+    kind = "assemble"
+    inputs = ["retrieve"]
+    models = ["echo"]
+    [[stages]]
+    name = "assemble-direct"
+    kind = "assemble"
+    models = ["plain"]
+    [[stages]]
+    name = "infer"
+    kind = "inference"
+    inputs = ["assemble", "assemble-direct"]
+    [[stages]]
+    name = "out"
+    kind = "stream"
+    inputs = ["infer"]
+"#;
+
+#[tokio::test]
+async fn a_graph_branch_without_the_rag_stage_sends_the_question_alone() {
+    let (base, _dir) = gateway_with(RAG_BRANCHES).await;
+    // The echo backend answers with the prompt it was sent, so the answer is what went upstream.
+    let response = ask(
+        &base,
+        "plain",
+        "why are there tides",
+        &[("x-rag-sources", "true")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-rag-sources").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(content(&body), "why are there tides");
+    assert!(body.get("sources").is_none());
+
+    // The model on the rag branch gets the chunk in front of the same question.
+    let response = ask(&base, "echo", "why are there tides", &[("x-rag-sources", "true")]).await;
+    assert!(
+        response.headers()["x-rag-sources"]
+            .to_str()
+            .unwrap()
+            .contains("/corpus/tides.md#0="),
+    );
+    let body: Value = response.json().await.unwrap();
+    let prompt = content(&body);
+    assert!(
+        prompt.starts_with("Context:\n[") && prompt.contains("The moon pulls the oceans"),
+        "{prompt}"
+    );
+    assert!(prompt.ends_with("\n\nwhy are there tides"), "{prompt}");
 }
 
 #[tokio::test]

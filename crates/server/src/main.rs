@@ -3,7 +3,7 @@
 //! or check a config (`orchestrator validate`), inspect the dead-letter queue (`orchestrator dlq`),
 //! or run the mock upstream (`orchestrator mock-upstream`).
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,6 +12,7 @@ use orchestrator_server::cli::{Cli, Command, IngestArgs, ServeArgs, ValidateArgs
 use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// mimalloc rather than the system allocator: glibc's malloc and free took about 14% of the
 /// gateway's CPU time per request (BENCHMARKS.md, "Gateway"). Building without the `mimalloc`
@@ -97,9 +98,10 @@ async fn mock_upstream(args: MockArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let shutdown = shutdown_signal();
     let addr = mock.local_addr().map_or(listen, |addr| addr);
     tracing::info!(%addr, "Mock upstream listening; OpenAI base_url is http://{addr}/v1");
-    match mock.run(shutdown_signal()).await {
+    match mock.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "The mock upstream failed.");
@@ -138,12 +140,15 @@ async fn serve(args: &ServeArgs) -> ExitCode {
     if let Some(path) = &args.config {
         server = server.reload_from(path.clone());
     }
-    tokio::spawn(reload_on_sighup(server.handle()));
+    // Signals are registered before "Listening" is logged: a signal that arrives before its
+    // handler exists would end the process the default way (no reload, no drain).
+    let shutdown = shutdown_signal();
+    tokio::spawn(reload_on_sighup(server.handle(), signal(SignalKind::hangup())));
     match server.local_addr() {
         Ok(addr) => tracing::info!(%addr, models, "Listening; OpenAI base_url is http://{addr}/v1"),
         Err(e) => tracing::warn!(error = %e, "Listening on an unknown address."),
     }
-    match server.run(shutdown_signal()).await {
+    match server.run(shutdown).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "The HTTP server failed.");
@@ -153,8 +158,8 @@ async fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 /// Reloads the config on every SIGHUP; a file with problems is logged and changes nothing.
-async fn reload_on_sighup(server: ServerHandle) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+async fn reload_on_sighup(server: ServerHandle, hangups: io::Result<Signal>) {
+    let mut hangups = match hangups {
         Ok(signal) => signal,
         Err(e) => {
             tracing::warn!(error = %e, "Cannot listen for SIGHUP; reload with POST /admin/reload.");
@@ -169,27 +174,28 @@ async fn reload_on_sighup(server: ServerHandle) {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Listens for SIGTERM and SIGINT (Ctrl-C) from now on; the future completes on the first.
+/// Registering before the server says it listens means no early signal ends the process the
+/// default way, skipping the drain.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    let received = |signal: io::Result<Signal>, name: &'static str| async move {
+        match signal {
             Ok(mut signal) => {
                 signal.recv().await;
+                tracing::info!("{name} received.");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C stops the server.");
+                tracing::warn!(error = %e, "Cannot listen for {name}.");
                 std::future::pending::<()>().await;
             }
         }
     };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM received."),
-        result = tokio::signal::ctrl_c() => {
-            if result.is_ok() {
-                tracing::info!("SIGINT received.");
-            } else {
-                std::future::pending::<()>().await;
-            }
+    async move {
+        tokio::select! {
+            () = received(terminate, "SIGTERM") => {}
+            () = received(interrupt, "SIGINT") => {}
         }
     }
 }

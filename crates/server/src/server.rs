@@ -73,6 +73,11 @@ impl ServerHandle {
     pub fn client_disconnects(&self) -> u64 {
         self.state.client_disconnects()
     }
+
+    /// Pipelines of configs replaced by a reload that are still draining.
+    pub fn draining_pipelines(&self) -> usize {
+        self.state.retired().len()
+    }
 }
 
 /// A bound, not yet serving, gateway.

@@ -12,7 +12,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use orchestrator_server::mock::{Behaviour, RunningMock};
+
 use crate::auth::key_var;
+use crate::gateway_mock::mock;
 use crate::shutdown::spawn_binary;
 use crate::support::{Frame, SseReader, chat_body, client, expect_error, serve, streamed_text};
 
@@ -67,11 +70,26 @@ async fn model_names(base: &str) -> Vec<String> {
         .collect()
 }
 
+/// A config serving `models`, all from one OpenAI-compatible backend: the mock at `mock`.
+fn mock_config_text(models: &[&str], mock: &RunningMock) -> String {
+    let mut text = format!(
+        "[[backends]]\nkind = \"openai\"\nname = \"up\"\nbase_url = \"{}\"\nmodel = \"mock\"\n\n",
+        mock.url("/v1")
+    );
+    for model in models {
+        text.push_str(&format!(
+            "[[models]]\nname = \"{model}\"\nbackends = [\"up\"]\n\n"
+        ));
+    }
+    text
+}
+
 #[tokio::test]
 async fn reloads_under_load_lose_and_duplicate_nothing() {
+    let upstream = mock(Behaviour::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
-    std::fs::write(&file, config_text(&["echo"], 1)).unwrap();
+    std::fs::write(&file, mock_config_text(&["echo"], &upstream)).unwrap();
     let (base, handle) = start(&file, "").await;
 
     // Eight clients, each sending requests one after another until told to stop.
@@ -84,17 +102,18 @@ async fn reloads_under_load_lose_and_duplicate_nothing() {
                 let mut sent = 0u32;
                 let mut answered = Vec::new();
                 while !*stop.borrow() {
-                    let text = format!("client {c} request {sent}");
+                    let id = format!("client-{c}-request-{sent}");
                     let response = client()
                         .post(format!("{base}/v1/chat/completions"))
-                        .json(&chat_body("echo", &text))
+                        .header("x-request-id", &id)
+                        .json(&chat_body("echo", "hello"))
                         .send()
                         .await
                         .unwrap();
                     sent += 1;
                     let status = response.status().as_u16();
                     let body: Value = response.json().await.unwrap();
-                    answered.push((status, body["choices"][0]["message"]["content"].clone(), text));
+                    answered.push((status, body["id"].clone(), id));
                 }
                 (sent, answered)
             })
@@ -108,7 +127,7 @@ async fn reloads_under_load_lose_and_duplicate_nothing() {
         } else {
             &["echo"]
         };
-        std::fs::write(&file, config_text(models, 1)).unwrap();
+        std::fs::write(&file, mock_config_text(models, &upstream)).unwrap();
         let response = post_reload(&base, None).await;
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
@@ -121,15 +140,29 @@ async fn reloads_under_load_lose_and_duplicate_nothing() {
     for task in clients {
         let (sent, answered) = task.await.unwrap();
         assert_eq!(answered.len(), sent as usize, "one answer per request");
-        for (status, content, text) in answered {
-            assert_eq!(status, 200, "{text}");
-            assert_eq!(content, json!(text), "each answer is its own request's, once");
+        for (status, response_id, id) in answered {
+            assert_eq!(status, 200, "{id}");
+            assert_eq!(
+                response_id,
+                json!(format!("chatcmpl-{id}")),
+                "each answer is its own request's"
+            );
         }
-        total += sent;
+        total += u64::from(sent);
     }
     assert!(total > 0);
+    // Every request reached the model exactly once, whichever pipeline admitted it.
+    assert_eq!(upstream.handle().stats().chat_completions, total);
     assert_eq!(handle.generation(), 6);
     assert_eq!(model_names(&base).await, ["echo"]);
+    // The six replaced pipelines drain and stop.
+    for _ in 0..500 {
+        if handle.draining_pipelines() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handle.draining_pipelines(), 0, "replaced pipelines still running");
 }
 
 #[tokio::test]

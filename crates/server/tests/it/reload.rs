@@ -6,13 +6,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use orchestrator_server::mock::{Behaviour, RunningMock};
 use orchestrator_server::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-
-use orchestrator_server::mock::{Behaviour, RunningMock};
 
 use crate::auth::key_var;
 use crate::gateway_mock::mock;

@@ -30,15 +30,21 @@ impl std::fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
+/// The longest `Retry-After` taken from an upstream: a backend asking for more rests this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// A `Retry-After` value, in seconds or as an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`),
-/// as a wait from `now`; a date already past means no wait.
+/// as a wait from `now` of at most [`MAX_RETRY_AFTER`]; a date already past means no wait.
 pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// One upstream server reached over HTTP.
@@ -289,5 +295,6 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("99999999", now), Some(MAX_RETRY_AFTER));
     }
 }

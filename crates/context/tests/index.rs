@@ -216,6 +216,12 @@ async fn files_gone_from_an_ingested_directory_leave_the_index() {
             .is_empty()
     );
 
+    // A hidden file, which the walk passes over, stays once ingested by name while it exists.
+    let hidden = ingest(&corpus.config(), &[corpus.file(".hidden.md")], Progress::Quiet).unwrap();
+    assert_eq!(hidden.files_indexed, 1);
+    assert_eq!(corpus.ingest().files_removed, 0);
+    assert!(!retrieve(&corpus.retriever(), &ask("quagga")).await.is_empty());
+
     // A file given by itself is the only thing that ingest looks at: the rest stays.
     let only_notes = ingest(&corpus.config(), &[corpus.file("notes.txt")], Progress::Quiet).unwrap();
     assert_eq!((only_notes.files_unchanged, only_notes.files_removed), (1, 0));

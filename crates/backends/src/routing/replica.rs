@@ -12,6 +12,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerError};
 
+use crate::http::MAX_RETRY_AFTER;
+
 use super::balance::Candidate;
 use super::breaker::{Breaker, BreakerConfig, BreakerState};
 use super::health::HealthState;
@@ -227,7 +229,7 @@ impl InFlight {
         self.replica.breaker.record(false);
         self.replica.count("failure");
         if let Some(wait) = error.retry_after {
-            let until = Instant::now() + wait.min(Duration::from_secs(300));
+            let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
             *self
                 .replica
                 .resting_until

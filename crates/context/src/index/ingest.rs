@@ -40,8 +40,8 @@ pub struct IngestSummary {
     pub files_indexed: usize,
     /// Files whose bytes were the same as at the last ingest, left as they were.
     pub files_unchanged: usize,
-    /// Files indexed before under a directory given now, no longer there (deleted, renamed, or
-    /// now of a type ingest does not read): their chunks were removed.
+    /// Files indexed before under a directory given now that are no longer on disk (deleted or
+    /// renamed): their chunks were removed.
     pub files_removed: usize,
     /// Files not read: an extension other than `.txt`, `.md` or `.jsonl`, or a link to a directory.
     pub files_skipped: usize,
@@ -146,11 +146,13 @@ pub fn ingest(
         reporter.file_done(&file.source);
     }
 
-    // What the index holds under a directory walked now, but the walk did not find, is gone.
+    // What the index holds under a directory walked now, but the walk did not find and the disk
+    // no longer has, is gone. (The walk passes over hidden files and links to directories, which
+    // may have been ingested by name: those stay while they exist.)
     let found_now: HashSet<&str> = found.files.iter().map(|f| f.source.as_str()).collect();
     for source in known.keys() {
         let under_walked = found.dirs.iter().any(|dir| Path::new(source).starts_with(dir));
-        if under_walked && !found_now.contains(source.as_str()) {
+        if under_walked && !found_now.contains(source.as_str()) && !Path::new(source).exists() {
             writer.delete_term(Term::from_field_text(fields.source, source));
             summary.files_removed += 1;
         }

@@ -343,7 +343,8 @@ fn path_of(
             continue;
         }
         for &next in &edges[at] {
-            if takes(next) {
+            // Never round a cycle (validation reports those; this must end regardless).
+            if takes(next) && !path.contains(&next) {
                 let mut longer = path.clone();
                 longer.push(next);
                 stack.push((next, longer));

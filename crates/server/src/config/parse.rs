@@ -594,6 +594,23 @@ mod tests {
 
     /// A typo in one entry does not hide the mistakes of the others, and a reference to the
     /// entry with the typo is not reported as dangling.
+    /// A cycle among the stages that parsed, beside one that did not: reported, never followed.
+    #[test]
+    fn a_stage_that_did_not_parse_beside_a_cycle_ends_with_problems() {
+        let text = format!(
+            "{BASE}\n\
+             [[stages]]\nname = \"a\"\nkind = \"assemble\"\ninputs = []\n\n\
+             [[stages]]\nname = \"i\"\nkind = \"inference\"\ninputs = [\"a\"]\n\n\
+             [[stages]]\nname = \"p1\"\nkind = \"post\"\ninputs = [\"i\", \"p2\"]\n\n\
+             [[stages]]\nname = \"p2\"\nkind = \"post\"\ninputs = [\"p1\"]\n\n\
+             [[stages]]\nname = \"out\"\nkind = \"stream\"\ninputs = [\"p2\"]\n\n\
+             [[stages]]\nname = \"x\"\nkind = \"pots\"\ninputs = [\"out\"]\n"
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("stages[5].kind"), "{found:?}");
+    }
+
     #[test]
     fn a_typo_does_not_hide_the_other_problems() {
         let text = "[[backends]]\n\

@@ -60,8 +60,9 @@ impl Config {
         let before = problems.len();
         self.graph_problems(unparsed, &mut problems);
         // The graph's assemble branches are compiled into `[assemble]` to check them, which
-        // needs a valid graph (a cycle has no path to follow).
-        if problems.len() == before {
+        // needs a whole, valid graph: with a stage that did not parse, the cycle check was not
+        // made either.
+        if problems.len() == before && !unparsed.stages.any() {
             for (path, message) in self.assemble_problems(unparsed) {
                 problems.push(Problem::new(path, message));
             }

@@ -32,9 +32,26 @@ pub(super) fn known<'n>(names: impl IntoIterator<Item = &'n str>) -> String {
     }
 }
 
-/// Whether the environment variable `var` holds something.
-fn is_set(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| !v.is_empty())
+/// What is wrong with `var` as the name of the environment variable holding a secret, if
+/// anything. A value that is not a variable name may be the secret itself, written where its
+/// variable's name goes: it is never repeated in the message (messages reach logs).
+fn secret_variable_problem(var: &str) -> Option<String> {
+    if var.is_empty() {
+        return Some("must name an environment variable, e.g. \"ORCHESTRATOR_KEY_APP\"".into());
+    }
+    let is_name = var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !is_name {
+        return Some(
+            "must be the name of an environment variable (letters, digits and `_`), e.g. \
+             \"ORCHESTRATOR_KEY_APP\"; is the secret itself written here? Put it in the variable"
+                .into(),
+        );
+    }
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => None,
+        _ => Some(format!("the environment variable {var} is not set or empty")),
+    }
 }
 
 impl Config {
@@ -90,16 +107,8 @@ impl Config {
                     "must be 64 hex digits (e.g. the output of `printf %s KEY | sha256sum`)",
                 ));
             }
-            match key.key_env.as_deref() {
-                Some("") => problems.push(Problem::new(
-                    format!("{path}.key_env"),
-                    "must name an environment variable, e.g. \"ORCHESTRATOR_KEY_APP\"",
-                )),
-                Some(var) if !is_set(var) => problems.push(Problem::new(
-                    format!("{path}.key_env"),
-                    format!("the environment variable {var} is not set or empty"),
-                )),
-                _ => {}
+            if let Some(message) = key.key_env.as_deref().and_then(secret_variable_problem) {
+                problems.push(Problem::new(format!("{path}.key_env"), message));
             }
         }
     }
@@ -143,13 +152,8 @@ impl Config {
                         format!("{base_url:?} is not an http:// or https:// URL"),
                     ));
                 }
-                if let Some(var) = api_key_env
-                    && !is_set(var)
-                {
-                    problems.push(Problem::new(
-                        format!("{path}.api_key_env"),
-                        format!("the environment variable {var} is not set or empty"),
-                    ));
+                if let Some(message) = api_key_env.as_deref().and_then(secret_variable_problem) {
+                    problems.push(Problem::new(format!("{path}.api_key_env"), message));
                 }
             }
             let health = match backend {
@@ -343,6 +347,15 @@ mod tests {
                 with("[[auth.keys]]\nkey_env = \"\""),
                 vec![
                     "auth.keys[0].key_env: must name an environment variable, e.g. \"ORCHESTRATOR_KEY_APP\"",
+                ],
+            ),
+            (
+                "a key written where its variable's name goes (never repeated)",
+                with("[[auth.keys]]\nkey_env = \"sk-live-0123456789\""),
+                vec![
+                    "auth.keys[0].key_env: must be the name of an environment variable (letters, digits \
+                     and `_`), e.g. \"ORCHESTRATOR_KEY_APP\"; is the secret itself written here? Put it \
+                     in the variable",
                 ],
             ),
             (

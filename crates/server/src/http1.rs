@@ -24,9 +24,13 @@ use tokio_util::task::TaskTracker;
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves `app` on `listener` until `stop` completes; then stops accepting, lets each connection
-/// finish the response it is writing, and returns when every connection has closed.
+/// finish the response it is writing, and returns when every connection has closed. Dropping the
+/// future (aborting its task) closes every connection at once.
 pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<Output = ()>) {
     let closing = CancellationToken::new();
+    // Cancelled when this future ends or is dropped: connections still open then are cut.
+    let cut = CancellationToken::new();
+    let _cut_on_drop = cut.clone().drop_guard();
     let connections = TaskTracker::new();
     let mut stop = pin!(stop);
     loop {
@@ -45,7 +49,7 @@ pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<O
             tracing::warn!(%error, "Could not set TCP_NODELAY on a connection.");
         }
         let service = TowerToHyperService::new(app.clone());
-        let closing = closing.clone();
+        let (closing, cut) = (closing.clone(), cut.clone());
         connections.spawn(async move {
             // No timer, as with `axum::serve`: hyper's request-head timeout would arm one for
             // every request, idle keep-alive waits included.
@@ -55,8 +59,12 @@ pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<O
                 result = connection.as_mut() => result,
                 () = closing.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    tokio::select! {
+                        result = connection => result,
+                        () = cut.cancelled() => return,
+                    }
                 }
+                () = cut.cancelled() => return,
             };
             if let Err(error) = result {
                 tracing::debug!(%error, "A connection ended with an error.");
@@ -80,4 +88,46 @@ async fn accept_failed(error: &io::Error) {
     }
     tracing::error!(%error, "Could not accept a connection; retrying in a second.");
     tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn aborting_the_server_closes_its_open_connections() {
+        // One route that says it was called, then never answers.
+        let (called, mut calls) = mpsc::unbounded_channel::<()>();
+        let app = axum::Router::new().route(
+            "/hang",
+            get(move || {
+                let _ = called.send(());
+                std::future::pending::<&'static str>()
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, app, std::future::pending()));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /hang HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        calls.recv().await.unwrap();
+
+        server.abort();
+        let mut buf = [0u8; 64];
+        // Bounded only so that a regression fails instead of hanging the suite.
+        let read = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buf))
+            .await
+            .expect("the connection stayed open after the server was aborted");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
 }

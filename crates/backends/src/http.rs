@@ -18,6 +18,10 @@ use crate::timeouts::{Timeouts, earliest};
 /// Longest error body read from an upstream: enough for any message, bounded against floods.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
+/// Longest answer to a health probe (vLLM's `/metrics`, llama.cpp's `/slots` with its slots'
+/// prompts): a longer one is a failed probe rather than memory without bound.
+const MAX_PROBE_BODY: usize = 1024 * 1024;
+
 /// Why a backend could not be built from its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildError(pub String);
@@ -130,10 +134,12 @@ impl HttpBackend {
                 error_message(&body)
             ));
         }
-        response
-            .text()
-            .await
-            .map_err(|e| format!("GET {url}: reading the answer failed: {}", error_chain(&e)))
+        match read_up_to(response, MAX_PROBE_BODY).await {
+            (_, true) => Err(format!("GET {url}: the answer is over {MAX_PROBE_BODY} bytes")),
+            (body, false) => {
+                String::from_utf8(body).map_err(|_| format!("GET {url}: the answer is not UTF-8"))
+            }
+        }
     }
 
     /// The deadline of a call starting now.
@@ -233,16 +239,21 @@ impl HttpBackend {
 }
 
 /// Reads at most [`MAX_ERROR_BODY`] bytes of an error response.
-async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+async fn read_capped(response: reqwest::Response) -> Vec<u8> {
+    read_up_to(response, MAX_ERROR_BODY).await.0
+}
+
+/// At most `limit` bytes of the body, and whether there was more.
+async fn read_up_to(mut response: reqwest::Response, limit: usize) -> (Vec<u8>, bool) {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         body.extend_from_slice(&chunk);
-        if body.len() >= MAX_ERROR_BODY {
-            body.truncate(MAX_ERROR_BODY);
-            break;
+        if body.len() > limit {
+            body.truncate(limit);
+            return (body, true);
         }
     }
-    body
+    (body, false)
 }
 
 /// An error with its causes: reqwest's own message alone rarely says what went wrong.

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
@@ -24,6 +25,9 @@ use crate::routing::health::{HealthConfig, HealthProbe};
 use crate::routing::replica::ReplicaConfig;
 use crate::sse::{self, Dialect, Parsed};
 use crate::timeouts::{TimeoutConfig, Timeouts};
+
+/// How long a health check waits for `/slots` once `/health` has answered.
+const SLOTS_WAIT: Duration = Duration::from_millis(500);
 
 /// One llama-server.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -242,7 +246,13 @@ impl HealthProbe for LlamaCppWorker {
     async fn probe(&self) -> Result<Option<usize>, String> {
         let base = self.http.base_url();
         self.http.probe(&format!("{base}/health")).await?;
-        let listed = self.http.probe(&format!("{base}/slots")).await.ok();
+        // The health verdict is in. `/slots` waits for the server's current batch, so it gets a
+        // short wait of its own and its failure only leaves the count as it was.
+        let slots_url = format!("{base}/slots");
+        let listed = tokio::time::timeout(SLOTS_WAIT, self.http.probe(&slots_url))
+            .await
+            .ok()
+            .and_then(Result::ok);
         let count = listed
             .and_then(|body| serde_json::from_str::<Vec<serde::de::IgnoredAny>>(&body).ok())
             .map_or(0, |slots| slots.len());

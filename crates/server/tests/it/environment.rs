@@ -18,7 +18,10 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn orchestrator_listen_sets_the_listen_address_of_the_binary() {
-    let (wanted, in_file) = (free_port(), free_port());
+    // The file's address stays taken by this test: a binary that used it could not start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_file = taken.local_addr().unwrap().port();
+    let wanted = free_port();
     let wanted = format!("127.0.0.1:{wanted}");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -60,9 +63,5 @@ async fn orchestrator_listen_sets_the_listen_address_of_the_binary() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let refused = client()
-        .get(format!("http://127.0.0.1:{in_file}/healthz"))
-        .send()
-        .await;
-    assert!(refused.is_err(), "nothing listens on the file's address");
+    drop(taken);
 }

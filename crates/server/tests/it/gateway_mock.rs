@@ -405,7 +405,7 @@ async fn a_failing_backend_trips_its_breaker_and_is_let_back_after_a_good_probe(
         consecutive_failures: 2,
         error_rate: 0.0,
         window: 20,
-        cooldown_ms: 1_000,
+        cooldown_ms: 3_000,
     };
     let b = openai_backend("breaker-b", &healthy);
     let base = gateway_of(
@@ -446,9 +446,9 @@ async fn a_failing_backend_trips_its_breaker_and_is_let_back_after_a_good_probe(
 
 #[tokio::test]
 async fn a_backend_at_its_max_in_flight_is_passed_over() {
-    // a holds each stream for a few seconds; b answers at once.
+    // a holds each stream for ten minutes; b answers at once.
     let slow = mock(Behaviour {
-        tokens: 8,
+        tokens: 1_200,
         tokens_per_second: 2.0,
         ..Behaviour::default()
     })
@@ -481,6 +481,6 @@ async fn a_backend_at_its_max_in_flight_is_passed_over() {
     let metrics = metrics_text(&base).await;
     let line = "orchestrator_backend_calls_total{backend=\"limited-a\",outcome=\"skipped\"} 2";
     assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
-    // The held stream still completes.
-    assert_eq!(held.rest().await.last(), Some(&Frame::Data("[DONE]".into())));
+    // The held stream is still going.
+    assert!(held.next().await.is_some());
 }

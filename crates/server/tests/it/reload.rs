@@ -155,7 +155,7 @@ async fn reloads_under_load_lose_and_duplicate_nothing() {
     assert_eq!(handle.generation(), 6);
     assert_eq!(model_names(&base).await, ["echo"]);
     // The six replaced pipelines drain and stop.
-    for _ in 0..500 {
+    for _ in 0..6_000 {
         if handle.draining_pipelines() == 0 {
             break;
         }

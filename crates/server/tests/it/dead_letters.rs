@@ -6,7 +6,6 @@ use orchestrator_server::dlq::DlqStore;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::auth::key_var;
 use crate::support::{SseReader, TestServer, chat_body, client, expect_error};
 
 /// A gateway keeping `record` in a fresh dead-letter file, with a deadline of 2 s.
@@ -310,10 +309,8 @@ async fn the_cli_replays_through_the_configs_backends() {
 
 #[tokio::test]
 async fn the_endpoints_need_an_admin_key_when_auth_is_on() {
-    key_var("ORCHESTRATOR_TEST_IT_DLQ_OPS", "sk-ops");
-    key_var("ORCHESTRATOR_TEST_IT_DLQ_APP", "sk-app");
-    let extra = "[[auth.keys]]\nname = \"ops\"\nkey_env = \"ORCHESTRATOR_TEST_IT_DLQ_OPS\"\nadmin = true\n\
-                 [[auth.keys]]\nname = \"app\"\nkey_env = \"ORCHESTRATOR_TEST_IT_DLQ_APP\"";
+    let extra = "[[auth.keys]]\nname = \"ops\"\nsha256 = \"c391959605db2757d87bf45d5f4c9bda42b68e95dcd157bf4f2473516c2bc9bb\"\nadmin = true\n\
+                 [[auth.keys]]\nname = \"app\"\nsha256 = \"72016003589eb0bb8dbcc1fab3b1e74b81a25f06f79801b0b63fcf30be2e06c3\"";
     let (server, _dir) = server(r#"["failed"]"#, extra).await;
     let get = |key: Option<&'static str>| {
         let mut request = client().get(server.url("/admin/dlq"));

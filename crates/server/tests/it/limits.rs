@@ -4,7 +4,6 @@
 use orchestrator_server::Config;
 use serde_json::{Value, json};
 
-use crate::auth::key_var;
 use crate::support::{chat_body, client, expect_error, serve};
 
 const CONFIG: &str = r#"
@@ -12,14 +11,14 @@ const CONFIG: &str = r#"
     rate_limit = { tokens_per_minute = 10 }
     [[auth.keys]]
     name = "burst"
-    key_env = "ORCHESTRATOR_TEST_IT_LIMITS_BURST"
+    sha256 = "c816bfb6d67df2c246b6005193dd9511c3795c83d3434dda082c5fe62da09586" # sk-burst
     rate_limit = { requests_per_second = 1, burst = 2 }
     [[auth.keys]]
     name = "tokens"
-    key_env = "ORCHESTRATOR_TEST_IT_LIMITS_TOKENS"
+    sha256 = "7411f7d09ba991bdffff5a38d21777b41b6b3a62303607d9004ce348658d7fdb" # sk-tokens
     [[auth.keys]]
     name = "streams"
-    key_env = "ORCHESTRATOR_TEST_IT_LIMITS_STREAMS"
+    sha256 = "f7cf6eab564f0e16af6453ca0518987642d936a8281cea9c3730d34099f66e41" # sk-streams
     [[backends]]
     kind = "echo"
     name = "echo"
@@ -29,9 +28,6 @@ const CONFIG: &str = r#"
 "#;
 
 async fn gateway() -> String {
-    key_var("ORCHESTRATOR_TEST_IT_LIMITS_BURST", "sk-burst");
-    key_var("ORCHESTRATOR_TEST_IT_LIMITS_TOKENS", "sk-tokens");
-    key_var("ORCHESTRATOR_TEST_IT_LIMITS_STREAMS", "sk-streams");
     serve(Config::parse(CONFIG, "limits.toml").unwrap()).await
 }
 

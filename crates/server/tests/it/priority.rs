@@ -6,7 +6,6 @@ use orchestrator_server::Config;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::auth::key_var;
 use crate::support::{TestServer, chat_body, client, eventually, expect_error};
 
 /// One place in the pipeline and two in the queue.
@@ -17,11 +16,11 @@ const CONFIG: &str = r#"
     starvation_bound = 100
     [[auth.keys]]
     name = "batch"
-    key_env = "ORCHESTRATOR_TEST_IT_PRIORITY_BATCH"
+    sha256 = "38fcc73a9dc613f145bed24eb4123f92105c78567a6e563d43dbcb1f29927864" # sk-batch
     priority = "low"
     [[auth.keys]]
     name = "app"
-    key_env = "ORCHESTRATOR_TEST_IT_PRIORITY_APP"
+    sha256 = "72016003589eb0bb8dbcc1fab3b1e74b81a25f06f79801b0b63fcf30be2e06c3" # sk-app
     # The test server answers with its own workers; these only make the file valid.
     [[backends]]
     kind = "echo"
@@ -32,8 +31,6 @@ const CONFIG: &str = r#"
 "#;
 
 async fn server() -> TestServer {
-    key_var("ORCHESTRATOR_TEST_IT_PRIORITY_BATCH", "sk-batch");
-    key_var("ORCHESTRATOR_TEST_IT_PRIORITY_APP", "sk-app");
     TestServer::start(Config::parse(CONFIG, "priority.toml").unwrap()).await
 }
 

@@ -13,7 +13,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::auth::key_var;
 use crate::gateway_mock::mock;
 use crate::shutdown::spawn_binary;
 use crate::support::{Frame, SseReader, chat_body, client, expect_error, serve, streamed_text};
@@ -235,10 +234,8 @@ async fn reloading_needs_an_admin_key_when_keys_are_configured() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
     std::fs::write(&file, config_text(&["echo"], 0)).unwrap();
-    key_var("ORCHESTRATOR_TEST_IT_RELOAD_APP", "sk-app");
-    key_var("ORCHESTRATOR_TEST_IT_RELOAD_OPS", "sk-ops");
-    let keys = "[[auth.keys]]\nname = \"app\"\nkey_env = \"ORCHESTRATOR_TEST_IT_RELOAD_APP\"\n\n\
-                [[auth.keys]]\nname = \"ops\"\nkey_env = \"ORCHESTRATOR_TEST_IT_RELOAD_OPS\"\nadmin = true\n";
+    let keys = "[[auth.keys]]\nname = \"app\"\nsha256 = \"72016003589eb0bb8dbcc1fab3b1e74b81a25f06f79801b0b63fcf30be2e06c3\"\n\n\
+                [[auth.keys]]\nname = \"ops\"\nsha256 = \"c391959605db2757d87bf45d5f4c9bda42b68e95dcd157bf4f2473516c2bc9bb\"\nadmin = true\n";
     let (base, handle) = start(&file, keys).await;
     expect_error(post_reload(&base, None).await, 401).await;
     let denied = expect_error(post_reload(&base, Some("sk-app")).await, 403).await;

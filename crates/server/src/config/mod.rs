@@ -367,7 +367,7 @@ mod tests {
         );
     }
 
-    /// Every pipeline config in the repository (not Cargo's or rustfmt's own files).
+    /// `pipeline.example.toml` as it is (samples commented out) is the built-in defaults.
     #[test]
     fn the_example_file_is_valid_and_states_the_defaults() {
         let example = Config::parse(

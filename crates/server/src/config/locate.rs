@@ -10,22 +10,45 @@ enum Step<'p> {
     Index(usize),
 }
 
-/// `a.b[2].c` -> `a`, `b`, 2, `c`. Keys here are plain names: the paths are the validator's own.
+/// `a.b[2].c` -> `a`, `b`, 2, `c`; a key that is not a bare name is quoted, as [`key`] writes it:
+/// `rag.models."gpt-4.1".top_k` -> `rag`, `models`, `gpt-4.1`, `top_k`.
 fn steps(path: &str) -> Vec<Step<'_>> {
     let mut steps = Vec::new();
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
-        if !key.is_empty() {
-            steps.push(Step::Key(key));
-        }
-        while let Some((index, after)) = rest.split_once(']') {
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let (index, after) = after.split_once(']').unwrap_or((after, ""));
             if let Ok(i) = index.parse() {
                 steps.push(Step::Index(i));
             }
-            rest = after.strip_prefix('[').unwrap_or(after);
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix('"') {
+            let end = after.find('"').unwrap_or(after.len());
+            steps.push(Step::Key(&after[..end]));
+            rest = after.get(end + 1..).unwrap_or("");
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            steps.push(Step::Key(&rest[..end]));
+            rest = &rest[end..];
         }
     }
     steps
+}
+
+/// `name` as a key in a TOML path: bare when it is a bare TOML key, quoted otherwise (a model
+/// called `gpt-4.1` is `models."gpt-4.1"`, not three keys).
+pub fn key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
 }
 
 /// The 1-based line and column of the deepest part of `path` present in `text` (a key that is
@@ -68,6 +91,24 @@ mod tests {
             ]
         );
         assert_eq!(steps("server.listen"), [Step::Key("server"), Step::Key("listen")]);
+        let dotted = format!("rag.models.{}.top_k", key("gpt-4.1"));
+        assert_eq!(dotted, "rag.models.\"gpt-4.1\".top_k");
+        assert_eq!(
+            steps(&dotted),
+            [
+                Step::Key("rag"),
+                Step::Key("models"),
+                Step::Key("gpt-4.1"),
+                Step::Key("top_k")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dotted_model_name_is_found_on_its_own_line() {
+        let text = "[rag.models.\"gpt-4.1\"]\ntop_k = 0\n";
+        let path = format!("rag.models.{}.top_k", key("gpt-4.1"));
+        assert_eq!(locate(text, &path), Some((2, 9)));
     }
 
     #[test]

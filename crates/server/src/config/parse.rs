@@ -409,11 +409,7 @@ fn leaves(path: String, value: &Spanned<DeValue<'_>>, each: &mut dyn FnMut(&str,
 
 /// `path.key`, quoting a key that is not a plain name (`assemble.models."llama-3.1"`).
 fn join(path: &str, key: &str) -> String {
-    let plain = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let key = if plain { key.to_owned() } else { format!("{key:?}") };
+    let key = super::locate::key(key);
     if path.is_empty() {
         key
     } else {

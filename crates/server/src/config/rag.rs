@@ -9,6 +9,7 @@ use orchestrator_context::index::{IndexConfig, RagSettings};
 use serde::Deserialize;
 
 use super::Config;
+use super::locate::key;
 use super::parse::Unparsed;
 
 /// `[rag]`: where the index is, the default retrieval settings, per-model ones.
@@ -55,13 +56,13 @@ impl RagConfig {
         named.sort_by_key(|(name, _)| name.as_str());
         for (name, settings) in named {
             if let Some(message) = unknown_model(name) {
-                problems.push((format!("rag.models.{name}"), message));
+                problems.push((format!("rag.models.{}", key(name)), message));
             }
             problems.extend(
                 settings
                     .validate()
                     .into_iter()
-                    .map(|(field, message)| (format!("rag.models.{name}.{field}"), message)),
+                    .map(|(field, message)| (format!("rag.models.{}.{field}", key(name)), message)),
             );
         }
         problems
@@ -85,7 +86,7 @@ impl Config {
         let mut problems = Vec::new();
         for name in self.assemble.models.keys() {
             if let Some(message) = self.unknown_model(name, unparsed) {
-                problems.push((format!("assemble.models.{name}"), message));
+                problems.push((format!("assemble.models.{}", key(name)), message));
             }
         }
         if let Err(error) = TemplateAssembler::new(self.compile_graph().assemble_config(&self.assemble)) {

@@ -1,6 +1,7 @@
 //! Integration tests of the `orchestrator` gateway over real HTTP.
 
 mod auth;
+mod binary;
 mod cancellation;
 mod dead_letters;
 mod dedup;

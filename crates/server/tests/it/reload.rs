@@ -3,18 +3,15 @@
 //! SIGHUP on the binary, with a valid file and with invalid ones.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use orchestrator_server::mock::{Behaviour, RunningMock};
 use orchestrator_server::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Child;
 
+use crate::binary::{Binary, next_log, spawn_binary};
 use crate::gateway_mock::mock;
-use crate::shutdown::spawn_binary;
 use crate::support::{Frame, SseReader, chat_body, client, expect_error, serve, streamed_text};
 
 /// A config serving `models`, each from its own echo backend with `delay_ms` per token.
@@ -256,7 +253,12 @@ async fn without_a_file_there_is_nothing_to_reload() {
 
 #[tokio::test]
 async fn sighup_reloads_the_binary() {
-    let (child, base, file) = spawn_binary(&config_text(&["before"], 0)).await;
+    let Binary {
+        child,
+        base,
+        file,
+        logs: _logs,
+    } = spawn_binary(&config_text(&["before"], 0)).await;
     assert_eq!(model_names(&base).await, ["before"]);
     std::fs::write(file.path(), config_text(&["after"], 0)).unwrap();
     let pid = child.id().unwrap().to_string();
@@ -274,64 +276,6 @@ async fn sighup_reloads_the_binary() {
     panic!("SIGHUP did not reload the config");
 }
 
-/// Starts the binary with `config` (JSON logs), returning the child, its address, the file it
-/// reloads from, and its log lines as they come.
-async fn spawn_logging(
-    config: &str,
-) -> (
-    Child,
-    String,
-    tempfile::NamedTempFile,
-    mpsc::UnboundedReceiver<Value>,
-) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--config",
-        ])
-        .arg(file.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (tx, mut logs) = mpsc::unbounded_channel();
-    // Forwarding every line also keeps the child from blocking on a full pipe.
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let log: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
-            if tx.send(log).is_err() {
-                break;
-            }
-        }
-    });
-    let log = next_log(&mut logs, |log| log["fields"]["addr"].is_string()).await;
-    let addr = log["fields"]["addr"].as_str().unwrap().to_string();
-    (child, format!("http://{addr}"), file, logs)
-}
-
-/// The next log line for which `wanted` holds (bounded: the binary logs within seconds).
-async fn next_log(logs: &mut mpsc::UnboundedReceiver<Value>, wanted: impl Fn(&Value) -> bool) -> Value {
-    let found = async {
-        while let Some(log) = logs.recv().await {
-            if wanted(&log) {
-                return log;
-            }
-        }
-        panic!("the binary exited before logging what was expected");
-    };
-    tokio::time::timeout(Duration::from_secs(60), found)
-        .await
-        .expect("the expected log line never came")
-}
-
 fn sighup(child: &Child) {
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
@@ -343,7 +287,12 @@ fn sighup(child: &Child) {
 
 #[tokio::test]
 async fn sighup_with_an_invalid_file_keeps_the_running_config_and_logs_every_problem() {
-    let (child, base, file, mut logs) = spawn_logging(&config_text(&["before"], 0)).await;
+    let Binary {
+        child,
+        base,
+        file,
+        mut logs,
+    } = spawn_binary(&config_text(&["before"], 0)).await;
     // Served once: by now the binary has set up its SIGHUP handler too (it does so as it starts
     // listening, and logs nothing when done).
     assert_eq!(model_names(&base).await, ["before"]);

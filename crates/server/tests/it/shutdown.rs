@@ -2,15 +2,14 @@
 //! finish, and what outlives the grace period ends with an error event. The last test sends a
 //! real SIGTERM to the `orchestrator` binary.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use orchestrator_server::api::Readiness;
 use orchestrator_server::config::Config;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::binary::{Binary, spawn_binary};
 use crate::support::{Frame, SseReader, TestServer, chat_body, client, eventually, expect_error, json};
 
 fn streaming(model: &str, content: &str) -> Value {
@@ -74,41 +73,6 @@ async fn streams_outliving_the_grace_period_end_with_an_error_event() {
     assert_eq!(server.worker.abandoned(), 1);
 }
 
-/// Starts the binary with `config`, returning the child and its address from the JSON log.
-pub async fn spawn_binary(config: &str) -> (tokio::process::Child, String, tempfile::NamedTempFile) {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--config",
-        ])
-        .arg(file.path())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the binary logs its address")
-            .unwrap()
-            .expect("the binary exited before listening");
-        let log: Value = serde_json::from_str(&line).unwrap();
-        if let Some(addr) = log["fields"]["addr"].as_str() {
-            break addr.to_string();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"), file)
-}
-
 #[tokio::test]
 async fn sigterm_drains_the_binary_and_exits_zero() {
     let config = r#"
@@ -122,7 +86,12 @@ async fn sigterm_drains_the_binary_and_exits_zero() {
         name = "echo"
         backends = ["slow-echo"]
     "#;
-    let (mut child, base, _file) = spawn_binary(config).await;
+    let Binary {
+        mut child,
+        base,
+        file: _file,
+        logs: _logs,
+    } = spawn_binary(config).await;
     let words: Vec<String> = (0..25).map(|i| format!("w{i}")).collect();
     let response = client()
         .post(format!("{base}/v1/chat/completions"))

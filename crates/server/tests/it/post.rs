@@ -31,6 +31,10 @@ const CONFIG: &str = r#"
     models = ["short"]
     [[post]]
     kind = "json"
+    [[post]]
+    kind = "stop"
+    sequences = ["</answer>", "STOP HERE"]
+    models = ["echo"]
 "#;
 
 async fn gateway() -> String {
@@ -151,25 +155,9 @@ async fn a_stage_graph_branch_applies_its_processors_to_its_models_only() {
     }
 }
 
-const STOP: &str = r#"
-    [[backends]]
-    kind = "echo"
-    name = "echo"
-    [[models]]
-    name = "echo"
-    backends = ["echo"]
-    [[models]]
-    name = "raw"
-    backends = ["echo"]
-    [[post]]
-    kind = "stop"
-    sequences = ["</answer>", "STOP HERE"]
-    models = ["echo"]
-"#;
-
 #[tokio::test]
 async fn a_configured_stop_sequence_ends_the_output_before_it() {
-    let base = serve(Config::parse(STOP, "stop.toml").unwrap()).await;
+    let base = gateway().await;
     // The echo backend answers with the prompt, so the prompt is the model's output.
     let body: Value = chat(&base, chat_body("echo", "the answer</answer> and what follows"))
         .await

@@ -353,24 +353,24 @@ fn extent(value: &Spanned<DeValue<'_>>) -> Range<usize> {
 }
 
 /// The path below `entry` (and the place) that an error message from inside a `kind`-tagged
-/// entry names:
-/// the field of "unknown field `x`", or the one key whose value is the "invalid type: string
-/// \"x\"" (or integer, float, boolean) of a type error.
+/// entry names, when it names one place only: the key of "unknown field `x`" (at any depth, as
+/// in `routing = { weigth = 2 }`), or the key whose value is the "invalid type: string \"x\""
+/// (or integer, float, boolean) of a type error.
 fn named_in(message: &str, entry: &Spanned<DeValue<'_>>) -> Option<(String, usize)> {
-    let DeValue::Table(table) = entry.get_ref() else {
+    if !matches!(entry.get_ref(), DeValue::Table(_)) {
         return None;
-    };
+    }
+    let mut found = Vec::new();
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (field, _) = rest.split_once('`')?;
-        let (key, _) = table.iter().find(|(k, _)| k.get_ref() == field)?;
-        return Some((join("", field), key.span().start));
+        keys_named(String::new(), entry, field, &mut found);
+        return only(found);
     }
     let unexpected = message
         .strip_prefix("invalid type: ")
         .or_else(|| message.strip_prefix("invalid value: "))?
         .split_once(", expected")?
         .0;
-    let mut found = Vec::new();
     leaves(String::new(), entry, &mut |path, leaf| {
         let shown = match leaf.get_ref() {
             DeValue::String(s) => format!("string {s:?}"),
@@ -383,9 +383,32 @@ fn named_in(message: &str, entry: &Spanned<DeValue<'_>>) -> Option<(String, usiz
             found.push((path.to_owned(), leaf.span().start));
         }
     });
-    match <[_; 1]>::try_from(found) {
-        Ok([one]) => Some(one),
-        Err(_) => None,
+    only(found)
+}
+
+/// The one element of `found`, if there is exactly one.
+fn only<T>(found: Vec<T>) -> Option<T> {
+    <[T; 1]>::try_from(found).ok().map(|[one]| one)
+}
+
+/// Every key called `name` in the tables under `value` (at `path`), with its path and place.
+fn keys_named(path: String, value: &Spanned<DeValue<'_>>, name: &str, found: &mut Vec<(String, usize)>) {
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            for (key, inner) in table {
+                let below = join(&path, key.get_ref());
+                if key.get_ref() == name {
+                    found.push((below.clone(), key.span().start));
+                }
+                keys_named(below, inner, name, found);
+            }
+        }
+        DeValue::Array(entries) => {
+            for (i, inner) in entries.iter().enumerate() {
+                keys_named(format!("{path}[{i}]"), inner, name, found);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -496,6 +519,13 @@ mod tests {
                     "12:1: backends[1].modle: unknown field `modle`, expected one of `name`, \
                      `base_url`, `api_key_env`, `model`, `headers`, `timeouts`, `routing`, \
                      `health_check`",
+                ],
+            ),
+            (
+                format!("{openai}routing = {{ weigth = 2 }}"),
+                vec![
+                    "12:13: backends[1].routing.weigth: unknown field `weigth`, expected one of \
+                     `weight`, `max_in_flight`, `breaker`",
                 ],
             ),
             (

@@ -512,10 +512,7 @@ mod tests {
     }
 
     fn problems(lines: &[&str]) -> Vec<String> {
-        match Config::parse(&graph(lines), "g.toml") {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems.iter().map(ToString::to_string).collect(),
-        }
+        super::super::testing::problems(&graph(lines))
     }
 
     const CANONICAL: [&str; 5] = [

@@ -354,6 +354,36 @@ impl Config {
     }
 }
 
+/// What the validation tests of this module's parts share.
+#[cfg(test)]
+mod testing {
+    use super::Config;
+
+    /// A valid file: one echo backend `e` serving one model `m`.
+    pub const BASE: &str =
+        "[[backends]]\nkind = \"echo\"\nname = \"e\"\n\n[[models]]\nname = \"m\"\nbackends = [\"e\"]\n";
+
+    /// Each problem of `text` as `path: message`; none when it is valid.
+    pub fn problems(text: &str) -> Vec<String> {
+        placed(text, |_, p| p.to_string())
+    }
+
+    /// Each problem of `text` as `line:column: path: message` (`?` for no place).
+    pub fn placed_problems(text: &str) -> Vec<String> {
+        placed(text, |at, p| match at {
+            Some((line, column)) => format!("{line}:{column}: {p}"),
+            None => format!("?: {p}"),
+        })
+    }
+
+    fn placed(text: &str, show: impl Fn(Option<(usize, usize)>, &super::Problem) -> String) -> Vec<String> {
+        match Config::parse(text, "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(|p| show(p.location, p)).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -450,26 +450,7 @@ pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
-
-    /// A valid file: one echo backend `e` serving one model `m`.
-    const BASE: &str =
-        "[[backends]]\nkind = \"echo\"\nname = \"e\"\n\n[[models]]\nname = \"m\"\nbackends = [\"e\"]\n";
-
-    /// Each problem as `line:column: path: message`.
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text, "t.toml") {
-            Ok(_) => Vec::new(),
-            Err(e) => e
-                .problems
-                .iter()
-                .map(|p| match p.location {
-                    Some((line, column)) => format!("{line}:{column}: {p}"),
-                    None => format!("?: {p}"),
-                })
-                .collect(),
-        }
-    }
+    use super::super::testing::{BASE, placed_problems as problems};
 
     /// Each kind of mistake serde finds, as a file (`BASE` and then the text, or the text alone
     /// after a `!`), and its exact problems.

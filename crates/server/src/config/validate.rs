@@ -275,18 +275,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
-
-    /// A valid file: one echo backend `e` serving one model `m`.
-    const BASE: &str =
-        "[[backends]]\nkind = \"echo\"\nname = \"e\"\n\n[[models]]\nname = \"m\"\nbackends = [\"e\"]\n";
-
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text, "t.toml") {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems.iter().map(ToString::to_string).collect(),
-        }
-    }
+    use super::super::testing::{BASE, problems};
 
     /// `BASE` and then `extra`, which starts with a table header.
     fn with(extra: &str) -> String {

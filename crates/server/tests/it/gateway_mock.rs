@@ -292,16 +292,20 @@ async fn llamacpp_sessions_keep_their_kv_cache_slot() {
     );
 }
 
-#[tokio::test]
-async fn exhausted_backends_fall_back_honour_retry_after_and_count_every_call() {
-    // The primary refuses everything with 429 and a Retry-After of a minute.
-    let refusing = mock(Behaviour {
+/// A mock that refuses every request with 429 and a Retry-After of a minute.
+async fn rate_limited_mock() -> RunningMock {
+    mock(Behaviour {
         error_rate: 1.0,
         error_status: axum::http::StatusCode::TOO_MANY_REQUESTS,
         retry_after_secs: Some(60),
         ..Behaviour::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn exhausted_backends_fall_back_honour_retry_after_and_count_every_call() {
+    let refusing = rate_limited_mock().await;
     let healthy = mock(Behaviour::default()).await;
     let mut config = Config::default();
     config.models.clear();
@@ -333,13 +337,7 @@ async fn exhausted_backends_fall_back_honour_retry_after_and_count_every_call() 
 
 #[tokio::test]
 async fn when_every_backend_is_rate_limited_the_client_is_told_when_to_come_back() {
-    let refusing = mock(Behaviour {
-        error_rate: 1.0,
-        error_status: axum::http::StatusCode::TOO_MANY_REQUESTS,
-        retry_after_secs: Some(60),
-        ..Behaviour::default()
-    })
-    .await;
+    let refusing = rate_limited_mock().await;
     let base = gateway(&[&refusing], Balancing::RoundRobin).await;
     let ask = || {
         client()

@@ -261,12 +261,7 @@ async fn sighup_reloads_the_binary() {
     } = spawn_binary(&config_text(&["before"], 0)).await;
     assert_eq!(model_names(&base).await, ["before"]);
     std::fs::write(file.path(), config_text(&["after"], 0)).unwrap();
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sighup(&child);
     for _ in 0..500 {
         if model_names(&base).await == ["after"] {
             return;

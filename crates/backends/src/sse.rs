@@ -150,10 +150,14 @@ impl<D: Dialect> Reader<D> {
             // Tool-call deltas are output too: they count for the token timeouts, and once
             // any output went out a failure can no longer be retried elsewhere.
             self.got_token = true;
-            self.queued.extend(self.held.take().map(WorkerChunk::Passthrough));
-            self.queued.extend(token.map(WorkerChunk::Token));
-            self.queued.extend(extra.map(WorkerChunk::Passthrough));
-            return self.queued.pop_front().map(Ok);
+            // Held fields, then the token, then its own extras; only the ones after the first
+            // are queued, so a plain token costs no allocation.
+            let mut out = (self.held.take().map(WorkerChunk::Passthrough).into_iter())
+                .chain(token.map(WorkerChunk::Token))
+                .chain(extra.map(WorkerChunk::Passthrough));
+            let first = out.next();
+            self.queued.extend(out);
+            return first.map(Ok);
         }
         // The end was seen (its own output, if any, went out above): say how it ended, once,
         // after top-level fields that never found output to go with.
@@ -161,12 +165,17 @@ impl<D: Dialect> Reader<D> {
             return None;
         }
         self.end_sent = true;
-        self.queued.push_back(WorkerChunk::Finish {
+        let finish = WorkerChunk::Finish {
             reason: self.finish.unwrap_or_default(),
             usage: self.usage,
-        });
-        let held = self.held.take().map(WorkerChunk::Passthrough);
-        held.or_else(|| self.queued.pop_front()).map(Ok)
+        };
+        match self.held.take() {
+            Some(held) => {
+                self.queued.push_back(finish);
+                Some(Ok(WorkerChunk::Passthrough(held)))
+            }
+            None => Some(Ok(finish)),
+        }
     }
 
     /// Keeps top-level fields for the next output; the latest value of each wins.

@@ -13,7 +13,7 @@ use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_gr
 use tokio::runtime::Runtime;
 use tokio_prompt_orchestrator::{EchoWorker, ModelWorker, PipelineBuilder, RequestSender};
 
-use common::{SleepRetriever, bench_config, drive, runtime};
+use common::{SleepRetriever, bench_config, drive_untimed, runtime};
 
 fn echo_in_flight(c: &mut Criterion) {
     let rt = runtime();
@@ -65,7 +65,7 @@ fn bench_in_flight(
             async move {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    drive(&sender, in_flight, total).await;
+                    drive_untimed(&sender, in_flight, total).await;
                 }
                 start.elapsed()
             }

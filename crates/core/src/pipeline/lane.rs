@@ -189,7 +189,7 @@ impl<L: StageLogic> StartCtx<'_, L> {
             return;
         }
         let span = tracing::debug_span!(parent: &env.span, "stage", stage = stage.as_str());
-        match self.logic.start(item, permit) {
+        match self.logic.start(item, permit, now) {
             // Synchronous work: the lane times it, and the same clock reading stamps the hand-off.
             Start::Forward(mut out) => {
                 let done = Instant::now();
@@ -201,7 +201,7 @@ impl<L: StageLogic> StartCtx<'_, L> {
             }
             Start::Stream(out, job) => {
                 s.work.push(job.instrument(span));
-                self.forward(out, Instant::now(), s);
+                self.forward(out, now, s);
             }
             Start::Work(job) => s.work.push(job.instrument(span)),
             Start::Later(job) => s.ordered.push_back(Either::Right(Box::pin(job.instrument(span)))),

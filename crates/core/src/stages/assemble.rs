@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use tokio::time::Instant;
 
 use super::rag::RetrievedChunk;
 use super::{Place, StageLogic, Start};
@@ -53,7 +54,7 @@ impl StageLogic for AssembleStage {
     type In = Envelope;
     type Out = Envelope;
 
-    fn start(&self, mut env: Envelope, _permit: Place) -> Start<Envelope> {
+    fn start(&self, mut env: Envelope, _permit: Place, _now: Instant) -> Start<Envelope> {
         let assembled = match &self.assembler {
             None => Ok(Assembled {
                 messages: None,

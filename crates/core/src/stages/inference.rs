@@ -28,7 +28,7 @@ impl StageLogic for InferenceStage {
     type In = Envelope;
     type Out = Handoff;
 
-    fn start(&self, env: Envelope, permit: Place) -> Start<Handoff> {
+    fn start(&self, env: Envelope, permit: Place, now: Instant) -> Start<Handoff> {
         let shared = env.shared.clone();
         let (tx, rx) = pipe(shared.config.token_buffer.get());
         let assembled = env.assembled.clone().unwrap_or_else(|| Assembled {
@@ -45,7 +45,7 @@ impl StageLogic for InferenceStage {
             prefix_key: assembled.prefix_key,
             cancel: env.cancel.clone(),
         };
-        let job = run(self.worker.clone(), call, tx, env.abort(), shared, permit);
+        let job = run(self.worker.clone(), call, tx, env.abort(), shared, permit, now);
         Start::Stream(Handoff { env, pieces: rx }, job.boxed())
     }
 }
@@ -57,8 +57,8 @@ async fn run(
     abort: Abort,
     shared: Arc<Shared>,
     _permit: Place,
+    started: Instant,
 ) {
-    let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Inference);
     // Abort first: once the request must stop, the worker's future is dropped mid-call. The
     // token is cancelled before that (a deadline does not cancel it by itself), so the worker

@@ -14,6 +14,7 @@ pub mod stream;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use tokio::time::Instant;
 
 use crate::error::{PipelineError, Stage};
 use crate::event::{FinishReason, Passthrough, Usage};
@@ -40,8 +41,9 @@ pub(crate) trait StageLogic: Send + Sync + 'static {
     type Out: Carries;
 
     /// Starts `item`; `permit` is its place under the stage's concurrency limit and must live
-    /// as long as the stage works on it.
-    fn start(&self, item: Self::In, permit: Place) -> Start<Self::Out>;
+    /// as long as the stage works on it. `now` is when the lane started it: a job times its
+    /// stage's work from there (one clock reading per request and stage fewer).
+    fn start(&self, item: Self::In, permit: Place, now: Instant) -> Start<Self::Out>;
 
     /// Whether `start` always answers `Forward`: the lane then has at most one request of this
     /// stage in hand at a time, so a concurrency limit of at least the number of lanes cannot

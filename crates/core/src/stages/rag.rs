@@ -44,11 +44,11 @@ impl StageLogic for RagStage {
     type In = Envelope;
     type Out = Envelope;
 
-    fn start(&self, env: Envelope, permit: Place) -> Start<Envelope> {
+    fn start(&self, env: Envelope, permit: Place, now: Instant) -> Start<Envelope> {
         let Some(retriever) = self.retriever.clone() else {
             return Start::Forward(env);
         };
-        Start::Later(retrieve(retriever, env, permit).boxed())
+        Start::Later(retrieve(retriever, env, permit, now).boxed())
     }
 
     fn synchronous(&self) -> bool {
@@ -56,8 +56,12 @@ impl StageLogic for RagStage {
     }
 }
 
-async fn retrieve(retriever: Arc<dyn Retriever>, mut env: Envelope, _permit: Place) -> Option<Envelope> {
-    let started = Instant::now();
+async fn retrieve(
+    retriever: Arc<dyn Retriever>,
+    mut env: Envelope,
+    _permit: Place,
+    started: Instant,
+) -> Option<Envelope> {
     // The retriever's future is dropped when the caller leaves or the deadline passes.
     let result = tokio::select! {
         biased;

@@ -21,15 +21,14 @@ impl StageLogic for StreamStage {
     type In = Handoff;
     type Out = Handoff;
 
-    fn start(&self, handoff: Handoff, permit: Place) -> Start<Handoff> {
-        Start::Work(run(handoff, permit).boxed())
+    fn start(&self, handoff: Handoff, permit: Place, now: Instant) -> Start<Handoff> {
+        Start::Work(run(handoff, permit, now).boxed())
     }
 }
 
-async fn run(handoff: Handoff, _permit: Place) {
+async fn run(handoff: Handoff, _permit: Place, started: Instant) {
     let Handoff { mut env, mut pieces } = handoff;
     let body: &mut Body = &mut env;
-    let started = Instant::now();
     let mut text = String::new();
     let mut extra = None;
     // The caller's pipe goes back into the envelope before it finishes, which sends the final

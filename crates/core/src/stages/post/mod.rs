@@ -30,7 +30,7 @@ impl StageLogic for PostStage {
     type In = Handoff;
     type Out = Handoff;
 
-    fn start(&self, handoff: Handoff, permit: Place) -> Start<Handoff> {
+    fn start(&self, handoff: Handoff, permit: Place, now: Instant) -> Start<Handoff> {
         let Handoff { env, pieces } = handoff;
         let shared = env.shared.clone();
         let (tx, rx) = pipe(shared.config.token_buffer.get());
@@ -38,7 +38,15 @@ impl StageLogic for PostStage {
         let prompt_tokens = env.assembled.as_ref().map_or(0, |a| {
             a.prompt_tokens.unwrap_or_else(|| count(count_tokens(&a.prompt)))
         });
-        let job = run(env.request.clone(), prompt_tokens, pieces, tx, shared, permit);
+        let job = run(
+            env.request.clone(),
+            prompt_tokens,
+            pieces,
+            tx,
+            shared,
+            permit,
+            now,
+        );
         Start::Stream(Handoff { env, pieces: rx }, job.boxed())
     }
 }
@@ -91,8 +99,8 @@ async fn run(
     tx: PipeTx<Piece>,
     shared: Arc<Shared>,
     _permit: Place,
+    started: Instant,
 ) {
-    let started = Instant::now();
     let metrics = shared.metrics.stage(Stage::Post);
     let mut chain = Chain::new(&shared.post_processors, &request);
     let max_tokens = request.params.max_tokens.map_or(u64::MAX, u64::from);

@@ -20,6 +20,9 @@ pub enum Mode {
 pub enum Peer {
     /// LiteLLM proxy (install with scripts/setup-litellm.sh).
     Litellm,
+    /// A bare forwarding proxy (hyper server, reqwest client, no JSON): the floor of the HTTP
+    /// work alone (`orchestrator-forwarder`, built with this harness).
+    Forwarder,
 }
 
 /// Load harness: the gateway against its upstream alone (and LiteLLM) in one run.
@@ -52,9 +55,9 @@ pub struct Args {
     /// The `orchestrator` binary [default: next to this executable].
     #[arg(long)]
     pub orchestrator_bin: Option<PathBuf>,
-    /// Also measure a peer gateway.
-    #[arg(long, value_enum)]
-    pub peer: Option<Peer>,
+    /// Also measure these peers (a list: `--peer litellm,forwarder`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub peer: Vec<Peer>,
     /// The `litellm` executable [default: .venv-litellm/bin/litellm].
     #[arg(long, default_value = ".venv-litellm/bin/litellm")]
     pub litellm_bin: PathBuf,
@@ -110,11 +113,16 @@ pub fn orchestrator_bin(args: &Args) -> Result<PathBuf> {
     if let Some(bin) = &args.orchestrator_bin {
         return Ok(bin.clone());
     }
-    let me = std::env::current_exe()?;
-    let bin = me.with_file_name("orchestrator");
+    sibling("orchestrator", "orchestrator-server")
+        .context("the orchestrator binary (or pass --orchestrator-bin)")
+}
+
+/// The binary `name` of `package`, built next to this executable (`target/<profile>/`).
+fn sibling(name: &str, package: &str) -> Result<PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name(name);
     anyhow::ensure!(
         bin.exists(),
-        "no orchestrator binary at {}: build it (cargo build --release -p orchestrator-server) or pass --orchestrator-bin",
+        "no {name} binary at {}: build it (cargo build --release -p {package})",
         bin.display()
     );
     Ok(bin)
@@ -217,4 +225,27 @@ pub async fn start_litellm(args: &Args, upstream: &str, out: &Path) -> Result<Se
     )
     .await?;
     Ok(Server::new("litellm", child, pid, base))
+}
+
+/// Starts `orchestrator-forwarder` (built next to this executable) in front of `upstream` and
+/// waits until a request passes through it.
+///
+/// # Errors
+/// When the binary is missing, or it does not forward within 30 s.
+pub async fn start_forwarder(upstream: &str, out: &Path) -> Result<Server> {
+    let port = procs::free_port()?;
+    let mut cmd = Command::new(sibling("orchestrator-forwarder", "orchestrator-bench")?);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream]);
+    let log = out.join("forwarder.log");
+    let (mut child, pid) = procs::spawn("forwarder", cmd, &log)?;
+    let base = format!("http://127.0.0.1:{port}");
+    procs::wait_ready(
+        "forwarder",
+        &mut child,
+        &format!("{base}/v1/models"),
+        &log,
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(Server::new("forwarder", child, pid, base))
 }

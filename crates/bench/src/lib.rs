@@ -1,5 +1,6 @@
 //! `orchestrator-bench`: a load harness that measures the gateway against its upstream alone
-//! (and, optionally, LiteLLM as a peer) in one run, and prints a markdown table.
+//! (and, optionally, peers: LiteLLM, and a bare forwarding proxy) in one run, and prints a
+//! markdown table.
 //!
 //! - [`schedule`]: the open-loop arrival times (latency is measured from them).
 //! - [`load`]: one run, open loop (`Load::Rate`) or closed loop (`Load::Concurrency`).
@@ -7,11 +8,13 @@
 //! - [`stats`]: counters and HDR histograms, percentiles, added latency.
 //! - [`harness`]: every target under every load, the upstream first, same settings.
 //! - [`procs`]: starting, probing and stopping servers; CPU and peak RSS from /proc.
+//! - [`forwarder`]: the bare forwarding proxy (`--peer forwarder`).
 //! - [`config`]: the generated gateway TOML, LiteLLM YAML and request bodies.
 //! - [`report`]: rows, markdown, JSON; [`chart`]: the PNG.
 
 pub mod chart;
 pub mod config;
+pub mod forwarder;
 pub mod harness;
 pub mod load;
 pub mod procs;

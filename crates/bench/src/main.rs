@@ -76,11 +76,19 @@ async fn run(args: Args) -> Result<()> {
         }
         (None, None) => unreachable!("needs_bin covers a missing gateway URL"),
     }
-    if args.peer == Some(Peer::Litellm) {
-        eprintln!("== starting litellm ({})", args.litellm_bin.display());
-        let s = cli::start_litellm(&args, &upstream, &out).await?;
+    for peer in &args.peer {
+        let s = match peer {
+            Peer::Litellm => {
+                eprintln!("== starting litellm ({})", args.litellm_bin.display());
+                cli::start_litellm(&args, &upstream, &out).await?
+            }
+            Peer::Forwarder => {
+                eprintln!("== starting the forwarder");
+                cli::start_forwarder(&upstream, &out).await?
+            }
+        };
         targets.push(Target {
-            system: "litellm".into(),
+            system: s.name.into(),
             base_url: s.base_url.clone(),
             pid: Some(s.pid),
         });

@@ -158,3 +158,49 @@ async fn closed_loop_and_connection_errors_are_counted() {
     assert_eq!(rows[1].connect_errors, rows[1].sent);
     assert!(rows[1].sent > 0);
 }
+
+/// The forwarder in front of the test server: every request reaches the upstream once, statuses
+/// and bodies come back as they were, and streams arrive token by token (TTFT and ITL timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarder_passes_requests_statuses_and_streams_through() {
+    let (upstream, seen) = server(4).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forwarder = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { orchestrator_bench::forwarder::serve(listener, &upstream).await });
+    let targets = [Target {
+        system: "forwarder".into(),
+        base_url: forwarder.clone(),
+        pid: None,
+    }];
+    let client = load::client(64).unwrap();
+    let rows = measure(
+        &client,
+        &targets,
+        &plan(vec![Load::Rate(40.0)], true),
+        &ProgressBar::hidden(),
+    )
+    .await;
+    let row = &rows[0];
+    assert_eq!(row.sent, 40);
+    assert_eq!(seen.load(Ordering::SeqCst), 40);
+    assert_eq!(row.status_errors.get(&503), Some(&10), "{row:?}");
+    assert_eq!(row.ok, 30);
+    assert_eq!(row.ttft.unwrap().count, 30);
+    assert_eq!(row.itl.unwrap().count, 60, "two gaps between three tokens");
+
+    let answer = client
+        .post(format!("{forwarder}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(request_body("mock", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["content-type"], "application/json");
+    assert_eq!(
+        answer.text().await.unwrap(),
+        r#"{"choices":[{"message":{"content":"hi"}}]}"#
+    );
+    // Nothing serves this path upstream: the upstream's 404 comes back as it is.
+    let missing = client.get(format!("{forwarder}/nowhere")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -9,7 +9,8 @@
 //! - [`post`]: the config's post-processors (stop, max_chars, redact, json).
 //! - [`auth`]: bearer API keys; [`limits`]: their rate limits.
 //! - [`dlq`]: the dead-letter queue's file of failed requests, and `orchestrator dlq`.
-//! - [`telemetry`]: logs and the Prometheus recorder.
+//! - [`telemetry`]: logs and the Prometheus recorder; [`logsink`]: log lines to stderr, access
+//!   lines batched.
 //! - [`cli`]: the command line.
 //! - [`mock`]: a fake OpenAI-compatible and llama.cpp model server for tests and benchmarks.
 
@@ -21,6 +22,7 @@ pub mod dlq;
 mod http1;
 pub mod limits;
 pub mod live;
+pub mod logsink;
 pub mod mock;
 pub mod models;
 pub mod post;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use orchestrator_context::index::Progress;
 use orchestrator_server::cli::{Cli, Command, IngestArgs, ServeArgs, ValidateArgs};
+use orchestrator_server::logsink;
 use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
@@ -25,6 +26,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Access-log lines wait in a buffer: write them out before a panic's message and on exit.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        logsink::flush();
+        report_panic(info);
+    }));
+    let code = run(&cli).await;
+    logsink::flush();
+    code
+}
+
+async fn run(cli: &Cli) -> ExitCode {
     match &cli.command {
         Some(Command::MockUpstream(args)) => return mock_upstream(args.clone()).await,
         Some(Command::Validate(args)) => return validate(args),

@@ -17,7 +17,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); access-log lines are written in
+/// batches (see [`crate::logsink`]), so call [`crate::logsink::flush`] before exiting.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: escape codes in a log file or a collector's pipe are noise, and
@@ -25,7 +26,7 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(crate::logsink::stderr());
     // A second initialisation (tests start several servers) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -52,6 +52,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !text.trim_start().starts_with('{') {
         return Err(ApiError::invalid_body("The request body must be a JSON object."));
     }
+    // Tracking the path costs on every field, so it is only done to describe a failure.
+    if let Ok(value) = serde_json::from_str(text) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
 use tokio::time::Instant;
 
 use super::AppState;
@@ -83,11 +84,7 @@ pub async fn request_context(
         },
         None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
     };
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+    let route = route_label(request.extensions().get::<MatchedPath>());
     let method = request.method().clone();
     request.extensions_mut().insert(RequestContext {
         id: id.clone(),
@@ -105,18 +102,60 @@ pub async fn request_context(
     let elapsed = start.elapsed();
     // For streams this is the time to the response head; the stream itself is logged by the
     // pipeline's metrics.
-    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.as_str().to_string())
-        .increment(1);
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status_label(status)).increment(1);
     metrics::histogram!(HTTP_DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
     tracing::info!(
-        target: "orchestrator::access",
+        target: crate::logsink::ACCESS_TARGET,
         request_id = %id,
         %method,
-        route,
+        route = &*route,
         status = status.as_u16(),
         elapsed_ms = %format_ms(elapsed),
     );
     response
+}
+
+/// The routes whose metric label needs no allocation per request (any other route still gets
+/// its own label, built per request).
+const ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/models/{*model}",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+];
+
+/// The metric label of the route a request matched.
+fn route_label(matched: Option<&MatchedPath>) -> SharedString {
+    let Some(path) = matched.map(MatchedPath::as_str) else {
+        return SharedString::const_str("unmatched");
+    };
+    match ROUTES.iter().find(|known| **known == path) {
+        Some(known) => SharedString::const_str(known),
+        None => SharedString::from_owned(path.to_owned()),
+    }
+}
+
+/// The metric label of a status code, without an allocation for the common ones.
+fn status_label(status: StatusCode) -> SharedString {
+    const COMMON: &[(u16, &str)] = &[
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (404, "404"),
+        (413, "413"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    match COMMON.iter().find(|(code, _)| *code == status.as_u16()) {
+        Some((_, text)) => SharedString::const_str(text),
+        None => SharedString::from_owned(status.as_str().to_owned()),
+    }
 }
 
 fn valid_request_id(value: &HeaderValue) -> Option<Arc<str>> {

@@ -128,3 +128,52 @@ async fn sigterm_drains_the_binary_and_exits_zero() {
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// Access-log lines are written in batches; none is lost when the binary exits right after
+/// answering, and they keep the requests' order.
+#[tokio::test]
+async fn every_access_line_is_written_by_exit_in_order() {
+    let config = r#"
+        [[backends]]
+        kind = "echo"
+        name = "echo"
+        [[models]]
+        name = "echo"
+        backends = ["echo"]
+    "#;
+    let Binary {
+        mut child,
+        base,
+        file: _file,
+        mut logs,
+    } = spawn_binary(config).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("access-{i}")).collect();
+    for id in &ids {
+        let response = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("x-request-id", id)
+            .json(&chat_body("echo", "hello"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let pid = child.id().unwrap().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+
+    // The child has exited, so its stderr ends and the forwarder closes the channel.
+    let mut logged = Vec::new();
+    while let Some(log) = logs.recv().await {
+        if log["target"] == "orchestrator::access" {
+            assert_eq!(log["fields"]["status"], 200, "{log}");
+            logged.push(log["fields"]["request_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(logged, ids);
+}

@@ -233,3 +233,16 @@ fn authenticate(keys: &ApiKeys, request: &Request) -> Result<Caller, ApiError> {
     keys.verify(presented)
         .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_the_code_whether_common_or_not() {
+        for code in [200, 429, 418, 507] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(&*status_label(status), code.to_string());
+        }
+    }
+}

@@ -50,7 +50,9 @@ impl Outcome {
     pub async fn failed(&mut self, error: PipelineError) -> ApiError {
         self.permit = None;
         if let Some(draft) = self.dead_letter.take() {
-            draft.keep(&error).await;
+            // Boxed: keeping a dead letter is rare, and its state (over a kilobyte) would
+            // otherwise sit inside every request's future, failing or not.
+            Box::pin(draft.keep(&error)).await;
         }
         ApiError::from(error)
     }

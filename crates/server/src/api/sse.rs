@@ -42,14 +42,14 @@ pub async fn respond(
     let mut found = None;
     let first = loop {
         match handle.recv().await {
-            Some(ResponseEvent::Error(error)) => return Err(outcome.failed(error).await),
+            Some(ResponseEvent::Error(error)) => return Err(Box::pin(outcome.failed(error)).await),
             Some(ResponseEvent::Sources(sources)) => found = Some(sources),
             Some(event) => break event,
             None => {
                 let error = PipelineError::Internal {
                     message: "the request ended without a final event".into(),
                 };
-                return Err(outcome.failed(error).await);
+                return Err(Box::pin(outcome.failed(error)).await);
             }
         }
     };
@@ -72,7 +72,7 @@ pub async fn respond(
         }
         (None, None) => {}
     }
-    let rest = if let Some(events) = closing.events(first, &mut opening).await {
+    let rest = if let Some(events) = closing.settle(first, &mut opening).await {
         // The first event was already the last one.
         opening.extend(events);
         guard.disarm();
@@ -85,7 +85,7 @@ pub async fn respond(
         let (mut handle, mut closing, mut guard) = state?;
         let event = handle.recv().await?;
         let mut out = Vec::new();
-        match closing.events(event, &mut out).await {
+        match closing.settle(event, &mut out).await {
             Some(last) => {
                 out.extend(last);
                 guard.disarm();
@@ -120,18 +120,44 @@ struct Closing {
     outcome: Outcome,
 }
 
+/// What one event asks of the stream.
+enum Step {
+    /// Its chunk (if any) is in the output; the stream goes on.
+    More,
+    /// The stream ends with these events.
+    Last(Vec<Event>),
+    /// The request failed after its first output.
+    Failed(PipelineError),
+}
+
 impl Closing {
     /// Puts an event's chunk in `out` and returns `None`, or returns the closing events after a
     /// final event.
-    async fn events(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
+    async fn settle(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
+        match self.events(event, out) {
+            Step::More => None,
+            Step::Last(events) => Some(events),
+            // Boxed: the failure path's state would otherwise sit in every open stream.
+            Step::Failed(error) => Some(Box::pin(self.failed(error)).await),
+        }
+    }
+
+    /// The error event that ends a stream failing after its first output.
+    async fn failed(&mut self, error: PipelineError) -> Vec<Event> {
+        let error = self.outcome.failed(error).await;
+        vec![Event::default().event("error").data(error.to_json())]
+    }
+
+    /// What `event` asks for; a chunk it makes goes in `out`.
+    fn events(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Step {
         match event {
             ResponseEvent::Token(text) => {
                 out.push(data(self.header.text_chunk(&text, self.held.take().as_deref())));
-                None
+                Step::More
             }
             ResponseEvent::Passthrough(extra) if extra.message.is_empty() && extra.choice.is_empty() => {
                 self.held = Some(extra);
-                None
+                Step::More
             }
             ResponseEvent::Passthrough(mut extra) => {
                 if let Some(held) = self.held.take() {
@@ -140,15 +166,12 @@ impl Closing {
                     }
                 }
                 out.push(data(self.header.passthrough_chunk(&extra)));
-                None
+                Step::More
             }
             // Sent once, before the first output, and read there.
-            ResponseEvent::Sources(_) => None,
-            ResponseEvent::Done(completion) => Some(self.done(&completion)),
-            ResponseEvent::Error(error) => {
-                let error = self.outcome.failed(error).await;
-                Some(vec![Event::default().event("error").data(error.to_json())])
-            }
+            ResponseEvent::Sources(_) => Step::More,
+            ResponseEvent::Done(completion) => Step::Last(self.done(&completion)),
+            ResponseEvent::Error(error) => Step::Failed(error),
         }
     }
 

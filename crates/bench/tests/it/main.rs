@@ -11,6 +11,7 @@ use indicatif::ProgressBar;
 use orchestrator_bench::config::request_body;
 use orchestrator_bench::harness::{Plan, Target, UPSTREAM, measure};
 use orchestrator_bench::load::{self, Load};
+use orchestrator_bench::report::Row;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -106,29 +107,36 @@ async fn open_loop_counts_every_request_for_every_target() {
     assert!(rows[1].process.unwrap().peak_rss_mib > 0.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_are_counted_by_status_and_streams_are_timed() {
-    let (url, seen) = server(4).await;
+/// Measures `system` at `base_url`, 40 streamed requests at 40 req/s, in front of a
+/// [`server`] that refuses every fourth; checks the counts and timings and returns the row.
+async fn forty_streams_every_fourth_refused(system: &str, base_url: String) -> Row {
     let targets = [Target {
-        system: UPSTREAM.into(),
-        base_url: url,
+        system: system.into(),
+        base_url,
         pid: None,
     }];
     let client = load::client(64).unwrap();
-    let rows = measure(
+    let mut rows = measure(
         &client,
         &targets,
         &plan(vec![Load::Rate(40.0)], true),
         &ProgressBar::hidden(),
     )
     .await;
-    let row = &rows[0];
+    let row = rows.remove(0);
     assert_eq!(row.sent, 40);
     assert_eq!(row.status_errors.get(&503), Some(&10), "{row:?}");
     assert_eq!(row.ok, 30);
-    assert_eq!(row.ok + row.errors, seen.load(Ordering::SeqCst));
     assert_eq!(row.ttft.unwrap().count, 30);
     assert_eq!(row.itl.unwrap().count, 60, "two gaps between three tokens");
+    row
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_counted_by_status_and_streams_are_timed() {
+    let (url, seen) = server(4).await;
+    let row = forty_streams_every_fourth_refused(UPSTREAM, url).await;
+    assert_eq!(row.ok + row.errors, seen.load(Ordering::SeqCst));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,27 +175,14 @@ async fn the_forwarder_passes_requests_statuses_and_streams_through() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let forwarder = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { orchestrator_bench::forwarder::serve(listener, &upstream).await });
-    let targets = [Target {
-        system: "forwarder".into(),
-        base_url: forwarder.clone(),
-        pid: None,
-    }];
-    let client = load::client(64).unwrap();
-    let rows = measure(
-        &client,
-        &targets,
-        &plan(vec![Load::Rate(40.0)], true),
-        &ProgressBar::hidden(),
-    )
-    .await;
-    let row = &rows[0];
-    assert_eq!(row.sent, 40);
-    assert_eq!(seen.load(Ordering::SeqCst), 40);
-    assert_eq!(row.status_errors.get(&503), Some(&10), "{row:?}");
-    assert_eq!(row.ok, 30);
-    assert_eq!(row.ttft.unwrap().count, 30);
-    assert_eq!(row.itl.unwrap().count, 60, "two gaps between three tokens");
+    forty_streams_every_fourth_refused("forwarder", forwarder.clone()).await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        40,
+        "each request reached the upstream once"
+    );
 
+    let client = load::client(64).unwrap();
     let answer = client
         .post(format!("{forwarder}/v1/chat/completions"))
         .header("content-type", "application/json")

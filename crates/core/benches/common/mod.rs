@@ -32,50 +32,42 @@ pub struct Sample {
 /// `clients` concurrent callers, each sending its share of `total` requests one after another
 /// and waiting for each final event.
 pub async fn drive(sender: &RequestSender, clients: usize, total: usize) -> Vec<Sample> {
-    let per_client = total.div_ceil(clients);
-    let mut tasks = Vec::with_capacity(clients);
-    for c in 0..clients {
-        let sender = sender.clone();
-        tasks.push(tokio::spawn(async move {
-            let session = SessionId::new(format!("client-{c}"));
-            let mut samples = Vec::with_capacity(per_client);
-            for i in 0..per_client {
-                let start = Instant::now();
-                let handle = sender.submit(request(&session, i)).await.expect("admitted");
-                let response = handle.into_response().await.expect("completes");
-                samples.push(Sample {
-                    latency: start.elapsed(),
-                    overhead: response.completion.timings.overhead(),
-                });
-            }
-            samples
-        }));
-    }
-    let mut all = Vec::with_capacity(total);
-    for t in tasks {
-        all.extend(t.await.expect("client"));
-    }
-    all
+    closed_loop(sender, clients, total, true).await
 }
 
 /// As [`drive`], without timing each request: throughput rows count requests, and two clock
 /// readings per request would be the caller's work, not the pipeline's.
 pub async fn drive_untimed(sender: &RequestSender, clients: usize, total: usize) {
+    closed_loop(sender, clients, total, false).await;
+}
+
+async fn closed_loop(sender: &RequestSender, clients: usize, total: usize, timed: bool) -> Vec<Sample> {
     let per_client = total.div_ceil(clients);
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
         let sender = sender.clone();
         tasks.push(tokio::spawn(async move {
             let session = SessionId::new(format!("client-{c}"));
+            let mut samples = Vec::with_capacity(if timed { per_client } else { 0 });
             for i in 0..per_client {
+                let start = timed.then(Instant::now);
                 let handle = sender.submit(request(&session, i)).await.expect("admitted");
-                handle.into_response().await.expect("completes");
+                let response = handle.into_response().await.expect("completes");
+                if let Some(start) = start {
+                    samples.push(Sample {
+                        latency: start.elapsed(),
+                        overhead: response.completion.timings.overhead(),
+                    });
+                }
             }
+            samples
         }));
     }
+    let mut all = Vec::with_capacity(if timed { total } else { 0 });
     for t in tasks {
-        t.await.expect("client");
+        all.extend(t.await.expect("client"));
     }
+    all
 }
 
 /// A caller's `i`th request: one short user message, streamed every other time.

@@ -18,7 +18,7 @@ use tokio_prompt_orchestrator::{
 use super::AppState;
 use super::body::{parse_json, read_limited};
 use super::error::ApiError;
-use super::middleware::{DisconnectGuard, RequestContext};
+use super::middleware::{Authorized, DisconnectGuard, RequestContext};
 use super::outcome::{Draft, Outcome};
 use super::request::{Delivery, GenerationRequest};
 use super::wire::{Endpoint, Header};
@@ -43,11 +43,11 @@ const MAX_SESSION_ID_BYTES: usize = 256;
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestContext>,
-    caller: Option<Extension<Caller>>,
+    Authorized(caller): Authorized,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(state, &ctx, caller.map(|c| c.0), headers, body, Endpoint::Chat)
+    generate(state, &ctx, caller, headers, body, Endpoint::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -55,20 +55,13 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestContext>,
-    caller: Option<Extension<Caller>>,
+    Authorized(caller): Authorized,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(
-        state,
-        &ctx,
-        caller.map(|c| c.0),
-        headers,
-        body,
-        Endpoint::Completion,
-    )
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+    generate(state, &ctx, caller, headers, body, Endpoint::Completion)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn generate(

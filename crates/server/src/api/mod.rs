@@ -144,8 +144,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/models", get(ops::list_models))
-        .route("/v1/models/{*model}", get(ops::get_model))
-        .route_layer(from_fn_with_state(state.clone(), middleware::require_key));
+        .route("/v1/models/{*model}", get(ops::get_model));
     // Whether /metrics needs a key is the running config's say, so it is decided per request.
     let metrics = Router::new()
         .route("/metrics", get(ops::metrics))

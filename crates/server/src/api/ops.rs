@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::ApiError;
+use super::middleware::Authorized;
 use super::wire::{ModelList, ModelObject};
 use super::{AppState, Readiness};
 use crate::telemetry::prometheus;
@@ -23,7 +24,7 @@ fn model_object<'a>(state: &AppState, id: &'a str) -> ModelObject<'a> {
 }
 
 /// `GET /v1/models`: every served model, in config order.
-pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
+pub async fn list_models(State(state): State<Arc<AppState>>, _: Authorized) -> Response {
     let live = state.live();
     let data = live
         .models
@@ -35,7 +36,11 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `GET /v1/models/{model}`.
-pub async fn get_model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+pub async fn get_model(
+    State(state): State<Arc<AppState>>,
+    _: Authorized,
+    Path(model): Path<String>,
+) -> Response {
     if state.live().models.contains(&model) {
         Json(model_object(&state, &model)).into_response()
     } else {

@@ -62,8 +62,21 @@ async fn keys_are_required_on_the_api() {
         .await
         .unwrap();
     assert_eq!(right.status(), 200);
-    let models = client().get(server.url("/v1/models")).send().await.unwrap();
-    assert_eq!(models.status(), 401);
+    for path in ["/v1/models", "/v1/models/echo"] {
+        let models = client().get(server.url(path)).send().await.unwrap();
+        assert_eq!(models.status(), 401, "{path}");
+    }
+    // The key is checked before the body is read: a bad body without a key is a 401, not a 400.
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let unread = client()
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        expect_error(unread, 401).await;
+    }
     assert_eq!(server.worker.started(), 1);
 }
 

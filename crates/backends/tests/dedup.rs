@@ -13,7 +13,6 @@ use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SamplingParams, SessionId,
     TokenStream, WorkerChunk, WorkerError,
 };
-use tokio_util::sync::CancellationToken;
 
 /// Three tokens, each released by the test; counts calls and streams dropped unfinished.
 struct Gated {
@@ -69,14 +68,7 @@ fn call(temperature: Option<f32>, model: &str) -> InferenceCall {
             temperature,
             ..SamplingParams::default()
         });
-    InferenceCall {
-        id: RequestId(1),
-        request: Arc::new(request),
-        prompt: Arc::from("same question"),
-        cancel: CancellationToken::new(),
-        messages: None,
-        prefix_key: None,
-    }
+    InferenceCall::new(RequestId(1), request, "same question")
 }
 
 fn setup() -> (Arc<Gated>, Arc<Dedup>) {

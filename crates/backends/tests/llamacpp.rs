@@ -2,7 +2,6 @@
 //! replaces the configured one, so sessions spread over every slot that exists.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use futures_util::StreamExt;
 use orchestrator_backends::llamacpp::{LlamaCppConfig, LlamaCppWorker};
@@ -10,7 +9,6 @@ use orchestrator_backends::routing::health::HealthProbe;
 use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId,
 };
-use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -20,14 +18,7 @@ const ANSWER: &str =
 fn call(session: &str) -> InferenceCall {
     let request =
         InferenceRequest::chat(SessionId::new(session), vec![ChatMessage::user("Hello")]).with_stream(false);
-    InferenceCall {
-        id: RequestId(1),
-        request: Arc::new(request),
-        prompt: Arc::from("Hello"),
-        cancel: CancellationToken::new(),
-        messages: None,
-        prefix_key: None,
-    }
+    InferenceCall::new(RequestId(1), request, "Hello")
 }
 
 /// The `id_slot` of every `/completion` the server received.

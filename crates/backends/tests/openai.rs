@@ -37,14 +37,7 @@ fn call(stream: bool) -> InferenceCall {
         "tools".into(),
         json!([{"type": "function", "function": {"name": "f"}}]),
     );
-    InferenceCall {
-        id: RequestId(1),
-        request: Arc::new(request),
-        prompt: Arc::from("Hello"),
-        cancel: CancellationToken::new(),
-        messages: None,
-        prefix_key: None,
-    }
+    InferenceCall::new(RequestId(1), request, "Hello")
 }
 
 async fn collect(worker: &OpenAiWorker, call: InferenceCall) -> Vec<Result<WorkerChunk, WorkerError>> {

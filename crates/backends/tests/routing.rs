@@ -20,7 +20,6 @@ use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, TokenStream,
     WorkerChunk, WorkerError,
 };
-use tokio_util::sync::CancellationToken;
 
 /// What a scripted backend does with its next call.
 #[derive(Clone)]
@@ -128,14 +127,7 @@ fn router_with(groups: Vec<Vec<Arc<Replica>>>, balancing: Balancing, retry: Retr
 fn call(session: &str) -> InferenceCall {
     let request =
         InferenceRequest::chat(SessionId::new(session), vec![ChatMessage::user("hi")]).with_model("m");
-    InferenceCall {
-        id: RequestId(1),
-        request: Arc::new(request),
-        prompt: Arc::from("hi"),
-        cancel: CancellationToken::new(),
-        messages: None,
-        prefix_key: None,
-    }
+    InferenceCall::new(RequestId(1), request, "hi")
 }
 
 /// The text of a call's stream, or its error.

@@ -83,22 +83,13 @@ fn message(m: &ChatMessage) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use tokio_prompt_orchestrator::{InferenceRequest, RequestId, Role, SamplingParams, SessionId};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
     fn call(request: InferenceRequest) -> InferenceCall {
-        InferenceCall {
-            id: RequestId(1),
-            prompt: Arc::from("rendered"),
-            request: Arc::new(request),
-            cancel: CancellationToken::new(),
-            messages: None,
-            prefix_key: None,
-        }
+        InferenceCall::new(RequestId(1), request, "rendered")
     }
 
     #[test]

@@ -12,8 +12,6 @@ mod config;
 pub(crate) mod stream;
 pub mod vllm;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use reqwest::Url;
@@ -21,7 +19,6 @@ use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, TokenStream,
     WorkerChunk, WorkerError,
 };
-use tokio_util::sync::CancellationToken;
 
 pub use self::body::{Endpoint, request_body};
 pub use self::config::OpenAiConfig;
@@ -92,14 +89,7 @@ impl ModelWorker for OpenAiWorker {
     async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
         let request =
             InferenceRequest::chat(SessionId::new(""), vec![ChatMessage::user(prompt)]).with_stream(false);
-        let call = InferenceCall {
-            id: RequestId(0),
-            request: Arc::new(request),
-            prompt: Arc::from(prompt),
-            cancel: CancellationToken::new(),
-            messages: None,
-            prefix_key: None,
-        };
+        let call = InferenceCall::new(RequestId(0), request, prompt);
         let mut tokens = Vec::new();
         let mut stream = self.infer_stream(call).await?;
         while let Some(chunk) = stream.next().await {

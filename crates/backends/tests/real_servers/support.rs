@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Once};
+use std::sync::Once;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,7 +16,6 @@ use tokio_prompt_orchestrator::{
     FinishReason, InferenceCall, InferenceRequest, ModelWorker, Passthrough, RequestId, TokenStream, Usage,
     WorkerChunk, WorkerError,
 };
-use tokio_util::sync::CancellationToken;
 
 /// Set (to anything but `0`, `false` or empty) to require every real server: the tests then
 /// fail, rather than skip, when one is missing. `scripts/test.sh` prepares them when it is set.
@@ -270,14 +269,7 @@ struct Exited;
 
 /// A call as the Inference stage makes it.
 pub fn call(request: InferenceRequest, prompt: &str) -> InferenceCall {
-    InferenceCall {
-        id: RequestId(1),
-        request: Arc::new(request),
-        prompt: Arc::from(prompt),
-        cancel: CancellationToken::new(),
-        messages: None,
-        prefix_key: None,
-    }
+    InferenceCall::new(RequestId(1), request, prompt)
 }
 
 /// What one call produced.

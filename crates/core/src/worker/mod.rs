@@ -55,6 +55,20 @@ pub struct InferenceCall {
 }
 
 impl InferenceCall {
+    /// A call for `request` as it was submitted, not assembled: `prompt` as its text, the
+    /// request's own messages, no prefix key, and a cancellation token of its own. For calling a
+    /// worker outside the pipeline (a worker's own `infer`, tests).
+    pub fn new(id: RequestId, request: InferenceRequest, prompt: &str) -> Self {
+        Self {
+            id,
+            request: Arc::new(request),
+            prompt: Arc::from(prompt),
+            messages: None,
+            prefix_key: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
     /// The messages to send a chat backend: the assembled ones, else the request's own; `None`
     /// for a completion request that was not assembled into messages.
     pub fn chat_messages(&self) -> Option<&[ChatMessage]> {

@@ -157,11 +157,13 @@ impl HttpBackend {
     pub async fn post(
         &self,
         url: &Url,
-        body: &serde_json::Value,
+        body: serde_json::Value,
         deadline: Option<Instant>,
         streamed: bool,
     ) -> Result<reqwest::Response, WorkerError> {
-        let request = self.client.post(url.clone()).json(body).send();
+        let request = self.client.post(url.clone()).json(&body).send();
+        // Serialised now: the tree goes before the wait for the upstream, not after it.
+        drop(body);
         let first_token = self
             .timeouts
             .first_token

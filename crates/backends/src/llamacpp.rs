@@ -179,7 +179,7 @@ impl ModelWorker for LlamaCppWorker {
         let deadline = self.http.deadline();
         let response = self
             .http
-            .post(&self.completion_url, &body, deadline, false)
+            .post(&self.completion_url, body, deadline, false)
             .await?;
         let bytes = self.http.read_all(response, deadline).await?;
         let answer: Answer = serde_json::from_slice(&bytes).map_err(|e| {
@@ -193,14 +193,12 @@ impl ModelWorker for LlamaCppWorker {
         let deadline = self.http.deadline();
         let slot = shard_for(&call.request.session, self.slots.load(Ordering::Relaxed));
         let streamed = call.request.stream;
+        let body = request_body(&call, slot, streamed);
+        // The call is not needed past here; its request goes before the wait for the upstream.
+        drop(call);
         let response = self
             .http
-            .post(
-                &self.completion_url,
-                &request_body(&call, slot, streamed),
-                deadline,
-                streamed,
-            )
+            .post(&self.completion_url, body, deadline, streamed)
             .await?;
         if streamed {
             return Ok(sse::relay(

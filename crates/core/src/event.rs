@@ -11,6 +11,9 @@ use crate::request::{Extra, Meta, RequestId, SessionId};
 use crate::stages::rag::RetrievedChunk;
 
 /// One event of a submitted request: any number of tokens, then exactly one `Done` or `Error`.
+///
+/// The final events are boxed so the event stays small (24 bytes): every request's pipes queue
+/// tokens by value, and each open stream holds a few of those slots.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseEvent {
@@ -21,9 +24,9 @@ pub enum ResponseEvent {
     /// The context the RAG stage retrieved, sent once before the first output when there was any.
     Sources(Arc<[RetrievedChunk]>),
     /// The request completed.
-    Done(Completion),
+    Done(Box<Completion>),
     /// The request failed; after a token this means the stream was cut, never a quiet truncation.
-    Error(PipelineError),
+    Error(Box<PipelineError>),
 }
 
 impl ResponseEvent {
@@ -209,6 +212,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_event_is_as_small_as_a_token() {
+        // Each open stream queues events in three pipes; a large variant would widen every slot.
+        assert_eq!(size_of::<ResponseEvent>(), size_of::<String>());
+    }
 
     fn delta(message: serde_json::Value, choice: serde_json::Value) -> Passthrough {
         let fields = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();

@@ -115,7 +115,9 @@ impl ModelWorker for OpenAiWorker {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Completions => &self.completions_url,
         };
-        let response = self.http.post(url, &body, deadline, streamed).await?;
+        // The call is not needed past here; its request goes before the wait for the upstream.
+        drop(call);
+        let response = self.http.post(url, body, deadline, streamed).await?;
         if streamed {
             let dialect = stream::OpenAiDialect::default();
             return Ok(sse::relay(

@@ -116,11 +116,17 @@ fn meaningful(mut fields: Extra) -> Extra {
     fields
 }
 
+/// Whether `list` holds the same fields as `map`, in its order.
+fn same(list: &[(String, Value)], map: &Extra) -> bool {
+    list.len() == map.len() && list.iter().zip(map).all(|((k, v), (mk, mv))| k == mk && v == mv)
+}
+
 /// The OpenAI stream format.
 #[derive(Default)]
 pub struct OpenAiDialect {
-    /// The top-level fields last passed on.
-    last_response: Option<Extra>,
+    /// The top-level fields last passed on, as a list: a stream keeps them for its whole life,
+    /// and a map's first node alone takes over half a kilobyte.
+    last_response: Option<Box<[(String, Value)]>>,
 }
 
 impl Dialect for OpenAiDialect {
@@ -142,12 +148,14 @@ impl Dialect for OpenAiDialect {
         if let Some(extra) = &parsed.extra
             && extra.message.is_empty()
             && extra.choice.is_empty()
-            && (parsed.token.is_some() || self.last_response.as_ref() == Some(&extra.response))
+            && (parsed.token.is_some()
+                || (self.last_response.as_deref()).is_some_and(|last| same(last, &extra.response)))
         {
             parsed.extra = None;
         }
         if let Some(extra) = &parsed.extra {
-            self.last_response = Some(extra.response.clone());
+            let fields = extra.response.iter().map(|(k, v)| (k.clone(), v.clone()));
+            self.last_response = Some(fields.collect());
         }
         Ok(parsed)
     }

@@ -289,8 +289,8 @@ impl Body {
         match reply {
             Reply::Handle(events) => {
                 let event = match result {
-                    Ok(response) => ResponseEvent::Done(response.completion),
-                    Err(error) => ResponseEvent::Error(error),
+                    Ok(response) => ResponseEvent::Done(Box::new(response.completion)),
+                    Err(error) => ResponseEvent::Error(Box::new(error)),
                 };
                 // After every token; never waits. The caller may have gone, and then nobody
                 // needs the event.

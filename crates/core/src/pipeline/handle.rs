@@ -82,10 +82,10 @@ impl ResponseHandle {
                         text,
                         sources,
                         passthrough,
-                        completion,
+                        completion: *completion,
                     });
                 }
-                ResponseEvent::Error(e) => return Err(e),
+                ResponseEvent::Error(e) => return Err(*e),
             }
         }
         Err(lost())
@@ -109,12 +109,14 @@ impl ResponseHandle {
             // timeout too, because its deadline has passed.
             self.done = true;
             self.cancel_on_drop = None;
-            return Poll::Ready(Some(ResponseEvent::Error(PipelineError::Timeout { stage })));
+            return Poll::Ready(Some(ResponseEvent::Error(Box::new(PipelineError::Timeout {
+                stage,
+            }))));
         }
         let event = match ready!(self.events.poll_recv(cx)) {
             Some(event) => event,
             // The pipe ended without a final event: the envelope was lost.
-            None => ResponseEvent::Error(lost()),
+            None => ResponseEvent::Error(Box::new(lost())),
         };
         if event.is_final() {
             self.done = true;

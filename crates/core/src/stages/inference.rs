@@ -100,7 +100,7 @@ async fn run(
         post_active: Default::default(),
     };
     // If Post has gone, the request already ended there.
-    tx.finish(Piece::End(end));
+    tx.finish(Piece::End(Box::new(end)));
 }
 
 /// Streams the worker's tokens into `tx`; `Ok(None)` when the receiver went away.

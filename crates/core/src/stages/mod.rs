@@ -94,10 +94,13 @@ impl Carries for Handoff {
 ///
 /// A channel that closes without an end marker means the sender stopped because the request was
 /// aborted (caller gone, deadline, shutdown); the receiver then asks the envelope why.
+///
+/// The end marker is boxed so a piece stays as small as a token: each open stream holds two of
+/// these pipes.
 pub(crate) enum Piece {
     Token(String),
     Passthrough(Box<Passthrough>),
-    End(StreamEnd),
+    End(Box<StreamEnd>),
 }
 
 /// How a stream ended, and how long the stages upstream of the receiver were active on it.

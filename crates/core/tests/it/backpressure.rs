@@ -73,9 +73,9 @@ async fn shed_policy_on_an_inner_queue_ends_the_request_with_overloaded() {
         .expect("admitted");
     assert_eq!(
         fourth.recv().await,
-        Some(ResponseEvent::Error(PipelineError::Overloaded {
+        Some(ResponseEvent::Error(Box::new(PipelineError::Overloaded {
             stage: Stage::Post
-        }))
+        })))
     );
     assert_eq!(fourth.recv().await, None, "exactly one final event");
 

@@ -19,9 +19,9 @@ async fn a_slow_model_call_times_out_and_is_cancelled() {
     let mut handle = handles.input_tx.submit(request).await.expect("admitted");
     assert_eq!(
         handle.recv().await,
-        Some(ResponseEvent::Error(PipelineError::Timeout {
+        Some(ResponseEvent::Error(Box::new(PipelineError::Timeout {
             stage: Stage::Inference
-        }))
+        })))
     );
     assert_eq!(handle.recv().await, None);
     probe.cancelled.wait_for(1).await;
@@ -74,9 +74,9 @@ async fn a_caller_that_stops_reading_times_out_in_the_stream_stage() {
     }
     assert_eq!(
         last,
-        Some(ResponseEvent::Error(PipelineError::Timeout {
+        Some(ResponseEvent::Error(Box::new(PipelineError::Timeout {
             stage: Stage::Stream
-        }))
+        })))
     );
     probe.cancelled.wait_for(1).await;
 }

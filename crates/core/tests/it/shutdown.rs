@@ -108,7 +108,7 @@ async fn shutdown_aborts_what_is_left_at_the_deadline_and_reports_it() {
         assert_eq!(handle.recv().await, Some(ResponseEvent::Token("never ".into())));
         assert_eq!(
             handle.recv().await,
-            Some(ResponseEvent::Error(PipelineError::Shutdown))
+            Some(ResponseEvent::Error(Box::new(PipelineError::Shutdown)))
         );
         assert_eq!(handle.recv().await, None);
     }

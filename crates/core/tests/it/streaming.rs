@@ -120,7 +120,10 @@ async fn a_failure_before_the_first_token_is_the_only_event() {
         .await
         .expect("admitted");
     let expected = PipelineError::Worker(WorkerError::retryable("upstream said no"));
-    assert_eq!(handle.recv().await, Some(ResponseEvent::Error(expected)));
+    assert_eq!(
+        handle.recv().await,
+        Some(ResponseEvent::Error(Box::new(expected)))
+    );
     assert_eq!(handle.recv().await, None);
 }
 
@@ -136,7 +139,10 @@ async fn a_failure_mid_stream_ends_with_an_error_not_a_quiet_truncation() {
         .expect("admitted");
     assert_eq!(handle.recv().await, Some(ResponseEvent::Token("cut ".into())));
     let expected = PipelineError::Worker(WorkerError::new("connection reset mid-stream"));
-    assert_eq!(handle.recv().await, Some(ResponseEvent::Error(expected)));
+    assert_eq!(
+        handle.recv().await,
+        Some(ResponseEvent::Error(Box::new(expected)))
+    );
     assert_eq!(handle.recv().await, None);
     assert_eq!(handles.pipeline.stats().failed, 1);
 }

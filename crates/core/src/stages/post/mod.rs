@@ -195,5 +195,5 @@ async fn run(
         inference_active,
         post_active,
     };
-    out.tx.finish(Piece::End(end));
+    out.tx.finish(Piece::End(Box::new(end)));
 }

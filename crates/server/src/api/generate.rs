@@ -16,9 +16,10 @@ use tokio_prompt_orchestrator::{
 };
 
 use super::AppState;
+use super::access::RequestContext;
 use super::body::{parse_json, read_limited};
 use super::error::ApiError;
-use super::middleware::{Authorized, DisconnectGuard, RequestContext};
+use super::middleware::{Authorized, DisconnectGuard};
 use super::outcome::{Draft, Outcome};
 use super::request::{Delivery, GenerationRequest};
 use super::wire::{Endpoint, Header};

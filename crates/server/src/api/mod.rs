@@ -8,6 +8,7 @@
 //! - [`request`] / [`wire`]: the OpenAI request and response bodies; [`body`]: reading them.
 //! - [`sse`]: streaming; [`error`]: every error a client can see, with its status.
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod dlq;
@@ -166,7 +167,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), middleware::request_context))
+        .layer(access::AccessLayer(state.clone()))
         .with_state(state)
 }
 

@@ -42,7 +42,7 @@ pub async fn respond(
     let mut found = None;
     let first = loop {
         match handle.recv().await {
-            Some(ResponseEvent::Error(error)) => return Err(Box::pin(outcome.failed(error)).await),
+            Some(ResponseEvent::Error(error)) => return Err(Box::pin(outcome.failed(*error)).await),
             Some(ResponseEvent::Sources(sources)) => found = Some(sources),
             Some(event) => break event,
             None => {
@@ -171,7 +171,7 @@ impl Closing {
             // Sent once, before the first output, and read there.
             ResponseEvent::Sources(_) => Step::More,
             ResponseEvent::Done(completion) => Step::Last(self.done(&completion)),
-            ResponseEvent::Error(error) => Step::Failed(error),
+            ResponseEvent::Error(error) => Step::Failed(*error),
         }
     }
 

@@ -306,7 +306,10 @@ pub async fn admit(
         Err(error) => return Err(outcome.failed(error).await),
     }
     request.timeout = deadline.map(|d| d.saturating_sub(waited.elapsed()));
-    match live.sender.submit(request).await {
+    // Boxed: the submission's state (under a kilobyte, most of it the request, moved at each
+    // level) is only needed for a moment, and inline it would size the handler's future for the
+    // whole wait for the first token.
+    match Box::pin(live.sender.submit(request)).await {
         Ok(handle) => Ok(handle),
         Err(error) => Err(outcome.failed(error).await),
     }

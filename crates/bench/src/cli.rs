@@ -144,15 +144,9 @@ pub async fn start_mock(bin: &Path, args: &Args, out: &Path) -> Result<Server> {
     let (mut child, pid) = procs::spawn("mock upstream", cmd, &log)?;
     let addr = procs::bound_addr("mock upstream", &mut child, &log, Duration::from_secs(30)).await?;
     let base = format!("http://{addr}");
-    procs::wait_ready(
-        "mock upstream",
-        &mut child,
-        &format!("{base}/v1/models"),
-        &log,
-        Duration::from_secs(30),
-    )
-    .await?;
-    Ok(Server::new("mock upstream", child, pid, base))
+    Server::new("mock upstream", child, pid, base)
+        .ready("/v1/models", &log, Duration::from_secs(30))
+        .await
 }
 
 /// Starts the gateway with a generated config (written to `out/gateway.toml`) in front of
@@ -181,15 +175,9 @@ pub async fn start_gateway(bin: &Path, args: &Args, upstream: &str, out: &Path) 
     let (mut child, pid) = procs::spawn("gateway", cmd, &log)?;
     let addr = procs::bound_addr("gateway", &mut child, &log, Duration::from_secs(30)).await?;
     let base = format!("http://{addr}");
-    procs::wait_ready(
-        "gateway",
-        &mut child,
-        &format!("{base}/readyz"),
-        &log,
-        Duration::from_secs(30),
-    )
-    .await?;
-    Ok(Server::new("gateway", child, pid, base))
+    Server::new("gateway", child, pid, base)
+        .ready("/readyz", &log, Duration::from_secs(30))
+        .await
 }
 
 /// Starts the LiteLLM proxy with a generated config (`out/litellm.yaml`) routing the model to
@@ -214,17 +202,11 @@ pub async fn start_litellm(args: &Args, upstream: &str, out: &Path) -> Result<Se
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env("NO_PROXY", "127.0.0.1,localhost");
     let log = out.join("litellm.log");
-    let (mut child, pid) = procs::spawn("litellm", cmd, &log).context("starting litellm")?;
+    let (child, pid) = procs::spawn("litellm", cmd, &log).context("starting litellm")?;
     let base = format!("http://127.0.0.1:{port}");
-    procs::wait_ready(
-        "litellm",
-        &mut child,
-        &format!("{base}/health/readiness"),
-        &log,
-        Duration::from_secs(180),
-    )
-    .await?;
-    Ok(Server::new("litellm", child, pid, base))
+    Server::new("litellm", child, pid, base)
+        .ready("/health/readiness", &log, Duration::from_secs(180))
+        .await
 }
 
 /// Starts `orchestrator-forwarder` (built next to this executable) in front of `upstream` and
@@ -237,15 +219,9 @@ pub async fn start_forwarder(upstream: &str, out: &Path) -> Result<Server> {
     let mut cmd = Command::new(sibling("orchestrator-forwarder", "orchestrator-bench")?);
     cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream]);
     let log = out.join("forwarder.log");
-    let (mut child, pid) = procs::spawn("forwarder", cmd, &log)?;
+    let (child, pid) = procs::spawn("forwarder", cmd, &log)?;
     let base = format!("http://127.0.0.1:{port}");
-    procs::wait_ready(
-        "forwarder",
-        &mut child,
-        &format!("{base}/v1/models"),
-        &log,
-        Duration::from_secs(30),
-    )
-    .await?;
-    Ok(Server::new("forwarder", child, pid, base))
+    Server::new("forwarder", child, pid, base)
+        .ready("/v1/models", &log, Duration::from_secs(30))
+        .await
 }

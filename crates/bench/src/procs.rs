@@ -70,42 +70,6 @@ pub fn find_addr(log: &str) -> Option<SocketAddr> {
     })
 }
 
-/// Polls `GET url` until it answers 2xx.
-///
-/// # Errors
-/// When the process exits or `within` passes first.
-pub async fn wait_ready(
-    name: &str,
-    child: &mut Child,
-    url: &str,
-    log: &Path,
-    within: Duration,
-) -> Result<()> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            let text = tokio::fs::read_to_string(log).await.unwrap_or_default();
-            bail!("{name} exited ({status}) before it was ready; its log:\n{text}");
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{name} was not ready at {url} within {within:?} (log: {})",
-                log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 impl Server {
     pub fn new(name: &'static str, child: Child, pid: u32, base_url: String) -> Self {
         Self {
@@ -113,6 +77,41 @@ impl Server {
             pid,
             base_url,
             child,
+        }
+    }
+
+    /// Polls `GET {base_url}{path}` until it answers 2xx, then hands the server over.
+    ///
+    /// # Errors
+    /// When the process exits or `within` passes first (the process is then killed).
+    pub async fn ready(mut self, path: &str, log: &Path, within: Duration) -> Result<Self> {
+        let url = format!("{}{path}", self.base_url);
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(self);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                let text = tokio::fs::read_to_string(log).await.unwrap_or_default();
+                bail!(
+                    "{} exited ({status}) before it was ready; its log:\n{text}",
+                    self.name
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} was not ready at {url} within {within:?} (log: {})",
+                    self.name,
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
-use reqwest::Url;
+use http::Uri;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio_prompt_orchestrator::shard::shard_for;
@@ -63,7 +63,7 @@ pub struct LlamaCppWorker {
     /// Slots sessions are spread over: configured, then as `/slots` reports.
     slots: AtomicUsize,
     /// `{base_url}/completion`, parsed once.
-    completion_url: Url,
+    completion_url: Uri,
 }
 
 impl LlamaCppWorker {

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::stream::{self, Stream, StreamExt};
+use http_body_util::BodyDataStream;
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{FinishReason, Passthrough, TokenStream, Usage, WorkerChunk, WorkerError};
 
+use crate::http::Response;
 use crate::timeouts::{Timeouts, earliest};
 
 /// What one event said.
@@ -62,15 +64,14 @@ struct Reader<D> {
 /// The token stream of an SSE `response`. A stream that ends before the dialect has seen its
 /// end (or a finish reason) is an error, never a quiet truncation.
 pub fn relay<D: Dialect>(
-    response: reqwest::Response,
+    response: Response,
     dialect: D,
     backend: Arc<str>,
     timeouts: Timeouts,
     deadline: Option<Instant>,
 ) -> TokenStream {
     let events: Events = Box::pin(
-        response
-            .bytes_stream()
+        BodyDataStream::new(response.into_body())
             .eventsource()
             .map(|r| r.map_err(|e| e.to_string())),
     );
@@ -215,6 +216,7 @@ mod tests {
 
     use bytes::Bytes;
     use futures_util::stream::{self, StreamExt};
+    use http_body_util::Either;
 
     use super::*;
     use crate::openai::stream::OpenAiDialect;
@@ -243,7 +245,7 @@ mod tests {
             between_tokens: Some(Duration::from_secs(5)),
             total: None,
         };
-        let response = reqwest::Response::from(http::Response::new(body));
+        let response = http::Response::new(Either::Right(body));
         let deadline = Instant::now() + Duration::from_secs(10);
         relay(
             response,
@@ -299,7 +301,7 @@ mod tests {
             between_tokens: Some(Duration::from_secs(5)),
             total: Some(Duration::from_secs(10)),
         };
-        let response = reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(body)));
+        let response = http::Response::new(Either::Right(reqwest::Body::wrap_stream(body)));
         let deadline = Instant::now() + Duration::from_secs(10);
         let chunks: Vec<_> = relay(
             response,

@@ -28,7 +28,10 @@ type Body = UnsyncBoxBody<Bytes, reqwest::Error>;
 /// # Errors
 /// When the upstream URL does not parse or accepting fails.
 pub async fn serve(listener: TcpListener, upstream: &str) -> Result<()> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let upstream: Arc<reqwest::Url> = Arc::new(upstream.parse()?);
     loop {
         let (stream, _) = listener.accept().await?;

@@ -14,7 +14,7 @@ pub mod vllm;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use reqwest::Url;
+use http::Uri;
 use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, TokenStream,
     WorkerChunk, WorkerError,
@@ -43,8 +43,8 @@ pub struct OpenAiWorker {
     model: Option<String>,
     flavor: Flavor,
     /// `{base_url}/chat/completions` and `{base_url}/completions`, parsed once.
-    chat_url: Url,
-    completions_url: Url,
+    chat_url: Uri,
+    completions_url: Uri,
 }
 
 impl OpenAiWorker {

@@ -20,7 +20,7 @@ pub enum Mode {
 pub enum Peer {
     /// LiteLLM proxy (install with scripts/setup-litellm.sh).
     Litellm,
-    /// A bare forwarding proxy (hyper server, reqwest client, no JSON): the floor of the HTTP
+    /// A bare forwarding proxy (hyper server, hyper client, no JSON): the floor of the HTTP
     /// work alone (`orchestrator-forwarder`, built with this harness).
     Forwarder,
 }

@@ -76,7 +76,7 @@ pub struct HttpBackend {
 /// How requests reach the upstream.
 enum Client {
     /// Straight to the server, on hyper's pooled client (HTTP/2 when TLS offers it). reqwest's
-    /// layers over the same client cost about 5 µs of CPU per request (BENCHMARKS.md, "fifth
+    /// layers over the same client cost about 4 µs of CPU per request (BENCHMARKS.md, "fifth
     /// round").
     Direct {
         client: Box<hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,

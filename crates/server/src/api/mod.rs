@@ -14,6 +14,7 @@ pub mod body;
 pub mod dlq;
 pub mod error;
 pub mod generate;
+pub mod graft;
 pub mod middleware;
 pub mod ops;
 pub mod outcome;

@@ -1,12 +1,12 @@
 //! The OpenAI response bodies: whole completions, stream chunks, and the model list.
 //!
 //! Bodies are typed structs; what an upstream answered besides text (tool calls, logprobs,
-//! `system_fingerprint`: a [`Passthrough`]) is grafted into the JSON only when there is some, so
-//! the common case pays nothing for it.
+//! `system_fingerprint`: a [`Passthrough`]) is merged in as they are written ([`Grafted`]).
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 use tokio_prompt_orchestrator::{Extra, FinishReason, Passthrough, Usage};
+
+use super::graft::Grafted;
 
 /// Which endpoint a response belongs to; decides the object names and the choice shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,35 +59,6 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-/// Adds `extra`'s fields to `target`, never replacing a field the gateway set (a `null`, such
-/// as an absent `logprobs`, may be filled).
-fn graft(target: Option<&mut Value>, extra: &Extra) {
-    let Some(Value::Object(target)) = target else {
-        return;
-    };
-    for (key, value) in extra {
-        match target.get(key) {
-            None | Some(Value::Null) => {
-                target.insert(key.clone(), value.clone());
-            }
-            Some(_) => {}
-        }
-    }
-}
-
-/// `body` (one response or chunk, first choice at `choices[0]`, its message under `message_key`)
-/// with `extra` grafted in.
-fn with_passthrough<B: Serialize>(body: &B, message_key: &str, extra: &Passthrough) -> String {
-    let mut json = serde_json::to_value(body).unwrap_or_else(|_| Value::Object(Map::new()));
-    let choice = json.get_mut("choices").and_then(|c| c.get_mut(0));
-    if let Some(choice) = choice {
-        graft(choice.get_mut(message_key), &extra.message);
-        graft(Some(choice), &extra.choice);
-    }
-    graft(Some(&mut json), &extra.response);
-    json.to_string()
-}
-
 #[derive(Serialize)]
 struct Body<'a, C: Serialize> {
     id: &'a str,
@@ -102,7 +73,7 @@ struct Body<'a, C: Serialize> {
 #[derive(Serialize)]
 struct ChatChoice<'a> {
     index: u32,
-    message: Message<'a>,
+    message: Grafted<'a, Message<'a>>,
     logprobs: Option<()>,
     finish_reason: &'static str,
 }
@@ -116,7 +87,7 @@ struct Message<'a> {
 #[derive(Serialize)]
 struct ChunkChoice<'a> {
     index: u32,
-    delta: Delta<'a>,
+    delta: Grafted<'a, Delta<'a>>,
     logprobs: Option<()>,
     finish_reason: Option<&'static str>,
 }
@@ -137,40 +108,37 @@ struct TextChoice<'a> {
     finish_reason: Option<&'static str>,
 }
 
-impl Header {
-    fn body<C: Serialize>(&self, object: &'static str, choices: C, usage: Option<Usage>) -> String {
-        self.body_with(object, choices, usage, None)
-    }
+/// The parts of `extra` for the response, its choice and its message.
+fn parts(extra: Option<&Passthrough>) -> (Option<&Extra>, Option<&Extra>, Option<&Extra>) {
+    (
+        extra.map(|e| &e.response),
+        extra.map(|e| &e.choice),
+        extra.map(|e| &e.message),
+    )
+}
 
-    /// A body, with `extra` from the upstream grafted in when there is some; the message is under
-    /// `message` in whole chat answers and `delta` in chunks.
-    fn body_with<C: Serialize>(
+impl Header {
+    /// A body with `choices`, and the upstream's top-level fields `extra`.
+    fn body<C: Serialize>(
         &self,
         object: &'static str,
         choices: C,
         usage: Option<Usage>,
-        extra: Option<&Passthrough>,
+        extra: Option<&Extra>,
     ) -> String {
-        let body = Body {
-            id: &self.id,
-            object,
-            created: self.created,
-            model: &self.model,
-            choices,
-            usage,
+        let body = Grafted {
+            own: Body {
+                id: &self.id,
+                object,
+                created: self.created,
+                model: &self.model,
+                choices,
+                usage,
+            },
+            extra,
         };
-        match extra {
-            Some(extra) => {
-                let message_key = if object == "chat.completion" {
-                    "message"
-                } else {
-                    "delta"
-                };
-                with_passthrough(&body, message_key, extra)
-            }
-            // Plain structs of strings and numbers always serialise.
-            None => serde_json::to_string(&body).unwrap_or_default(),
-        }
+        // Strings, numbers and JSON values always serialise.
+        serde_json::to_string(&body).unwrap_or_default()
     }
 
     /// The whole, non-streamed response, with what the upstream sent besides text.
@@ -185,31 +153,41 @@ impl Header {
         // A chat answer that only called tools has `content: null`, as OpenAI sends it.
         let content = (!text.is_empty() || !extra.is_some_and(|e| e.message.contains_key("tool_calls")))
             .then_some(text);
+        let (response, choice, message) = parts(extra);
         match self.endpoint {
-            Endpoint::Chat => self.body_with(
+            Endpoint::Chat => self.body(
                 "chat.completion",
-                [ChatChoice {
-                    index: 0,
-                    message: Message {
-                        role: "assistant",
-                        content,
+                [Grafted {
+                    own: ChatChoice {
+                        index: 0,
+                        message: Grafted {
+                            own: Message {
+                                role: "assistant",
+                                content,
+                            },
+                            extra: message,
+                        },
+                        logprobs: None,
+                        finish_reason: reason,
                     },
-                    logprobs: None,
-                    finish_reason: reason,
+                    extra: choice,
                 }],
                 Some(usage),
-                extra,
+                response,
             ),
-            Endpoint::Completion => self.body_with(
+            Endpoint::Completion => self.body(
                 "text_completion",
-                [TextChoice {
-                    index: 0,
-                    text,
-                    logprobs: None,
-                    finish_reason: Some(reason),
+                [Grafted {
+                    own: TextChoice {
+                        index: 0,
+                        text,
+                        logprobs: None,
+                        finish_reason: Some(reason),
+                    },
+                    extra: choice,
                 }],
                 Some(usage),
-                extra,
+                response,
             ),
         }
     }
@@ -251,7 +229,7 @@ impl Header {
             Endpoint::Chat => "chat.completion.chunk",
             Endpoint::Completion => "text_completion",
         };
-        self.body(object, [(); 0], Some(usage))
+        self.body(object, [(); 0], Some(usage), None)
     }
 
     fn chat_chunk(
@@ -261,16 +239,23 @@ impl Header {
         reason: Option<&'static str>,
         extra: Option<&Passthrough>,
     ) -> String {
-        self.body_with(
+        let (response, choice, message) = parts(extra);
+        self.body(
             "chat.completion.chunk",
-            [ChunkChoice {
-                index: 0,
-                delta: Delta { role, content },
-                logprobs: None,
-                finish_reason: reason,
+            [Grafted {
+                own: ChunkChoice {
+                    index: 0,
+                    delta: Grafted {
+                        own: Delta { role, content },
+                        extra: message,
+                    },
+                    logprobs: None,
+                    finish_reason: reason,
+                },
+                extra: choice,
             }],
             None,
-            extra,
+            response,
         )
     }
 
@@ -280,16 +265,20 @@ impl Header {
         reason: Option<&'static str>,
         extra: Option<&Passthrough>,
     ) -> String {
-        self.body_with(
+        let (response, choice, _) = parts(extra);
+        self.body(
             "text_completion",
-            [TextChoice {
-                index: 0,
-                text,
-                logprobs: None,
-                finish_reason: reason,
+            [Grafted {
+                own: TextChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason: reason,
+                },
+                extra: choice,
             }],
             None,
-            extra,
+            response,
         )
     }
 }
@@ -311,6 +300,8 @@ pub struct ModelObject<'a> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn header(endpoint: Endpoint) -> Header {

@@ -83,9 +83,10 @@ impl<'a, S: Serializer> Serializer for Merging<'a, S> {
     type SerializeStruct = MergingStruct<'a, S::SerializeMap>;
     type SerializeStructVariant = Impossible<S::Ok, S::Error>;
 
-    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Self::SerializeStruct, S::Error> {
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, S::Error> {
         Ok(MergingStruct {
-            map: self.serializer.serialize_map(Some(len + self.extra.len()))?,
+            // How many fields is not known until both sides are written.
+            map: self.serializer.serialize_map(None)?,
             extra: self.extra,
             shadowed: Vec::new(),
         })

@@ -23,6 +23,7 @@ pub mod admission;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod extra;
 pub mod metrics;
 mod pipeline;
 pub mod request;

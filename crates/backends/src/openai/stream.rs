@@ -3,11 +3,13 @@
 //!
 //! Fields we do not act on (tool calls, logprobs, `system_fingerprint`, ...) are collected as a
 //! [`Passthrough`] for the caller; the names the gateway sets itself (`id`, `model`, ...) and
-//! empty values are left out, so a plain text chunk carries none.
+//! empty values ([`extra::empty`]) are left out, so a plain text chunk carries none.
 
 use futures_util::stream::{self, StreamExt};
-use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use tokio_prompt_orchestrator::extra::{self, Fields};
 use tokio_prompt_orchestrator::{
     Extra, FinishReason, Passthrough, TokenStream, Usage, WorkerChunk, WorkerError,
 };
@@ -29,45 +31,116 @@ impl From<WireUsage> for Usage {
 }
 
 /// One streamed chunk, or a whole answer: both have `choices` and maybe `usage`.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Body {
-    #[serde(default)]
     choices: Vec<Choice>,
     usage: Option<WireUsage>,
     error: Option<WireError>,
-    /// Named so that they stay out of `extra`: the gateway sets its own.
-    #[serde(default, rename = "id")]
-    _id: Value,
-    #[serde(default, rename = "object")]
-    _object: Value,
-    #[serde(default, rename = "created")]
-    _created: Value,
-    #[serde(default, rename = "model")]
-    _model: Value,
-    #[serde(flatten)]
     extra: Extra,
 }
 
-#[derive(Deserialize)]
+impl Fields for Body {
+    const EXPECTING: &'static str = "an OpenAI answer or stream chunk (an object)";
+
+    fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
+        match name {
+            "choices" => self.choices = map.next_value::<Option<_>>()?.unwrap_or_default(),
+            "usage" => self.usage = map.next_value()?,
+            "error" => self.error = map.next_value()?,
+            // Kept out of `extra`: the gateway sets its own.
+            "id" | "object" | "created" | "model" => {
+                map.next_value::<IgnoredAny>()?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
+
+    fn keeps(value: &Value) -> bool {
+        !extra::empty(value)
+    }
+}
+
+#[derive(Default)]
 struct Choice {
     delta: Option<Message>,
     message: Option<Message>,
     text: Option<String>,
     finish_reason: Option<String>,
-    #[serde(default, rename = "index")]
-    _index: Value,
-    #[serde(flatten)]
     extra: Extra,
 }
 
-#[derive(Deserialize)]
+impl Fields for Choice {
+    const EXPECTING: &'static str = "a choice (an object)";
+
+    fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
+        match name {
+            "delta" => self.delta = map.next_value()?,
+            "message" => self.message = map.next_value()?,
+            "text" => self.text = map.next_value()?,
+            "finish_reason" => self.finish_reason = map.next_value()?,
+            "index" => {
+                map.next_value::<IgnoredAny>()?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
+
+    fn keeps(value: &Value) -> bool {
+        !extra::empty(value)
+    }
+}
+
+#[derive(Default)]
 struct Message {
     content: Option<String>,
-    #[serde(default, rename = "role")]
-    _role: Value,
-    #[serde(flatten)]
     extra: Extra,
 }
+
+impl Fields for Message {
+    const EXPECTING: &'static str = "a message (an object)";
+
+    fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
+        match name {
+            "content" => self.content = map.next_value()?,
+            "role" => {
+                map.next_value::<IgnoredAny>()?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
+
+    fn keeps(value: &Value) -> bool {
+        !extra::empty(value)
+    }
+}
+
+/// `Deserialize` through [`extra::read`] for each of these.
+macro_rules! read_fields {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                extra::read(deserializer)
+            }
+        }
+    )*};
+}
+
+read_fields!(Body, Choice, Message);
 
 #[derive(Deserialize)]
 struct WireError {
@@ -91,15 +164,15 @@ impl Body {
             ..Parsed::default()
         };
         let mut extra = Passthrough {
-            response: meaningful(self.extra),
+            response: self.extra,
             ..Passthrough::default()
         };
         if let Some(choice) = self.choices.into_iter().next() {
             parsed.finish = choice.finish_reason.as_deref().map(finish_reason);
-            extra.choice = meaningful(choice.extra);
+            extra.choice = choice.extra;
             let message = choice.delta.or(choice.message);
             let content = message.map(|m| {
-                extra.message = meaningful(m.extra);
+                extra.message = m.extra;
                 m.content
             });
             parsed.token = content.flatten().or(choice.text).filter(|t| !t.is_empty());
@@ -107,13 +180,6 @@ impl Body {
         parsed.extra = (!extra.is_empty()).then(|| Box::new(extra));
         parsed
     }
-}
-
-/// `fields` without nulls and empty lists, which say nothing (`"logprobs": null`,
-/// `"tool_calls": []`).
-fn meaningful(mut fields: Extra) -> Extra {
-    fields.retain(|_, v| !(v.is_null() || v.as_array().is_some_and(Vec::is_empty)));
-    fields
 }
 
 /// Whether `list` holds the same fields as `map`, in its order.
@@ -181,4 +247,61 @@ pub fn answer_stream(backend: &str, body: &[u8]) -> Result<TokenStream, WorkerEr
         usage: parsed.usage,
     }));
     Ok(stream::iter(chunks).boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(data: &str) -> Result<Parsed, String> {
+        OpenAiDialect::default().parse(data)
+    }
+
+    #[test]
+    fn fields_we_do_not_act_on_are_kept_at_their_level() {
+        let chunk = json!({
+            "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "system_fingerprint": "fp",
+            "choices": [{
+                "index": 0,
+                "delta": {"role": "assistant", "content": "hi", "refusal": "no"},
+                "logprobs": {"content": [{"token": "hi"}]},
+                "finish_reason": "length"
+            }]
+        });
+        let parsed = parse(&chunk.to_string()).unwrap();
+        assert_eq!(parsed.token.as_deref(), Some("hi"));
+        assert_eq!(parsed.finish, Some(FinishReason::Length));
+        let extra = parsed.extra.unwrap();
+        assert_eq!(Value::Object(extra.response), json!({"system_fingerprint": "fp"}));
+        assert_eq!(
+            Value::Object(extra.choice),
+            json!({"logprobs": {"content": [{"token": "hi"}]}})
+        );
+        assert_eq!(Value::Object(extra.message), json!({"refusal": "no"}));
+    }
+
+    #[test]
+    fn escaped_names_null_choices_and_usage_are_read_and_empty_values_dropped() {
+        let parsed =
+            parse(r#"{"choices":[{"text":"a","we\u0069rd":1,"logprobs":null}],"tool_calls":[]}"#).unwrap();
+        assert_eq!(parsed.token.as_deref(), Some("a"));
+        let extra = parsed.extra.unwrap();
+        assert_eq!(Value::Object(extra.choice), json!({"weird": 1}));
+        assert!(extra.response.is_empty(), "{:?}", extra.response);
+
+        let parsed = parse(r#"{"choices":null,"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
+        assert_eq!(parsed.usage, Some(Usage::new(3, 2)));
+        assert!(parsed.token.is_none() && parsed.extra.is_none());
+    }
+
+    #[test]
+    fn what_is_not_an_answer_is_an_error_that_says_what_was_expected() {
+        let error = parse("[1, 2]").unwrap_err();
+        assert!(error.contains("an OpenAI answer or stream chunk"), "{error}");
+        let error = parse(r#"{"choices":[{"message":"hi"}]}"#).unwrap_err();
+        assert!(error.contains("a message (an object)"), "{error}");
+    }
 }

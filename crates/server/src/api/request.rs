@@ -7,7 +7,8 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use tokio_prompt_orchestrator::extra::{self, Fields};
 use tokio_prompt_orchestrator::{
     ChatMessage, Extra, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
 };
@@ -19,7 +20,7 @@ const MAX_STOP_SEQUENCES: usize = 16;
 
 /// The body of `POST /v1/chat/completions` (which needs `messages`) and `POST /v1/completions`
 /// (which needs `prompt`): one struct, because every other field is shared.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 pub struct GenerationRequest {
     model: Option<String>,
     messages: Option<Vec<WireMessage>>,
@@ -35,8 +36,35 @@ pub struct GenerationRequest {
     seed: Option<i64>,
     n: Option<u32>,
     /// Everything else (`tools`, `response_format`, `logit_bias`, ...), for the backend.
-    #[serde(flatten)]
     extra: Extra,
+}
+
+impl Fields for GenerationRequest {
+    const EXPECTING: &'static str = "a request object";
+
+    fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
+        match name {
+            "model" => self.model = map.next_value()?,
+            "messages" => self.messages = map.next_value()?,
+            "prompt" => self.prompt = map.next_value()?,
+            "temperature" => self.temperature = map.next_value()?,
+            "top_p" => self.top_p = map.next_value()?,
+            "max_tokens" => self.max_tokens = map.next_value()?,
+            "max_completion_tokens" => self.max_completion_tokens = map.next_value()?,
+            "stop" => self.stop = map.next_value()?,
+            "stream" => self.stream = map.next_value()?,
+            "stream_options" => self.stream_options = map.next_value()?,
+            "user" => self.user = map.next_value()?,
+            "seed" => self.seed = map.next_value()?,
+            "n" => self.n = map.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,14 +73,43 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 struct WireMessage {
-    role: WireRole,
-    #[serde(default)]
+    role: Option<WireRole>,
     content: Option<Content>,
     /// `tool_calls`, `tool_call_id`, `name`, ...: passed to the backend.
-    #[serde(flatten)]
     extra: Extra,
+}
+
+impl Fields for WireMessage {
+    const EXPECTING: &'static str = "a message object";
+
+    fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
+        match name {
+            "role" => self.role = map.next_value()?,
+            "content" => self.content = map.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
+}
+
+// Read field by field, not with `#[serde(flatten)]`, which copies the whole body first (see
+// `extra`).
+impl<'de> Deserialize<'de> for GenerationRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        extra::read(deserializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireMessage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        extra::read(deserializer)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -248,7 +305,12 @@ fn check_model(model: Option<&str>) -> Result<(), ApiError> {
 
 impl WireMessage {
     fn into_chat_message(self, index: usize) -> Result<ChatMessage, ApiError> {
-        let role = Role::from(self.role);
+        let Some(role) = self.role.map(Role::from) else {
+            return Err(ApiError::invalid(
+                format!("messages[{index}].role"),
+                "is required: one of system, developer, user, assistant, tool",
+            ));
+        };
         let content = match self.content {
             Some(Content::Text(text)) => text,
             Some(Content::Parts(parts)) => join_parts(parts, index)?,

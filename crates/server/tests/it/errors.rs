@@ -21,7 +21,7 @@ async fn post_raw(server: &TestServer, body: Vec<u8>) -> reqwest::Response {
 #[tokio::test]
 async fn bad_input_is_400_naming_the_field() {
     let server = TestServer::default().await;
-    let cases: [(&[u8], Value); 8] = [
+    let cases: [(&[u8], Value); 10] = [
         (
             b"{\"model\": \"echo\", \"messages\": [",
             json!({"message": "The request body is not valid JSON: EOF while parsing a list at line 1 column 31.",
@@ -46,6 +46,16 @@ async fn bad_input_is_400_naming_the_field() {
             b"{\"model\": \"echo\", \"messages\": [{\"role\": \"wizard\", \"content\": \"x\"}]}",
             json!({"message": "messages[0].role: unknown variant `wizard`, expected one of `system`, `developer`, `user`, `assistant`, `tool` at line 1 column 48",
                    "type": "invalid_request_error", "param": "messages[0].role", "code": "invalid_value"}),
+        ),
+        (
+            b"{\"model\": \"echo\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"content\": \"y\"}]}",
+            json!({"message": "messages[1].role: is required: one of system, developer, user, assistant, tool",
+                   "type": "invalid_request_error", "param": "messages[1].role", "code": "invalid_value"}),
+        ),
+        (
+            b"{\"model\": \"echo\", \"messages\": [\"hi\"]}",
+            json!({"message": "messages[0]: invalid type: string \"hi\", expected a message object at line 1 column 35",
+                   "type": "invalid_request_error", "param": "messages[0]", "code": "invalid_value"}),
         ),
         (
             b"{\"model\": \"\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}",

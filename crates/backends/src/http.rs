@@ -258,6 +258,16 @@ impl HttpBackend {
         self.timeouts.total.map(|t| Instant::now() + t)
     }
 
+    /// `body` as JSON, for [`post`](Self::post).
+    ///
+    /// # Errors
+    /// When it cannot be written as JSON (a map with non-string keys; not retryable).
+    pub fn encode(&self, body: &impl serde::Serialize) -> Result<Bytes, WorkerError> {
+        serde_json::to_vec(body)
+            .map(Bytes::from)
+            .map_err(|e| self.error(&format!("cannot write the request: {e}"), false))
+    }
+
     /// Posts `body` to `url` (from [`url`](Self::url)) and waits for a successful response head
     /// within `deadline` and, for a stream, the first-token limit. A whole (non-streamed)
     /// answer's head only comes when the generation has ended, so only the deadline bounds it.
@@ -268,15 +278,11 @@ impl HttpBackend {
     pub async fn post(
         &self,
         url: &Uri,
-        body: serde_json::Value,
+        body: Bytes,
         deadline: Option<Instant>,
         streamed: bool,
     ) -> Result<Response, WorkerError> {
-        let json = serde_json::to_vec(&body)
-            .map_err(|e| self.error(&format!("cannot write the request: {e}"), false))?;
-        // Serialised now: the tree goes before the wait for the upstream, not after it.
-        drop(body);
-        let mut post = request(Method::POST, url, Bytes::from(json));
+        let mut post = request(Method::POST, url, body);
         post.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let sent = self.client.send(post);
@@ -470,7 +476,7 @@ mod tests {
 
     async fn post(backend: &HttpBackend) -> Result<Bytes, WorkerError> {
         let url = backend.url("/x").unwrap();
-        let body = serde_json::json!({"a": 1});
+        let body = backend.encode(&serde_json::json!({"a": 1}))?;
         let answer = backend.post(&url, body, None, false).await?;
         backend.read_all(answer, None).await
     }

@@ -175,7 +175,9 @@ impl Dialect for LlamaDialect {
 #[async_trait]
 impl ModelWorker for LlamaCppWorker {
     async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
-        let body = serde_json::json!({"prompt": prompt, "n_predict": -1, "cache_prompt": true});
+        let body = self
+            .http
+            .encode(&serde_json::json!({"prompt": prompt, "n_predict": -1, "cache_prompt": true}))?;
         let deadline = self.http.deadline();
         let response = self
             .http
@@ -193,7 +195,7 @@ impl ModelWorker for LlamaCppWorker {
         let deadline = self.http.deadline();
         let slot = shard_for(&call.request.session, self.slots.load(Ordering::Relaxed));
         let streamed = call.request.stream;
-        let body = request_body(&call, slot, streamed);
+        let body = self.http.encode(&request_body(&call, slot, streamed))?;
         // The call is not needed past here; its request goes before the wait for the upstream.
         drop(call);
         let response = self

@@ -1,8 +1,9 @@
 //! The upstream request body: the caller's request in OpenAI form, with every field we do not act
 //! on passed through unchanged.
 
-use serde_json::{Map, Value, json};
-use tokio_prompt_orchestrator::{ChatMessage, InferenceCall, PromptInput};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use tokio_prompt_orchestrator::{ChatMessage, Extra, InferenceCall, PromptInput};
 
 /// Which OpenAI endpoint a call goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,66 +28,161 @@ impl Endpoint {
     }
 }
 
-/// The JSON body for `call`, asking for `model`, streamed or not.
-pub fn request_body(call: &InferenceCall, model: &str, stream: bool) -> Value {
+/// The JSON body for `call`, asking for `model`, streamed or not, with vLLM's `priority` where
+/// given.
+pub fn request_body<'a>(
+    call: &'a InferenceCall,
+    model: &'a str,
+    stream: bool,
+    priority: Option<i64>,
+) -> RequestBody<'a> {
     let request = &call.request;
-    // Pass-through fields first, so the fields we set below always win.
-    let mut body: Map<String, Value> = request.extra.clone();
-    body.insert("model".into(), model.into());
-    match (&request.input, call.chat_messages()) {
-        // The messages as the Assemble stage built them (templates, retrieved context).
-        (PromptInput::Chat(_), Some(messages)) => {
-            body.insert("messages".into(), messages.iter().map(message).collect());
-        }
-        // The rendered prompt: the text itself, with any retrieved context in front.
-        _ => {
-            body.insert("prompt".into(), Value::from(&*call.prompt));
-        }
-    }
     let params = &request.params;
-    if let Some(t) = params.temperature {
-        body.insert("temperature".into(), t.into());
+    let messages = match (&request.input, call.chat_messages()) {
+        // The messages as the Assemble stage built them (templates, retrieved context).
+        (PromptInput::Chat(_), Some(messages)) => Some(messages),
+        // The rendered prompt: the text itself, with any retrieved context in front.
+        _ => None,
+    };
+    RequestBody {
+        model,
+        prompt: messages.is_none().then_some(&*call.prompt),
+        messages,
+        temperature: params.temperature,
+        top_p: params.top_p,
+        max_tokens: params.max_tokens,
+        stop: &params.stop,
+        seed: params.seed,
+        stream,
+        priority,
+        extra: &request.extra,
     }
-    if let Some(p) = params.top_p {
-        body.insert("top_p".into(), p.into());
-    }
-    // `max_tokens` is the name every OpenAI-compatible server understands.
-    if let Some(m) = params.max_tokens {
-        body.insert("max_tokens".into(), m.into());
-    }
-    if !params.stop.is_empty() {
-        body.insert("stop".into(), params.stop.clone().into());
-    }
-    if let Some(seed) = params.seed {
-        body.insert("seed".into(), seed.into());
-    }
-    body.insert("stream".into(), stream.into());
-    if stream {
-        // Usage arrives in a last chunk; without it the pipeline counts tokens itself.
-        body.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Value::Object(body)
 }
 
-fn message(m: &ChatMessage) -> Value {
-    let mut out: Map<String, Value> = m.extra.clone();
-    out.insert("role".into(), m.role.as_str().into());
-    // An assistant turn that only called tools has null content upstream, as the client sent it.
-    let content = if m.content.is_empty() && out.contains_key("tool_calls") {
-        Value::Null
-    } else {
-        Value::from(m.content.as_str())
-    };
-    out.insert("content".into(), content);
-    Value::Object(out)
+/// An upstream request body, borrowed from the call and written straight out: building it as a
+/// `serde_json::Value` first copied every message and cost about a twentieth of the gateway's
+/// instructions per request.
+pub struct RequestBody<'a> {
+    model: &'a str,
+    messages: Option<&'a [ChatMessage]>,
+    prompt: Option<&'a str>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_tokens: Option<u32>,
+    stop: &'a [String],
+    seed: Option<i64>,
+    stream: bool,
+    priority: Option<i64>,
+    /// The caller's fields we do not act on, passed through unless we set the same name.
+    extra: &'a Extra,
+}
+
+impl RequestBody<'_> {
+    /// Whether the body sets `field` itself (a pass-through field of that name is left out).
+    fn sets(&self, field: &str) -> bool {
+        match field {
+            "model" | "stream" => true,
+            "messages" => self.messages.is_some(),
+            "prompt" => self.prompt.is_some(),
+            "temperature" => self.temperature.is_some(),
+            "top_p" => self.top_p.is_some(),
+            "max_tokens" => self.max_tokens.is_some(),
+            "stop" => !self.stop.is_empty(),
+            "seed" => self.seed.is_some(),
+            "stream_options" => self.stream,
+            "priority" => self.priority.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for RequestBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("model", self.model)?;
+        if let Some(messages) = self.messages {
+            map.serialize_entry("messages", &Messages(messages))?;
+        }
+        if let Some(prompt) = self.prompt {
+            map.serialize_entry("prompt", prompt)?;
+        }
+        if let Some(t) = self.temperature {
+            map.serialize_entry("temperature", &t)?;
+        }
+        if let Some(p) = self.top_p {
+            map.serialize_entry("top_p", &p)?;
+        }
+        // `max_tokens` is the name every OpenAI-compatible server understands.
+        if let Some(m) = self.max_tokens {
+            map.serialize_entry("max_tokens", &m)?;
+        }
+        if !self.stop.is_empty() {
+            map.serialize_entry("stop", self.stop)?;
+        }
+        if let Some(seed) = self.seed {
+            map.serialize_entry("seed", &seed)?;
+        }
+        map.serialize_entry("stream", &self.stream)?;
+        if self.stream {
+            // Usage arrives in a last chunk; without it the pipeline counts tokens itself.
+            map.serialize_entry("stream_options", &IncludeUsage { include_usage: true })?;
+        }
+        if let Some(priority) = self.priority {
+            map.serialize_entry("priority", &priority)?;
+        }
+        for (name, value) in self.extra {
+            if !self.sets(name) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct IncludeUsage {
+    include_usage: bool,
+}
+
+struct Messages<'a>(&'a [ChatMessage]);
+
+impl Serialize for Messages<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(Message))
+    }
+}
+
+struct Message<'a>(&'a ChatMessage);
+
+impl Serialize for Message<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let m = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("role", m.role.as_str())?;
+        // An assistant turn that only called tools has null content upstream, as the client sent it.
+        let content = (!m.content.is_empty() || !m.extra.contains_key("tool_calls")).then_some(&*m.content);
+        map.serialize_entry("content", &content)?;
+        for (name, value) in &m.extra {
+            if name != "role" && name != "content" {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
 }
 
 #[cfg(test)]
 mod tests {
 
+    use serde_json::{Value, json};
     use tokio_prompt_orchestrator::{InferenceRequest, RequestId, Role, SamplingParams, SessionId};
 
     use super::*;
+
+    /// The body as the upstream reads it.
+    fn written(body: RequestBody<'_>) -> Value {
+        serde_json::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap()
+    }
 
     fn call(request: InferenceRequest) -> InferenceCall {
         InferenceCall::new(RequestId(1), request, "rendered")
@@ -110,7 +206,8 @@ mod tests {
             .insert("tools".into(), json!([{"type": "function"}]));
         // A pass-through field can never override what the pipeline decides.
         request.extra.insert("stream".into(), json!(false));
-        let body = request_body(&call(request), "up-model", true);
+        let call = call(request);
+        let body = written(request_body(&call, "up-model", true, None));
         assert_eq!(
             body,
             json!({
@@ -127,7 +224,26 @@ mod tests {
     #[test]
     fn text_requests_send_the_rendered_prompt() {
         let request = InferenceRequest::text(SessionId::new("s"), "Once");
-        let body = request_body(&call(request), "m", false);
+        let call = call(request);
+        let body = written(request_body(&call, "m", false, None));
         assert_eq!(body, json!({"model": "m", "prompt": "rendered", "stream": false}));
+    }
+
+    #[test]
+    fn the_priority_is_set_for_vllm_and_a_callers_passes_through_otherwise() {
+        let mut request = InferenceRequest::text(SessionId::new("s"), "Once").with_params(SamplingParams {
+            temperature: Some(0.7),
+            ..SamplingParams::default()
+        });
+        request.extra.insert("priority".into(), json!(5));
+        let call = call(request);
+        let body = written(request_body(&call, "m", false, Some(-1)));
+        // The temperature as the client wrote it, not widened to 0.699999988079071.
+        assert_eq!(
+            body,
+            json!({"model": "m", "prompt": "rendered", "temperature": 0.7, "stream": false, "priority": -1})
+        );
+        let body = written(request_body(&call, "m", false, None));
+        assert_eq!(body["priority"], 5);
     }
 }

@@ -20,7 +20,7 @@ use tokio_prompt_orchestrator::{
     WorkerChunk, WorkerError,
 };
 
-pub use self::body::{Endpoint, request_body};
+pub use self::body::{Endpoint, RequestBody, request_body};
 pub use self::config::OpenAiConfig;
 pub use crate::http::BuildError;
 use crate::http::HttpBackend;
@@ -104,13 +104,13 @@ impl ModelWorker for OpenAiWorker {
         let deadline = self.http.deadline();
         let model = self.model.as_deref().unwrap_or(&call.request.model);
         let streamed = call.request.stream;
-        let mut body = request_body(&call, model, streamed);
-        if self.flavor == Flavor::Vllm
-            && let (Some(priority), Some(fields)) =
-                (vllm::priority(call.request.priority), body.as_object_mut())
-        {
-            fields.insert("priority".into(), priority.into());
-        }
+        let priority = match self.flavor {
+            Flavor::Vllm => vllm::priority(call.request.priority),
+            Flavor::OpenAi => None,
+        };
+        let body = self
+            .http
+            .encode(&request_body(&call, model, streamed, priority))?;
         let url = match Endpoint::of(&call) {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Completions => &self.completions_url,

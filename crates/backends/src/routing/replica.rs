@@ -2,11 +2,11 @@
 //! and the outcome of every call.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
-use metrics::counter;
+use metrics::{Counter, counter};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -19,6 +19,26 @@ use super::breaker::{Breaker, BreakerConfig, BreakerState};
 use super::health::HealthState;
 
 pub const BACKEND_CALLS: &str = "orchestrator_backend_calls_total";
+
+/// How a call ended: the `outcome` label of [`BACKEND_CALLS`].
+#[derive(Clone, Copy)]
+enum Outcome {
+    Success,
+    Failure,
+    Cut,
+    Skipped,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Cut => "cut",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
 
 /// Routing settings of one backend: `weight`, `max_in_flight`, `breaker`.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
@@ -51,6 +71,11 @@ pub struct Replica {
     /// Set from an upstream's `Retry-After`: no calls before then.
     resting_until: Mutex<Option<Instant>>,
     health: HealthState,
+    /// This replica's [`BACKEND_CALLS`] counters, by [`Outcome`], each registered on its first
+    /// use: not in `new`, because the exporter is installed after the router is built and a
+    /// handle taken before counts nowhere; not on every call, because a lookup builds the label
+    /// set and hashes it (about a thousand instructions per request).
+    calls: [OnceLock<Counter>; 4],
 }
 
 /// Why a replica was passed over.
@@ -89,6 +114,7 @@ impl Replica {
             outstanding: AtomicUsize::new(0),
             resting_until: Mutex::new(None),
             health: HealthState::default(),
+            calls: Default::default(),
         }
     }
 
@@ -148,12 +174,16 @@ impl Replica {
         Admission { _permit: permit }
     }
 
-    fn count(&self, outcome: &'static str) {
-        counter!(BACKEND_CALLS, "backend" => self.name.to_string(), "outcome" => outcome).increment(1);
+    fn count(&self, outcome: Outcome) {
+        self.calls[outcome as usize]
+            .get_or_init(
+                || counter!(BACKEND_CALLS, "backend" => self.name.to_string(), "outcome" => outcome.label()),
+            )
+            .increment(1);
     }
 
     pub fn record_skip(&self) {
-        self.count("skipped");
+        self.count(Outcome::Skipped);
     }
 
     /// Calls the backend and waits for its first item, so that a failure before the first token
@@ -227,7 +257,7 @@ impl InFlight {
     fn fail(mut self, error: WorkerError) -> WorkerError {
         self.settled = true;
         self.replica.breaker.record(false);
-        self.replica.count("failure");
+        self.replica.count(Outcome::Failure);
         if let Some(wait) = error.retry_after {
             let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
             *self
@@ -242,14 +272,14 @@ impl InFlight {
     fn succeed(mut self) {
         self.settled = true;
         self.replica.breaker.record(true);
-        self.replica.count("success");
+        self.replica.count(Outcome::Success);
     }
 
     /// The stream failed after its first token.
     fn cut(mut self, _error: &WorkerError) {
         self.settled = true;
         self.replica.breaker.record(false);
-        self.replica.count("cut");
+        self.replica.count(Outcome::Cut);
     }
 }
 
@@ -260,7 +290,7 @@ impl Drop for InFlight {
             // The stream ended cleanly, or its caller went away after tokens flowed: the backend
             // did its part either way.
             self.replica.breaker.record(true);
-            self.replica.count("success");
+            self.replica.count(Outcome::Success);
         }
     }
 }

@@ -49,8 +49,25 @@ impl<W: Write> Batched<W> {
     /// Takes one whole line; `hold` lines may wait in the buffer, others are written at once
     /// (behind whatever was held).
     fn line(&self, bytes: &[u8], hold: bool) -> io::Result<()> {
+        self.append(hold, |held| {
+            held.extend_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    /// Holds the whole line that `write` appends to the buffer (as a held [`line`](Self::line));
+    /// if `write` fails, nothing of it is kept.
+    pub fn hold_with(&self, write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
+        self.append(true, write)
+    }
+
+    fn append(&self, hold: bool, write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
         let mut state = self.lock();
-        state.held.extend_from_slice(bytes);
+        let start = state.held.len();
+        if let Err(e) = write(&mut state.held) {
+            state.held.truncate(start);
+            return Err(e);
+        }
         if hold && state.held.len() < BATCH_BYTES {
             return Ok(());
         }
@@ -198,5 +215,24 @@ mod tests {
         assert!(out.len() >= BATCH_BYTES);
         assert_eq!(out.lines().count(), sent, "every line sent so far, each whole");
         assert!(out.ends_with('\n'));
+    }
+
+    #[test]
+    fn lines_written_into_the_buffer_wait_in_order_and_a_failed_one_leaves_nothing() {
+        let sink = sink();
+        sink.hold_with(|buf| buf.write_all(b"first\n")).unwrap();
+        let failed = sink.hold_with(|buf| {
+            buf.write_all(b"half a li")?;
+            Err(io::Error::other("cannot write"))
+        });
+        assert!(failed.is_err());
+        assert!(sink.lock().out.is_empty(), "held lines wait");
+        with_sink(sink, || tracing::warn!("something else"));
+        let text = written(sink);
+        assert!(
+            text.starts_with("first\n") && text.ends_with("something else\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 }

@@ -168,7 +168,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(access::AccessLayer(state.clone()))
+        .layer(access::AccessLayer::new(state.clone()))
         .with_state(state)
 }
 

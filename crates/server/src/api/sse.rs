@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_prompt_orchestrator::{Completion, Passthrough, PipelineError, ResponseEvent, ResponseHandle};
 
 use super::error::ApiError;
-use super::generate::{format_ms, overhead};
+use super::generate::{Millis, overhead};
 use super::middleware::DisconnectGuard;
 use super::outcome::Outcome;
 use super::sources;
@@ -188,7 +188,7 @@ impl Closing {
         // Headers left before the stream's cost was known; clients ignore SSE comments.
         events.push(Event::default().comment(format!(
             "orchestrator-overhead-ms {}",
-            format_ms(overhead(self.start.elapsed(), completion))
+            Millis(overhead(self.start.elapsed(), completion))
         )));
         events.push(Event::default().data("[DONE]"));
         events

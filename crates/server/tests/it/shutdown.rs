@@ -9,7 +9,7 @@ use orchestrator_server::config::Config;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::binary::{Binary, spawn_binary};
+use crate::binary::{Binary, spawn_binary, spawn_binary_with};
 use crate::support::{Frame, SseReader, TestServer, chat_body, client, eventually, expect_error, json};
 
 fn streaming(model: &str, content: &str) -> Value {
@@ -129,26 +129,18 @@ async fn sigterm_drains_the_binary_and_exits_zero() {
     assert!(exit.success(), "exit status {exit:?}");
 }
 
-/// Access-log lines are written in batches; none is lost when the binary exits right after
-/// answering, and they keep the requests' order.
-#[tokio::test]
-async fn every_access_line_is_written_by_exit_in_order() {
-    let config = r#"
-        [[backends]]
-        kind = "echo"
-        name = "echo"
-        [[models]]
-        name = "echo"
-        backends = ["echo"]
-    "#;
-    let Binary {
-        mut child,
-        base,
-        file: _file,
-        mut logs,
-    } = spawn_binary(config).await;
-    let ids: Vec<String> = (0..20).map(|i| format!("access-{i}")).collect();
-    for id in &ids {
+const ECHO_CONFIG: &str = r#"
+    [[backends]]
+    kind = "echo"
+    name = "echo"
+    [[models]]
+    name = "echo"
+    backends = ["echo"]
+"#;
+
+/// Sends one chat request per id to `base`, each answered 200.
+async fn send_with_ids(base: &str, ids: &[String]) {
+    for id in ids {
         let response = client()
             .post(format!("{base}/v1/chat/completions"))
             .header("x-request-id", id)
@@ -158,6 +150,13 @@ async fn every_access_line_is_written_by_exit_in_order() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
+}
+
+/// Stops `binary` with SIGTERM and returns every line it logged.
+async fn terminate(binary: Binary) -> Vec<Value> {
+    let Binary {
+        mut child, mut logs, ..
+    } = binary;
     let pid = child.id().unwrap().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     assert!(status.success());
@@ -166,14 +165,56 @@ async fn every_access_line_is_written_by_exit_in_order() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-
     // The child has exited, so its stderr ends and the forwarder closes the channel.
     let mut logged = Vec::new();
     while let Some(log) = logs.recv().await {
+        logged.push(log);
+    }
+    logged
+}
+
+/// Access-log lines are written in batches; none is lost when the binary exits right after
+/// answering, and they keep the requests' order.
+#[tokio::test]
+async fn every_access_line_is_written_by_exit_in_order() {
+    let binary = spawn_binary(ECHO_CONFIG).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("access-{i}")).collect();
+    send_with_ids(&binary.base, &ids).await;
+    let mut logged = Vec::new();
+    for log in terminate(binary).await {
         if log["target"] == "orchestrator::access" {
+            assert_eq!(log["level"], "INFO", "{log}");
+            let fields = log["fields"].as_object().unwrap();
+            // (A map without order: the unit tests check the line's bytes.)
+            let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(
+                names,
+                ["elapsed_ms", "method", "request_id", "route", "status"],
+                "{log}"
+            );
             assert_eq!(log["fields"]["status"], 200, "{log}");
+            assert_eq!(log["fields"]["route"], "/v1/chat/completions", "{log}");
+            let elapsed: f64 = log["fields"]["elapsed_ms"].as_str().unwrap().parse().unwrap();
+            assert!(elapsed >= 0.0, "{log}");
             logged.push(log["fields"]["request_id"].as_str().unwrap().to_string());
         }
     }
     assert_eq!(logged, ids);
+}
+
+/// `RUST_LOG` turns the access log off like any other target.
+#[tokio::test]
+async fn rust_log_can_turn_the_access_log_off() {
+    let env = [("RUST_LOG", "info,orchestrator::access=off")];
+    let binary = spawn_binary_with(ECHO_CONFIG, &["--listen", "127.0.0.1:0"], &env).await;
+    let ids = vec!["quiet-1".to_string(), "quiet-2".to_string()];
+    send_with_ids(&binary.base, &ids).await;
+    let logged = terminate(binary).await;
+    assert!(!logged.is_empty(), "other lines are still written");
+    let access: Vec<&Value> = logged
+        .iter()
+        .filter(|l| l["target"] == "orchestrator::access")
+        .collect();
+    assert!(access.is_empty(), "{access:?}");
 }

@@ -15,7 +15,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_json::Value;
 
 /// An object read field by field; what [`field`](Fields::field) does not take goes to
-/// [`extra`](Fields::extra) if [`keeps`](Fields::keeps) says so.
+/// [`extra`](Fields::extra) (see [`KEEPS_EMPTY`](Fields::KEEPS_EMPTY)).
 pub trait Fields: Default {
     /// What the object is, for error messages ("an OpenAI answer").
     const EXPECTING: &'static str;
@@ -27,11 +27,9 @@ pub trait Fields: Default {
     /// Where unrecognised fields go.
     fn extra(&mut self) -> &mut Extra;
 
-    /// Whether an unrecognised field holding `value` is kept: all are, unless overridden (an
-    /// answer's fields can drop [`empty`] ones, costing no allocation for them).
-    fn keeps(_value: &Value) -> bool {
-        true
-    }
+    /// Whether unrecognised fields that are [`empty`] are kept (a request's are passed on as
+    /// the client sent them; an answer's say nothing, and dropped as read they cost nothing).
+    const KEEPS_EMPTY: bool = true;
 }
 
 /// Whether `value` says nothing: null or an empty list (`"logprobs": null`, `"tool_calls": []`).
@@ -58,7 +56,7 @@ impl<'de, T: Fields> Visitor<'de> for ObjectVisitor<T> {
         while let Some(Name(name)) = map.next_key()? {
             if !object.field(&name, &mut map)? {
                 let value: Value = map.next_value()?;
-                if T::keeps(&value) {
+                if T::KEEPS_EMPTY || !empty(&value) {
                     object.extra().insert(name.into_owned(), value);
                 }
             }

@@ -41,6 +41,7 @@ struct Body {
 
 impl Fields for Body {
     const EXPECTING: &'static str = "an OpenAI answer or stream chunk (an object)";
+    const KEEPS_EMPTY: bool = false;
 
     fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
         match name {
@@ -59,10 +60,6 @@ impl Fields for Body {
     fn extra(&mut self) -> &mut Extra {
         &mut self.extra
     }
-
-    fn keeps(value: &Value) -> bool {
-        !extra::empty(value)
-    }
 }
 
 #[derive(Default)]
@@ -76,6 +73,7 @@ struct Choice {
 
 impl Fields for Choice {
     const EXPECTING: &'static str = "a choice (an object)";
+    const KEEPS_EMPTY: bool = false;
 
     fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
         match name {
@@ -94,10 +92,6 @@ impl Fields for Choice {
     fn extra(&mut self) -> &mut Extra {
         &mut self.extra
     }
-
-    fn keeps(value: &Value) -> bool {
-        !extra::empty(value)
-    }
 }
 
 #[derive(Default)]
@@ -108,6 +102,7 @@ struct Message {
 
 impl Fields for Message {
     const EXPECTING: &'static str = "a message (an object)";
+    const KEEPS_EMPTY: bool = false;
 
     fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
         match name {
@@ -122,10 +117,6 @@ impl Fields for Message {
 
     fn extra(&mut self) -> &mut Extra {
         &mut self.extra
-    }
-
-    fn keeps(value: &Value) -> bool {
-        !extra::empty(value)
     }
 }
 

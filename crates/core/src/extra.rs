@@ -9,10 +9,11 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use crate::request::Extra;
 use serde::Deserializer;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::Value;
+
+use crate::request::Extra;
 
 /// An object read field by field; what [`field`](Fields::field) does not take goes to
 /// [`extra`](Fields::extra) (see [`KEEPS_EMPTY`](Fields::KEEPS_EMPTY)).

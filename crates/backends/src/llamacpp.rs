@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
 use http::Uri;
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio_prompt_orchestrator::shard::shard_for;
 use tokio_prompt_orchestrator::{
     FinishReason, InferenceCall, ModelWorker, TokenStream, Usage, WorkerChunk, WorkerError,
@@ -90,30 +90,38 @@ impl LlamaCppWorker {
 }
 
 /// The `/completion` body for `call` on `slot`.
-pub fn request_body(call: &InferenceCall, slot: usize, stream: bool) -> Value {
+pub fn request_body(call: &InferenceCall, slot: usize, stream: bool) -> CompletionBody<'_> {
     let params = &call.request.params;
-    let mut body = Map::new();
-    body.insert("prompt".into(), Value::from(&*call.prompt));
-    body.insert(
-        "n_predict".into(),
-        params.max_tokens.map_or(Value::from(-1), Value::from),
-    );
-    body.insert("stream".into(), stream.into());
-    body.insert("cache_prompt".into(), true.into());
-    body.insert("id_slot".into(), slot.into());
-    if let Some(t) = params.temperature {
-        body.insert("temperature".into(), t.into());
+    CompletionBody {
+        prompt: &call.prompt,
+        n_predict: params.max_tokens.map_or(-1, i64::from),
+        stream,
+        cache_prompt: true,
+        id_slot: slot,
+        temperature: params.temperature,
+        top_p: params.top_p,
+        stop: &params.stop,
+        seed: params.seed,
     }
-    if let Some(p) = params.top_p {
-        body.insert("top_p".into(), p.into());
-    }
-    if !params.stop.is_empty() {
-        body.insert("stop".into(), params.stop.clone().into());
-    }
-    if let Some(seed) = params.seed {
-        body.insert("seed".into(), seed.into());
-    }
-    Value::Object(body)
+}
+
+/// A `/completion` request, borrowed from the call (no JSON tree is built for it).
+#[derive(Serialize)]
+pub struct CompletionBody<'a> {
+    prompt: &'a str,
+    /// -1: until the model stops.
+    n_predict: i64,
+    stream: bool,
+    cache_prompt: bool,
+    id_slot: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
 }
 
 /// A `/completion` answer, whole or one streamed piece of it.
@@ -263,5 +271,43 @@ impl HealthProbe for LlamaCppWorker {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tokio_prompt_orchestrator::{InferenceRequest, RequestId, SamplingParams, SessionId};
+
+    use super::*;
+
+    fn written(call: &InferenceCall, slot: usize, stream: bool) -> Value {
+        serde_json::to_value(request_body(call, slot, stream)).unwrap()
+    }
+
+    #[test]
+    fn the_body_carries_the_rendered_prompt_slot_and_only_the_params_set() {
+        let plain = InferenceCall::new(
+            RequestId(1),
+            InferenceRequest::text(SessionId::new("s"), "Once"),
+            "rendered",
+        );
+        assert_eq!(
+            written(&plain, 2, false),
+            json!({"prompt": "rendered", "n_predict": -1, "stream": false, "cache_prompt": true, "id_slot": 2})
+        );
+        let request = InferenceRequest::text(SessionId::new("s"), "Once").with_params(SamplingParams {
+            temperature: Some(0.5),
+            top_p: Some(0.25),
+            max_tokens: Some(9),
+            stop: vec!["END".into()],
+            seed: Some(7),
+        });
+        let call = InferenceCall::new(RequestId(2), request, "rendered");
+        assert_eq!(
+            written(&call, 0, true),
+            json!({"prompt": "rendered", "n_predict": 9, "stream": true, "cache_prompt": true, "id_slot": 0,
+                   "temperature": 0.5, "top_p": 0.25, "stop": ["END"], "seed": 7})
+        );
     }
 }

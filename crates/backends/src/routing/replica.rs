@@ -30,6 +30,9 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// How many there are: the last variant's index, plus one.
+    const COUNT: usize = Outcome::Skipped as usize + 1;
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Success => "success",
@@ -75,7 +78,7 @@ pub struct Replica {
     /// use: not in `new`, because the exporter is installed after the router is built and a
     /// handle taken before counts nowhere; not on every call, because a lookup builds the label
     /// set and hashes it (about a thousand instructions per request).
-    calls: [OnceLock<Counter>; 4],
+    calls: [OnceLock<Counter>; Outcome::COUNT],
 }
 
 /// Why a replica was passed over.

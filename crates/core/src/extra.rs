@@ -43,6 +43,21 @@ pub fn read<'de, D: Deserializer<'de>, T: Fields>(deserializer: D) -> Result<T, 
     deserializer.deserialize_map(ObjectVisitor(PhantomData))
 }
 
+/// Implements `Deserialize` through [`extra::read`](read) for each [`Fields`] type named
+/// (`read_fields!(Body, Choice)`). The calling crate needs `serde`.
+#[macro_export]
+macro_rules! read_fields {
+    ($($t:ty),+ $(,)?) => {$(
+        impl<'de> ::serde::Deserialize<'de> for $t {
+            fn deserialize<D: ::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::core::result::Result<Self, D::Error> {
+                $crate::extra::read(deserializer)
+            }
+        }
+    )+};
+}
+
 struct ObjectVisitor<T>(PhantomData<T>);
 
 impl<'de, T: Fields> Visitor<'de> for ObjectVisitor<T> {
@@ -95,7 +110,6 @@ impl<'de> de::Deserialize<'de> for Name<'de> {
 
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
     use serde_json::json;
 
     use super::*;
@@ -122,11 +136,7 @@ mod tests {
         }
     }
 
-    impl<'de> Deserialize<'de> for Named {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            read(deserializer)
-        }
-    }
+    crate::read_fields!(Named);
 
     #[test]
     fn known_fields_are_read_and_every_other_is_kept_as_it_came() {

@@ -3,13 +3,14 @@
 //!
 //! Fields we do not act on (tool calls, logprobs, `system_fingerprint`, ...) are collected as a
 //! [`Passthrough`] for the caller; the names the gateway sets itself (`id`, `model`, ...) and
-//! empty values ([`extra::empty`]) are left out, so a plain text chunk carries none.
+//! empty values ([`extra::empty`](tokio_prompt_orchestrator::extra::empty)) are left out, so a
+//! plain text chunk carries none.
 
 use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess};
-use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-use tokio_prompt_orchestrator::extra::{self, Fields};
+use tokio_prompt_orchestrator::extra::Fields;
 use tokio_prompt_orchestrator::{
     Extra, FinishReason, Passthrough, TokenStream, Usage, WorkerChunk, WorkerError,
 };
@@ -120,18 +121,7 @@ impl Fields for Message {
     }
 }
 
-/// `Deserialize` through [`extra::read`] for each of these.
-macro_rules! read_fields {
-    ($($t:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                extra::read(deserializer)
-            }
-        }
-    )*};
-}
-
-read_fields!(Body, Choice, Message);
+tokio_prompt_orchestrator::read_fields!(Body, Choice, Message);
 
 #[derive(Deserialize)]
 struct WireError {

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use tokio_prompt_orchestrator::extra::{self, Fields};
+use tokio_prompt_orchestrator::extra::Fields;
 use tokio_prompt_orchestrator::{
     ChatMessage, Extra, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
 };
@@ -100,17 +100,7 @@ impl Fields for WireMessage {
 
 // Read field by field, not with `#[serde(flatten)]`, which copies the whole body first (see
 // `extra`).
-impl<'de> Deserialize<'de> for GenerationRequest {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        extra::read(deserializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for WireMessage {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        extra::read(deserializer)
-    }
-}
+tokio_prompt_orchestrator::read_fields!(GenerationRequest, WireMessage);
 
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]

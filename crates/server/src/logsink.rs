@@ -55,7 +55,7 @@ impl<W: Write> Batched<W> {
         })
     }
 
-    /// Holds the whole line that `write` appends to the buffer (as a held [`line`](Self::line));
+    /// Holds the whole line that `write` appends to the buffer (held like a line given to `line`);
     /// if `write` fails, nothing of it is kept.
     pub fn hold_with(&self, write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
         self.append(true, write)

@@ -65,7 +65,8 @@ impl FormatTime for Rfc3339Micros {
     }
 }
 
-/// A log line's timestamp (see [`Rfc3339Micros`]); a clock set before 1970 shows the epoch.
+/// A log line's timestamp: RFC 3339 in UTC with microseconds, as tracing-subscriber writes
+/// them. A clock set before 1970 shows the epoch.
 pub struct Timestamp(pub SystemTime);
 
 impl fmt::Display for Timestamp {

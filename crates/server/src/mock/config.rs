@@ -125,7 +125,7 @@ pub struct MockArgs {
     /// Seed of the injected-error sequence (same seed, same sequence).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Streams send N tokens, then the connection is closed without [DONE].
+    /// Streams send N tokens, then the connection is closed without `[DONE]`.
     #[arg(long, value_name = "N")]
     pub cut_after: Option<u64>,
     /// Number of llama.cpp slots.

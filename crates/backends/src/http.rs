@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -132,7 +132,7 @@ impl Client {
             .build(https);
         Ok(Client::Direct {
             client: Box::new(client),
-            headers,
+            headers: with_host(headers, base_url),
         })
     }
 
@@ -377,6 +377,24 @@ fn parse_url(text: &str) -> Result<Uri, BuildError> {
     Ok(uri)
 }
 
+/// `headers` with `Host` for a plain-HTTP `base_url` (all of its requests go to one host), unless
+/// the config sets one. Left out, hyper's client formats it for every request (about 800
+/// instructions); over TLS it is left to the client, which may speak HTTP/2 there (`:authority`).
+fn with_host(mut headers: HeaderMap, base_url: &Uri) -> HeaderMap {
+    if base_url.scheme_str() != Some("http") {
+        return headers;
+    }
+    let host = base_url.host().unwrap_or_default();
+    let value = match base_url.port_u16().filter(|&port| port != 80) {
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+        None => HeaderValue::from_str(host),
+    };
+    if let Ok(value) = value {
+        headers.entry(HOST).or_insert(value);
+    }
+    headers
+}
+
 /// A request for `uri` carrying `body`.
 fn request(method: Method, uri: &Uri, body: Bytes) -> Request<Bytes> {
     let mut request = Request::new(body);
@@ -487,6 +505,42 @@ mod tests {
         let direct = backend(&format!("{}/v1/", server.uri()), &Matcher::builder().build());
         assert!(matches!(direct.client, Client::Direct { .. }));
         assert_eq!(post(&direct).await.unwrap(), "ok");
+        let seen = &server.received_requests().await.unwrap()[0];
+        let authority = server.uri().trim_start_matches("http://").to_string();
+        assert_eq!(seen.headers.get("host").unwrap(), authority.as_str());
+    }
+
+    #[test]
+    fn plain_http_backends_carry_their_host_header_from_the_start() {
+        let host = |url: &str, headers: HeaderMap| {
+            let headers = with_host(headers, &parse_url(url).unwrap());
+            headers.get(HOST).map(|v| v.to_str().unwrap().to_string())
+        };
+        let none = HeaderMap::new;
+        assert_eq!(
+            host("http://10.0.0.1:8000/v1", none()).as_deref(),
+            Some("10.0.0.1:8000")
+        );
+        assert_eq!(
+            host("http://[::1]:8000/v1", none()).as_deref(),
+            Some("[::1]:8000")
+        );
+        assert_eq!(
+            host("http://vllm.internal/v1", none()).as_deref(),
+            Some("vllm.internal")
+        );
+        assert_eq!(
+            host("http://vllm.internal:80/v1", none()).as_deref(),
+            Some("vllm.internal")
+        );
+        // Over TLS the client sets it (or HTTP/2's `:authority`).
+        assert_eq!(host("https://api.openai.com/v1", none()), None);
+        // A `Host` from the backend's `headers` stays.
+        let configured = HeaderMap::from_iter([(HOST, HeaderValue::from_static("models.example"))]);
+        assert_eq!(
+            host("http://10.0.0.1:8000/v1", configured).as_deref(),
+            Some("models.example")
+        );
     }
 
     #[tokio::test]

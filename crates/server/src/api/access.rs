@@ -110,7 +110,7 @@ where
                     };
                 }
             },
-            None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+            None => Arc::from(&*uuid::Uuid::new_v4().simple().encode_lower(&mut [0; 32])),
         };
         let (route, known) = route_label(request.extensions().get::<MatchedPath>());
         let entry = Entry {

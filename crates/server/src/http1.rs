@@ -27,10 +27,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// finish the response it is writing, and returns when every connection has closed. Dropping the
 /// future (aborting its task) closes every connection at once.
 pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<Output = ()>) {
-    let closing = CancellationToken::new();
     // Cancelled when this future ends or is dropped: connections still open then are cut.
     let cut = CancellationToken::new();
     let _cut_on_drop = cut.clone().drop_guard();
+    // Cancelled when `stop` completes, and by `cut`: a connection's steady state waits on this
+    // one token alone (each wait polled costs a lock, on every wake-up of the connection).
+    let closing = cut.child_token();
     let connections = TaskTracker::new();
     let mut stop = pin!(stop);
     loop {
@@ -56,15 +58,18 @@ pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<O
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             let mut connection = pin!(connection);
             let result = tokio::select! {
+                biased;
                 result = connection.as_mut() => result,
                 () = closing.cancelled() => {
+                    if cut.is_cancelled() {
+                        return;
+                    }
                     connection.as_mut().graceful_shutdown();
                     tokio::select! {
                         result = connection => result,
                         () = cut.cancelled() => return,
                     }
                 }
-                () = cut.cancelled() => return,
             };
             if let Err(error) = result {
                 tracing::debug!(%error, "A connection ended with an error.");

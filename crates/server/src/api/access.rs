@@ -206,7 +206,7 @@ struct AccessLine<'a> {
     method: &'a str,
     route: &'a str,
     status: u16,
-    #[serde(serialize_with = "as_string")]
+    #[serde(serialize_with = "millis")]
     elapsed_ms: Millis,
 }
 
@@ -265,6 +265,10 @@ struct JsonLine<'a> {
 
 fn as_string<S: Serializer>(value: &impl fmt::Display, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
+}
+
+fn millis<S: Serializer>(value: &Millis, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&value.text())
 }
 
 /// The HTTP metrics' handles for the known routes and common statuses, each registered on first

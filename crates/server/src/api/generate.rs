@@ -384,6 +384,7 @@ pub fn overhead_value(overhead: Duration) -> HeaderValue {
 pub struct Millis(pub Duration);
 
 impl Millis {
+    /// The duration as text: `1.234`.
     pub fn text(&self) -> String {
         let micros = (self.0.as_nanos() + 500) / 1_000;
         let mut text = String::from(itoa::Buffer::new().format(micros / 1_000));

@@ -5,7 +5,8 @@
 //! - `orchestrator_queue_wait_seconds` (histogram): time a request waited in a stage's queue.
 //! - `orchestrator_queue_depth` (gauge): requests waiting in a stage's queue, sampled.
 //! - `orchestrator_stage_requests_total{outcome}` (counter): `admitted` into the stage,
-//!   `completed` it, `failed` there, or `shed` at its full queue.
+//!   `completed` it, `failed` there, `cancelled` there by a caller who went away, or `shed` at its
+//!   full queue.
 //! - `orchestrator_requests_total{outcome, kind}` (counter): final outcomes of requests.
 //! - `orchestrator_time_to_first_token_seconds` (histogram).
 //! - `orchestrator_admission_requests_total{priority, outcome}` (counter): requests let in by a
@@ -48,6 +49,8 @@ pub(crate) struct StageMetrics {
     pub admitted: Counter,
     pub completed: Counter,
     pub failed: Counter,
+    /// Ended because its caller went away.
+    pub cancelled: Counter,
     pub shed: Counter,
 }
 
@@ -61,6 +64,7 @@ impl StageMetrics {
             admitted: outcome("admitted"),
             completed: outcome("completed"),
             failed: outcome("failed"),
+            cancelled: outcome("cancelled"),
             shed: outcome("shed"),
         }
     }

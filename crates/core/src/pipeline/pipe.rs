@@ -102,6 +102,11 @@ impl<T> PipeTx<T> {
         .await
     }
 
+    /// Whether the receiver has gone.
+    pub fn is_closed(&self) -> bool {
+        !lock(&self.shared).rx_open
+    }
+
     /// Sends the last item without waiting (it may exceed the capacity by one) and ends the pipe.
     /// Returns `false` if the receiver has gone.
     pub fn finish(self, item: T) -> bool {

@@ -75,13 +75,23 @@ async fn run(
     let active = started.elapsed();
     metrics.latency.record(active.as_secs_f64());
     let result = match relayed {
-        // Downstream stopped reading: the request ended there.
+        // Downstream stopped reading: the request ended there (a stop sequence, a length cap).
         Ok(None) => {
             metrics.completed.increment(1);
             return;
         }
+        // The same, seen as a cancellation: ending the request cancels its token, which may be
+        // noticed before a send fails.
+        Err(PipelineError::Cancelled) if tx.is_closed() => {
+            metrics.completed.increment(1);
+            return;
+        }
         // Aborted: downstream notices the closed channel and asks the envelope why.
-        Err(PipelineError::Cancelled | PipelineError::Shutdown | PipelineError::Timeout { .. }) => {
+        Err(PipelineError::Cancelled) => {
+            metrics.cancelled.increment(1);
+            return;
+        }
+        Err(PipelineError::Shutdown | PipelineError::Timeout { .. }) => {
             metrics.failed.increment(1);
             return;
         }

@@ -235,3 +235,90 @@ async fn pass_through_deltas_stream_in_order_and_merge_for_whole_answers() {
     assert_eq!(extra.response["system_fingerprint"], "fp_7");
     assert_eq!(whole.completion.finish_reason, FinishReason::ToolCalls);
 }
+
+/// Honours `max_tokens` as a model server does: after `delay`, that many tokens, then its own
+/// end with its own usage (a prompt of 37 tokens).
+struct CappedModel {
+    delay: std::time::Duration,
+}
+
+#[async_trait]
+impl ModelWorker for CappedModel {
+    async fn infer(&self, _prompt: &str) -> Result<Vec<String>, WorkerError> {
+        unreachable!("the pipeline streams")
+    }
+
+    async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        tokio::time::sleep(self.delay).await;
+        let cap = call.request.params.max_tokens.unwrap_or(8);
+        let mut chunks: Vec<Result<WorkerChunk, WorkerError>> = (0..cap)
+            .map(|i| Ok(WorkerChunk::Token(format!("t{i} "))))
+            .collect();
+        chunks.push(Ok(WorkerChunk::Finish {
+            reason: FinishReason::Length,
+            usage: Some(tokio_prompt_orchestrator::Usage::new(37, cap)),
+        }));
+        Ok(stream::iter(chunks).boxed())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_ended_by_max_tokens_is_a_success_with_the_models_usage_and_time() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let model = CappedModel {
+        delay: std::time::Duration::from_secs(5),
+    };
+    let handles = metrics::with_local_recorder(&recorder, || {
+        PipelineBuilder::new(Arc::new(model))
+            .config(small_config(1, 8, 8))
+            .spawn()
+    });
+    for stream in [true, false] {
+        let params = SamplingParams {
+            max_tokens: Some(3),
+            ..Default::default()
+        };
+        let request = crate::support::chat("s", "a long question")
+            .with_params(params)
+            .with_stream(stream);
+        let response = handles
+            .input_tx
+            .submit(request)
+            .await
+            .expect("admitted")
+            .into_response()
+            .await
+            .expect("completes");
+        assert_eq!(response.text, "t0 t1 t2 ");
+        let completion = &response.completion;
+        assert_eq!(completion.finish_reason, FinishReason::Length);
+        assert_eq!(
+            (completion.usage.prompt_tokens, completion.usage.completion_tokens),
+            (37, 3)
+        );
+        assert!(!completion.usage.estimated, "the model's own usage");
+        // The model took five (paused) seconds; none of it is the pipeline's.
+        assert!(
+            completion.timings.overhead() < std::time::Duration::from_secs(1),
+            "{:?}",
+            completion.timings
+        );
+    }
+    // Both calls completed in the Inference stage: neither was cut by Post.
+    let snapshot = snapshotter.snapshot().into_hashmap();
+    let inference = |outcome: &str| {
+        snapshot.iter().find_map(|(key, (_, _, value))| {
+            let key = key.key();
+            let labelled = |k: &str, v: &str| key.labels().any(|l| l.key() == k && l.value() == v);
+            (key.name() == "orchestrator_stage_requests_total"
+                && labelled("stage", "inference")
+                && labelled("outcome", outcome))
+            .then_some(value)
+        })
+    };
+    assert_eq!(inference("completed"), Some(&DebugValue::Counter(2)));
+    assert_eq!(inference("failed"), Some(&DebugValue::Counter(0)));
+}

@@ -55,6 +55,47 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// What follows the last token a request's `max_tokens` allows.
+enum Capped {
+    /// The model's own end: its usage and finish reason, and its active time.
+    Ended(Box<StreamEnd>),
+    /// More text: the model does not honour the cap, so the stream is ended here.
+    Overran,
+    /// Downstream went away.
+    Gone,
+}
+
+/// Waits for the model's end after the last token `max_tokens` allows. The model was sent the
+/// same cap, so its end (with its real usage) is due next; ending the stream before it would
+/// throw that usage away and count a complete call as cut.
+async fn upstream_end(pieces: &mut PipeRx<Piece>, out: &mut Output) -> Capped {
+    loop {
+        match pieces.recv().await {
+            Some(Piece::End(end)) => return Capped::Ended(end),
+            Some(Piece::Passthrough(extra)) => {
+                if !out.pass(extra).await {
+                    return Capped::Gone;
+                }
+            }
+            Some(Piece::Token(_)) => return Capped::Overran,
+            // Aborted: the Stream stage reports why.
+            None => return Capped::Gone,
+        }
+    }
+}
+
+/// The end of a stream that reached its `max_tokens`: the model's own, with its usage, or a
+/// length end when it failed after giving every token the caller asked for.
+fn capped(result: Result<Finished, (Stage, PipelineError)>) -> Result<Finished, (Stage, PipelineError)> {
+    match result {
+        Ok(finished) => Ok(finished),
+        Err(_) => Ok(Finished {
+            reason: FinishReason::Length,
+            usage: None,
+        }),
+    }
+}
+
 /// Where post-processed text goes: straight on, or into one joined piece.
 struct Output {
     tx: PipeTx<Piece>,
@@ -110,7 +151,8 @@ async fn run(
         joined_extra: None,
     };
     let mut tokens: u64 = 0;
-    let mut inference_active = Default::default();
+    // The model's active time, from its end marker; a stream ended here has none.
+    let mut inference_active = None;
     // Our own end (stop sequence or cap) carries no upstream usage; the counts are ours.
     let own_end = |reason| Ok(Finished { reason, usage: None });
     let rejected = |(processor, message)| Err((Stage::Post, PipelineError::Output { processor, message }));
@@ -137,7 +179,14 @@ async fn run(
                     if !out.emit(held.emit).await {
                         return;
                     }
-                    break own_end(FinishReason::Length);
+                    match upstream_end(&mut pieces, &mut out).await {
+                        Capped::Ended(end) => {
+                            inference_active = Some(end.inference_active);
+                            break capped(end.result);
+                        }
+                        Capped::Overran => break own_end(FinishReason::Length),
+                        Capped::Gone => return,
+                    }
                 }
             }
             Some(Piece::Passthrough(extra)) => {
@@ -146,7 +195,7 @@ async fn run(
                 }
             }
             Some(Piece::End(end)) => {
-                inference_active = end.inference_active;
+                inference_active = Some(end.inference_active);
                 // A failed stream keeps its own error; a complete one must pass every check, and
                 // may still be cut by held-back text reaching a cap.
                 let held = match (chain.finish(), &end.result) {
@@ -192,7 +241,9 @@ async fn run(
     metrics.completed.increment(1);
     let end = StreamEnd {
         result,
-        inference_active,
+        // Ended here (a stop sequence, a cap the model overran): the model was working from
+        // about when this stage started until now.
+        inference_active: inference_active.unwrap_or(post_active),
         post_active,
     };
     out.tx.finish(Piece::End(Box::new(end)));

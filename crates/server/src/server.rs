@@ -93,6 +93,8 @@ impl Server {
     /// # Errors
     /// When a backend cannot be built or the address cannot be bound.
     pub async fn bind(config: Config) -> io::Result<Self> {
+        // Building the backends sets gauges (health), which a recorder installed later would miss.
+        prometheus();
         let models = build_router(&config).map_err(io::Error::other)?;
         Self::bind_with_models(config, models).await
     }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerError};
+use tokio_util::sync::CancellationToken;
 
 use crate::http::MAX_RETRY_AFTER;
 
@@ -26,6 +27,8 @@ enum Outcome {
     Success,
     Failure,
     Cut,
+    /// Ended by our side before its end: the caller went away, the deadline passed, shutdown.
+    Cancelled,
     Skipped,
 }
 
@@ -38,6 +41,7 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
             Outcome::Cut => "cut",
+            Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
         }
     }
@@ -196,7 +200,7 @@ impl Replica {
         call: InferenceCall,
         admission: Admission,
     ) -> Result<TokenStream, WorkerError> {
-        let tracker = InFlight::new(self.clone(), admission);
+        let tracker = InFlight::new(self.clone(), admission, call.cancel.clone());
         let mut upstream = match self.worker.infer_stream(call).await {
             Ok(stream) => stream,
             Err(e) => return Err(tracker.fail(e)),
@@ -244,15 +248,19 @@ impl Candidate for Arc<Replica> {
 struct InFlight {
     replica: Arc<Replica>,
     _admission: Admission,
+    /// The request's token: cancelled when the call is dropped because the request ended on our
+    /// side (caller gone, deadline, shutdown), not because the backend finished.
+    cancel: CancellationToken,
     settled: bool,
 }
 
 impl InFlight {
-    fn new(replica: Arc<Replica>, admission: Admission) -> Self {
+    fn new(replica: Arc<Replica>, admission: Admission, cancel: CancellationToken) -> Self {
         replica.outstanding.fetch_add(1, Ordering::Relaxed);
         Self {
             replica,
             _admission: admission,
+            cancel,
             settled: false,
         }
     }
@@ -289,9 +297,15 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.outstanding.fetch_sub(1, Ordering::Relaxed);
-        if !self.settled {
-            // The stream ended cleanly, or its caller went away after tokens flowed: the backend
-            // did its part either way.
+        if self.settled {
+            return;
+        }
+        if self.cancel.is_cancelled() {
+            // Ended by our side: says nothing about the backend's health either way.
+            self.replica.count(Outcome::Cancelled);
+        } else {
+            // The stream ended cleanly, or a stage downstream ended it early (a stop sequence):
+            // the backend did its part.
             self.replica.breaker.record(true);
             self.replica.count(Outcome::Success);
         }

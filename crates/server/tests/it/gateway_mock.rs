@@ -482,3 +482,73 @@ async fn a_backend_at_its_max_in_flight_is_passed_over() {
     // The held stream is still going.
     assert!(held.next().await.is_some());
 }
+
+/// The sample of `name{labels}` on the gateway's `/metrics` page, if there is one.
+async fn sample(base: &str, series: &str) -> Option<String> {
+    let page = client().get(format!("{base}/metrics")).send().await.unwrap();
+    let page = page.text().await.unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().to_owned()))
+}
+
+#[tokio::test]
+async fn backend_calls_ended_by_a_client_or_by_max_tokens_are_counted_as_such() {
+    let upstream = mock(Behaviour {
+        tokens: 16,
+        tokens_per_second: 2.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let base = gateway_of(
+        vec![BackendConfig::Openai(openai_backend("counted", &upstream))],
+        Balancing::RoundRobin,
+    )
+    .await;
+    // A client that leaves after the first token.
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&stream_body())
+        .send()
+        .await
+        .unwrap();
+    let mut reader = SseReader::new(response);
+    reader.next().await.unwrap(); // role
+    reader.next().await.unwrap(); // tok0
+    drop(reader);
+    let handle = upstream.handle();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        handle.wait_until(|s| s.streams_abandoned == 1),
+    )
+    .await
+    .expect("the upstream sees its stream abandoned");
+    let cancelled = "orchestrator_backend_calls_total{backend=\"counted\",outcome=\"cancelled\"}";
+    assert_eq!(sample(&base, cancelled).await.as_deref(), Some("1"));
+    let success = "orchestrator_backend_calls_total{backend=\"counted\",outcome=\"success\"}";
+    assert_eq!(sample(&base, success).await, None);
+
+    // A stream the model ends at the client's max_tokens: a success, with the model's usage.
+    handle.update(|b| b.tokens_per_second = 0.0);
+    let body = json!({"model": "m", "stream": true, "max_tokens": 3, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "one two three four five"}]});
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let frames = SseReader::new(response).rest().await;
+    let usage = frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Data(_)))
+        .map(json)
+        .find(|chunk| chunk["usage"].is_object())
+        .expect("a usage chunk")["usage"]
+        .clone();
+    // The mock counts a prompt's words: these are its numbers, not an estimate of ours.
+    assert_eq!(
+        (&usage["prompt_tokens"], &usage["completion_tokens"]),
+        (&json!(5), &json!(3))
+    );
+    assert_eq!(sample(&base, success).await.as_deref(), Some("1"));
+}

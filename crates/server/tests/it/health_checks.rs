@@ -157,3 +157,29 @@ async fn vllm_replicas_with_a_long_queue_get_no_new_work() {
     assert!(completions(&base, 10..20).await.iter().all(|s| *s == 200));
     assert_eq!(a.stats().completions, 10, "now b's queue is the long one");
 }
+
+#[tokio::test]
+async fn a_fresh_binary_reports_its_checked_backends_healthy_before_any_change() {
+    let upstream = mock(Behaviour::default()).await;
+    let config = format!(
+        "[[backends]]\nkind = \"llamacpp\"\nname = \"fresh\"\nbase_url = \"{}\"\n\
+         health_check = {{ interval_ms = 60000 }}\n\n[[models]]\nname = \"m\"\nbackends = [\"fresh\"]\n",
+        upstream.base_url()
+    );
+    let binary = crate::binary::spawn_binary(&config).await;
+    // The first probe succeeds (no change), and the next is a minute away: only a gauge set when
+    // the backend was built can be on the page now.
+    let page = client()
+        .get(format!("{}/metrics", binary.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.lines()
+            .any(|l| l == "orchestrator_backend_healthy{backend=\"fresh\"} 1"),
+        "{page}"
+    );
+}

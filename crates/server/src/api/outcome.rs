@@ -114,26 +114,23 @@ impl Draft {
             replays: 0,
             last_replay_error: None,
         };
-        let store = self.store;
-        let append = async move {
-            match store.append(letter).await {
-                Ok(id) => tracing::info!(
-                    id,
-                    reason = reason.as_str(),
-                    "Failed request kept in the dead-letter queue."
-                ),
-                // The caller still gets its error; the operator learns what was not kept.
-                Err(e) => {
-                    tracing::error!(error = %e, "A failed request could not be kept in the dead-letter queue.")
-                }
-            }
-        };
         if reason == Reason::Shed {
-            // A refusal must be answered at once, not after a disk sync (which can take hundreds
-            // of milliseconds under a burst of them): it is written in the background.
-            tokio::spawn(append);
-        } else {
-            append.await;
+            // A refusal must be answered at once, not after a disk sync, and a burst of them must
+            // not become a burst of tasks: the entry joins the writer's bounded queue, or is
+            // counted as dropped when the queue is full.
+            self.store.try_append(letter);
+            return;
+        }
+        match self.store.append(letter).await {
+            Ok(id) => tracing::info!(
+                id,
+                reason = reason.as_str(),
+                "Failed request kept in the dead-letter queue."
+            ),
+            // The caller still gets its error; the operator learns what was not kept.
+            Err(e) => {
+                tracing::error!(error = %e, "A failed request could not be kept in the dead-letter queue.")
+            }
         }
     }
 }

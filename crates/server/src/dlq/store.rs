@@ -19,6 +19,9 @@ use super::entry::DeadLetter;
 pub const DLQ_ENTRIES_ADDED: &str = "orchestrator_dlq_entries_added_total";
 /// Entries in the file (gauge), set at open and after every change.
 pub const DLQ_SIZE: &str = "orchestrator_dlq_size";
+/// Entries not recorded because the writer's queue was full (counter); see
+/// [`DlqStore::try_append`].
+pub const DLQ_ENTRIES_DROPPED: &str = "orchestrator_dlq_entries_dropped_total";
 
 /// Entry id -> the entry as JSON. JSON rather than a binary format so that an entry written by
 /// an older gateway still reads after fields are added (with serde defaults), and so that the
@@ -136,7 +139,9 @@ impl Drop for JoinOnDrop {
 /// id, 1 or 0 removed, the count purged), so one reply type serves them all.
 struct Change {
     op: Op,
-    reply: oneshot::Sender<Result<u64, DlqError>>,
+    /// `None` for a change nobody waits for ([`DlqStore::try_append`]): the writer reports its
+    /// failure itself.
+    reply: Option<oneshot::Sender<Result<u64, DlqError>>>,
 }
 
 enum Op {
@@ -210,6 +215,22 @@ impl DlqStore {
         self.change(Op::Append(Box::new(entry))).await
     }
 
+    /// Queues `entry` for the writer without waiting for room or for the commit, for callers
+    /// that must answer at once (a refused request). When the queue is full the entry is not
+    /// recorded: it is counted in `orchestrator_dlq_entries_dropped_total` and `false` is
+    /// returned. A commit that fails is logged by the writer.
+    pub fn try_append(&self, entry: DeadLetter) -> bool {
+        let change = Change {
+            op: Op::Append(Box::new(entry)),
+            reply: None,
+        };
+        let queued = self.inner.changes.try_send(change).is_ok();
+        if !queued {
+            metrics::counter!(DLQ_ENTRIES_DROPPED).increment(1);
+        }
+        queued
+    }
+
     /// Replaces the entry with `entry.id` (to count a failed replay, say).
     ///
     /// # Errors
@@ -238,6 +259,7 @@ impl DlqStore {
 
     async fn change(&self, op: Op) -> Result<u64, DlqError> {
         let (reply, outcome) = oneshot::channel();
+        let reply = Some(reply);
         self.inner
             .changes
             .send(Change { op, reply })
@@ -419,17 +441,30 @@ fn write_loop(db: &Database, path: &Path, mut queue: mpsc::Receiver<Change>) {
                 metrics::counter!(DLQ_ENTRIES_ADDED).increment(committed.added);
                 metrics::gauge!(DLQ_SIZE).set(committed.size as f64);
                 for (change, outcome) in batch.drain(..).zip(outcomes) {
-                    // A caller that stopped waiting is told nothing; its change is made anyway.
-                    let _ = change.reply.send(outcome);
+                    answer(change, outcome);
                 }
             }
             Err(e) => {
                 let e = storage_error(path, e);
                 for change in batch.drain(..) {
-                    let _ = change.reply.send(Err(e.clone()));
+                    answer(change, Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+/// Tells a change's caller how it went; a change nobody waits for reports its failure here.
+fn answer(change: Change, outcome: Result<u64, DlqError>) {
+    match (change.reply, outcome) {
+        // A caller that stopped waiting is told nothing; its change is made anyway.
+        (Some(reply), outcome) => {
+            let _ = reply.send(outcome);
+        }
+        (None, Err(error)) => {
+            tracing::error!(%error, "A failed request could not be kept in the dead-letter queue.");
+        }
+        (None, Ok(_)) => {}
     }
 }
 

@@ -223,3 +223,23 @@ async fn a_damaged_file_is_an_error_naming_it() {
     let message = err.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
 }
+
+#[tokio::test]
+async fn try_append_never_waits_and_what_it_queued_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // Holding a write transaction stalls the writer at its next commit, as a slow disk would.
+    let stall = store.inner.db.begin_write().unwrap();
+    let tries = 2 * (QUEUE_CAPACITY + MAX_BATCH);
+    let queued = (0..tries as u64).filter(|&n| store.try_append(letter(n))).count();
+    assert!(queued >= QUEUE_CAPACITY, "{queued}");
+    assert!(
+        queued <= QUEUE_CAPACITY + MAX_BATCH,
+        "{queued}: the queue is bounded"
+    );
+    drop(stall);
+    // Every entry it took is written; an append that waits comes after them.
+    let last = store.append(letter(0)).await.unwrap();
+    assert_eq!(last, queued as u64 + 1);
+    assert_eq!(store.len().await.unwrap(), queued as u64 + 1);
+}

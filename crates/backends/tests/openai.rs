@@ -144,6 +144,7 @@ async fn completions_go_to_their_endpoint() {
         cancel: CancellationToken::new(),
         messages: None,
         prefix_key: None,
+        deadline: None,
     };
     let chunks = collect(&worker, call).await;
     assert_eq!(chunks[0], Ok(WorkerChunk::Token(" upon".into())));

@@ -606,3 +606,48 @@ fn health_checks_can_be_turned_off() {
         assert!(health::watch(&ra, ScriptedProbe::new(), HealthConfig::off()).is_none());
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_backend_leaves_its_fallback_a_share_of_the_deadline() {
+    let hung = Scripted::new("hung", Script::Held(Arc::new(Semaphore::new(0))));
+    let spare = Scripted::new("spare", Script::Answer);
+    let router = router(
+        vec![
+            vec![replica(&hung, no_breaker())],
+            vec![replica(&spare, no_breaker())],
+        ],
+        Balancing::RoundRobin,
+        2,
+    );
+    let started = tokio::time::Instant::now();
+    let mut call = call("s");
+    call.deadline = Some(started + Duration::from_secs(60));
+    // Bounded by the deadline itself: without a share for the fallback, the hung backend
+    // would hold the call until then.
+    let answer = tokio::time::timeout_at(started + Duration::from_secs(60), async {
+        let stream = router.infer_stream(call).await.expect("the fallback answers");
+        stream.collect::<Vec<_>>().await
+    })
+    .await
+    .expect("answered before the deadline");
+    assert_eq!(answer.len(), 1);
+    assert!(matches!(&answer[0], Ok(WorkerChunk::Token(t)) if t == "ok from spare"));
+    assert_eq!((hung.calls(), spare.calls()), (1, 1));
+    // Two attempts could be made: the hung one had half the time.
+    let tried_spare_at = spare.times.lock().unwrap()[0] - started;
+    assert_eq!(tried_spare_at, Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_is_bounded_by_the_deadline_alone() {
+    let hung = Scripted::new("hung", Script::Held(Arc::new(Semaphore::new(0))));
+    let router = router(vec![vec![replica(&hung, no_breaker())]], Balancing::RoundRobin, 0);
+    let mut call = call("s");
+    call.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+    // No budget of its own: the pipeline's deadline ends it, not the router.
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), router.infer_stream(call)).await;
+    assert!(
+        outcome.is_err(),
+        "the only attempt waits for as long as the request does"
+    );
+}

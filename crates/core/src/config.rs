@@ -4,6 +4,7 @@
 //! are rejected, and capacities are non-zero by type so nothing is left to check at run time.
 
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,9 +55,14 @@ pub struct PipelineConfig {
     pub output_capacity: NonZeroUsize,
     /// Capacity of each request's token channels between the streaming stages and to its caller.
     pub token_buffer: NonZeroUsize,
-    /// Timeout applied to requests that set none; `None` means no deadline.
+    /// Deadline of requests that set none, from admission to their final event; `None` or 0:
+    /// no deadline.
     pub default_timeout_ms: Option<u64>,
 }
+
+/// The default deadline: a minute, so a hung upstream is answered (504) rather than waited on
+/// for ever, and a fallback is reached within it.
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 
 fn nz(n: usize) -> NonZeroUsize {
     // Only called with literal non-zero defaults below.
@@ -88,12 +94,19 @@ impl Default for PipelineConfig {
             stream: stage(512, WhenFull::Block, 1024),
             output_capacity: nz(1024),
             token_buffer: nz(64),
-            default_timeout_ms: None,
+            default_timeout_ms: Some(DEFAULT_TIMEOUT_MS),
         }
     }
 }
 
 impl PipelineConfig {
+    /// The deadline of requests that set none.
+    pub fn default_timeout(&self) -> Option<Duration> {
+        self.default_timeout_ms
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis)
+    }
+
     /// The settings of one stage.
     pub fn stage(&self, stage: Stage) -> &StageConfig {
         match stage {
@@ -152,6 +165,16 @@ mod tests {
         for s in [Stage::Assemble, Stage::Inference, Stage::Post, Stage::Stream] {
             assert_eq!(c.stage(s).queue.when_full, WhenFull::Block);
         }
+    }
+
+    #[test]
+    fn requests_have_a_minute_by_default_and_zero_turns_the_deadline_off() {
+        let mut c = PipelineConfig::default();
+        assert_eq!(c.default_timeout(), Some(Duration::from_secs(60)));
+        c.default_timeout_ms = Some(0);
+        assert_eq!(c.default_timeout(), None);
+        c.default_timeout_ms = None;
+        assert_eq!(c.default_timeout(), None);
     }
 
     #[test]

@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 use tokio_prompt_orchestrator::{BackendAttempt, InferenceCall, ModelWorker, TokenStream, WorkerError};
 
 use self::balance::{Balancing, order};
-use self::replica::Replica;
+use self::replica::{Budget, Replica};
 use self::retry::RetryConfig;
 
 /// Replicas of one model tried together, by one balancing policy.
@@ -203,7 +204,8 @@ impl ModelWorker for Router {
         })?;
         let mut attempts = Attempts::default();
         let prefix = call.prefix_key.map(|key| format!("prefix:{key:016x}"));
-        for group in &route.groups {
+        for (g, group) in route.groups.iter().enumerate() {
+            let later_groups = route.groups.len() - g - 1;
             let turn = group.turn.fetch_add(1, Ordering::Relaxed);
             let affinity = match (group.balancing, &prefix) {
                 (Balancing::PrefixAffinity, Some(prefix)) => prefix.as_str(),
@@ -224,15 +226,42 @@ impl ModelWorker for Router {
                         () = call.cancel.cancelled() => return Err(WorkerError::new("cancelled while waiting to retry")),
                     }
                 }
-                match replica.call(call.clone(), admission).await {
+                // The attempts that may still follow this one on other backends: this group's
+                // tries left on replicas not tried yet, and the first try of each fallback group.
+                // (A retry on the same replica reserves nothing: it runs if time is left.)
+                let later_here = (route.retry.max - tries) as usize;
+                let later = later_here.min(ranked.len().saturating_sub(cursor)) + later_groups;
+                let budget = budget(call.deadline, later);
+                let began = Instant::now();
+                match replica.call(call.clone(), admission, budget).await {
                     Ok(stream) => return Ok(stream),
-                    Err(e) if e.retryable => attempts.failed(replica, e),
+                    Err(e) if e.retryable => {
+                        attempts.failed(replica, e);
+                        // A backend that used its whole share would use the next one too: once
+                        // every replica here has had a try, the fallback gets the time instead.
+                        let slow = budget.is_some_and(|b| began.elapsed() >= b.wait);
+                        if slow && cursor >= ranked.len() {
+                            break;
+                        }
+                    }
                     Err(e) => return Err(attempts.fatal(replica, e)),
                 }
             }
         }
         Err(attempts.into_error(model))
     }
+}
+
+/// An attempt's share of the time left before `deadline`, when `later` attempts may follow it:
+/// an equal share each, so a hung backend cannot use up the time its fallback needs. `None` when
+/// nothing follows (the deadline itself bounds the last attempt) or there is no deadline.
+fn budget(deadline: Option<Instant>, later: usize) -> Option<Budget> {
+    let left = deadline?.saturating_duration_since(Instant::now());
+    if later == 0 {
+        return None;
+    }
+    let share = left / u32::try_from(later + 1).unwrap_or(u32::MAX);
+    Some(Budget { wait: share, left })
 }
 
 /// The next replica of `ranked` (from `cursor`) that can take a call now. When every replica is

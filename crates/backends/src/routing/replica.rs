@@ -195,17 +195,32 @@ impl Replica {
 
     /// Calls the backend and waits for its first item, so that a failure before the first token
     /// comes back as an `Err` the router can retry elsewhere. Records the outcome in the breaker.
+    /// `budget` bounds the wait for the first item (this attempt's share of the request's
+    /// deadline); running out of it is a retryable failure of this backend.
     pub async fn call(
         self: &Arc<Self>,
         call: InferenceCall,
         admission: Admission,
+        budget: Option<Budget>,
     ) -> Result<TokenStream, WorkerError> {
         let tracker = InFlight::new(self.clone(), admission, call.cancel.clone());
-        let mut upstream = match self.worker.infer_stream(call).await {
-            Ok(stream) => stream,
+        let first = async {
+            let mut upstream = self.worker.infer_stream(call).await?;
+            let first = upstream.next().await;
+            Ok::<_, WorkerError>((upstream, first))
+        };
+        let started = match budget {
+            None => first.await,
+            Some(budget) => match tokio::time::timeout(budget.wait, first).await {
+                Ok(started) => started,
+                Err(_) => Err(budget.exceeded(&self.name)),
+            },
+        };
+        let (upstream, first) = match started {
+            Ok(started) => started,
             Err(e) => return Err(tracker.fail(e)),
         };
-        match upstream.next().await {
+        match first {
             Some(Err(e)) => Err(tracker.fail(e)),
             None => {
                 tracker.succeed();
@@ -226,6 +241,27 @@ impl Replica {
                 Ok(stream::once(async move { Ok(first) }).chain(rest).boxed())
             }
         }
+    }
+}
+
+/// How long one attempt may wait for its first item: its share of the time left before the
+/// request's deadline, so that the attempts after it (another replica, a fallback) still get one.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub wait: Duration,
+    /// The time that was left before the deadline when the attempt began.
+    pub left: Duration,
+}
+
+impl Budget {
+    fn exceeded(&self, backend: &str) -> WorkerError {
+        WorkerError::retryable(format!(
+            "{backend}: no answer within {} ms, this attempt's share of the {} ms that were left \
+             before the request's deadline (the rest is kept for the backends after it)",
+            self.wait.as_millis(),
+            self.left.as_millis()
+        ))
+        .with_status(504)
     }
 }
 

@@ -6,7 +6,6 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -174,9 +173,7 @@ impl Envelope {
         progress: Option<Arc<AtomicU8>>,
     ) -> Self {
         let now = Instant::now();
-        let timeout = request
-            .timeout
-            .or(shared.config.default_timeout_ms.map(Duration::from_millis));
+        let timeout = request.timeout.or(shared.config.default_timeout());
         let span = tracing::debug_span!("request", id = id.0, session = %request.session);
         Self(Box::new(Body {
             id,

@@ -44,6 +44,7 @@ impl StageLogic for InferenceStage {
             messages: assembled.messages,
             prefix_key: assembled.prefix_key,
             cancel: env.cancel.clone(),
+            deadline: env.deadline,
         };
         let job = run(self.worker.clone(), call, tx, env.abort(), shared, permit, now);
         Start::Stream(Handoff { env, pieces: rx }, job.boxed())

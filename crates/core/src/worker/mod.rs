@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use echo::EchoWorker;
@@ -52,6 +53,9 @@ pub struct InferenceCall {
     /// Cancelled when the caller goes away, the deadline passes, or the pipeline aborts at its
     /// shutdown deadline. The pipeline also drops the worker's future and stream then.
     pub cancel: CancellationToken,
+    /// When the request's deadline passes, if it has one; a router shares the time left among
+    /// its attempts, so a fallback is tried before the request runs out of time.
+    pub deadline: Option<Instant>,
 }
 
 impl InferenceCall {
@@ -66,6 +70,7 @@ impl InferenceCall {
             messages: None,
             prefix_key: None,
             cancel: CancellationToken::new(),
+            deadline: None,
         }
     }
 

@@ -17,9 +17,11 @@ pub fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).expect("non-zero")
 }
 
-/// A config with every queue at `capacity`, every stage at `concurrency`, `shards` shards.
+/// A config with every queue at `capacity`, every stage at `concurrency`, `shards` shards, and
+/// no default deadline (tests that stall the pipeline under paused time set their own).
 pub fn small_config(shards: usize, capacity: usize, concurrency: usize) -> PipelineConfig {
     let mut config = PipelineConfig::default().with_shards(nz(shards));
+    config.default_timeout_ms = None;
     for stage in Stage::ALL {
         let when_full = config.stage(stage).queue.when_full;
         config = config

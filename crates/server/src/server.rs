@@ -154,7 +154,7 @@ impl Server {
         } = self;
         let app = api::router(state.clone());
         let (close_listener, listener_closed) = tokio::sync::oneshot::channel::<()>();
-        let serve = http1::serve(listener, app, async {
+        let serve = http1::serve(listener, app, http1::Edge::from(&config), async {
             let _ = listener_closed.await;
         });
         let mut serving = tokio::spawn(serve);

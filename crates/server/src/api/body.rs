@@ -1,20 +1,66 @@
 //! Reading a JSON request body: size limit (413), UTF-8 (400), syntax and types (400 naming the
 //! field, e.g. `messages[0].role`).
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use super::error::ApiError;
+use crate::config::ServerConfig;
 
-/// Reads the whole body, refusing more than `limit` bytes.
+/// How much of a body is read, and how fast it must come.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    /// Time the body gets, plus a second per `min_bytes_per_sec` bytes received; `None`: no limit.
+    pub timeout: Option<Duration>,
+    pub min_bytes_per_sec: u64,
+}
+
+impl From<&ServerConfig> for BodyLimits {
+    fn from(server: &ServerConfig) -> Self {
+        Self {
+            max_bytes: server.max_body_bytes,
+            timeout: (server.body_read_timeout_ms > 0)
+                .then(|| Duration::from_millis(server.body_read_timeout_ms)),
+            min_bytes_per_sec: server.body_min_bytes_per_sec.max(1),
+        }
+    }
+}
+
+impl BodyLimits {
+    /// When the rest of the body must have come, `received` bytes in.
+    fn deadline(&self, start: Instant, received: usize) -> Option<Instant> {
+        let earned = Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
+        self.timeout.map(|t| start + t + earned)
+    }
+
+    fn too_slow(&self, received: usize, declared: Option<u64>, start: Instant) -> ApiError {
+        let of = declared.map_or(String::new(), |n| format!(" of {n}"));
+        ApiError::body_timeout(format!(
+            "The request body stopped arriving: {received}{of} bytes in {} ms. A body gets \
+             server.body_read_timeout_ms ({} ms) plus a second per server.body_min_bytes_per_sec \
+             ({}) bytes received; send it without pauses.",
+            start.elapsed().as_millis(),
+            self.timeout.unwrap_or_default().as_millis(),
+            self.min_bytes_per_sec,
+        ))
+    }
+}
+
+/// Reads the whole body, refusing more than `limits.max_bytes` bytes or a body that comes too
+/// slowly.
 ///
 /// # Errors
 /// 413 over the limit (checked against `Content-Length` first, so an honest large upload is
-/// refused before it is read); 400 when the body cannot be read.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// refused before it is read); 408 when the body stops coming; 400 when it cannot be read.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limits: BodyLimits) -> Result<Bytes, ApiError> {
+    let limit = limits.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -22,13 +68,46 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Resu
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::body_too_large(limit)),
-        Err(e) => Err(ApiError::invalid_body(format!(
-            "The request body could not be read: {e}"
-        ))),
+    let start = Instant::now();
+    let mut body = Limited::new(body, limit);
+    // Most bodies come in one piece, which is kept as it is (a slice of the read buffer).
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut received = 0;
+    loop {
+        let frame = match limits.deadline(start, received) {
+            None => body.frame().await,
+            Some(deadline) => tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .map_err(|_| limits.too_slow(received, declared, start))?,
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers
+            },
+            Some(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(ApiError::body_too_large(limit));
+            }
+            Some(Err(e)) => {
+                return Err(ApiError::invalid_body(format!(
+                    "The request body could not be read: {e}"
+                )));
+            }
+        };
+        received += data.len();
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    rest.extend_from_slice(&held);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// Parses `bytes` as the JSON object `T`, naming the field at fault in every error.

@@ -152,6 +152,16 @@ impl ApiError {
         )
     }
 
+    /// 408: the body stopped arriving (`what` says how far it got and which settings allowed it).
+    pub fn body_timeout(what: String) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "body_timeout",
+            what,
+        )
+    }
+
     pub fn not_found_route(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -18,7 +18,7 @@ use tokio_prompt_orchestrator::{
 
 use super::AppState;
 use super::access::RequestContext;
-use super::body::{parse_json, read_limited};
+use super::body::{BodyLimits, parse_json, read_limited};
 use super::error::ApiError;
 use super::middleware::{Authorized, DisconnectGuard};
 use super::outcome::{Draft, Outcome};
@@ -88,9 +88,12 @@ async fn generate(
         }
     };
     let received_at_ms = unix_ms(SystemTime::now());
+    // The body is read before the running config is taken: an upload that stalls must not keep
+    // a replaced config's pipeline alive.
+    let body_limits = BodyLimits::from(&state.live().config.server);
+    let bytes = read_limited(&headers, body, body_limits).await?;
     // The running config admits the request; after a reload, the next request gets the new one.
     let live = state.live();
-    let bytes = read_limited(&headers, body, live.config.server.max_body_bytes).await?;
     let hints = Hints::from_headers(&headers)?;
     // The header values (and the body, below) are slices of the connection's read buffer: held
     // while the request waits, they would keep that buffer alive beside the next one.
@@ -301,9 +304,7 @@ pub async fn admit(
     mut request: InferenceRequest,
     outcome: &mut Outcome,
 ) -> Result<ResponseHandle, ApiError> {
-    let deadline = request
-        .timeout
-        .or(live.config.pipeline.default_timeout_ms.map(Duration::from_millis));
+    let deadline = request.timeout.or(live.config.pipeline.default_timeout());
     let waited = Instant::now();
     let acquired = match deadline {
         None => live.gate.acquire(request.priority).await,

@@ -77,6 +77,19 @@ pub struct ServerConfig {
     /// After SIGTERM/SIGINT, how long the listener stays open answering `/readyz` with 503 (and
     /// new work with 503) before it closes, so load balancers notice the drain first.
     pub drain_delay_ms: u64,
+    /// Longest request head (request line and headers); a longer one is refused with 431. Also
+    /// what one connection may buffer of a head that has not ended yet.
+    pub max_header_bytes: usize,
+    /// Time a connection gets to send a whole request head, counted from when it opens or its
+    /// previous response ends, so an idle keep-alive connection is closed after it too; 0: none.
+    pub header_read_timeout_ms: u64,
+    /// Time a request body gets to arrive (408 after it), extended by a second for every
+    /// `body_min_bytes_per_sec` bytes received, so a large upload may take longer but a stalled
+    /// one cannot hold its request open; 0: no limit.
+    pub body_read_timeout_ms: u64,
+    pub body_min_bytes_per_sec: u64,
+    /// Connections open at once; one more is answered 503 (with `Retry-After`) and closed.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +99,11 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 30_000,
             drain_delay_ms: 0,
+            max_header_bytes: 32 * 1024,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            body_min_bytes_per_sec: 16 * 1024,
+            max_connections: 8192,
         }
     }
 }

@@ -54,16 +54,43 @@ fn secret_variable_problem(var: &str) -> Option<String> {
     }
 }
 
+/// The largest `server.max_header_bytes`: more would let each connection hold a megabyte of head.
+const MAX_HEADER_BYTES_LIMIT: usize = 1 << 20;
+
 impl Config {
-    /// Every problem of this config; `unparsed` names the entries of the file that did not parse.
-    pub(super) fn problems(&self, unparsed: &Unparsed) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if self.server.max_body_bytes == 0 {
+    fn server_problems(&self, problems: &mut Vec<Problem>) {
+        let server = &self.server;
+        if server.max_body_bytes == 0 {
             problems.push(Problem::new(
                 "server.max_body_bytes",
                 "must be at least 1 (the default is 1048576, 1 MiB)",
             ));
         }
+        if !(1024..=MAX_HEADER_BYTES_LIMIT).contains(&server.max_header_bytes) {
+            problems.push(Problem::new(
+                "server.max_header_bytes",
+                "must be from 1024 to 1048576 (the default is 32768, 32 KiB)",
+            ));
+        }
+        if server.max_connections == 0 {
+            problems.push(Problem::new(
+                "server.max_connections",
+                "must be at least 1 (the default is 8192)",
+            ));
+        }
+        if server.body_read_timeout_ms > 0 && server.body_min_bytes_per_sec == 0 {
+            problems.push(Problem::new(
+                "server.body_min_bytes_per_sec",
+                "must be at least 1 while server.body_read_timeout_ms is set (the default is 16384); \
+                 set body_read_timeout_ms = 0 to turn the body limit off",
+            ));
+        }
+    }
+
+    /// Every problem of this config; `unparsed` names the entries of the file that did not parse.
+    pub(super) fn problems(&self, unparsed: &Unparsed) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        self.server_problems(&mut problems);
         self.auth_problems(&mut problems);
         self.dlq_problems(&mut problems);
         if let Some(rag) = &self.rag {

@@ -6,6 +6,7 @@ mod cancellation;
 mod dead_letters;
 mod dedup;
 mod dlq;
+mod edge;
 mod endpoints;
 mod environment;
 mod errors;

@@ -1,23 +1,74 @@
-//! The accept loop: every connection served as HTTP/1.1 by hyper, closed gracefully on shutdown.
+//! The accept loop: every connection served as HTTP/1.1 by hyper, within the edge's limits, and
+//! closed gracefully on shutdown.
 //!
 //! This is what `axum::serve` does, minus its protocol detection. That detection reads the first
 //! 24 bytes of every connection on their own (to look for an HTTP/2 preface) and hands them back
 //! to the HTTP/1 parser, which then has to grow its 8 KiB read buffer to 16 KiB to read the rest
-//! of the head: 8 KiB more per open connection, held as long as the connection lives (about 8 MB
-//! with 1,000 streams open; BENCHMARKS.md, "1,000 concurrent streams"). The gateway speaks
-//! HTTP/1.1 only, so it does not need the detection.
+//! of the head: 8 KiB more per open connection, held as long as the connection lives. The
+//! gateway speaks HTTP/1.1 only, so it does not need the detection.
+//!
+//! The limits ([`Edge`]): a request head must arrive within `header_read_timeout_ms` of the
+//! connection opening or going idle, and be at most `max_header_bytes` (431 otherwise, with a JSON
+//! body: [`refusal`]); at most `max_connections` are open at once (one more is answered 503 and
+//! closed). Bodies are bounded where they are read (`api::body`).
+
+mod refusal;
 
 use std::future::Future;
 use std::io;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use metrics::{counter, gauge};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use self::refusal::{Refusals, WithRefusals};
+use crate::config::ServerConfig;
+
+/// Connections refused because `max_connections` were open (counter).
+pub const HTTP_CONNECTIONS_REFUSED: &str = "orchestrator_http_connections_refused_total";
+/// Connections open now (gauge).
+pub const HTTP_CONNECTIONS_OPEN: &str = "orchestrator_http_connections_open";
+
+/// The limits every connection is served within; from `[server]`, read when the server starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Edge {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Option<Duration>,
+    pub max_connections: usize,
+}
+
+impl From<&ServerConfig> for Edge {
+    fn from(config: &ServerConfig) -> Self {
+        Self {
+            max_header_bytes: config.max_header_bytes,
+            header_read_timeout: (config.header_read_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.header_read_timeout_ms)),
+            max_connections: config.max_connections,
+        }
+    }
+}
+
+impl Edge {
+    fn builder(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            // Hyper's own floor for its read buffer is 8 KiB; the buffer bounds a head that has
+            // not ended yet, the header size check one that has.
+            .max_buf_size(self.max_header_bytes.max(8192))
+            .max_header_size(self.max_header_bytes)
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        builder
+    }
+}
 
 /// How long to wait before accepting again after an error that is not one connection's own
 /// (out of file descriptors, say), so the loop does not spin.
@@ -26,7 +77,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Serves `app` on `listener` until `stop` completes; then stops accepting, lets each connection
 /// finish the response it is writing, and returns when every connection has closed. Dropping the
 /// future (aborting its task) closes every connection at once.
-pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, app: axum::Router, edge: Edge, stop: impl Future<Output = ()>) {
     // Cancelled when this future ends or is dropped: connections still open then are cut.
     let cut = CancellationToken::new();
     let _cut_on_drop = cut.clone().drop_guard();
@@ -34,6 +85,10 @@ pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<O
     // one token alone (each wait polled costs a lock, on every wake-up of the connection).
     let closing = cut.child_token();
     let connections = TaskTracker::new();
+    let places = Arc::new(Semaphore::new(edge.max_connections));
+    let builder = edge.builder();
+    let refusals = Arc::new(Refusals::new(edge.max_header_bytes));
+    let open = gauge!(HTTP_CONNECTIONS_OPEN);
     let mut stop = pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -46,31 +101,40 @@ pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<O
             },
             () = &mut stop => break,
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            refuse(&stream, &refusals);
+            continue;
+        };
         // Small SSE frames must leave at once, not wait for Nagle's algorithm.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(%error, "Could not set TCP_NODELAY on a connection.");
         }
-        let service = TowerToHyperService::new(app.clone());
-        let (closing, cut) = (closing.clone(), cut.clone());
+        let io = TokioIo::new(WithRefusals::new(stream, refusals.clone()));
+        let connection = builder.serve_connection(io, TowerToHyperService::new(app.clone()));
+        let (closing, cut, open) = (closing.clone(), cut.clone(), open.clone());
+        open.increment(1.0);
         connections.spawn(async move {
-            // No timer, as with `axum::serve`: hyper's request-head timeout would arm one for
-            // every request, idle keep-alive waits included.
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let _place = place;
             let mut connection = pin!(connection);
             let result = tokio::select! {
                 biased;
                 result = connection.as_mut() => result,
                 () = closing.cancelled() => {
                     if cut.is_cancelled() {
+                        open.decrement(1.0);
                         return;
                     }
                     connection.as_mut().graceful_shutdown();
                     tokio::select! {
                         result = connection => result,
-                        () = cut.cancelled() => return,
+                        () = cut.cancelled() => {
+                            open.decrement(1.0);
+                            return;
+                        }
                     }
                 }
             };
+            open.decrement(1.0);
             if let Err(error) = result {
                 tracing::debug!(%error, "A connection ended with an error.");
             }
@@ -80,6 +144,13 @@ pub async fn serve(listener: TcpListener, app: axum::Router, stop: impl Future<O
     closing.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// Answers a connection over `max_connections` with 503 and closes it, without waiting: a
+/// socket just accepted has room for these few bytes, and one that has not is simply closed.
+fn refuse(stream: &TcpStream, refusals: &Refusals) {
+    counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
+    let _ = stream.try_write(&refusals.too_many_connections);
 }
 
 /// Errors of one connection (reset before it was accepted) need no pause; others do.
@@ -119,7 +190,8 @@ mod tests {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, app, std::future::pending()));
+        let edge = Edge::from(&ServerConfig::default());
+        let server = tokio::spawn(serve(listener, app, edge, std::future::pending()));
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
             .write_all(b"GET /hang HTTP/1.1\r\nhost: test\r\n\r\n")

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_prompt_orchestrator::WorkerError;
 
 use crate::timeouts::{Timeouts, earliest};
+use crate::transport;
 
 /// An upstream's answer, its body read as it arrives.
 pub type Response = http::Response<Either<Incoming, reqwest::Body>>;
@@ -235,7 +236,7 @@ impl HttpBackend {
             .client
             .send(request(Method::GET, &uri, Bytes::new()))
             .await
-            .map_err(|e| format!("GET {url} failed: {}", error_chain(&*e)))?;
+            .map_err(|e| format!("GET {url} failed: {}", transport::describe(&*e)))?;
         let status = response.status();
         if !status.is_success() {
             let body = read_capped(response).await;
@@ -302,7 +303,7 @@ impl HttpBackend {
             })?,
             None => sent.await,
         }
-        .map_err(|e| self.error(&format!("request failed: {}", error_chain(&*e)), true))?;
+        .map_err(|e| self.error(&transport::describe(&*e), true))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -341,7 +342,12 @@ impl HttpBackend {
             None => read.await,
         }
         .map(|body| body.to_bytes())
-        .map_err(|e| self.error(&format!("reading the answer failed: {}", error_chain(&*e)), true))
+        .map_err(|e| {
+            self.error(
+                &format!("reading the answer failed: {}", transport::describe(&*e)),
+                true,
+            )
+        })
     }
 
     /// The address of `path` under the base URL. Workers resolve their endpoints once, when
@@ -421,18 +427,6 @@ async fn read_up_to(response: Response, limit: usize) -> (Vec<u8>, bool) {
         }
     }
     (read, false)
-}
-
-/// An error with its causes: the HTTP client's own message alone rarely says what went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(Deserialize)]
@@ -567,8 +561,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.retryable);
-        assert!(
-            error.message.starts_with("up: request failed: ") && error.message.contains("onnection refused"),
+        assert_eq!(
+            error.message, "up: could not connect (connection refused)",
             "{}",
             error.message
         );

@@ -17,6 +17,7 @@ pub mod openai;
 pub mod routing;
 pub mod sse;
 pub mod timeouts;
+mod transport;
 
 pub use openai::{OpenAiConfig, OpenAiWorker};
 pub use routing::Router;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::BodyDataStream;
 use tokio::time::Instant;
@@ -15,6 +15,7 @@ use tokio_prompt_orchestrator::{FinishReason, Passthrough, TokenStream, Usage, W
 
 use crate::http::Response;
 use crate::timeouts::{Timeouts, earliest};
+use crate::transport;
 
 /// What one event said.
 #[derive(Debug, Default, PartialEq)]
@@ -70,11 +71,13 @@ pub fn relay<D: Dialect>(
     timeouts: Timeouts,
     deadline: Option<Instant>,
 ) -> TokenStream {
-    let events: Events = Box::pin(
-        BodyDataStream::new(response.into_body())
-            .eventsource()
-            .map(|r| r.map_err(|e| e.to_string())),
-    );
+    let events: Events = Box::pin(BodyDataStream::new(response.into_body()).eventsource().map(|r| {
+        r.map_err(|e| match e {
+            EventStreamError::Transport(e) => transport::describe(&*e),
+            EventStreamError::Utf8(_) => "the stream is not UTF-8".to_owned(),
+            EventStreamError::Parser(e) => format!("the stream is not valid SSE ({e})"),
+        })
+    }));
     let reader = Reader {
         events,
         dialect,

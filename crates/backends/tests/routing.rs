@@ -195,8 +195,8 @@ async fn exhausted_groups_fall_back_and_the_error_names_every_backend() {
     // Round robin started this time at b.
     assert_eq!(
         error.message,
-        "every backend of model `m` failed: b: answered 503: overloaded; a: answered 503: overloaded; \
-         c: answered 503: overloaded; c: answered 503: overloaded"
+        "Every backend of model `m` failed: b: answered 503: overloaded; a: answered 503: overloaded; \
+         c: answered 503: overloaded, 2 times"
     );
 }
 
@@ -544,7 +544,7 @@ async fn when_every_replica_is_unhealthy_the_error_says_why() {
     assert!(error.retryable);
     assert_eq!(
         error.message,
-        "every backend of model `m` failed: a: skipped: failing its health checks \
+        "Every backend of model `m` failed: a: skipped: failing its health checks \
          (GET http://a/health failed: connection refused)"
     );
     assert_eq!(a.calls(), 0);

@@ -47,6 +47,9 @@ pub struct ValidateArgs {
     /// The file to check; without one, the built-in default config.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// The same, named as `serve` and `ingest` name it.
+    #[arg(long, value_name = "FILE", conflicts_with = "file")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -117,8 +120,16 @@ mod tests {
         let cli = Cli::try_parse_from(["orchestrator", "validate"]).unwrap();
         assert!(matches!(
             cli.command,
-            Some(Command::Validate(ValidateArgs { file: None }))
+            Some(Command::Validate(ValidateArgs {
+                file: None,
+                config: None
+            }))
         ));
+        let cli = Cli::try_parse_from(["orchestrator", "validate", "--config", "p.toml"]).unwrap();
+        let Some(Command::Validate(args)) = cli.command else {
+            panic!("not validate: {cli:?}");
+        };
+        assert_eq!(args.config, Some(PathBuf::from("p.toml")));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod post;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+mod words;
 
 pub use config::Config;
 pub use server::{Server, ServerHandle};

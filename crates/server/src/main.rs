@@ -55,7 +55,7 @@ async fn run(cli: &Cli) -> ExitCode {
 const INVALID_CONFIG: u8 = 2;
 
 fn validate(args: &ValidateArgs) -> ExitCode {
-    let (config, name) = match &args.file {
+    let (config, name) = match args.file.as_ref().or(args.config.as_ref()) {
         Some(path) => match Config::load(path) {
             Ok(config) => (config, path.display().to_string()),
             Err(e) => {

@@ -113,7 +113,8 @@ impl Router {
 /// What the router learnt trying one model's backends: each failure, in order.
 #[derive(Default)]
 struct Attempts {
-    notes: Vec<String>,
+    /// What each backend said, once per distinct note, with how many times it was said.
+    notes: Vec<(String, u32)>,
     tried: Vec<BackendAttempt>,
     last: Option<WorkerError>,
     /// The shortest rest left of the backends passed over for their `Retry-After`.
@@ -122,7 +123,7 @@ struct Attempts {
 
 impl Attempts {
     fn failed(&mut self, replica: &Replica, error: WorkerError) {
-        self.notes.push(error.message.clone());
+        self.note(&error.message);
         self.tried.push(BackendAttempt {
             backend: replica.name().to_owned(),
             error: error.message.clone(),
@@ -138,7 +139,7 @@ impl Attempts {
             error: error.message.clone(),
         });
         if !self.notes.is_empty() {
-            error.message = format!("{} (tried before: {})", error.message, self.notes.join("; "));
+            error.message = format!("{} (tried before: {})", error.message, self.summary());
         }
         error.attempts = self.tried.into_boxed_slice();
         error
@@ -153,10 +154,10 @@ impl Attempts {
         if let (replica::Unavailable::Unhealthy, Some(problem)) = (why, replica.health().problem()) {
             detail = format!("{detail} ({problem})");
         }
-        let note = format!("{}: {detail}", replica.name());
         // A replica passed over on several tries is named once.
-        if !self.notes.contains(&note) {
-            self.notes.push(note);
+        let note = format!("{}: {detail}", replica.name());
+        if !self.notes.iter().any(|(said, _)| *said == note) {
+            self.notes.push((note, 1));
             self.tried.push(BackendAttempt {
                 backend: replica.name().to_owned(),
                 error: detail,
@@ -164,20 +165,34 @@ impl Attempts {
         }
     }
 
+    /// Adds `note`, or counts it again when it was said before.
+    fn note(&mut self, note: &str) {
+        match self.notes.iter_mut().find(|(said, _)| said == note) {
+            Some((_, times)) => *times += 1,
+            None => self.notes.push((note.to_owned(), 1)),
+        }
+    }
+
+    /// The notes in order, each once: `a: refused, 3 times; b: circuit open`.
+    fn summary(&self) -> String {
+        let notes = self.notes.iter().map(|(note, times)| match times {
+            1 => note.clone(),
+            n => format!("{note}, {n} times"),
+        });
+        notes.collect::<Vec<_>>().join("; ")
+    }
+
     /// The error the caller gets: every backend tried and why it failed. When backends were
     /// left out for their `Retry-After`, the caller is told when the first comes back.
-    fn into_error(self, model: &str) -> WorkerError {
-        let mut error = self.last.unwrap_or_else(|| {
+    fn into_error(mut self, model: &str) -> WorkerError {
+        let mut error = self.last.take().unwrap_or_else(|| {
             // Only skips: every backend was unavailable, which is worth retrying later.
             WorkerError::retryable("no backend available").with_status(503)
         });
         if let Some(soonest) = self.soonest_back {
             error.retry_after = Some(error.retry_after.map_or(soonest, |own| own.min(soonest)));
         }
-        error.message = format!(
-            "every backend of model `{model}` failed: {}",
-            self.notes.join("; ")
-        );
+        error.message = format!("Every backend of model `{model}` failed: {}", self.summary());
         error.attempts = self.tried.into_boxed_slice();
         error
     }

@@ -98,7 +98,7 @@ impl Unavailable {
     pub fn describe(self) -> &'static str {
         match self {
             Unavailable::Unhealthy => "skipped: failing its health checks",
-            Unavailable::CircuitOpen => "skipped: circuit open",
+            Unavailable::CircuitOpen => "skipped: its circuit breaker is open after repeated failures",
             Unavailable::Resting => "skipped: waiting out its Retry-After",
             Unavailable::Full => "skipped: at its max_in_flight",
         }

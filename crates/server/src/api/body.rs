@@ -1,5 +1,5 @@
-//! Reading a JSON request body: size limit (413), UTF-8 (400), syntax and types (400 naming the
-//! field, e.g. `messages[0].role`).
+//! Reading a JSON request body: size limit (413), pace (408), compression (415 for codings not
+//! taken), UTF-8 (400), syntax and types (400 naming the field, e.g. `messages[0].role`).
 
 use std::time::Duration;
 
@@ -10,8 +10,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::encoding;
 use super::error::ApiError;
 use crate::config::ServerConfig;
+use crate::words::{self, Format};
 
 /// How much of a body is read, and how fast it must come.
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +56,7 @@ impl BodyLimits {
 }
 
 /// Reads the whole body, refusing more than `limits.max_bytes` bytes or a body that comes too
-/// slowly.
+/// slowly, and decodes it when it is compressed (`encoding`).
 ///
 /// # Errors
 /// 413 over the limit (checked against `Content-Length` first, so an honest large upload is
@@ -107,7 +109,7 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limits: BodyLimits) -
             }
         }
     }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
+    encoding::decode(headers, first.unwrap_or_else(|| rest.freeze()), limit)
 }
 
 /// Parses `bytes` as the JSON object `T`, naming the field at fault in every error.
@@ -145,7 +147,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             // serde's message here names our Rust type, which means nothing to a client.
             ApiError::invalid_body("The request body must be a JSON object.")
         } else {
-            ApiError::invalid(path, inner.to_string())
+            let (param, message) = words::field_error(&path, &inner.to_string(), Format::Json);
+            ApiError::invalid(param, message)
         }
     })?;
     // Trailing characters after the object are a malformed body too.
@@ -183,7 +186,7 @@ mod tests {
         assert_eq!(err.param.as_deref(), Some("items[1].n"));
         assert_eq!(
             err.message,
-            "items[1].n: invalid type: string \"x\", expected u32 at line 1 column 30"
+            "items[1].n: must be a whole number from 0 to 4294967295 (got \"x\")"
         );
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -74,9 +74,15 @@ pub async fn list(
     result.await.into_response()
 }
 
-pub async fn show(State(state): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+pub async fn show(State(state): State<Arc<AppState>>, id: Result<Path<u64>, PathRejection>) -> Response {
     let live = state.live();
     let result = async {
+        let Ok(Path(id)) = id else {
+            return Err(ApiError::invalid(
+                "id",
+                "a dead-letter id is a whole number, as GET /admin/dlq lists them",
+            ));
+        };
         match store(&live)?.get(id).await.map_err(storage)? {
             Some(entry) => Ok(Json(entry)),
             None => Err(ApiError::not_found(

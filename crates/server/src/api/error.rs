@@ -38,7 +38,12 @@ struct ErrorObject<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             kind,
@@ -234,8 +239,18 @@ fn whole_seconds(wait: std::time::Duration) -> u32 {
 
 impl From<PipelineError> for ApiError {
     fn from(error: PipelineError) -> Self {
-        let message = error.to_string();
-        match &error {
+        Self::from(&error)
+    }
+}
+
+impl From<&PipelineError> for ApiError {
+    fn from(error: &PipelineError) -> Self {
+        let message = match error {
+            // The backends' own account (which were tried, what each said) is the message.
+            PipelineError::Worker(upstream) => upstream.message.clone(),
+            other => other.to_string(),
+        };
+        match error {
             PipelineError::Overloaded { .. } => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded_error",

@@ -110,6 +110,7 @@ async fn generate(
         prompt,
         permit: None,
         dead_letter: draft(&live, &request, endpoint, key, &hints, bytes, received_at_ms),
+        default_timeout: None,
     };
     let handle = admit(&live, request, &mut outcome).await?;
     // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.
@@ -304,7 +305,10 @@ pub async fn admit(
     mut request: InferenceRequest,
     outcome: &mut Outcome,
 ) -> Result<ResponseHandle, ApiError> {
-    let deadline = request.timeout.or(live.config.pipeline.default_timeout());
+    if request.timeout.is_none() {
+        outcome.default_timeout = live.config.pipeline.default_timeout();
+    }
+    let deadline = request.timeout.or(outcome.default_timeout);
     let waited = Instant::now();
     let acquired = match deadline {
         None => live.gate.acquire(request.priority).await,

@@ -12,6 +12,7 @@ pub mod access;
 pub mod admin;
 pub mod body;
 pub mod dlq;
+mod encoding;
 pub mod error;
 pub mod generate;
 pub mod graft;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -39,8 +40,15 @@ pub async fn list_models(State(state): State<Arc<AppState>>, _: Authorized) -> R
 pub async fn get_model(
     State(state): State<Arc<AppState>>,
     _: Authorized,
-    Path(model): Path<String>,
+    model: Result<Path<String>, PathRejection>,
 ) -> Response {
+    let Ok(Path(model)) = model else {
+        return ApiError::invalid(
+            "model",
+            "the model name in the URL is not valid UTF-8 once its %-escapes are decoded",
+        )
+        .into_response();
+    };
     if state.live().models.contains(&model) {
         Json(model_object(&state, &model)).into_response()
     } else {

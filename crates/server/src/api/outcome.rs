@@ -3,7 +3,7 @@
 //! next waiting request, and a failure is kept in the dead-letter queue when the config says so.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use orchestrator_context::assemble::{Encoding, MESSAGE_OVERHEAD_TOKENS};
@@ -27,6 +27,8 @@ pub struct Outcome {
     pub permit: Option<GatePermit>,
     /// What to keep if it fails; `None` when the dead-letter queue is off.
     pub dead_letter: Option<Box<Draft>>,
+    /// The deadline the request got from `pipeline.default_timeout_ms`, named when it passes.
+    pub default_timeout: Option<Duration>,
 }
 
 impl Outcome {
@@ -49,12 +51,21 @@ impl Outcome {
     /// Keeps the failure when the config says so, and returns what the caller is told.
     pub async fn failed(&mut self, error: PipelineError) -> ApiError {
         self.permit = None;
+        let mut told = ApiError::from(&error);
+        if let (PipelineError::Timeout { stage }, Some(limit)) = (&error, self.default_timeout) {
+            told.message = format!(
+                "No answer within the request's deadline, pipeline.default_timeout_ms ({} ms); it \
+                 passed in the {stage} stage. Raise the setting for longer generations (0 turns \
+                 it off), or retry.",
+                limit.as_millis()
+            );
+        }
         if let Some(draft) = self.dead_letter.take() {
             // Boxed: keeping a dead letter is rare, and its state (over a kilobyte) would
             // otherwise sit inside every request's future, failing or not.
-            Box::pin(draft.keep(&error)).await;
+            Box::pin(draft.keep(&error, &told.message)).await;
         }
-        ApiError::from(error)
+        told
     }
 }
 
@@ -76,7 +87,7 @@ pub struct Draft {
 impl Draft {
     /// Appends the dead letter when `error` is an ending the config keeps, and waits until it is
     /// on disk, except for refusals (see below). A caller who went away left no failure to replay.
-    async fn keep(self, error: &PipelineError) {
+    async fn keep(self, error: &PipelineError, message: &str) {
         let Some((reason, stage)) = classify(error) else {
             return;
         };
@@ -108,7 +119,7 @@ impl Draft {
             request,
             reason,
             stage: stage.map(|s| s.as_str().to_owned()),
-            error: error.to_string(),
+            error: message.to_owned(),
             error_kind: error.kind().to_owned(),
             attempts,
             replays: 0,

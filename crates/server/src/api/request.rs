@@ -25,8 +25,10 @@ pub struct GenerationRequest {
     model: Option<String>,
     messages: Option<Vec<WireMessage>>,
     prompt: Option<Prompt>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
+    // Read wide, so that a number too large for the model's `f32` is refused as itself rather
+    // than as infinity.
+    temperature: Option<f64>,
+    top_p: Option<f64>,
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     stop: Option<Stop>,
@@ -215,7 +217,7 @@ impl GenerationRequest {
         {
             return Err(ApiError::invalid(
                 "temperature",
-                format!("must be between 0 and 2 (got {t})"),
+                format!("must be between 0 and 2 (got {})", number(t)),
             ));
         }
         if let Some(p) = self.top_p
@@ -223,7 +225,7 @@ impl GenerationRequest {
         {
             return Err(ApiError::invalid(
                 "top_p",
-                format!("must be between 0 and 1 (got {p})"),
+                format!("must be between 0 and 1 (got {})", number(p)),
             ));
         }
         for (field, value) in [
@@ -255,8 +257,8 @@ impl GenerationRequest {
             ));
         }
         let params = SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
+            temperature: self.temperature.map(|t| t as f32),
+            top_p: self.top_p.map(|p| p as f32),
             // `max_completion_tokens` is OpenAI's newer name; it wins when both are sent.
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             stop,
@@ -399,6 +401,15 @@ impl<'de> Deserialize<'de> for Prompt {
     }
 }
 
+/// A number as a client would write it: huge and tiny ones in exponent form.
+fn number(n: f64) -> String {
+    if n != 0.0 && !(1e-6..1e15).contains(&n.abs()) {
+        format!("{n:e}")
+    } else {
+        n.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::body::parse_json;
@@ -497,6 +508,10 @@ mod tests {
                 "temperature: must be between 0 and 2 (got 3)",
             ),
             (
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1e308}"#,
+                "temperature: must be between 0 and 2 (got 1e308)",
+            ),
+            (
                 r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#,
                 "max_tokens: must be at least 1",
             ),
@@ -520,14 +535,14 @@ mod tests {
         assert_eq!(err.param.as_deref(), Some("messages[0].role"));
         assert!(
             err.message
-                .starts_with("messages[0].role: unknown variant `robot`, expected one of"),
+                .starts_with("messages[0].role: must be one of `system`, `developer`, `user`"),
             "{}",
             err.message
         );
         let err = chat(r#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#).unwrap_err();
         assert_eq!(
             err.message,
-            "messages[0].content: invalid type: integer `5`, expected a string or an array of content parts at line 1 column 57"
+            "messages[0].content: must be a string or an array of content parts (got 5)"
         );
         let err = chat(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#)
             .unwrap_err();

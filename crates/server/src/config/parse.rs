@@ -16,6 +16,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::{Config, Problem};
+use crate::words::{self, Format};
 
 /// The names of entries that did not parse, by list, and where those that did are in the file.
 #[derive(Debug, Default)]
@@ -293,6 +294,7 @@ fn problem_at(text: &str, path: &str, value: &Spanned<DeValue<'_>>, e: &toml::de
         path = format!("{path}.{below}");
         start = place;
     }
+    let (path, message) = words::field_error(&path, &message, Format::Toml);
     Problem {
         path,
         message,
@@ -478,22 +480,20 @@ mod tests {
             (
                 "[[backends]]\nkind = \"gpu\"\nname = \"g\"".into(),
                 vec![
-                    "9:8: backends[1].kind: unknown variant `gpu`, expected one of `echo`, `openai`, \
-                     `vllm`, `llamacpp`",
+                    "9:8: backends[1].kind: must be one of `echo`, `openai`, `vllm`, `llamacpp` (got \
+                     `gpu`)",
                 ],
             ),
             (
                 "[[post]]\nkind = \"upper\"".into(),
                 vec![
-                    "9:8: post[0].kind: unknown variant `upper`, expected one of `stop`, `max_chars`, \
-                     `redact`, `json`",
+                    "9:8: post[0].kind: must be one of `stop`, `max_chars`, `redact`, `json` (got \
+                     `upper`)",
                 ],
             ),
             (
                 "[dlq]\npath = \"d.redb\"\nrecord = [\"lost\"]".into(),
-                vec![
-                    "10:11: dlq.record[0]: unknown variant `lost`, expected one of `failed`, `timeout`, `shed`",
-                ],
+                vec!["10:11: dlq.record[0]: must be one of `failed`, `timeout`, `shed` (got `lost`)"],
             ),
             // Inside a `kind`-tagged entry serde gives no place: the key or value is looked up.
             (
@@ -514,16 +514,16 @@ mod tests {
             (
                 format!("{openai}timeouts = {{ first_token_ms = \"fast\" }}"),
                 vec![
-                    "12:31: backends[1].timeouts.first_token_ms: invalid type: string \"fast\", expected u64",
+                    "12:31: backends[1].timeouts.first_token_ms: must be a whole number, 0 or more (got \"fast\")",
                 ],
             ),
             (
                 format!("{openai}timeouts = {{ total_ms = -1 }}"),
-                vec!["12:25: backends[1].timeouts.total_ms: invalid value: integer `-1`, expected u64"],
+                vec!["12:25: backends[1].timeouts.total_ms: must be a whole number, 0 or more (got -1)"],
             ),
             (
                 "[[post]]\nkind = \"max_chars\"\nmax = \"10\"".into(),
-                vec!["10:7: post[0].max: invalid type: string \"10\", expected usize"],
+                vec!["10:7: post[0].max: must be a whole number, 0 or more (got \"10\")"],
             ),
             (
                 "[[stages]]\nname = \"s\"\nkind = \"rag\"\nmodles = []".into(),
@@ -542,27 +542,27 @@ mod tests {
             ),
             (
                 "[server]\nmax_body_bytes = \"big\"".into(),
-                vec!["9:18: server.max_body_bytes: invalid type: string \"big\", expected usize"],
+                vec!["9:18: server.max_body_bytes: must be a whole number, 0 or more (got \"big\")"],
             ),
             (
                 "[pipeline]\nshards = 0".into(),
-                vec!["9:10: pipeline.shards: invalid value: integer `0`, expected a nonzero usize"],
+                vec!["9:10: pipeline.shards: must be a whole number, 1 or more (got 0)"],
             ),
             (
                 "[[models]]\nname = \"n\"".into(),
-                vec!["8:1: models[1]: missing field `backends`"],
+                vec!["8:1: models[1].backends: is required"],
             ),
             (
                 "[[backends]]\nname = \"x\"".into(),
-                vec!["8:1: backends[1]: missing field `kind`"],
+                vec!["8:1: backends[1].kind: is required"],
             ),
             (
                 "[auth]\nkeys = 3".into(),
-                vec!["9:8: auth.keys: invalid type: integer `3`, expected a sequence"],
+                vec!["9:8: auth.keys: must be an array (got 3)"],
             ),
             (
                 "!models = \"m\"\n[[backends]]\nkind = \"echo\"\nname = \"e\"".into(),
-                vec!["1:10: models: invalid type: string \"m\", expected a sequence"],
+                vec!["1:10: models: must be an array (got \"m\")"],
             ),
             // Not TOML: every syntax error, and nothing else.
             (
@@ -658,7 +658,7 @@ mod tests {
             [
                 "5:1: backends[0].modle: unknown field `modle`, expected one of `name`, `base_url`, \
                  `api_key_env`, `model`, `headers`, `timeouts`, `routing`, `health_check`",
-                "10:18: backends[1].token_delay_ms: invalid type: string \"fast\", expected u64",
+                "10:18: backends[1].token_delay_ms: must be a whole number, 0 or more (got \"fast\")",
                 "27:1: models[1].backend: unknown field `backend`, expected one of `name`, \
                  `backends`, `fallback`, `balancing`, `retries`, `dedup`",
                 // Paths are the file's: the second backend that parsed is the file's fourth.
@@ -681,15 +681,12 @@ mod tests {
         assert_eq!(
             problems(&text),
             [
-                "13:8: stages[1].kind: unknown variant `inferense`, expected one of `rag`, \
-                 `assemble`, `inference`, `post`, `stream`",
+                "13:8: stages[1].kind: must be one of `rag`, `assemble`, `inference`, `post`, \
+                 `stream` (got `inferense`)",
                 "18:20: stages[2].inputs[1]: no stage named \"nope\" (known: assemble, infer, out)",
             ]
         );
         let text = "models = 3\n[[post]]\nkind = \"json\"\nmodels = [\"m\"]\n";
-        assert_eq!(
-            problems(text),
-            ["1:10: models: invalid type: integer `3`, expected a sequence"]
-        );
+        assert_eq!(problems(text), ["1:10: models: must be an array (got 3)"]);
     }
 }

@@ -89,6 +89,19 @@ pub async fn replay(live: &Live, store: &DlqStore, selection: Selection) -> Resu
     }
     report.replayed.sort_by_key(|r| r.id);
     report.failed.sort_by_key(|f| f.id);
+    // One line for the run: a replay of thousands of entries must not be thousands of lines.
+    let (replayed, missing) = (report.replayed.len(), report.missing.len());
+    match report.failed.first() {
+        None => tracing::info!(replayed, missing, "Dead letters replayed and removed."),
+        Some(first) => tracing::warn!(
+            replayed,
+            failed = report.failed.len(),
+            missing,
+            first_failed = first.id,
+            first_error = %first.error,
+            "Dead letters replayed; those that failed again stay in the queue."
+        ),
+    }
     Ok(report)
 }
 
@@ -103,7 +116,7 @@ async fn replay_one(
         Ok(response) => {
             store.remove(id).await?;
             counter!(DLQ_REPLAYED, "outcome" => "succeeded").increment(1);
-            tracing::info!(id, "Dead letter replayed and removed.");
+            tracing::debug!(id, "Dead letter replayed and removed.");
             Ok(Ok(Replayed { id, response }))
         }
         Err(error) => {
@@ -111,7 +124,7 @@ async fn replay_one(
             entry.last_replay_error = Some(error.clone());
             store.update(&entry).await?;
             counter!(DLQ_REPLAYED, "outcome" => "failed").increment(1);
-            tracing::warn!(id, %error, "Dead letter replay failed; it stays in the queue.");
+            tracing::debug!(id, %error, "Dead letter replay failed; it stays in the queue.");
             Ok(Err(ReplayFailure { id, error }))
         }
     }

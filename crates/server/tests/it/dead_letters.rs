@@ -101,6 +101,13 @@ async fn a_request_that_fails_after_its_retries_is_kept_whole() {
     let (status, missing) = admin(&server, reqwest::Method::GET, "/admin/dlq/9", None).await;
     assert_eq!(status, 404);
     assert_eq!(missing["error"]["message"], "no dead-letter entry with id 9");
+    let (status, invalid) = admin(&server, reqwest::Method::GET, "/admin/dlq/abc", None).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        invalid["error"],
+        json!({"message": "id: a dead-letter id is a whole number, as GET /admin/dlq lists them",
+               "type": "invalid_request_error", "param": "id", "code": "invalid_value"})
+    );
 }
 
 #[tokio::test]
@@ -275,7 +282,7 @@ async fn the_cli_replays_through_the_configs_backends() {
             "id": 0, "recorded_at_ms": 1, "received_at_ms": 1, "endpoint": "/v1/chat/completions",
             "model": "echo", "key": null, "priority": "normal", "session": null,
             "request": chat_body("echo", "replayed"), "reason": "failed", "stage": "inference",
-            "error": "model worker failed", "error_kind": "worker", "attempts": [],
+            "error": "the model backend failed", "error_kind": "worker", "attempts": [],
             "replays": 0, "last_replay_error": null
         }))
         .unwrap();

@@ -109,8 +109,9 @@ async fn with_every_replica_unhealthy_the_caller_learns_why() {
     let body: serde_json::Value = response.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.starts_with("model worker failed: every backend of model `m` failed: down-a: skipped: failing its health checks (GET ")
-            && message.ends_with("/health answered 503: Loading model)"),
+        message.starts_with(
+            "Every backend of model `m` failed: down-a: skipped: failing its health checks (GET "
+        ) && message.ends_with("/health answered 503: Loading model)"),
         "{message}"
     );
     assert_eq!(a.stats().llama_completions, 0);

@@ -114,7 +114,7 @@ async fn a_stream_cut_after_its_first_token_ends_with_an_error_event() {
     let body: Value = serde_json::from_str(data).unwrap();
     assert_eq!(
         body,
-        json!({"error": {"message": "model worker failed: upstream connection reset after 2 tokens",
+        json!({"error": {"message": "upstream connection reset after 2 tokens",
                          "type": "upstream_error", "param": null, "code": "upstream_error"}})
     );
     assert!(!frames.contains(&Frame::Data("[DONE]".into())));

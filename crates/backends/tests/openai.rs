@@ -35,7 +35,7 @@ fn call(stream: bool) -> InferenceCall {
         .with_stream(stream);
     request.extra.insert(
         "tools".into(),
-        json!([{"type": "function", "function": {"name": "f"}}]),
+        tokio_prompt_orchestrator::raw(&json!([{"type": "function", "function": {"name": "f"}}])),
     );
     InferenceCall::new(RequestId(1), request, "Hello")
 }

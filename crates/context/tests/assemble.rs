@@ -248,7 +248,9 @@ fn tools_join_the_prefix_in_canonical_form_but_not_the_messages() {
     let assembler = assembler(json!({"system": "Use tools."}));
     let with_tools = |tools: serde_json::Value| {
         let mut request = chat(vec![ChatMessage::user("Weather?")]);
-        request.extra.insert("tools".into(), tools);
+        request
+            .extra
+            .insert("tools".into(), tokio_prompt_orchestrator::raw(&tools));
         request
     };
     let a = with_tools(json!([{"type": "function", "function": {"name": "weather", "parameters": {}}}]));
@@ -548,11 +550,14 @@ fn a_tool_call_and_its_result_are_dropped_together() {
     let mut call = assistant("");
     call.extra.insert(
         "tool_calls".into(),
-        json!([{"id": "c1", "type": "function",
-        "function": {"name": "lookup", "arguments": long_text("arg")}}]),
+        tokio_prompt_orchestrator::raw(&json!([{"id": "c1", "type": "function",
+        "function": {"name": "lookup", "arguments": long_text("arg")}}])),
     );
     let mut result = ChatMessage::new(Role::Tool, long_text("result"));
-    result.extra.insert("tool_call_id".into(), json!("c1"));
+    result.extra.insert(
+        "tool_call_id".into(),
+        tokio_prompt_orchestrator::raw(&json!("c1")),
+    );
     let request = chat(vec![
         ChatMessage::user("Look it up."),
         call,

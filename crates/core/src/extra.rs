@@ -1,23 +1,63 @@
-//! Reading a JSON object whose unrecognised fields are kept as [`Extra`] (pass-through fields
-//! of requests and answers), as `#[serde(flatten)]` into a map would, without its cost: flatten
-//! first buffers every field of the object (a whole `messages` or `choices` array included) as
-//! serde's generic content and then reads the struct again from that copy, which made parsing an
-//! upstream's answer about a tenth of the gateway's instructions per request. Here each field is
-//! read once, straight into its place.
+//! Reading a JSON object whose unrecognised fields are kept aside (pass-through fields: a
+//! request's as raw text in a [`RawExtra`], an answer's as values in an [`Extra`]), as
+//! `#[serde(flatten)]` into a map would, without its cost: flatten first buffers every field of
+//! the object (a whole `messages` or `choices` array included) as serde's generic content and
+//! reads the struct again from that copy, and it cannot keep a field as raw text at all. Here
+//! each field is read once, straight into its place.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserializer;
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::request::Extra;
+use crate::request::{Extra, RawExtra};
+
+/// Where the fields an object does not take are kept, and as what.
+pub trait Kept {
+    type Value: DeserializeOwned;
+
+    fn keep(&mut self, name: String, value: Self::Value);
+
+    /// Whether `value` is [`empty`].
+    fn says_nothing(value: &Self::Value) -> bool;
+}
+
+impl Kept for Extra {
+    type Value = Value;
+
+    fn keep(&mut self, name: String, value: Value) {
+        self.insert(name, value);
+    }
+
+    fn says_nothing(value: &Value) -> bool {
+        empty(value)
+    }
+}
+
+impl Kept for RawExtra {
+    type Value = Box<RawValue>;
+
+    fn keep(&mut self, name: String, value: Box<RawValue>) {
+        self.insert(name, value);
+    }
+
+    fn says_nothing(value: &Box<RawValue>) -> bool {
+        let text = value.get();
+        let inside = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
+        text == "null" || inside.is_some_and(|t| t.trim().is_empty())
+    }
+}
 
 /// An object read field by field; what [`field`](Fields::field) does not take goes to
 /// [`extra`](Fields::extra) (see [`KEEPS_EMPTY`](Fields::KEEPS_EMPTY)).
 pub trait Fields: Default {
+    /// Where unrecognised fields go.
+    type Extra: Kept;
+
     /// What the object is, for error messages ("an OpenAI answer").
     const EXPECTING: &'static str;
 
@@ -25,8 +65,7 @@ pub trait Fields: Default {
     /// kept in [`extra`](Fields::extra).
     fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error>;
 
-    /// Where unrecognised fields go.
-    fn extra(&mut self) -> &mut Extra;
+    fn extra(&mut self) -> &mut Self::Extra;
 
     /// Whether unrecognised fields that are [`empty`] are kept (a request's are passed on as
     /// the client sent them; an answer's say nothing, and dropped as read they cost nothing).
@@ -70,11 +109,12 @@ impl<'de, T: Fields> Visitor<'de> for ObjectVisitor<T> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
         let mut object = T::default();
         while let Some(Name(name)) = map.next_key()? {
-            if !object.field(&name, &mut map)? {
-                let value: Value = map.next_value()?;
-                if T::KEEPS_EMPTY || !empty(&value) {
-                    object.extra().insert(name.into_owned(), value);
-                }
+            if object.field(&name, &mut map)? {
+                continue;
+            }
+            let value = map.next_value()?;
+            if T::KEEPS_EMPTY || !T::Extra::says_nothing(&value) {
+                object.extra().keep(name.into_owned(), value);
             }
         }
         Ok(object)
@@ -121,6 +161,7 @@ mod tests {
     }
 
     impl Fields for Named {
+        type Extra = Extra;
         const EXPECTING: &'static str = "a named object";
 
         fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
@@ -136,7 +177,36 @@ mod tests {
         }
     }
 
-    crate::read_fields!(Named);
+    #[derive(Debug, Default)]
+    struct Raw {
+        extra: RawExtra,
+    }
+
+    impl Fields for Raw {
+        type Extra = RawExtra;
+        const EXPECTING: &'static str = "an object";
+
+        fn field<'de, A: MapAccess<'de>>(&mut self, _: &str, _: &mut A) -> Result<bool, A::Error> {
+            Ok(false)
+        }
+
+        fn extra(&mut self) -> &mut RawExtra {
+            &mut self.extra
+        }
+    }
+
+    crate::read_fields!(Named, Raw);
+
+    #[test]
+    fn raw_fields_are_kept_as_the_text_that_came() {
+        let raw: Raw =
+            serde_json::from_str(r#"{"tools": [0, 0,0], "format": {"type" : "json_object"}}"#).unwrap();
+        assert_eq!(raw.extra["tools"].get(), "[0, 0,0]");
+        assert_eq!(raw.extra["format"].get(), r#"{"type" : "json_object"}"#);
+        assert_eq!(raw.extra.parsed("format"), Some(json!({"type": "json_object"})));
+        assert!(RawExtra::says_nothing(&crate::raw(&json!([]))));
+        assert!(!RawExtra::says_nothing(&crate::raw(&json!([0]))));
+    }
 
     #[test]
     fn known_fields_are_read_and_every_other_is_kept_as_it_came() {

@@ -9,13 +9,78 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// Free-form key/value metadata that travels with a request and comes back with its output.
 pub type Meta = BTreeMap<String, String>;
 
-/// Fields the pipeline does not act on but a backend may understand (`tools`, `response_format`,
-/// `tool_call_id`, ...), passed to it unchanged.
+/// Fields of an upstream's answer the pipeline does not act on (`tool_calls`, `logprobs`,
+/// `system_fingerprint`, ...), passed to the client; a stream's deltas are merged as values.
 pub type Extra = serde_json::Map<String, serde_json::Value>;
+
+/// Fields of a client's request the pipeline does not act on but a backend may understand
+/// (`tools`, `response_format`, `tool_call_id`, ...), kept as the JSON text the client sent and
+/// passed on unchanged. Text, not a parsed tree: a tree of a large array costs many times the
+/// bytes of its text for as long as the request waits.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawExtra(BTreeMap<String, Box<RawValue>>);
+
+impl RawExtra {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The field `name` parsed, for the few the pipeline looks into (`tools`, `response_format`).
+    pub fn parsed(&self, name: &str) -> Option<serde_json::Value> {
+        serde_json::from_str(self.0.get(name)?.get()).ok()
+    }
+}
+
+impl std::ops::Deref for RawExtra {
+    type Target = BTreeMap<String, Box<RawValue>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RawExtra {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// The same fields with the same text.
+impl PartialEq for RawExtra {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((k, v), (ok, ov))| k == ok && v.get() == ov.get())
+    }
+}
+
+impl<'a> IntoIterator for &'a RawExtra {
+    type Item = (&'a String, &'a Box<RawValue>);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Box<RawValue>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// `value` as raw JSON text, for building a [`RawExtra`] in code.
+pub fn raw(value: &serde_json::Value) -> Box<RawValue> {
+    // A `Value` always serializes.
+    serde_json::value::to_raw_value(value).expect("a JSON value serializes")
+}
 
 /// The affinity key: one session's requests land on one shard and keep their order.
 ///
@@ -100,8 +165,8 @@ pub struct ChatMessage {
     pub role: Role,
     pub content: String,
     /// The message's other fields (`tool_calls`, `tool_call_id`, `name`), for the backend.
-    #[serde(default, skip_serializing_if = "Extra::is_empty")]
-    pub extra: Extra,
+    #[serde(default, skip_serializing_if = "RawExtra::is_empty")]
+    pub extra: RawExtra,
 }
 
 impl ChatMessage {
@@ -109,7 +174,7 @@ impl ChatMessage {
         Self {
             role,
             content: content.into(),
-            extra: Extra::new(),
+            extra: RawExtra::new(),
         }
     }
 
@@ -218,8 +283,8 @@ pub struct InferenceRequest {
     pub timeout: Option<Duration>,
     pub meta: Meta,
     /// Request fields for the backend that the pipeline does not act on.
-    #[serde(default, skip_serializing_if = "Extra::is_empty")]
-    pub extra: Extra,
+    #[serde(default, skip_serializing_if = "RawExtra::is_empty")]
+    pub extra: RawExtra,
 }
 
 impl InferenceRequest {
@@ -234,7 +299,7 @@ impl InferenceRequest {
             stream: true,
             timeout: None,
             meta: Meta::new(),
-            extra: Extra::new(),
+            extra: RawExtra::new(),
         }
     }
 

@@ -241,11 +241,17 @@ struct JsonCheck {
 
 /// Whether the request asks for JSON output (OpenAI's `response_format`).
 fn json_mode(request: &InferenceRequest) -> bool {
-    let kind = request
-        .extra
-        .get("response_format")
-        .and_then(|f| f.get("type"))
-        .and_then(|t| t.as_str());
+    #[derive(serde::Deserialize)]
+    struct ResponseFormat<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+    }
+    let Some(format) = request.extra.get("response_format") else {
+        return false;
+    };
+    let kind = serde_json::from_str::<ResponseFormat>(format.get())
+        .ok()
+        .and_then(|f| f.kind);
     matches!(kind, Some("json_object" | "json_schema"))
 }
 
@@ -294,7 +300,7 @@ mod tests {
         let mut request = InferenceRequest::text(SessionId::new("s"), "q").with_model("m");
         request.extra.insert(
             "response_format".into(),
-            serde_json::json!({"type": "json_object"}),
+            tokio_prompt_orchestrator::raw(&serde_json::json!({"type": "json_object"})),
         );
         let mut step = processor.start(&request).expect("applies");
         let mut out = String::new();

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use tokio_prompt_orchestrator::{ChatMessage, Extra, InferenceCall, PromptInput};
+use tokio_prompt_orchestrator::{ChatMessage, InferenceCall, PromptInput, RawExtra};
 
 /// Which OpenAI endpoint a call goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub struct RequestBody<'a> {
     stream: bool,
     priority: Option<i64>,
     /// The caller's fields we do not act on, passed through unless we set the same name.
-    extra: &'a Extra,
+    extra: &'a RawExtra,
 }
 
 impl RequestBody<'_> {
@@ -191,7 +191,10 @@ mod tests {
     #[test]
     fn chat_body_carries_params_and_pass_through_fields() {
         let mut tool_turn = ChatMessage::new(Role::Assistant, "");
-        tool_turn.extra.insert("tool_calls".into(), json!([{"id": "c1"}]));
+        tool_turn.extra.insert(
+            "tool_calls".into(),
+            tokio_prompt_orchestrator::raw(&json!([{"id": "c1"}])),
+        );
         let mut request =
             InferenceRequest::chat(SessionId::new("s"), vec![ChatMessage::user("hi"), tool_turn])
                 .with_params(SamplingParams {
@@ -201,11 +204,14 @@ mod tests {
                     seed: Some(-1),
                     ..SamplingParams::default()
                 });
+        request.extra.insert(
+            "tools".into(),
+            tokio_prompt_orchestrator::raw(&json!([{"type": "function"}])),
+        );
+        // A pass-through field can never override what the pipeline decides.
         request
             .extra
-            .insert("tools".into(), json!([{"type": "function"}]));
-        // A pass-through field can never override what the pipeline decides.
-        request.extra.insert("stream".into(), json!(false));
+            .insert("stream".into(), tokio_prompt_orchestrator::raw(&json!(false)));
         let call = call(request);
         let body = written(request_body(&call, "up-model", true, None));
         assert_eq!(
@@ -235,7 +241,9 @@ mod tests {
             temperature: Some(0.7),
             ..SamplingParams::default()
         });
-        request.extra.insert("priority".into(), json!(5));
+        request
+            .extra
+            .insert("priority".into(), tokio_prompt_orchestrator::raw(&json!(5)));
         let call = call(request);
         let body = written(request_body(&call, "m", false, Some(-1)));
         // The temperature as the client wrote it, not widened to 0.699999988079071.

@@ -41,6 +41,7 @@ struct Body {
 }
 
 impl Fields for Body {
+    type Extra = Extra;
     const EXPECTING: &'static str = "an OpenAI answer or stream chunk (an object)";
     const KEEPS_EMPTY: bool = false;
 
@@ -73,6 +74,7 @@ struct Choice {
 }
 
 impl Fields for Choice {
+    type Extra = Extra;
     const EXPECTING: &'static str = "a choice (an object)";
     const KEEPS_EMPTY: bool = false;
 
@@ -102,6 +104,7 @@ struct Message {
 }
 
 impl Fields for Message {
+    type Extra = Extra;
     const EXPECTING: &'static str = "a message (an object)";
     const KEEPS_EMPTY: bool = false;
 

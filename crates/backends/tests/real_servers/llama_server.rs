@@ -397,7 +397,9 @@ async fn v1_completions_stream_and_whole_answer_agree() {
     // evaluate the prompt from scratch: see greedy_decoding_on_fresh_slots_is_deterministic.
     let on_slot = |slot: usize, stream: bool| {
         let mut request = text("s", COUNTING, greedy(12), stream);
-        request.extra.insert("id_slot".into(), slot.into());
+        request
+            .extra
+            .insert("id_slot".into(), tokio_prompt_orchestrator::raw(&slot.into()));
         support::call(request, COUNTING)
     };
     let streamed = support::run(&worker, on_slot(0, true))

@@ -52,7 +52,7 @@ impl Draft<'_> {
         let mut tokens = MESSAGE_OVERHEAD_TOKENS + self.count(&message.content);
         if !message.extra.is_empty() {
             let mut json = String::new();
-            order::write_canonical_object(&message.extra, &mut json);
+            order::write_canonical_extra(&message.extra, &mut json);
             tokens += self.count(&json);
         }
         tokens

@@ -18,7 +18,7 @@
 use std::cmp::Ordering;
 use std::fmt::Write;
 
-use tokio_prompt_orchestrator::{ChatMessage, Extra, PromptInput, RetrievedChunk, Role};
+use tokio_prompt_orchestrator::{ChatMessage, PromptInput, RawExtra, RetrievedChunk, Role};
 
 /// The chunks in canonical order: by source, then position within it. Text and score only break
 /// ties between duplicates, so that even those come out in one order.
@@ -49,11 +49,21 @@ pub(crate) fn drop_order(canonical: &[&RetrievedChunk]) -> Vec<usize> {
 ///
 /// The tools still travel to the backend unchanged in `extra`; this text is for the prefix key
 /// and for completion-style backends, which have no other way to see them.
-pub(crate) fn tools_block(extra: &Extra) -> Option<String> {
-    let tools = extra.get("tools").filter(|tools| !tools.is_null())?;
+pub(crate) fn tools_block(extra: &RawExtra) -> Option<String> {
+    let tools = extra.parsed("tools").filter(|tools| !tools.is_null())?;
     let mut out = String::from("Tools:\n");
-    write_canonical_json(tools, &mut out);
+    write_canonical_json(&tools, &mut out);
     Some(out)
+}
+
+/// Writes a message's pass-through fields as a compact JSON object with its keys sorted, at every
+/// depth (see [`write_canonical_json`]).
+pub(crate) fn write_canonical_extra(extra: &RawExtra, out: &mut String) {
+    let map = extra
+        .iter()
+        .map(|(key, raw)| (key.clone(), serde_json::from_str(raw.get()).unwrap_or_default()))
+        .collect();
+    write_canonical_object(&map, out);
 }
 
 /// Writes `map` as a compact JSON object with its keys sorted (see [`write_canonical_json`]).
@@ -236,17 +246,22 @@ mod tests {
 
     #[test]
     fn tools_are_written_with_sorted_keys() {
-        let mut a = Extra::new();
+        let mut a = RawExtra::new();
         a.insert(
             "tools".into(),
-            json!([{"type": "function", "function": {"name": "f", "description": "d\"q"}}]),
+            tokio_prompt_orchestrator::raw(
+                &json!([{"type": "function", "function": {"name": "f", "description": "d\"q"}}]),
+            ),
         );
         assert_eq!(
             tools_block(&a).unwrap(),
             r#"Tools:
 [{"function":{"description":"d\"q","name":"f"},"type":"function"}]"#
         );
-        a.insert("tools".into(), serde_json::Value::Null);
+        a.insert(
+            "tools".into(),
+            tokio_prompt_orchestrator::raw(&serde_json::Value::Null),
+        );
         assert_eq!(tools_block(&a), None);
     }
 

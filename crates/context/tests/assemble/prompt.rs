@@ -174,9 +174,10 @@ fn the_prefix_key_ignores_the_prompt_template() {
     let plain = assembler(json!({"system": "Use tools."}));
     let templated = assembler(json!({"system": "Use tools.", "prompt": CHATML}));
     let mut with_tools = two_turns();
-    with_tools
-        .extra
-        .insert("tools".into(), json!([{"type": "function"}]));
+    with_tools.extra.insert(
+        "tools".into(),
+        tokio_prompt_orchestrator::raw(&json!([{"type": "function"}])),
+    );
     let text = InferenceRequest::text(SessionId::new("s"), "Backpressure means");
     for request in [two_turns(), with_tools, text] {
         let a = plain.assemble(&request, &docs()).unwrap();

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::budget::{BodyBudget, BodyShare};
 use super::encoding;
 use super::error::ApiError;
 use crate::config::ServerConfig;
@@ -55,13 +56,20 @@ impl BodyLimits {
     }
 }
 
-/// Reads the whole body, refusing more than `limits.max_bytes` bytes or a body that comes too
-/// slowly, and decodes it when it is compressed (`encoding`).
+/// Reads the whole body, refusing more than `limits.max_bytes` bytes, more than `budget` has
+/// free, or a body that comes too slowly, and decodes it when it is compressed (`encoding`). The
+/// share of the budget is held as long as the body (or what is made of it) is.
 ///
 /// # Errors
 /// 413 over the limit (checked against `Content-Length` first, so an honest large upload is
-/// refused before it is read); 408 when the body stops coming; 400 when it cannot be read.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limits: BodyLimits) -> Result<Bytes, ApiError> {
+/// refused before it is read); 429 when the budget is spent; 408 when the body stops coming; 400
+/// when it cannot be read.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limits: BodyLimits,
+    budget: &BodyBudget,
+) -> Result<(Bytes, BodyShare), ApiError> {
     let limit = limits.max_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -70,6 +78,9 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limits: BodyLimits) -
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::body_too_large(limit));
     }
+    // The declared size is taken before reading, so a burst of large uploads is refused before
+    // it is held; a body without one takes its share as it arrives.
+    let mut share = budget.take(declared.map_or(0, |n| n as usize))?;
     let start = Instant::now();
     let mut body = Limited::new(body, limit);
     // Most bodies come in one piece, which is kept as it is (a slice of the read buffer).
@@ -99,6 +110,9 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limits: BodyLimits) -
             }
         };
         received += data.len();
+        if received > share.bytes() {
+            budget.grow(&mut share, received)?;
+        }
         match first.take() {
             None if rest.is_empty() => first = Some(data),
             held => {
@@ -109,7 +123,9 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limits: BodyLimits) -
             }
         }
     }
-    encoding::decode(headers, first.unwrap_or_else(|| rest.freeze()), limit)
+    let bytes = encoding::decode(headers, first.unwrap_or_else(|| rest.freeze()), limit)?;
+    budget.grow(&mut share, bytes.len())?;
+    Ok((bytes, share))
 }
 
 /// Parses `bytes` as the JSON object `T`, naming the field at fault in every error.

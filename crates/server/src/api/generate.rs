@@ -91,7 +91,7 @@ async fn generate(
     // The body is read before the running config is taken: an upload that stalls must not keep
     // a replaced config's pipeline alive.
     let body_limits = BodyLimits::from(&state.live().config.server);
-    let bytes = read_limited(&headers, body, body_limits).await?;
+    let (bytes, body_share) = read_limited(&headers, body, body_limits, &state.body_budget).await?;
     // The running config admits the request; after a reload, the next request gets the new one.
     let live = state.live();
     let hints = Hints::from_headers(&headers)?;
@@ -111,6 +111,7 @@ async fn generate(
         permit: None,
         dead_letter: draft(&live, &request, endpoint, key, &hints, bytes, received_at_ms),
         default_timeout: None,
+        body_share: Some(body_share),
     };
     let handle = admit(&live, request, &mut outcome).await?;
     // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod dlq;
 mod encoding;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod sources;
 pub mod sse;
 pub mod wire;
 
+use self::budget::BodyBudget;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -63,11 +65,14 @@ pub struct AppState {
     readiness: AtomicU8,
     /// Clients that went away before their response was complete.
     client_disconnects: AtomicU64,
+    /// The bytes of request bodies held at once; sized when the server starts.
+    pub body_budget: BodyBudget,
 }
 
 impl AppState {
     pub fn new(live: Live, started_at: u64) -> Self {
         Self {
+            body_budget: BodyBudget::new(live.config.server.max_body_bytes_in_flight),
             live: ArcSwap::from_pointee(live),
             retired: Mutex::new(Vec::new()),
             config_path: OnceLock::new(),

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use orchestrator_context::assemble::{Encoding, MESSAGE_OVERHEAD_TOKENS};
 use tokio_prompt_orchestrator::{Completion, GatePermit, PipelineError, Priority, PromptInput, Stage};
 
+use super::budget::BodyShare;
 use super::error::ApiError;
 use super::wire::Endpoint;
 use crate::dlq::entry::unix_ms;
@@ -29,6 +30,8 @@ pub struct Outcome {
     pub dead_letter: Option<Box<Draft>>,
     /// The deadline the request got from `pipeline.default_timeout_ms`, named when it passes.
     pub default_timeout: Option<Duration>,
+    /// The request body's share of `server.max_body_bytes_in_flight`; given back when it ends.
+    pub body_share: Option<BodyShare>,
 }
 
 impl Outcome {
@@ -46,6 +49,7 @@ impl Outcome {
         }
         self.permit = None;
         self.dead_letter = None;
+        self.body_share = None;
     }
 
     /// Keeps the failure when the config says so, and returns what the caller is told.
@@ -65,6 +69,7 @@ impl Outcome {
             // otherwise sit inside every request's future, failing or not.
             Box::pin(draft.keep(&error, &told.message)).await;
         }
+        self.body_share = None;
         told
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use tokio_prompt_orchestrator::extra::Fields;
 use tokio_prompt_orchestrator::{
-    ChatMessage, Extra, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
+    ChatMessage, InferenceRequest, PromptInput, RawExtra, Role, SamplingParams, SessionId,
 };
 
 use super::error::ApiError;
@@ -38,10 +38,11 @@ pub struct GenerationRequest {
     seed: Option<i64>,
     n: Option<u32>,
     /// Everything else (`tools`, `response_format`, `logit_bias`, ...), for the backend.
-    extra: Extra,
+    extra: RawExtra,
 }
 
 impl Fields for GenerationRequest {
+    type Extra = RawExtra;
     const EXPECTING: &'static str = "a request object";
 
     fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
@@ -64,7 +65,7 @@ impl Fields for GenerationRequest {
         Ok(true)
     }
 
-    fn extra(&mut self) -> &mut Extra {
+    fn extra(&mut self) -> &mut RawExtra {
         &mut self.extra
     }
 }
@@ -80,10 +81,11 @@ struct WireMessage {
     role: Option<WireRole>,
     content: Option<Content>,
     /// `tool_calls`, `tool_call_id`, `name`, ...: passed to the backend.
-    extra: Extra,
+    extra: RawExtra,
 }
 
 impl Fields for WireMessage {
+    type Extra = RawExtra;
     const EXPECTING: &'static str = "a message object";
 
     fn field<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<bool, A::Error> {
@@ -95,7 +97,7 @@ impl Fields for WireMessage {
         Ok(true)
     }
 
-    fn extra(&mut self) -> &mut Extra {
+    fn extra(&mut self) -> &mut RawExtra {
         &mut self.extra
     }
 }
@@ -454,8 +456,8 @@ mod tests {
             req.extra.keys().collect::<Vec<_>>(),
             ["frequency_penalty", "logit_bias"]
         );
-        assert_eq!(messages[2].extra["tool_calls"], serde_json::json!([]));
-        assert_eq!(messages[3].extra["tool_call_id"], "c1");
+        assert_eq!(messages[2].extra["tool_calls"].get(), "[]");
+        assert_eq!(messages[3].extra["tool_call_id"].get(), "\"c1\"");
         assert_eq!(req.params.max_tokens, Some(7));
         assert_eq!(req.params.stop, ["END"]);
         assert_eq!(req.params.seed, Some(-3));

@@ -90,6 +90,9 @@ pub struct ServerConfig {
     pub body_min_bytes_per_sec: u64,
     /// Connections open at once; one more is answered 503 (with `Retry-After`) and closed.
     pub max_connections: usize,
+    /// Bytes of request bodies held at once, over every request being read, waiting or running;
+    /// a body that does not fit is refused with 429. Read when the server starts.
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 10_000,
             body_min_bytes_per_sec: 16 * 1024,
             max_connections: 8192,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
         }
     }
 }

@@ -466,7 +466,7 @@ mod tests {
                     "9:1: server.listen_addr: unknown field `listen_addr`, expected one of `listen`, \
                      `max_body_bytes`, `shutdown_grace_ms`, `drain_delay_ms`, `max_header_bytes`, \
                      `header_read_timeout_ms`, `body_read_timeout_ms`, `body_min_bytes_per_sec`, \
-                     `max_connections`",
+                     `max_connections`, `max_body_bytes_in_flight`",
                 ],
             ),
             (

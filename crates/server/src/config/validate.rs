@@ -78,6 +78,16 @@ impl Config {
                 "must be at least 1 (the default is 8192)",
             ));
         }
+        if server.max_body_bytes_in_flight < server.max_body_bytes {
+            problems.push(Problem::new(
+                "server.max_body_bytes_in_flight",
+                format!(
+                    "must be at least server.max_body_bytes ({}), or no body that large could \
+                     ever be taken (the default is 268435456, 256 MiB)",
+                    server.max_body_bytes
+                ),
+            ));
+        }
         if server.body_read_timeout_ms > 0 && server.body_min_bytes_per_sec == 0 {
             problems.push(Problem::new(
                 "server.body_min_bytes_per_sec",

@@ -15,18 +15,15 @@
 //! - [`mock`]: a fake OpenAI-compatible and llama.cpp model server for tests and benchmarks.
 
 pub mod api;
-pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod gateway;
 mod http1;
-pub mod limits;
-pub mod live;
 pub mod logsink;
 pub mod mock;
 pub mod models;
 pub mod post;
-pub mod reload;
 pub mod server;
 pub mod telemetry;
 mod words;

@@ -42,7 +42,9 @@ async fn run(cli: &Cli) -> ExitCode {
         Some(Command::MockUpstream(args)) => return mock_upstream(args.clone()).await,
         Some(Command::Validate(args)) => return validate(args),
         Some(Command::Ingest(args)) => return ingest(args),
-        Some(Command::Dlq(args)) => return orchestrator_server::dlq::cli::run(args).await,
+        Some(Command::Dlq(args)) => {
+            return orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::OpenAi).await;
+        }
         _ => {}
     }
     match cli.serve_args() {

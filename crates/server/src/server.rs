@@ -23,12 +23,13 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
 
-use crate::api::{self, AppState, Readiness};
+use crate::api;
 use crate::config::{Config, ServerConfig};
+use crate::gateway::live::Live;
+use crate::gateway::reload::{self, ReloadError, Reloaded};
+use crate::gateway::{Gateway, Readiness};
 use crate::http1;
-use crate::live::Live;
 use crate::models::build_router;
-use crate::reload::{self, ReloadError, Reloaded};
 use crate::telemetry::prometheus;
 
 /// How long connections may take to write their last bytes after the pipeline has finished.
@@ -37,7 +38,7 @@ const FLUSH_ALLOWANCE: Duration = Duration::from_secs(2);
 /// Read-only view of a running server, for embedders' health checks and for tests.
 #[derive(Clone)]
 pub struct ServerHandle {
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
 }
 
 impl ServerHandle {
@@ -83,7 +84,7 @@ impl ServerHandle {
 /// A bound, not yet serving, gateway.
 pub struct Server {
     listener: TcpListener,
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
     config: ServerConfig,
 }
 
@@ -113,7 +114,7 @@ impl Server {
             .map_or(0, |d| d.as_secs());
         let server_config = config.server.clone();
         let live = Live::start(config, models, 0, None).map_err(io::Error::other)?;
-        let state = Arc::new(AppState::new(live, started_at));
+        let state = Arc::new(Gateway::new(live, started_at));
         Ok(Self {
             listener,
             state,

@@ -23,10 +23,10 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::Level;
 
-use super::AppState;
 use super::error::ApiError;
-use super::generate::Millis;
 use super::middleware::DisconnectGuard;
+use super::timing::Millis;
+use crate::gateway::Gateway;
 use crate::logsink::{self, ACCESS_TARGET};
 use crate::telemetry::{self, Timestamp};
 
@@ -50,12 +50,12 @@ pub struct RequestContext {
 /// access log line and metrics.
 #[derive(Clone)]
 pub struct AccessLayer {
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
     metrics: Arc<HttpMetrics>,
 }
 
 impl AccessLayer {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<Gateway>) -> Self {
         Self {
             state,
             metrics: Arc::default(),
@@ -79,7 +79,7 @@ impl<S> Layer<S> for AccessLayer {
 #[derive(Clone)]
 pub struct Access<S> {
     inner: S,
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
     metrics: Arc<HttpMetrics>,
 }
 

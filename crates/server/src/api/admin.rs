@@ -8,13 +8,13 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
 use super::error::ApiError;
-use crate::reload::{self, ReloadError};
+use crate::gateway::Gateway;
+use crate::gateway::reload::{self, ReloadError};
 
 /// `POST /admin/reload`: 200 with the new generation, warnings and summary; or, when the file
 /// is invalid, 400 with every problem and the running pipeline untouched.
-pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
+pub async fn reload(State(state): State<Arc<Gateway>>) -> Response {
     match reload::reload(&state).await {
         Ok(done) => Json(json!({
             "reloaded": true,

@@ -10,10 +10,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::budget::{BodyBudget, BodyShare};
 use super::encoding;
 use super::error::ApiError;
 use crate::config::ServerConfig;
+use crate::gateway::budget::{BodyBudget, BodyShare};
 use crate::words::{self, Format};
 
 /// How much of a body is read, and how fast it must come.

@@ -12,14 +12,15 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AppState;
 use super::body::parse_json;
 use super::error::ApiError;
+use super::format::OpenAi;
 use crate::dlq::cli::parse_since;
 use crate::dlq::entry::unix_ms;
 use crate::dlq::replay::{Selection, replay};
 use crate::dlq::{DlqError, DlqStore, ListFilter};
-use crate::live::Live;
+use crate::gateway::Gateway;
+use crate::gateway::live::Live;
 
 /// Longest page `GET /admin/dlq` returns.
 const MAX_PAGE: usize = 1000;
@@ -45,7 +46,7 @@ pub struct ReplayBody {
 }
 
 pub async fn list(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Gateway>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
     let live = state.live();
@@ -74,7 +75,7 @@ pub async fn list(
     result.await.into_response()
 }
 
-pub async fn show(State(state): State<Arc<AppState>>, id: Result<Path<u64>, PathRejection>) -> Response {
+pub async fn show(State(state): State<Arc<Gateway>>, id: Result<Path<u64>, PathRejection>) -> Response {
     let live = state.live();
     let result = async {
         let Ok(Path(id)) = id else {
@@ -94,7 +95,7 @@ pub async fn show(State(state): State<Arc<AppState>>, id: Result<Path<u64>, Path
     result.await.into_response()
 }
 
-pub async fn replay_entries(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+pub async fn replay_entries(State(state): State<Arc<Gateway>>, body: Bytes) -> Response {
     let live = state.live();
     let result = async {
         let store = store(&live)?;
@@ -110,7 +111,7 @@ pub async fn replay_entries(State(state): State<Arc<AppState>>, body: Bytes) -> 
                 ));
             }
         };
-        let report = replay(&live, &store, selection).await.map_err(storage)?;
+        let report = replay(&live, &OpenAi, &store, selection).await.map_err(storage)?;
         let remaining = store.len().await.map_err(storage)?;
         Ok(Json(json!({
             "replayed": report.replayed,
@@ -122,7 +123,7 @@ pub async fn replay_entries(State(state): State<Arc<AppState>>, body: Bytes) -> 
     result.await.into_response()
 }
 
-pub async fn purge(State(state): State<Arc<AppState>>) -> Response {
+pub async fn purge(State(state): State<Arc<Gateway>>) -> Response {
     let live = state.live();
     let result = async {
         let purged = store(&live)?.purge().await.map_err(storage)?;

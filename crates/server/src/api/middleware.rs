@@ -9,22 +9,22 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
-use crate::auth::{ApiKeys, Caller, bearer_token};
+use crate::gateway::Gateway;
+use crate::gateway::auth::{ApiKeys, Caller, bearer_token};
 
 pub const HTTP_DISCONNECTS: &str = "orchestrator_http_client_disconnects_total";
 
 /// Counts a client that went away before its response was complete: armed while a response is
 /// being produced, disarmed when it is; a drop while armed is a disconnect.
 pub struct DisconnectGuard {
-    state: Arc<AppState>,
+    state: Arc<Gateway>,
     route: &'static str,
     armed: bool,
 }
 
 impl DisconnectGuard {
-    pub fn new(state: Arc<AppState>, route: &'static str) -> Self {
+    pub fn new(state: Arc<Gateway>, route: &'static str) -> Self {
         Self {
             state,
             route,
@@ -53,10 +53,10 @@ impl Drop for DisconnectGuard {
 /// boxed future (about a kilobyte each) for its whole life.
 pub struct Authorized(pub Option<Caller>);
 
-impl FromRequestParts<Arc<AppState>> for Authorized {
+impl FromRequestParts<Arc<Gateway>> for Authorized {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Gateway>) -> Result<Self, ApiError> {
         match &state.live().keys {
             None => Ok(Self(None)),
             Some(keys) => authenticate(keys, &parts.headers).map(|caller| Self(Some(caller))),
@@ -66,7 +66,7 @@ impl FromRequestParts<Arc<AppState>> for Authorized {
 
 /// Requires a key, as [`Authorized`] does, when the running config protects `/metrics`.
 pub async fn require_key_for_metrics(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Gateway>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -82,7 +82,7 @@ pub async fn require_key_for_metrics(
 
 /// Requires a key marked `admin = true` when keys are configured (without keys everything is
 /// open, admin endpoints too: keep such a gateway on a private address).
-pub async fn require_admin_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn require_admin_key(State(state): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     let live = state.live();
     if let Some(keys) = &live.keys {
         match authenticate(keys, request.headers()) {

@@ -12,10 +12,10 @@ use serde_json::json;
 use super::error::ApiError;
 use super::middleware::Authorized;
 use super::wire::{ModelList, ModelObject};
-use super::{AppState, Readiness};
+use crate::gateway::{Gateway, Readiness};
 use crate::telemetry::prometheus;
 
-fn model_object<'a>(state: &AppState, id: &'a str) -> ModelObject<'a> {
+fn model_object<'a>(state: &Gateway, id: &'a str) -> ModelObject<'a> {
     ModelObject {
         id,
         object: "model",
@@ -25,7 +25,7 @@ fn model_object<'a>(state: &AppState, id: &'a str) -> ModelObject<'a> {
 }
 
 /// `GET /v1/models`: every served model, in config order.
-pub async fn list_models(State(state): State<Arc<AppState>>, _: Authorized) -> Response {
+pub async fn list_models(State(state): State<Arc<Gateway>>, _: Authorized) -> Response {
     let live = state.live();
     let data = live
         .models
@@ -38,7 +38,7 @@ pub async fn list_models(State(state): State<Arc<AppState>>, _: Authorized) -> R
 
 /// `GET /v1/models/{model}`.
 pub async fn get_model(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Gateway>>,
     _: Authorized,
     model: Result<Path<String>, PathRejection>,
 ) -> Response {
@@ -62,7 +62,7 @@ pub async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: 200 while serving, 503 while starting or draining.
-pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+pub async fn readyz(State(state): State<Arc<Gateway>>) -> Response {
     match state.readiness() {
         Readiness::Ready => Json(json!({"status": "ready"})).into_response(),
         Readiness::Starting => (

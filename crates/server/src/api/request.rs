@@ -14,6 +14,7 @@ use tokio_prompt_orchestrator::{
 };
 
 use super::error::ApiError;
+use crate::gateway::Delivery;
 
 /// More stop sequences than this are refused: each one is matched against every token.
 const MAX_STOP_SEQUENCES: usize = 16;
@@ -149,16 +150,6 @@ struct Stop(Vec<String>);
 /// `prompt`: a string, or a list holding exactly one string.
 #[derive(Debug)]
 struct Prompt(Vec<String>);
-
-/// What the HTTP layer needs besides the pipeline request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub model: String,
-    pub stream: bool,
-    pub include_usage: bool,
-    /// The `user` field: a session key when `X-Session-Id` is absent.
-    pub user: Option<String>,
-}
 
 impl GenerationRequest {
     /// Checks every field of a chat request and builds the pipeline request (its session is set

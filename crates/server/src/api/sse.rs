@@ -14,11 +14,11 @@ use tokio::time::Instant;
 use tokio_prompt_orchestrator::{Completion, Passthrough, PipelineError, ResponseEvent, ResponseHandle};
 
 use super::error::ApiError;
-use super::generate::{Millis, overhead};
 use super::middleware::DisconnectGuard;
-use super::outcome::Outcome;
 use super::sources;
+use super::timing::{Millis, overhead};
 use super::wire::Header;
+use crate::gateway::outcome::Outcome;
 
 /// A comment every so often keeps idle proxies from closing a slow stream and lets the server
 /// notice a client that went away between tokens.

@@ -32,7 +32,7 @@ use tokio_prompt_orchestrator::{AdmissionConfig, PipelineConfig, Priority};
 pub use self::graph::{StageDecl, StageKind};
 pub use self::rag::RagConfig;
 use crate::dlq::entry::Reason;
-use crate::limits::RateLimitConfig;
+use crate::gateway::limits::RateLimitConfig;
 use crate::post::PostConfig;
 
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
@@ -581,7 +581,7 @@ mod tests {
         // SAFETY of the test: no other test reads or writes this variable.
         unsafe { std::env::set_var("ORCHESTRATOR_TEST_CONFIG_KEY", "sk-config") };
         let config = Config::parse(TEXT, "t").unwrap_or_else(|e| panic!("{e}"));
-        let keys = crate::auth::ApiKeys::from_config(&config.auth).unwrap();
+        let keys = crate::gateway::auth::ApiKeys::from_config(&config.auth).unwrap();
         assert_eq!(&*keys.verify("sk-config").unwrap().id.0, "app");
     }
 }

@@ -13,7 +13,8 @@ use super::entry::{DeadLetter, unix_ms};
 use super::replay::{Selection, replay};
 use super::store::{DlqStore, ListFilter};
 use crate::config::{Config, DlqConfig};
-use crate::live::Live;
+use crate::gateway::Format;
+use crate::gateway::live::Live;
 use crate::models::build_router;
 
 /// Exit status of a refused or mistaken command (as clap's own usage errors).
@@ -127,8 +128,8 @@ fn dlq_path(args: &DlqArgs, config: &Config) -> Result<PathBuf, String> {
 }
 
 /// Runs `orchestrator dlq ...`: 0 on success, 1 when the file cannot be used or `show` finds
-/// nothing, 2 for a refused or incomplete command.
-pub async fn run(args: &DlqArgs) -> ExitCode {
+/// nothing, 2 for a refused or incomplete command. `format` reads and answers replayed requests.
+pub async fn run(args: &DlqArgs, format: &dyn Format) -> ExitCode {
     let config = match config(args) {
         Ok(config) => config,
         Err(message) => {
@@ -152,7 +153,7 @@ pub async fn run(args: &DlqArgs) -> ExitCode {
     }
     let result = match &args.command {
         // Replay opens the file with the pipeline it builds.
-        DlqCommand::Replay(replay) => replay_entries(config, path, replay).await,
+        DlqCommand::Replay(replay) => replay_entries(config, path, replay, format).await,
         command => match DlqStore::open(&path) {
             // Blocking, but this runtime runs nothing else, so no one waits for it.
             Err(e) => Err(e.to_string()),
@@ -263,14 +264,19 @@ async fn show(store: &DlqStore, id: u64) -> Result<ExitCode, String> {
 }
 
 /// Starts the config's pipeline in front of its backends, replays, and drains it again.
-async fn replay_entries(mut config: Config, path: PathBuf, args: &ReplayArgs) -> Result<ExitCode, String> {
+async fn replay_entries(
+    mut config: Config,
+    path: PathBuf,
+    args: &ReplayArgs,
+    format: &dyn Format,
+) -> Result<ExitCode, String> {
     let record = config.dlq.take().map(|d| d.record).unwrap_or_default();
     config.dlq = Some(DlqConfig { path, record });
     let models = build_router(&config)?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let live = Live::start(config, models, 0, None)?;
     let store = live.dlq.clone().ok_or("the dead-letter file is not open")?;
-    let report = replay(&live, &store, args.selection())
+    let report = replay(&live, format, &store, args.selection())
         .await
         .map_err(|e| e.to_string());
     live.pipeline.shutdown(grace).await;

@@ -9,10 +9,10 @@ use tokio_prompt_orchestrator::Priority;
 
 use super::entry::DeadLetter;
 use super::store::{DlqError, DlqStore, ListFilter};
-use crate::api::generate::{Hints, admit, prepare};
-use crate::api::outcome::Outcome;
-use crate::api::wire::{Endpoint, Header};
-use crate::live::Live;
+use crate::gateway::admit::{Origin, admit};
+use crate::gateway::live::Live;
+use crate::gateway::outcome::Outcome;
+use crate::gateway::{Format, Hints};
 
 /// Counter of replays, by `outcome` (`succeeded`, `failed`).
 pub const DLQ_REPLAYED: &str = "orchestrator_dlq_replayed_total";
@@ -51,11 +51,17 @@ pub struct ReplayFailure {
     pub error: String,
 }
 
-/// Replays the selected entries through `live`'s pipeline.
+/// Replays the selected entries through `live`'s pipeline, each read and answered by `format`
+/// (the shape of the API it first came in on).
 ///
 /// # Errors
 /// When the dead-letter file cannot be read or written.
-pub async fn replay(live: &Live, store: &DlqStore, selection: Selection) -> Result<ReplayReport, DlqError> {
+pub async fn replay(
+    live: &Live,
+    format: &dyn Format,
+    store: &DlqStore,
+    selection: Selection,
+) -> Result<ReplayReport, DlqError> {
     let mut report = ReplayReport::default();
     let entries = match selection {
         Selection::All => store.list(ListFilter::default()).await?,
@@ -79,7 +85,7 @@ pub async fn replay(live: &Live, store: &DlqStore, selection: Selection) -> Resu
         }
     };
     let mut runs = stream::iter(entries)
-        .map(|entry| replay_one(live, store, entry))
+        .map(|entry| replay_one(live, format, store, entry))
         .buffer_unordered(CONCURRENCY);
     while let Some(result) = runs.next().await {
         match result? {
@@ -108,11 +114,12 @@ pub async fn replay(live: &Live, store: &DlqStore, selection: Selection) -> Resu
 /// One entry: removed when it succeeds, its failure noted in it when not.
 async fn replay_one(
     live: &Live,
+    format: &dyn Format,
     store: &DlqStore,
     mut entry: DeadLetter,
 ) -> Result<Result<Replayed, ReplayFailure>, DlqError> {
     let id = entry.id;
-    match run(live, &entry).await {
+    match run(live, format, &entry).await {
         Ok(response) => {
             store.remove(id).await?;
             counter!(DLQ_REPLAYED, "outcome" => "succeeded").increment(1);
@@ -130,10 +137,8 @@ async fn replay_one(
     }
 }
 
-/// Sends the entry's request through the pipeline and returns the whole JSON response.
-async fn run(live: &Live, entry: &DeadLetter) -> Result<serde_json::Value, String> {
-    let endpoint = Endpoint::from_path(&entry.endpoint)
-        .ok_or_else(|| format!("the endpoint {} is not served here", entry.endpoint))?;
+/// Sends the entry's request through the pipeline and returns the whole answer.
+async fn run(live: &Live, format: &dyn Format, entry: &DeadLetter) -> Result<serde_json::Value, String> {
     let body = serde_json::to_vec(&entry.request).map_err(|e| e.to_string())?;
     let hints = Hints {
         session: entry.session.clone(),
@@ -141,32 +146,19 @@ async fn run(live: &Live, entry: &DeadLetter) -> Result<serde_json::Value, Strin
         ..Hints::default()
     };
     let request_id = format!("dlq-{}", entry.id);
-    let (request, delivery) = prepare(
-        live,
-        &body,
-        endpoint,
-        &hints,
-        entry.key.as_deref(),
-        Priority::Normal,
-        &request_id,
-    )
-    .map_err(|e| e.message)?;
+    let origin = Origin {
+        hints: &hints,
+        key: entry.key.as_deref(),
+        default_priority: Priority::Normal,
+        request_id: &request_id,
+    };
+    let (request, delivery) = format
+        .prepare(live, &entry.endpoint, &body, &origin)
+        .map_err(|e| e.message)?;
     // A failed replay updates this entry rather than adding another.
     let mut outcome = Outcome::default();
     let handle = admit(live, request, &mut outcome).await.map_err(|e| e.message)?;
     let response = handle.into_response().await.map_err(|e| e.to_string())?;
     outcome.completed(&response.completion);
-    let header = Header {
-        endpoint,
-        id: format!("{}{request_id}", endpoint.id_prefix()),
-        created: crate::api::generate::unix_now(),
-        model: delivery.model,
-    };
-    let body = header.complete(
-        &response.text,
-        response.completion.finish_reason,
-        response.completion.usage,
-        response.passthrough.as_deref(),
-    );
-    serde_json::from_str(&body).map_err(|e| e.to_string())
+    Ok(format.answer(&entry.endpoint, &request_id, delivery, &response))
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use orchestrator_server::api::Readiness;
 use orchestrator_server::config::Config;
+use orchestrator_server::gateway::Readiness;
 use serde_json::{Value, json};
 use tokio::process::Command;
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use http::StatusCode;
 use metrics::counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

@@ -8,7 +8,7 @@ use subtle::{Choice, ConstantTimeEq};
 use tokio_prompt_orchestrator::Priority;
 
 use crate::config::AuthConfig;
-use crate::limits::KeyLimits;
+use crate::gateway::limits::KeyLimits;
 
 /// Who a request authenticated as: the key's configured name, or a short digest prefix. Never
 /// the key itself, so it is safe in logs and as a session key.

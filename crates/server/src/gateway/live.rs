@@ -14,9 +14,9 @@ use orchestrator_context::assemble::{AssembleConfig, Encoding, TemplateAssembler
 use orchestrator_context::index::{IndexRetriever, ensure_indexed};
 use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, PriorityGate, RequestSender};
 
-use crate::auth::ApiKeys;
 use crate::config::{Config, RagConfig};
 use crate::dlq::DlqStore;
+use crate::gateway::auth::ApiKeys;
 
 pub struct Live {
     /// Counts reloads: 0 for the config the server started with.

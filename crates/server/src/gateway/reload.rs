@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use crate::api::{AppState, Readiness};
 use crate::config::{Config, ConfigError};
-use crate::live::Live;
+use crate::gateway::live::Live;
+use crate::gateway::{Gateway, Readiness};
 use crate::models::build_router;
 
 /// A reload that took effect.
@@ -38,7 +38,7 @@ pub enum ReloadError {
 ///
 /// # Errors
 /// When the file has problems, there is no file, or the server is shutting down.
-pub async fn reload(state: &Arc<AppState>) -> Result<Reloaded, ReloadError> {
+pub async fn reload(state: &Arc<Gateway>) -> Result<Reloaded, ReloadError> {
     let _one_at_a_time = state.reload_lock.lock().await;
     if state.readiness() == Readiness::Draining {
         return Err(ReloadError::Draining);

@@ -9,11 +9,11 @@ use std::num::NonZeroU32;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 /// `rate_limit = { requests_per_second = 10, burst = 20, tokens_per_minute = 100000 }`; each

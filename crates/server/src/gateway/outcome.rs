@@ -11,10 +11,9 @@ use tokio_prompt_orchestrator::{Completion, GatePermit, PipelineError, Priority,
 
 use super::budget::BodyShare;
 use super::error::ApiError;
-use super::wire::Endpoint;
 use crate::dlq::entry::unix_ms;
 use crate::dlq::{Attempt, DeadLetter, DlqStore, Reason};
-use crate::limits::KeyLimits;
+use crate::gateway::limits::KeyLimits;
 
 /// What is settled when one request ends.
 #[derive(Default)]
@@ -80,7 +79,8 @@ pub struct Draft {
     /// The endings the config keeps.
     pub record: Vec<Reason>,
     pub received_at_ms: u64,
-    pub endpoint: Endpoint,
+    /// The path it came in on, which names its [`Format`](super::Format).
+    pub endpoint: &'static str,
     pub model: String,
     pub key: Option<String>,
     pub priority: Priority,
@@ -116,7 +116,7 @@ impl Draft {
             id: 0,
             recorded_at_ms: unix_ms(SystemTime::now()),
             received_at_ms: self.received_at_ms,
-            endpoint: self.endpoint.path().to_owned(),
+            endpoint: self.endpoint.to_owned(),
             model: self.model,
             key: self.key,
             priority: self.priority.as_str().to_owned(),
@@ -186,7 +186,7 @@ mod tests {
     use tokio_prompt_orchestrator::{ChatMessage, Usage};
 
     use super::*;
-    use crate::limits::RateLimitConfig;
+    use crate::gateway::limits::RateLimitConfig;
 
     fn remaining_tokens(limits: &KeyLimits) -> String {
         let Ok(headers) = limits.admit() else {

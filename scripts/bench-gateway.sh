@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Gateway benchmark: the `orchestrator` gateway in front of `orchestrator mock-upstream`, compared
+# Gateway benchmark: the `orchestrator` gateway in front of the mock upstream (`mock-upstream`), compared
 # with the mock upstream alone, in one run, everything on this machine.
 #
 #   bash scripts/bench-gateway.sh
@@ -43,6 +43,7 @@ THREADS=2 # wrk threads
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export PATH="$HOME/.cargo/bin:$PATH"
 BIN="${ORCHESTRATOR_BIN:-$CARGO_TARGET_DIR/release/orchestrator}"
+MOCK_BIN="$CARGO_TARGET_DIR/release/mock-upstream"
 OUT="bench-results/gateway-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 
@@ -53,6 +54,8 @@ if [ -z "${ORCHESTRATOR_BIN:-}" ]; then
     log "building orchestrator (release)"
     cargo build --release --quiet --bin orchestrator
 fi
+log "building mock-upstream (release)"
+cargo build --release --quiet --bin mock-upstream
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v wrk >/dev/null; then
@@ -96,7 +99,7 @@ bound_addr() {
 }
 
 log "starting the mock upstream"
-"$BIN" mock-upstream --log-format json --listen 127.0.0.1:0 --tokens "$TOKENS" \
+"$MOCK_BIN" --log-format json --listen 127.0.0.1:0 --tokens "$TOKENS" \
     >"$OUT/mock.log" 2>&1 &
 MOCK_PID=$!
 MOCK_ADDR=$(bound_addr "$OUT/mock.log" "$MOCK_PID")

@@ -4,14 +4,14 @@
 #
 #   bash scripts/callgrind-gateway.sh [ORCHESTRATOR_BIN]
 #
-# Starts `orchestrator mock-upstream` natively and the gateway under callgrind (JSON logs with the
-# access line on, as in the load harness), sends WARMUP requests at concurrency 32 with oha, zeroes
-# the counters, sends REQUESTS more, and prints the gateway's instructions per request (user
+# Starts the mock upstream (`mock-upstream`, built beside the gateway) natively and the gateway
+# under callgrind (JSON logs with the access line on, as in the load harness), sends WARMUP
+# requests at concurrency 32 with oha, zeroes the counters, sends REQUESTS more, and prints the gateway's instructions per request (user
 # space; the kernel's share is not counted). The profile is kept in bench-results/callgrind-<UTC
 # time>/ for `callgrind_annotate --inclusive=yes`.
 #
 # Needs valgrind (Debian's package) and oha (`cargo install oha --locked`). The binary defaults
-# to target/release/orchestrator (`cargo build --release -p orchestrator-server`).
+# to target/release/orchestrator (`cargo build --release -p orchestrator-server -p orchestrator-mock`).
 # Settings: REQUESTS [2000], WARMUP [500], CONCURRENCY [32], MOCK_PORT [9301], GATEWAY_PORT [9302].
 set -euo pipefail
 
@@ -32,7 +32,7 @@ mkdir -p "$out"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
-"$bin" mock-upstream --listen "127.0.0.1:$mock_port" --model mock >"$out/mock.log" 2>&1 &
+"$(dirname "$bin")/mock-upstream" --listen "127.0.0.1:$mock_port" --model mock >"$out/mock.log" 2>&1 &
 pids+=($!)
 cat >"$out/gateway.toml" <<EOF
 [server]

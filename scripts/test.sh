@@ -6,8 +6,8 @@
 # ORCHESTRATOR_REAL_LLM=1 adds the backends against real model servers: it prepares llama-server
 # and llama-cpp-python with a real model (scripts/setup-llm.sh; a build from source of several
 # minutes each the first time, reused after) and makes their tests required. CI leaves it unset:
-# the builds took longer than the rest of CI together (README.md, "Tests against real model
-# servers"). Unset, those tests are reported as ignored.
+# the builds took longer than the rest of CI together (docs/operations.md, "Tests against real
+# model servers"). Unset, those tests are reported as ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-python.sh

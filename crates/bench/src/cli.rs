@@ -128,18 +128,26 @@ fn sibling(name: &str, package: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Starts `orchestrator mock-upstream` on a free port and waits until it answers.
+/// The `mock-upstream` binary next to this executable.
+///
+/// # Errors
+/// When it has not been built.
+pub fn mock_bin() -> Result<PathBuf> {
+    sibling("mock-upstream", "orchestrator-mock")
+}
+
+/// Starts the mock upstream (`bin`) on a free port and waits until it answers.
 ///
 /// # Errors
 /// When it does not start or answer within 30 s.
 pub async fn start_mock(bin: &Path, args: &Args, out: &Path) -> Result<Server> {
     let mut cmd = Command::new(bin);
-    cmd.args(["mock-upstream", "--log-format", "json", "--listen", "127.0.0.1:0"])
+    cmd.args(["--log-format", "json", "--listen", "127.0.0.1:0"])
         .args(["--tokens", &args.mock_tokens.to_string()])
         .args(["--latency-ms", &args.mock_latency_ms.to_string()])
         .args(["--tokens-per-second", &args.mock_tokens_per_second.to_string()])
         .args(["--model", &args.model])
-        .env("RUST_LOG", "warn,orchestrator=info,orchestrator_server=info");
+        .env("RUST_LOG", "warn,mock_upstream=info,orchestrator_mock=info");
     let log = out.join("mock.log");
     let (mut child, pid) = procs::spawn("mock upstream", cmd, &log)?;
     let addr = procs::bound_addr("mock upstream", &mut child, &log, Duration::from_secs(30)).await?;

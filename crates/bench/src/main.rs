@@ -44,9 +44,9 @@ async fn run(args: Args) -> Result<()> {
     let mut servers: Vec<Server> = Vec::new();
     let upstream = match (&args.upstream_url, &bin) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
-        (None, Some(bin)) => {
+        (None, Some(_)) => {
             eprintln!("== starting the mock upstream");
-            let s = cli::start_mock(bin, &args, &out).await?;
+            let s = cli::start_mock(&cli::mock_bin()?, &args, &out).await?;
             let url = s.base_url.clone();
             servers.push(s);
             url

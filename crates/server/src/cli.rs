@@ -1,6 +1,6 @@
 //! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`,
-//! `orchestrator validate [FILE]`, `orchestrator dlq [--file FILE] list|show|purge`, the
-//! dead-letter queue, and `orchestrator mock-upstream [FLAGS]`, a fake model server.
+//! `orchestrator validate [FILE]`, `orchestrator ingest`, and `orchestrator dlq [--file FILE]
+//! list|show|purge|replay`, the dead-letter queue.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::dlq::cli::DlqArgs;
-use crate::mock::MockArgs;
 use crate::telemetry::LogFormat;
 
 /// An OpenAI-compatible gateway that runs every request through a staged, backpressured
@@ -38,8 +37,6 @@ pub enum Command {
     /// Inspect or empty the dead-letter queue's file while no gateway has it open (a running
     /// gateway serves the same at /admin/dlq).
     Dlq(DlqArgs),
-    /// Run a fake OpenAI-compatible and llama.cpp model server (tests, benchmarks, no GPU).
-    MockUpstream(MockArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -79,9 +76,7 @@ impl Cli {
         match &self.command {
             None => Some(&self.serve),
             Some(Command::Serve(args)) => Some(args),
-            Some(Command::Validate(_) | Command::Ingest(_) | Command::Dlq(_) | Command::MockUpstream(_)) => {
-                None
-            }
+            Some(Command::Validate(_) | Command::Ingest(_) | Command::Dlq(_)) => None,
         }
     }
 }
@@ -155,30 +150,5 @@ mod tests {
         let cli = Cli::try_parse_from(["orchestrator", "dlq", "purge"]).unwrap();
         assert!(cli.serve_args().is_none());
         assert!(Cli::try_parse_from(["orchestrator", "dlq"]).is_err());
-    }
-
-    #[test]
-    fn mock_upstream_flags() {
-        let cli = Cli::try_parse_from([
-            "orchestrator",
-            "mock-upstream",
-            "--listen",
-            "127.0.0.1:0",
-            "--error-rate",
-            "0.5",
-            "--cut-after",
-            "3",
-            "--model",
-            "a",
-            "--model",
-            "b",
-        ])
-        .unwrap();
-        let Some(Command::MockUpstream(args)) = cli.command else {
-            panic!("not mock-upstream: {cli:?}");
-        };
-        assert_eq!((args.error_rate, args.cut_after, args.tokens), (0.5, Some(3), 16));
-        assert_eq!(args.models, ["a", "b"]);
-        assert!(Cli::try_parse_from(["orchestrator", "mock-upstream", "--error-rate", "2"]).is_err());
     }
 }

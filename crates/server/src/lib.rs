@@ -21,7 +21,6 @@ pub mod dlq;
 pub mod gateway;
 mod http1;
 pub mod logsink;
-pub mod mock;
 pub mod models;
 pub mod post;
 pub mod server;

@@ -1,7 +1,7 @@
 //! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT (reloading
 //! the config on SIGHUP), drain;
-//! or check a config (`orchestrator validate`), inspect the dead-letter queue (`orchestrator dlq`),
-//! or run the mock upstream (`orchestrator mock-upstream`).
+//! or check a config (`orchestrator validate`), fill the retrieval index (`orchestrator ingest`),
+//! or inspect the dead-letter queue (`orchestrator dlq`).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -10,7 +10,6 @@ use clap::Parser;
 use orchestrator_context::index::Progress;
 use orchestrator_server::cli::{Cli, Command, IngestArgs, ServeArgs, ValidateArgs};
 use orchestrator_server::logsink;
-use orchestrator_server::mock::{MockArgs, MockConfig, MockUpstream};
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -39,7 +38,6 @@ async fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> ExitCode {
     match &cli.command {
-        Some(Command::MockUpstream(args)) => return mock_upstream(args.clone()).await,
         Some(Command::Validate(args)) => return validate(args),
         Some(Command::Ingest(args)) => return ingest(args),
         Some(Command::Dlq(args)) => {
@@ -98,28 +96,6 @@ fn ingest(args: &IngestArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn mock_upstream(args: MockArgs) -> ExitCode {
-    let config = MockConfig::from(args);
-    let listen = config.listen;
-    let mock = match MockUpstream::bind(config).await {
-        Ok(mock) => mock,
-        Err(e) => {
-            tracing::error!(%listen, error = %e, "Cannot listen.");
-            return ExitCode::FAILURE;
-        }
-    };
-    let shutdown = shutdown_signal();
-    let addr = mock.local_addr().map_or(listen, |addr| addr);
-    tracing::info!(%addr, "Mock upstream listening; OpenAI base_url is http://{addr}/v1");
-    match mock.run(shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "The mock upstream failed.");
             ExitCode::FAILURE
         }
     }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use orchestrator_backends::routing::balance::Balancing;
+use orchestrator_mock::Behaviour;
 use orchestrator_server::config::BackendConfig;
-use orchestrator_server::mock::Behaviour;
 use serde_json::{Value, json};
 
 use crate::gateway_mock::{gateway_of, mock, openai_backend};

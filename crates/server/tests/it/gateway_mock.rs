@@ -9,9 +9,9 @@ use orchestrator_backends::OpenAiConfig;
 use orchestrator_backends::llamacpp::LlamaCppConfig;
 use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::breaker::BreakerConfig;
+use orchestrator_mock::{Behaviour, MockConfig, MockUpstream, RunningMock};
 use orchestrator_server::Server;
 use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
-use orchestrator_server::mock::{Behaviour, MockConfig, MockUpstream, RunningMock};
 use serde_json::json;
 
 use crate::support::{Frame, SseReader, client, json, serve};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use orchestrator_backends::llamacpp::LlamaCppConfig;
 use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::health::HealthConfig;
+use orchestrator_mock::{Behaviour, RunningMock};
 use orchestrator_server::config::BackendConfig;
-use orchestrator_server::mock::{Behaviour, RunningMock};
 use serde_json::json;
 
 use crate::gateway_mock::{gateway_of, mock, openai_backend};

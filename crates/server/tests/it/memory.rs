@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use orchestrator_server::mock::Behaviour;
+use orchestrator_mock::Behaviour;
 use serde_json::json;
 
 use crate::binary::spawn_binary;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use orchestrator_server::mock::{Behaviour, RunningMock};
+use orchestrator_mock::{Behaviour, RunningMock};
 use orchestrator_server::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
 use tokio::process::Child;

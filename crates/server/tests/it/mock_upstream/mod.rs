@@ -6,7 +6,7 @@ mod shapes;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use orchestrator_server::mock::{Behaviour, MockConfig, MockStats, MockUpstream, RunningMock};
+use orchestrator_mock::{Behaviour, MockConfig, MockStats, MockUpstream, RunningMock};
 use serde_json::{Value, json};
 
 use crate::support::{Frame, SseReader, client, json as frame_json};

@@ -1,7 +1,7 @@
 //! The mock upstream's answers in the shapes of the OpenAI-compatible API and llama-server's
 //! native API: fields, usage, limits, stream frames, and slots.
 
-use orchestrator_server::mock::Behaviour;
+use orchestrator_mock::Behaviour;
 use serde_json::{Value, json};
 
 use super::{four_tokens, frames, mock, parse, post, wait};

@@ -1,4 +1,4 @@
-//! A fast fake model server (`orchestrator mock-upstream`) speaking the OpenAI-compatible API
+//! A fast fake model server (the `mock-upstream` binary) speaking the OpenAI-compatible API
 //! and llama.cpp's native API, so tests, benchmarks and machines without a GPU have an upstream.
 //!
 //! Its latency, time to first token, token pace, error rate and mid-stream cuts are set by a
@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use orchestrator_server::mock::{MockConfig, MockUpstream};
+//! use orchestrator_mock::{MockConfig, MockUpstream};
 //! let mock = MockUpstream::start(MockConfig::ephemeral()).await?;
 //! let url = mock.url("/v1/chat/completions");
 //! mock.handle().update(|b| b.error_rate = 1.0); // every request now fails with 503

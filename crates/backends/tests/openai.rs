@@ -260,8 +260,11 @@ async fn the_api_key_comes_from_the_environment() {
         .expect(1)
         .mount(&server)
         .await;
-    // SAFETY of the test: no other test reads or writes this variable.
-    unsafe { std::env::set_var("ORCHESTRATOR_TEST_OPENAI_KEY", "sk-from-env") };
+    // SAFETY: no other test reads or writes this variable.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("ORCHESTRATOR_TEST_OPENAI_KEY", "sk-from-env")
+    };
     let mut config = config(&server);
     config.api_key_env = Some("ORCHESTRATOR_TEST_OPENAI_KEY".into());
     config.headers.insert("x-team".into(), "search".into());

@@ -162,6 +162,7 @@ async fn lock_file(path: &std::path::Path) -> Result<std::fs::File> {
         .open(path)?;
     let file = tokio::task::spawn_blocking(move || {
         // SAFETY: flock on a file descriptor this function owns.
+        #[allow(unsafe_code)]
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         if rc == 0 {
             Ok(file)

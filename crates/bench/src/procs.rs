@@ -119,7 +119,10 @@ impl Server {
     pub async fn stop(mut self) {
         if let Ok(pid) = i32::try_from(self.pid) {
             // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGTERM)
+            };
         }
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
             .await
@@ -169,6 +172,7 @@ pub fn parse_proc(stat: &str, status: &str, ticks_per_s: f64) -> Option<ProcSamp
 
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf only reads a constant of the system.
+    #[allow(unsafe_code)]
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }

@@ -249,7 +249,7 @@ fn json_mode(request: &InferenceRequest) -> bool {
     let Some(format) = request.extra.get("response_format") else {
         return false;
     };
-    let kind = serde_json::from_str::<ResponseFormat>(format.get())
+    let kind = serde_json::from_str::<ResponseFormat<'_>>(format.get())
         .ok()
         .and_then(|f| f.kind);
     matches!(kind, Some("json_object" | "json_schema"))

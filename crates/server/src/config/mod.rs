@@ -578,8 +578,11 @@ mod tests {
         const TEXT: &str = "[[auth.keys]]\nname = \"app\"\nkey_env = \"ORCHESTRATOR_TEST_CONFIG_KEY\"\n\
                             [[backends]]\nkind = \"echo\"\nname = \"e\"\n\
                             [[models]]\nname = \"m\"\nbackends = [\"e\"]\n";
-        // SAFETY of the test: no other test reads or writes this variable.
-        unsafe { std::env::set_var("ORCHESTRATOR_TEST_CONFIG_KEY", "sk-config") };
+        // SAFETY: no other test reads or writes this variable.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("ORCHESTRATOR_TEST_CONFIG_KEY", "sk-config")
+        };
         let config = Config::parse(TEXT, "t").unwrap_or_else(|e| panic!("{e}"));
         let keys = crate::gateway::auth::ApiKeys::from_config(&config.auth).unwrap();
         assert_eq!(&*keys.verify("sk-config").unwrap().id.0, "app");

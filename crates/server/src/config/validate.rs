@@ -544,8 +544,11 @@ mod tests {
 
     #[test]
     fn a_key_variable_that_is_set_is_no_problem() {
-        // SAFETY of the test: no other test reads or writes this variable.
-        unsafe { std::env::set_var("ORCHESTRATOR_TEST_VALIDATE_SET_KEY", "sk-set") };
+        // SAFETY: no other test reads or writes this variable.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("ORCHESTRATOR_TEST_VALIDATE_SET_KEY", "sk-set")
+        };
         let text = with("[[auth.keys]]\nkey_env = \"ORCHESTRATOR_TEST_VALIDATE_SET_KEY\"");
         assert_eq!(problems(&text), Vec::<String>::new());
     }

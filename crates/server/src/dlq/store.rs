@@ -26,9 +26,9 @@ pub const DLQ_ENTRIES_DROPPED: &str = "orchestrator_dlq_entries_dropped_total";
 /// Entry id -> the entry as JSON. JSON rather than a binary format so that an entry written by
 /// an older gateway still reads after fields are added (with serde defaults), and so that the
 /// stored form is the one operators see.
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const ENTRIES: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("entries");
 /// Small counters that must outlive the entries, such as the next id.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 /// The id the next append gets. Kept apart from the entries so that a purge does not reset it.
 const NEXT_ID: &str = "next_id";
 const FIRST_ID: u64 = 1;
@@ -525,7 +525,7 @@ fn commit(
 /// Writes `entry` under its id: `Err` for storage (fails the batch), `Ok(Err)` for an entry that
 /// cannot be encoded (fails only that change).
 fn store_entry(
-    entries: &mut redb::Table<u64, &[u8]>,
+    entries: &mut redb::Table<'_, u64, &[u8]>,
     entry: &DeadLetter,
 ) -> Result<Result<(), DlqError>, redb::Error> {
     let bytes = match serde_json::to_vec(entry) {

@@ -136,8 +136,11 @@ mod tests {
     use crate::config::ApiKeyConfig;
 
     fn keys() -> ApiKeys {
-        // SAFETY of the test: no other test reads or writes this variable.
-        unsafe { std::env::set_var("ORCHESTRATOR_TEST_AUTH_UNIT_KEY", "sk-plain") };
+        // SAFETY: no other test reads or writes this variable.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("ORCHESTRATOR_TEST_AUTH_UNIT_KEY", "sk-plain")
+        };
         let config = AuthConfig {
             keys: vec![
                 ApiKeyConfig {

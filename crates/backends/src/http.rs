@@ -76,9 +76,8 @@ pub struct HttpBackend {
 
 /// How requests reach the upstream.
 enum Client {
-    /// Straight to the server, on hyper's pooled client (HTTP/2 when TLS offers it). reqwest's
-    /// layers over the same client cost about 4 µs of CPU per request (BENCHMARKS.md, "fifth
-    /// round").
+    /// Straight to the server, on hyper's pooled client (HTTP/2 when TLS offers it): reqwest's
+    /// layers over the same client cost CPU on every request (docs/benchmarks/history.md).
     Direct {
         client: Box<hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
         /// On every request: the key and the configured headers.
@@ -351,7 +350,7 @@ impl HttpBackend {
     }
 
     /// The address of `path` under the base URL. Workers resolve their endpoints once, when
-    /// built: parsing a URL for every call cost about 4% of a request's CPU time in the gateway.
+    /// built: parsing a URL for every call was a measurable part of a request's CPU time.
     ///
     /// # Errors
     /// When the base URL and `path` do not make a valid URL.
@@ -384,8 +383,8 @@ fn parse_url(text: &str) -> Result<Uri, BuildError> {
 }
 
 /// `headers` with `Host` for a plain-HTTP `base_url` (all of its requests go to one host), unless
-/// the config sets one. Left out, hyper's client formats it for every request (about 800
-/// instructions); over TLS it is left to the client, which may speak HTTP/2 there (`:authority`).
+/// the config sets one. Left out, hyper's client formats it for every request; over TLS it is
+/// left to the client, which may speak HTTP/2 there (`:authority`).
 fn with_host(mut headers: HeaderMap, base_url: &Uri) -> HeaderMap {
     if base_url.scheme_str() != Some("http") {
         return headers;

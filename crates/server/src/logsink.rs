@@ -1,7 +1,7 @@
 //! Where log lines go: stderr, with access-log lines written in batches.
 //!
-//! Every request writes one access-log line, and a `write` system call per line cost about a
-//! twentieth of the gateway's CPU time per request. Access lines are therefore held in a buffer
+//! Every request writes one access-log line, and a `write` system call per line was a measurable
+//! part of the gateway's CPU time per request. Access lines are therefore held in a buffer
 //! and written together: when it reaches [`BATCH_BYTES`], at most [`BATCH_DELAY`] after it
 //! began filling (a flusher thread), when any other line is logged (it goes out behind them, so
 //! lines never change order), and when the process ends ([`flush`]). Lines are never split:

@@ -14,8 +14,8 @@ use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// mimalloc rather than the system allocator: glibc's malloc and free took about 14% of the
-/// gateway's CPU time per request (BENCHMARKS.md, "Gateway"). Building without the `mimalloc`
+/// mimalloc rather than the system allocator: glibc's malloc and free took a large share of the
+/// gateway's CPU time per request (BENCHMARKS.md). Building without the `mimalloc`
 /// feature keeps the system allocator, for heap profilers.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]

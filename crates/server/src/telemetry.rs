@@ -56,7 +56,7 @@ pub fn json_lines() -> bool {
 
 /// Line timestamps as tracing-subscriber's default writes them (RFC 3339 in UTC, microseconds:
 /// `2026-11-29T15:08:57.123456Z`), written from a byte buffer: the default formats seven padded
-/// integers per line, a tenth of the instructions of each request's access line.
+/// integers per line, a noticeable part of each request's access line.
 struct Rfc3339Micros;
 
 impl FormatTime for Rfc3339Micros {

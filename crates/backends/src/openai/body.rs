@@ -60,8 +60,8 @@ pub fn request_body<'a>(
 }
 
 /// An upstream request body, borrowed from the call and written straight out: building it as a
-/// `serde_json::Value` first copied every message and cost about a twentieth of the gateway's
-/// instructions per request.
+/// `serde_json::Value` first copied every message, a measurable part of the gateway's work per
+/// request.
 pub struct RequestBody<'a> {
     model: &'a str,
     messages: Option<&'a [ChatMessage]>,

@@ -81,7 +81,7 @@ pub struct Replica {
     /// This replica's [`BACKEND_CALLS`] counters, by [`Outcome`], each registered on its first
     /// use: not in `new`, because the exporter is installed after the router is built and a
     /// handle taken before counts nowhere; not on every call, because a lookup builds the label
-    /// set and hashes it (about a thousand instructions per request).
+    /// set and hashes it.
     calls: [OnceLock<Counter>; Outcome::COUNT],
 }
 

@@ -83,7 +83,7 @@ pub struct TemplateAssembler {
 impl TemplateAssembler {
     /// Reads and compiles every template and checks the settings, then loads the tokenizers that a
     /// budget will use, so no request pays for that. The first build in a process therefore
-    /// blocks for up to 200 ms per encoding; later builds (a config reload) reuse them.
+    /// blocks a moment per encoding; later builds (a config reload) reuse them.
     ///
     /// # Errors
     /// [`AssembleError`] listing every problem: a template that cannot be read or does not parse
@@ -126,8 +126,8 @@ impl TemplateAssembler {
         if !problems.is_empty() {
             return Err(AssembleError::new(problems));
         }
-        // Build the tokenizers now (150–200 ms each, once per process) rather than on the first
-        // request's lane.
+        // Build the tokenizers now (slow, once per process) rather than on the first request's
+        // lane.
         for profile in &profiles {
             if profile.budget.is_some() {
                 let _ = profile.encoding.bpe();

@@ -1,8 +1,7 @@
 //! Token counting for the budget: tiktoken's BPE, loaded once per process, behind a small lock-free
 //! cache of counts.
 //!
-//! Encoding is the expensive part of assembly (about 30 µs for 800 characters with `o200k_base`),
-//! while the same texts come back again and again: the system prompt on every request, the same
+//! Encoding is the expensive part of assembly, while the same texts come back again and again: the system prompt on every request, the same
 //! documents for many questions, and a session's history on each of its turns. So counts are
 //! cached by a hash of the text.
 

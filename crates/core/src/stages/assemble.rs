@@ -109,7 +109,7 @@ pub(crate) fn render(input: &PromptInput, context: &[RetrievedChunk]) -> Arc<str
                     if i > 0 {
                         out.push('\n');
                     }
-                    // Pushed, not `write!`: formatting took about 450 instructions a message.
+                    // Pushed, not `write!`: formatting costs far more for so little text.
                     out.push_str(m.role.as_str());
                     out.push_str(": ");
                     out.push_str(&m.content);

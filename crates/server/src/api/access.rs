@@ -214,9 +214,9 @@ impl AccessLine<'_> {
     /// Logs the line at INFO under [`ACCESS_TARGET`].
     ///
     /// When the process logs JSON lines, the line is written here, in the shape of the
-    /// subscriber's own lines: tracing's JSON formatter took about a tenth of the gateway's
-    /// instructions per request for this one line (a `str` check per write, each field through
-    /// a visitor and a formatting pass). `RUST_LOG` still decides whether it is written.
+    /// subscriber's own lines: tracing's JSON formatter made this one line a large share of the
+    /// gateway's work per request (a `str` check per write, each field through a visitor and a
+    /// formatting pass). `RUST_LOG` still decides whether it is written.
     fn log(&self) {
         if !telemetry::json_lines() {
             self.trace();
@@ -272,8 +272,8 @@ fn millis<S: Serializer>(value: &Millis, serializer: S) -> Result<S::Ok, S::Erro
 }
 
 /// The HTTP metrics' handles for the known routes and common statuses, each registered on first
-/// use (when the exporter is installed): looking a handle up builds and hashes its label set,
-/// about a thousand instructions per request. Other routes and statuses are looked up each time.
+/// use (when the exporter is installed): looking a handle up builds and hashes its label set on
+/// every request. Other routes and statuses are looked up each time.
 #[derive(Default)]
 pub struct HttpMetrics {
     routes: [RouteMetrics; ROUTES.len()],

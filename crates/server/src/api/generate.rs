@@ -28,8 +28,7 @@ use crate::gateway::{Format, Gateway, Hints, unix_now};
 
 /// Time spent in the gateway, excluding the backend's own time, in milliseconds.
 pub const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-orchestrator-overhead-ms");
-// Names, not strings: `HeaderMap::get` with a `&str` parses the name first, about 300
-// instructions a lookup.
+// Names, not strings: `HeaderMap::get` with a `&str` parses the name first, on every lookup.
 const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 /// `X-Dedup: on` lets identical non-deterministic requests in flight share one upstream call.
 const DEDUP_HEADER: HeaderName = HeaderName::from_static("x-dedup");
@@ -184,8 +183,8 @@ async fn generate(
 /// # Errors
 /// 400 naming the header when one is malformed.
 pub fn hints(headers: &HeaderMap) -> Result<Hints, ApiError> {
-    // The rule is text only when a header is at fault: formatting it up front cost every
-    // request about 500 instructions.
+    // The rule is text only when a header is at fault: formatting it up front would cost every
+    // request.
     let session = header(
         headers,
         &SESSION_HEADER,

@@ -21,8 +21,7 @@ pub fn overhead_value(overhead: Duration) -> HeaderValue {
 /// A duration as milliseconds with three decimals (`1.234`), rounded to the microsecond.
 ///
 /// Written from integers, twice per request (the overhead header and the access line):
-/// formatting the `f64` with a precision took about a thousand instructions, `write!` of the
-/// integers about six hundred.
+/// formatting an `f64` with a precision, or `write!` of the integers, costs more.
 pub struct Millis(pub Duration);
 
 impl Millis {

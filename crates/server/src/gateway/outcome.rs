@@ -21,7 +21,7 @@ pub struct Outcome {
     /// The caller's key's limits, charged with the tokens used.
     pub limits: Option<Arc<KeyLimits>>,
     /// The request's prompt, kept when the key has a token budget: if the backend reports no
-    /// usage, it is counted with a real tokenizer (only then, as counting costs ~30 us per KB).
+    /// usage, it is counted with a real tokenizer (only then, as counting is costly).
     pub prompt: Option<PromptInput>,
     /// The request's place inside the pipeline; let go when it ends.
     pub permit: Option<GatePermit>,

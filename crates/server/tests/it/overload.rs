@@ -1,7 +1,6 @@
 //! Overload: ten times the configured capacity offered for half a second. Every request gets
 //! exactly one answer (200 or 429), the gateway never holds more than its limits, every
 //! high-priority request succeeds, and the dead-letter queue holds exactly the shed requests.
-//! (BENCHMARKS.md, "Overload", has the figures of the same situation on a release build.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

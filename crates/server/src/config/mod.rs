@@ -263,7 +263,13 @@ impl Default for Config {
 }
 
 /// The sample corpus the built-in config indexes: the project's own documentation.
-const SAMPLE_CORPUS: [&str; 3] = ["README.md", "ARCHITECTURE.md", "BENCHMARKS.md"];
+const SAMPLE_CORPUS: [&str; 5] = [
+    "README.md",
+    "ARCHITECTURE.md",
+    "BENCHMARKS.md",
+    "docs/configuration.md",
+    "docs/operations.md",
+];
 /// Where the built-in config keeps the sample corpus's index (build output, not source).
 const SAMPLE_INDEX: &str = "target/orchestrator-sample-index";
 

@@ -1,5 +1,16 @@
-//! llama.cpp's native API (`kind = "llamacpp"`): `POST /completion` with `cache_prompt: true` and
-//! an `id_slot` derived from the session, so one session keeps reusing one slot's KV cache.
+//! llama.cpp's llama-server (`kind = "llamacpp"`), keeping each session on one KV-cache slot:
+//! every call carries an `id_slot` derived from the session, and `cache_prompt: true`, so the
+//! next turn of a session evaluates only what its slot has not seen.
+//!
+//! Which endpoint a call takes ([`Route`]):
+//! - a chat request goes to `/v1/chat/completions`, where the server formats the messages with
+//!   the model's own chat template (from its GGUF, or its `--chat-template`). Without one, a
+//!   model that expects its chat format gets plain text and may answer nothing at all. The body
+//!   and the reading of the answer are the OpenAI backend's ([`crate::openai`]), the caller's
+//!   pass-through fields included, with llama.cpp's two fields added;
+//! - a completion request, and a chat request whose prompt a configured `prompt` template
+//!   rendered (a configured template wins over the model's), go to the native `/completion`
+//!   as that text ([`native`]).
 //!
 //! - `config`: the `[[backends]]` entry ([`LlamaCppConfig`]).
 //! - [`native`]: the `/completion` body and answers.
@@ -12,26 +23,47 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use http::Uri;
 use tokio_prompt_orchestrator::shard::shard_for;
-use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerChunk, WorkerError};
+use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, PromptInput, TokenStream, WorkerError};
 
 pub use self::config::LlamaCppConfig;
 pub use self::native::{CompletionBody, request_body};
 use crate::http::{BuildError, HttpBackend};
+use crate::openai::{self, ServerFields};
 use crate::routing::health::HealthProbe;
 use crate::timeouts::Timeouts;
 
 /// How long a health check waits for `/slots` once `/health` has answered.
 const SLOTS_WAIT: Duration = Duration::from_millis(500);
 
+/// Which of llama-server's endpoints a call goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/v1/chat/completions`: the server applies the model's own chat template.
+    Chat,
+    /// `/completion`: the prompt as the Assemble stage rendered it, as it is.
+    Native,
+}
+
+impl Route {
+    pub fn of(call: &InferenceCall) -> Self {
+        match call.request.input {
+            PromptInput::Chat(_) if !call.prompt_templated => Route::Chat,
+            // A completion's text goes as the caller wrote it; a configured template's output
+            // is already in the model's chat format.
+            _ => Route::Native,
+        }
+    }
+}
+
 pub struct LlamaCppWorker {
     http: HttpBackend,
     /// Slots sessions are spread over: configured, then as `/slots` reports.
     slots: AtomicUsize,
-    /// `{base_url}/completion`, parsed once.
+    /// `{base_url}/completion` and `{base_url}/v1/chat/completions`, parsed once.
     completion_url: Uri,
+    chat_url: Uri,
 }
 
 impl LlamaCppWorker {
@@ -51,6 +83,7 @@ impl LlamaCppWorker {
         )?;
         Ok(Self {
             completion_url: http.url("/completion")?,
+            chat_url: http.url(&format!("/v1{}", openai::Endpoint::Chat.path()))?,
             http,
             slots: AtomicUsize::new(config.slots),
         })
@@ -63,29 +96,36 @@ impl LlamaCppWorker {
 
 #[async_trait]
 impl ModelWorker for LlamaCppWorker {
+    /// The prompt as one user message, in the model's chat format, answered whole.
     async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
-        let body = self
-            .http
-            .encode(&serde_json::json!({"prompt": prompt, "n_predict": -1, "cache_prompt": true}))?;
-        let deadline = self.http.deadline();
-        let mut stream = native::send(&self.http, &self.completion_url, body, deadline, false).await?;
-        let mut tokens = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            if let WorkerChunk::Token(t) = chunk? {
-                tokens.push(t);
-            }
-        }
-        Ok(tokens)
+        openai::infer_as_chat(self, prompt).await
     }
 
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
         let deadline = self.http.deadline();
         let slot = shard_for(&call.request.session, self.slots.load(Ordering::Relaxed));
         let streamed = call.request.stream;
-        let body = self.http.encode(&request_body(&call, slot, streamed))?;
+        let route = Route::of(&call);
+        let body = match route {
+            Route::Chat => {
+                let server = ServerFields {
+                    slot: Some(slot),
+                    ..ServerFields::default()
+                };
+                // llama-server serves the model it loaded whatever the name; sending the
+                // caller's keeps the body valid for servers that check it.
+                let model = &call.request.model;
+                self.http
+                    .encode(&openai::request_body(&call, model, streamed, server))?
+            }
+            Route::Native => self.http.encode(&request_body(&call, slot, streamed))?,
+        };
         // The call is not needed past here; its request goes before the wait for the upstream.
         drop(call);
-        native::send(&self.http, &self.completion_url, body, deadline, streamed).await
+        match route {
+            Route::Chat => openai::send(&self.http, &self.chat_url, body, deadline, streamed).await,
+            Route::Native => native::send(&self.http, &self.completion_url, body, deadline, streamed).await,
+        }
     }
 }
 
@@ -114,5 +154,24 @@ impl HealthProbe for LlamaCppWorker {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_prompt_orchestrator::{ChatMessage, InferenceRequest, RequestId, SessionId};
+
+    use super::*;
+
+    #[test]
+    fn chat_takes_the_models_template_unless_a_configured_one_rendered_the_prompt() {
+        let chat = InferenceRequest::chat(SessionId::new("s"), vec![ChatMessage::user("Hi")]);
+        let mut call = InferenceCall::new(RequestId(1), chat, "Hi");
+        assert_eq!(Route::of(&call), Route::Chat);
+        call.prompt_templated = true;
+        assert_eq!(Route::of(&call), Route::Native);
+        let text = InferenceRequest::text(SessionId::new("s"), "Once");
+        let call = InferenceCall::new(RequestId(2), text, "Once");
+        assert_eq!(Route::of(&call), Route::Native);
     }
 }

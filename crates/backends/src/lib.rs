@@ -3,7 +3,9 @@
 //!
 //! - [`openai`]: any OpenAI-compatible server (OpenAI, vLLM, SGLang, Ollama, llama.cpp `/v1`,
 //!   TGI), streaming relayed token by token.
-//! - [`llamacpp`]: llama.cpp's native `/completion`, keeping each session on one KV-cache slot.
+//! - [`llamacpp`]: llama.cpp's llama-server, keeping each session on one KV-cache slot: chat
+//!   through its `/v1/chat/completions` (the model's own chat template), completions and
+//!   prompts a configured template rendered through its native `/completion`.
 //! - [`http`], [`sse`], [`timeouts`]: what the HTTP backends share: the client, error mapping,
 //!   the incremental SSE relay and its time limits.
 //! - [`dedup`]: identical in-flight calls sharing one upstream call.

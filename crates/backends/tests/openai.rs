@@ -141,6 +141,7 @@ async fn completions_go_to_their_endpoint() {
         id: RequestId(2),
         request: Arc::new(request),
         prompt: Arc::from("Once"),
+        prompt_templated: false,
         cancel: CancellationToken::new(),
         messages: None,
         prefix_key: None,

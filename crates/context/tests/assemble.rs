@@ -102,6 +102,7 @@ fn system_and_context_templates_render_the_requests_variables() {
         format!("system: {}\nuser: What is shed?", system_content(&out))
     );
     assert_eq!(out.prompt_tokens, None, "no budget, no counting");
+    assert!(!out.prompt_templated, "no `prompt` template rendered it");
 }
 
 #[test]
@@ -305,6 +306,7 @@ fn with_nothing_configured_the_result_is_the_cores_default() {
         Assembled {
             messages: None,
             prompt: "Hello!".into(),
+            prompt_templated: false,
             prefix_key: None,
             prompt_tokens: None
         }

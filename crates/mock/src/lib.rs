@@ -7,7 +7,8 @@
 //!
 //! - [`config`]: the settings and the command-line flags.
 //! - [`state`]: counters, the runtime handle, the seeded error sequence.
-//! - `openai`, `llamacpp`: the endpoints; `stream`: paced SSE; `reply`: shared pieces.
+//! - `openai`, `llamacpp`: the endpoints (llama-server's chat route is the OpenAI one, taking
+//!   llama.cpp's `id_slot` as `/completion` does); `stream`: paced SSE; `reply`: shared pieces.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

@@ -30,7 +30,9 @@ struct Request<'a> {
     stream_options: Option<StreamOptions>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
-    /// llama-server honours its native fields on the OpenAI routes too.
+    /// llama-server honours its native fields on the OpenAI routes too (its `kind = "llamacpp"`
+    /// backend sends chat there): `id_slot` picks the slot. `cache_prompt` is only recorded with
+    /// the body, as on `/completion`: the mock keeps no KV cache.
     id_slot: Option<i64>,
 }
 

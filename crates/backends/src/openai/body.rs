@@ -28,13 +28,23 @@ impl Endpoint {
     }
 }
 
-/// The JSON body for `call`, asking for `model`, streamed or not, with vLLM's `priority` where
-/// given.
+/// The fields one kind of server adds to the protocol, set by the backend that speaks to it.
+/// Each one set wins over a pass-through field of the same name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerFields {
+    /// vLLM's `priority` ([`vllm::priority`](super::vllm::priority)).
+    pub priority: Option<i64>,
+    /// llama.cpp's `id_slot`, sent with `cache_prompt: true`: the slot whose KV cache the
+    /// session keeps reusing, so only the new end of its prompt is evaluated.
+    pub slot: Option<usize>,
+}
+
+/// The JSON body for `call`, asking for `model`, streamed or not, with `server`'s own fields.
 pub fn request_body<'a>(
     call: &'a InferenceCall,
     model: &'a str,
     stream: bool,
-    priority: Option<i64>,
+    server: ServerFields,
 ) -> RequestBody<'a> {
     let request = &call.request;
     let params = &request.params;
@@ -54,7 +64,7 @@ pub fn request_body<'a>(
         stop: &params.stop,
         seed: params.seed,
         stream,
-        priority,
+        server,
         extra: &request.extra,
     }
 }
@@ -72,7 +82,7 @@ pub struct RequestBody<'a> {
     stop: &'a [String],
     seed: Option<i64>,
     stream: bool,
-    priority: Option<i64>,
+    server: ServerFields,
     /// The caller's fields we do not act on, passed through unless we set the same name.
     extra: &'a RawExtra,
 }
@@ -90,7 +100,8 @@ impl RequestBody<'_> {
             "stop" => !self.stop.is_empty(),
             "seed" => self.seed.is_some(),
             "stream_options" => self.stream,
-            "priority" => self.priority.is_some(),
+            "priority" => self.server.priority.is_some(),
+            "id_slot" | "cache_prompt" => self.server.slot.is_some(),
             _ => false,
         }
     }
@@ -127,8 +138,12 @@ impl Serialize for RequestBody<'_> {
             // Usage arrives in a last chunk; without it the pipeline counts tokens itself.
             map.serialize_entry("stream_options", &IncludeUsage { include_usage: true })?;
         }
-        if let Some(priority) = self.priority {
+        if let Some(priority) = self.server.priority {
             map.serialize_entry("priority", &priority)?;
+        }
+        if let Some(slot) = self.server.slot {
+            map.serialize_entry("id_slot", &slot)?;
+            map.serialize_entry("cache_prompt", &true)?;
         }
         for (name, value) in self.extra {
             if !self.sets(name) {
@@ -213,7 +228,7 @@ mod tests {
             .extra
             .insert("stream".into(), tokio_prompt_orchestrator::raw(&json!(false)));
         let call = call(request);
-        let body = written(request_body(&call, "up-model", true, None));
+        let body = written(request_body(&call, "up-model", true, ServerFields::default()));
         assert_eq!(
             body,
             json!({
@@ -231,7 +246,7 @@ mod tests {
     fn text_requests_send_the_rendered_prompt() {
         let request = InferenceRequest::text(SessionId::new("s"), "Once");
         let call = call(request);
-        let body = written(request_body(&call, "m", false, None));
+        let body = written(request_body(&call, "m", false, ServerFields::default()));
         assert_eq!(body, json!({"model": "m", "prompt": "rendered", "stream": false}));
     }
 
@@ -245,13 +260,37 @@ mod tests {
             .extra
             .insert("priority".into(), tokio_prompt_orchestrator::raw(&json!(5)));
         let call = call(request);
-        let body = written(request_body(&call, "m", false, Some(-1)));
+        let vllm = ServerFields {
+            priority: Some(-1),
+            ..ServerFields::default()
+        };
+        let body = written(request_body(&call, "m", false, vllm));
         // The temperature as the client wrote it, not widened to 0.699999988079071.
         assert_eq!(
             body,
             json!({"model": "m", "prompt": "rendered", "temperature": 0.7, "stream": false, "priority": -1})
         );
-        let body = written(request_body(&call, "m", false, None));
+        let body = written(request_body(&call, "m", false, ServerFields::default()));
         assert_eq!(body["priority"], 5);
+    }
+
+    #[test]
+    fn llama_cpps_slot_and_prompt_cache_win_over_a_callers() {
+        let mut request = InferenceRequest::chat(SessionId::new("s"), vec![ChatMessage::user("hi")]);
+        request.extra.insert("id_slot".into(), tokio_prompt_orchestrator::raw(&json!(9)));
+        request.extra.insert("cache_prompt".into(), tokio_prompt_orchestrator::raw(&json!(false)));
+        request.extra.insert("n_probs".into(), tokio_prompt_orchestrator::raw(&json!(2)));
+        let call = call(request);
+        let llama = ServerFields {
+            slot: Some(3),
+            ..ServerFields::default()
+        };
+        let body = written(request_body(&call, "m", true, llama));
+        assert_eq!(
+            body,
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                   "stream": true, "stream_options": {"include_usage": true},
+                   "id_slot": 3, "cache_prompt": true, "n_probs": 2})
+        );
     }
 }

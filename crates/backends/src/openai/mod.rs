@@ -5,7 +5,8 @@
 //! (HTTP/2 where the server offers it over TLS). Dropping the token stream drops the upstream
 //! response, which closes its connection: the upstream sees the cancellation.
 //!
-//! `kind = "vllm"` is the same protocol with vLLM's extras ([`vllm`]).
+//! `kind = "vllm"` is the same protocol with vLLM's extras ([`vllm`]); llama.cpp's backend
+//! sends its chat calls through `send` too, with its own extras.
 
 mod body;
 mod config;
@@ -13,14 +14,16 @@ pub(crate) mod stream;
 pub mod vllm;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::Uri;
+use tokio::time::Instant;
 use tokio_prompt_orchestrator::{
     ChatMessage, InferenceCall, InferenceRequest, ModelWorker, RequestId, SessionId, TokenStream,
     WorkerChunk, WorkerError,
 };
 
-pub use self::body::{Endpoint, RequestBody, request_body};
+pub use self::body::{Endpoint, RequestBody, ServerFields, request_body};
 pub use self::config::OpenAiConfig;
 pub use crate::http::BuildError;
 use crate::http::HttpBackend;
@@ -83,53 +86,79 @@ impl OpenAiWorker {
     }
 }
 
+/// Posts an OpenAI request `body` to `url` and reads the answer as a token stream: SSE chunks
+/// relayed as they come when `streamed`, else one whole answer. Dropping the stream drops the
+/// response, which closes the connection: the server sees the cancellation.
+///
+/// # Errors
+/// As [`HttpBackend::post`] and [`HttpBackend::read_all`]; a whole answer that is not OpenAI JSON
+/// (retryable: nothing reached the caller).
+pub(crate) async fn send(
+    http: &HttpBackend,
+    url: &Uri,
+    body: Bytes,
+    deadline: Option<Instant>,
+    streamed: bool,
+) -> Result<TokenStream, WorkerError> {
+    let response = http.post(url, body, deadline, streamed).await?;
+    if streamed {
+        let dialect = stream::OpenAiDialect::default();
+        return Ok(sse::relay(
+            response,
+            dialect,
+            http.name.clone(),
+            http.timeouts,
+            deadline,
+        ));
+    }
+    let body = http.read_all(response, deadline).await?;
+    stream::answer_stream(&http.name, &body)
+}
+
+/// `infer` for a worker whose server takes chat: `prompt` as one user message, answered whole.
+pub(crate) async fn infer_as_chat(
+    worker: &impl ModelWorker,
+    prompt: &str,
+) -> Result<Vec<String>, WorkerError> {
+    let request =
+        InferenceRequest::chat(SessionId::new(""), vec![ChatMessage::user(prompt)]).with_stream(false);
+    let call = InferenceCall::new(RequestId(0), request, prompt);
+    let mut tokens = Vec::new();
+    let mut stream = worker.infer_stream(call).await?;
+    while let Some(chunk) = stream.next().await {
+        if let WorkerChunk::Token(t) = chunk? {
+            tokens.push(t);
+        }
+    }
+    Ok(tokens)
+}
+
 #[async_trait]
 impl ModelWorker for OpenAiWorker {
     /// The prompt as one user message, answered whole.
     async fn infer(&self, prompt: &str) -> Result<Vec<String>, WorkerError> {
-        let request =
-            InferenceRequest::chat(SessionId::new(""), vec![ChatMessage::user(prompt)]).with_stream(false);
-        let call = InferenceCall::new(RequestId(0), request, prompt);
-        let mut tokens = Vec::new();
-        let mut stream = self.infer_stream(call).await?;
-        while let Some(chunk) = stream.next().await {
-            if let WorkerChunk::Token(t) = chunk? {
-                tokens.push(t);
-            }
-        }
-        Ok(tokens)
+        infer_as_chat(self, prompt).await
     }
 
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
         let deadline = self.http.deadline();
         let model = self.model.as_deref().unwrap_or(&call.request.model);
         let streamed = call.request.stream;
-        let priority = match self.flavor {
-            Flavor::Vllm => vllm::priority(call.request.priority),
-            Flavor::OpenAi => None,
+        let server = ServerFields {
+            priority: match self.flavor {
+                Flavor::Vllm => vllm::priority(call.request.priority),
+                Flavor::OpenAi => None,
+            },
+            slot: None,
         };
-        let body = self
-            .http
-            .encode(&request_body(&call, model, streamed, priority))?;
+        let body = self.http.encode(&request_body(&call, model, streamed, server))?;
         let url = match Endpoint::of(&call) {
             Endpoint::Chat => &self.chat_url,
             Endpoint::Completions => &self.completions_url,
         };
         // The call is not needed past here; its request goes before the wait for the upstream.
         drop(call);
-        let response = self.http.post(url, body, deadline, streamed).await?;
-        if streamed {
-            let dialect = stream::OpenAiDialect::default();
-            return Ok(sse::relay(
-                response,
-                dialect,
-                self.http.name.clone(),
-                self.http.timeouts,
-                deadline,
-            ));
-        }
-        let body = self.http.read_all(response, deadline).await?;
-        stream::answer_stream(&self.http.name, &body)
+        send(&self.http, url, body, deadline, streamed).await
     }
 }
 

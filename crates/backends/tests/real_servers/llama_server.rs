@@ -1,5 +1,6 @@
 //! Both backends against llama.cpp's own llama-server: `LlamaCppWorker` on its native
 //! `/completion`, `OpenAiWorker` on its `/v1`; slot affinity and cancellation read from `/slots`.
+//! (`LlamaCppWorker`'s chat route: `llama_server_chat.rs`.)
 
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ fn chat(prompt: &str, params: SamplingParams, stream: bool) -> InferenceRequest 
 }
 
 /// Two sessions that the worker maps to different slots.
-fn two_sessions_on_different_slots() -> (String, String) {
+pub fn two_sessions_on_different_slots() -> (String, String) {
     let slot = |s: &str| shard_for(&SessionId::new(s), SLOTS);
     let first = "session-0".to_string();
     let other = (1..)
@@ -74,7 +75,7 @@ fn two_sessions_on_different_slots() -> (String, String) {
     (first, other)
 }
 
-fn slot_of(session: &str) -> usize {
+pub fn slot_of(session: &str) -> usize {
     shard_for(&SessionId::new(session), SLOTS)
 }
 
@@ -88,7 +89,7 @@ pub async fn slots(server: &Server) -> Vec<Value> {
 }
 
 /// The task each slot ran last (-1: none yet; llama-server leaves `id_task` out then).
-async fn tasks(server: &Server) -> Vec<i64> {
+pub async fn tasks(server: &Server) -> Vec<i64> {
     slots(server)
         .await
         .iter()
@@ -99,7 +100,7 @@ async fn tasks(server: &Server) -> Vec<i64> {
         .collect()
 }
 
-fn processing(slot: &Value) -> bool {
+pub fn processing(slot: &Value) -> bool {
     slot["is_processing"]
         .as_bool()
         .expect("is_processing is a boolean")

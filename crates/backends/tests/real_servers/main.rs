@@ -9,5 +9,6 @@
 
 mod llama_cpp_python;
 mod llama_server;
+mod llama_server_chat;
 mod pipeline;
 mod support;

@@ -1,6 +1,6 @@
 //! The whole path the gateway takes, against llama-server: the pipeline, the router built the
-//! way the gateway builds it from its config, and both backends; a caller that goes away stops
-//! the generation on the server.
+//! way the gateway builds it from its config, and both backends; a chat through `kind =
+//! "llamacpp"` is answered; a caller that goes away stops the generation on the server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +73,31 @@ async fn both_backends_stream_through_the_pipeline() {
         assert_eq!(done.usage.completion_tokens, 16, "the server's own count");
         assert!(done.usage.prompt_tokens > 0);
     }
+    handles.pipeline.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+#[ignore = "needs real model servers: ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh"]
+async fn a_chat_through_the_native_backend_gets_a_real_answer() {
+    let Some(server) = Server::start(Kind::LlamaServer).await else {
+        return;
+    };
+    let handles = pipeline(&server);
+    // As a client's chat arrives: no `prompt` template, so the model's own formats it. Sent to
+    // `/completion` as the plain question, SmolLM2 answers with one end-of-turn token.
+    let messages = vec![ChatMessage::user("What is the capital of France?")];
+    let request = InferenceRequest::chat(SessionId::new("s"), messages)
+        .with_model("native")
+        .with_params(greedy(24));
+    let (tokens, end) = events(&handles, request).await;
+    let ResponseEvent::Done(done) = end else {
+        panic!("{end:?}")
+    };
+    assert!(
+        !tokens.concat().trim().is_empty(),
+        "SmolLM2 answers: {tokens:?} {done:?}"
+    );
+    assert!(done.usage.completion_tokens > 1, "{tokens:?} {done:?}");
     handles.pipeline.shutdown(Duration::from_secs(10)).await;
 }
 

@@ -56,8 +56,8 @@ use tokens::TokenCounter;
 /// - **Completion** (`PromptInput::Text`): `messages = None`; `prompt` = system prompt, tools,
 ///   context block and the request's text, separated by blank lines.
 /// - With a `prompt` template, `prompt` is that template's output instead, for both kinds (see
-///   the `prompt` module: it renders the same parts in the model's chat format); the chat
-///   `messages` do not change.
+///   the `prompt` module: it renders the same parts in the model's chat format), and
+///   `prompt_templated` says so; the chat `messages` do not change.
 /// - `prefix_key` = XXH3 of the stable prefix (system prompt, tools, context block as joined in
 ///   the prompt); `None` when there is none. The conversation never changes it, so a session keeps
 ///   its key from turn to turn unless the budget drops chunks.
@@ -259,6 +259,7 @@ impl Assembler for TemplateAssembler {
         Ok(Assembled {
             messages,
             prompt: prompt.into(),
+            prompt_templated: templated.is_some(),
             prefix_key,
             prompt_tokens,
         })
@@ -274,6 +275,7 @@ fn plain(request: &InferenceRequest) -> Assembled {
     Assembled {
         messages: None,
         prompt: prompt.into(),
+        prompt_templated: false,
         prefix_key: None,
         prompt_tokens: None,
     }

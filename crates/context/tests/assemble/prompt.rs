@@ -87,6 +87,7 @@ fn a_completion_request_is_one_user_message() {
         Assembled {
             messages: None,
             prompt: "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n".into(),
+            prompt_templated: true,
             prefix_key: None,
             prompt_tokens: None,
         }

@@ -23,6 +23,10 @@ pub struct Assembled {
     pub messages: Option<Arc<[ChatMessage]>>,
     /// The same as one text, for completion-style backends.
     pub prompt: Arc<str>,
+    /// Whether `prompt` is the output of a configured `prompt` template: the model's chat
+    /// format as the operator wrote it. A backend that could have its server apply the model's
+    /// own chat template instead (llama.cpp) sends this text then, so a configured template wins.
+    pub prompt_templated: bool,
     /// A hash of the prompt's stable prefix (system prompt, tools, documents): requests that
     /// share it can share a backend's prefix cache (`prefix_affinity` routing).
     pub prefix_key: Option<u64>,
@@ -59,6 +63,7 @@ impl StageLogic for AssembleStage {
             None => Ok(Assembled {
                 messages: None,
                 prompt: render(&env.request.input, &env.retrieved),
+                prompt_templated: false,
                 prefix_key: None,
                 prompt_tokens: None,
             }),

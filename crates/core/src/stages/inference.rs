@@ -34,6 +34,7 @@ impl StageLogic for InferenceStage {
         let assembled = env.assembled.clone().unwrap_or_else(|| Assembled {
             messages: None,
             prompt: assemble::render(&env.request.input, &env.retrieved),
+            prompt_templated: false,
             prefix_key: None,
             prompt_tokens: None,
         });
@@ -41,6 +42,7 @@ impl StageLogic for InferenceStage {
             id: env.id,
             request: env.request.clone(),
             prompt: assembled.prompt,
+            prompt_templated: assembled.prompt_templated,
             messages: assembled.messages,
             prefix_key: assembled.prefix_key,
             cancel: env.cancel.clone(),

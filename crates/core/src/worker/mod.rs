@@ -46,6 +46,12 @@ pub struct InferenceCall {
     pub request: Arc<InferenceRequest>,
     /// The prompt as the Assemble stage rendered it (for completion-style backends and `infer`).
     pub prompt: Arc<str>,
+    /// Whether a configured `prompt` template rendered `prompt` ([`Assembled::prompt_templated`]):
+    /// a backend that would otherwise send the chat messages for its server to format with the
+    /// model's own template sends `prompt` instead.
+    ///
+    /// [`Assembled::prompt_templated`]: crate::Assembled::prompt_templated
+    pub prompt_templated: bool,
     /// The chat messages as the Assemble stage built them; `None`: the request's own.
     pub messages: Option<Arc<[ChatMessage]>>,
     /// Shared by calls whose prompts start with the same system prompt, tools and documents.
@@ -59,14 +65,15 @@ pub struct InferenceCall {
 }
 
 impl InferenceCall {
-    /// A call for `request` as it was submitted, not assembled: `prompt` as its text, the
-    /// request's own messages, no prefix key, and a cancellation token of its own. For calling a
-    /// worker outside the pipeline (a worker's own `infer`, tests).
+    /// A call for `request` as it was submitted, not assembled: `prompt` as its text (not from a
+    /// template), the request's own messages, no prefix key, and a cancellation token of its own.
+    /// For calling a worker outside the pipeline (a worker's own `infer`, tests).
     pub fn new(id: RequestId, request: InferenceRequest, prompt: &str) -> Self {
         Self {
             id,
             request: Arc::new(request),
             prompt: Arc::from(prompt),
+            prompt_templated: false,
             messages: None,
             prefix_key: None,
             cancel: CancellationToken::new(),

@@ -13,8 +13,9 @@ use tokio_prompt_orchestrator::{
 
 use crate::support::chat;
 
-/// What a call carried: its assembled messages (as "role: content"), prefix key and prompt.
-type Seen = (Option<Vec<String>>, Option<u64>, String);
+/// What a call carried: its assembled messages (as "role: content"), prefix key, prompt and
+/// whether a template rendered the prompt.
+type Seen = (Option<Vec<String>>, Option<u64>, String, bool);
 
 /// Records the calls it gets, then echoes the prompt.
 #[derive(Default)]
@@ -34,10 +35,12 @@ impl ModelWorker for Recorder {
                 .map(|m| format!("{}: {}", m.role.as_str(), m.content))
                 .collect()
         });
-        self.calls
-            .lock()
-            .unwrap()
-            .push((messages, call.prefix_key, call.prompt.to_string()));
+        self.calls.lock().unwrap().push((
+            messages,
+            call.prefix_key,
+            call.prompt.to_string(),
+            call.prompt_templated,
+        ));
         EchoWorker::new().infer_stream(call).await
     }
 }
@@ -64,6 +67,8 @@ impl Assembler for Fixed {
                 ChatMessage::user(text.clone()),
             ])),
             prompt: Arc::from(format!("{system}\n{text}")),
+            // As a `prompt` template's output would be.
+            prompt_templated: true,
             prefix_key: Some(42),
             prompt_tokens: Some(7),
         })
@@ -113,7 +118,8 @@ async fn the_assembled_messages_and_prefix_key_reach_the_model() {
                 "user: hello there".into()
             ]),
             Some(42),
-            "Be brief. 2 documents.\nhello there".into()
+            "Be brief. 2 documents.\nhello there".into(),
+            true
         )]
     );
 }

@@ -1,5 +1,6 @@
 //! The one-screen summary `orchestrator validate` prints for a valid config: the listener, the
-//! stages with their queues, and each model with the backends behind it.
+//! stages with their queues, and each model with the backends behind it (and, for llama-servers,
+//! which chat template formats its chat requests).
 
 use std::fmt::Write;
 
@@ -87,17 +88,40 @@ impl Config {
             }
         }
         writeln!(out, "models:")?;
+        let assemble = self.compile_graph().assemble_config(&self.assemble);
         for model in &self.models {
             write!(out, "  {} -> {}", model.name, model.backends.join(", "))?;
             if !model.fallback.is_empty() {
                 write!(out, "; fallback {}", model.fallback.join(", "))?;
             }
-            writeln!(
+            write!(
                 out,
                 "  [{}, {} retries]",
                 model.balancing.as_str(),
                 model.retries.max
             )?;
+            // Which template formats a chat for a llama-server is otherwise invisible, and a model
+            // sent a chat without its format may answer nothing.
+            let names = model.backends.iter().chain(&model.fallback);
+            let on_llamacpp = names
+                .filter_map(|name| self.backends.iter().find(|b| b.name() == name))
+                .any(|b| matches!(b, BackendConfig::Llamacpp(_)));
+            if on_llamacpp {
+                let settings = assemble.models.get(&model.name);
+                let templated = settings
+                    .and_then(|s| s.prompt.as_ref())
+                    .or(assemble.default.prompt.as_ref());
+                write!(
+                    out,
+                    "  llamacpp chat: {}",
+                    if templated.is_some() {
+                        "the [assemble] prompt template, to /completion"
+                    } else {
+                        "the model's own template, to /v1/chat/completions"
+                    }
+                )?;
+            }
+            writeln!(out)?;
         }
         writeln!(out, "backends:")?;
         for backend in &self.backends {
@@ -133,5 +157,37 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("  echo             echo"), "{summary}");
+        assert!(!summary.contains("llamacpp chat"), "{summary}");
+    }
+
+    #[test]
+    fn a_model_on_a_llama_server_says_which_template_formats_its_chat() {
+        let text = |assemble: &str| {
+            format!(
+                "{assemble}\n[[backends]]\nkind = \"llamacpp\"\nname = \"llama\"\n\
+                 base_url = \"http://127.0.0.1:8081\"\n\n[[models]]\nname = \"m\"\nbackends = [\"llama\"]\n\n\
+                 [[models]]\nname = \"other\"\nbackends = [\"llama\"]\n"
+            )
+        };
+        let summary = Config::parse(&text(""), "t.toml").unwrap().summary();
+        assert!(
+            summary.contains(
+                "  m -> llama  [session_affinity, 2 retries]  llamacpp chat: the model's own template, \
+                 to /v1/chat/completions\n"
+            ),
+            "{summary}"
+        );
+        let per_model =
+            "[assemble.models.m]\nprompt = \"{% for m in messages %}{{ m.content }}{% endfor %}\"";
+        let summary = Config::parse(&text(per_model), "t.toml").unwrap().summary();
+        assert!(
+            summary.contains("  m -> llama  [session_affinity, 2 retries]  llamacpp chat: the [assemble] prompt template, to /completion\n"),
+            "{summary}"
+        );
+        assert!(
+            summary
+                .contains("  other -> llama  [session_affinity, 2 retries]  llamacpp chat: the model's own"),
+            "{summary}"
+        );
     }
 }

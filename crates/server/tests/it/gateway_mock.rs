@@ -1,16 +1,15 @@
 //! The gateway in front of mock upstreams (real HTTP on both sides): tokens relayed as the
 //! upstream produces them, cancellation reaching the upstream, a mid-stream cut, retries before
 //! the first token, fallback and `Retry-After`, circuit breakers, per-backend limits, backend
-//! call metrics, session affinity across replicas, and pass-through fields.
+//! call metrics, session affinity across replicas, and pass-through fields. (`kind = "llamacpp"`:
+//! `llamacpp.rs`.)
 
 use std::time::Duration;
 
 use orchestrator_backends::OpenAiConfig;
-use orchestrator_backends::llamacpp::LlamaCppConfig;
 use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::breaker::BreakerConfig;
 use orchestrator_mock::{Behaviour, MockConfig, MockUpstream, RunningMock};
-use orchestrator_server::Server;
 use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
 use serde_json::json;
 
@@ -230,66 +229,6 @@ async fn fields_the_gateway_does_not_act_on_reach_the_upstream() {
     assert_eq!(sent["presence_penalty"], 0.5);
     assert_eq!(sent["messages"][0]["name"], "ann");
     assert_eq!(sent["model"], "mock");
-}
-
-#[tokio::test]
-async fn llamacpp_sessions_keep_their_kv_cache_slot() {
-    let upstream = mock(Behaviour::default()).await;
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.backends = vec![BackendConfig::Llamacpp(LlamaCppConfig {
-        name: "llama".into(),
-        base_url: upstream.base_url(),
-        api_key_env: None,
-        headers: Default::default(),
-        slots: 4,
-        timeouts: Default::default(),
-        routing: Default::default(),
-        health_check: Default::default(),
-    })];
-    config.models = vec![ModelConfig::single("m", "llama")];
-    let server = Server::bind(config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    tokio::spawn(server.run(std::future::pending()));
-
-    let ask = |session: &'static str, stream: bool| {
-        let url = format!("{base}/v1/completions");
-        async move {
-            client()
-                .post(url)
-                .header("x-session-id", session)
-                .json(&json!({"model": "m", "prompt": "Once upon a time", "max_tokens": 5, "stream": stream}))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let answer: serde_json::Value = ask("alice", false).await.json().await.unwrap();
-    assert_eq!(answer["choices"][0]["text"], "tok0 tok1 tok2 tok3 tok4");
-    assert_eq!(answer["choices"][0]["finish_reason"], "length");
-    assert_eq!(answer["usage"]["completion_tokens"], 5);
-    let sent = upstream.handle().last_request().unwrap().json();
-    assert_eq!(sent["cache_prompt"], true);
-    assert_eq!(sent["n_predict"], 5);
-    let alice_slot = sent["id_slot"].as_i64().unwrap();
-
-    let frames = SseReader::new(ask("alice", true).await).rest().await;
-    let text: String = frames
-        .iter()
-        .filter(|f| matches!(f, Frame::Data(d) if d != "[DONE]"))
-        .filter_map(|f| json(f)["choices"][0]["text"].as_str().map(String::from))
-        .collect();
-    assert_eq!(text, "tok0 tok1 tok2 tok3 tok4");
-    assert_eq!(frames.last(), Some(&Frame::Data("[DONE]".into())));
-    for _ in 0..3 {
-        ask("alice", false).await;
-    }
-    let slots = upstream.handle().id_slots_seen();
-    assert_eq!(
-        slots.get(&alice_slot),
-        Some(&5),
-        "every alice request used one slot: {slots:?}"
-    );
 }
 
 /// A mock that refuses every request with 429 and a Retry-After of a minute.

@@ -13,6 +13,7 @@ mod errors;
 mod gateway_mock;
 mod health_checks;
 mod limits;
+mod llamacpp;
 mod memory;
 mod mock_upstream;
 mod openai_backend;

@@ -233,3 +233,32 @@ async fn slots_count_the_id_slot_used_and_show_processing() {
     let error: Value = missing.json().await.unwrap();
     assert_eq!(error["error"]["param"], "id_slot");
 }
+
+#[tokio::test]
+async fn llama_servers_chat_route_takes_the_slot_and_the_prompt_cache_flag() {
+    let mock = mock(four_tokens()).await;
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    for stream in [false, true] {
+        let body = json!({"model": "m", "messages": messages, "stream": stream,
+                          "id_slot": 2, "cache_prompt": true});
+        let response = post(&mock, "/v1/chat/completions", body).await;
+        assert_eq!(response.status(), 200);
+        if stream {
+            let frames = frames(response).await;
+            assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
+        } else {
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(answer["choices"][0]["message"]["content"], "tok0 tok1 tok2 tok3");
+        }
+    }
+    assert_eq!(mock.slot_served(), [0, 0, 2, 0]);
+    assert_eq!(mock.id_slots_seen().into_iter().collect::<Vec<_>>(), [(2, 2)]);
+    // The flag is kept with the body, as the mock has no KV cache to act on it.
+    assert_eq!(mock.last_request().unwrap().json()["cache_prompt"], true);
+
+    let body = json!({"model": "m", "messages": messages, "id_slot": 4});
+    let missing = post(&mock, "/v1/chat/completions", body).await;
+    assert_eq!(missing.status(), 400);
+    let error: Value = missing.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "id_slot");
+}

@@ -277,9 +277,16 @@ mod tests {
     #[test]
     fn llama_cpps_slot_and_prompt_cache_win_over_a_callers() {
         let mut request = InferenceRequest::chat(SessionId::new("s"), vec![ChatMessage::user("hi")]);
-        request.extra.insert("id_slot".into(), tokio_prompt_orchestrator::raw(&json!(9)));
-        request.extra.insert("cache_prompt".into(), tokio_prompt_orchestrator::raw(&json!(false)));
-        request.extra.insert("n_probs".into(), tokio_prompt_orchestrator::raw(&json!(2)));
+        request
+            .extra
+            .insert("id_slot".into(), tokio_prompt_orchestrator::raw(&json!(9)));
+        request.extra.insert(
+            "cache_prompt".into(),
+            tokio_prompt_orchestrator::raw(&json!(false)),
+        );
+        request
+            .extra
+            .insert("n_probs".into(), tokio_prompt_orchestrator::raw(&json!(2)));
         let call = call(request);
         let llama = ServerFields {
             slot: Some(3),

@@ -5,7 +5,7 @@
 //! The model's text means nothing, so the tests check structure: tokens, finish reasons, counts,
 //! and the server's own view of its slots. The tests are ignored unless asked for (`--ignored`):
 //! `ORCHESTRATOR_REAL_LLM=1 bash scripts/test.sh` prepares both servers and runs them, and then a
-//! missing server is a failure. CI does not (see README.md).
+//! missing server is a failure. CI does not (see docs/operations.md).
 
 mod llama_cpp_python;
 mod llama_server;

@@ -32,7 +32,7 @@ pub const SLOTS: usize = 4;
 const CONTEXT: usize = SLOTS * 2048;
 
 /// One thread per server: ggml's threads wait for each other by spinning, which on a busy machine
-/// (tests, builds) made two threads hundreds of times slower than one; the model is tiny.
+/// (tests, builds) made two threads far slower than one; the model is tiny.
 const THREADS: &str = "1";
 
 /// Loading the model takes about a second; the bound is wide because the machine may be busy
@@ -61,7 +61,7 @@ impl Kind {
     }
 
     /// Whether this run must have the server: with the flag set. CI does not set it (the
-    /// llama.cpp builds cost more than the rest of CI together; see README.md).
+    /// llama.cpp builds cost more than the rest of CI together; see docs/operations.md).
     fn required(self) -> bool {
         std::env::var(FLAG).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
     }

@@ -29,6 +29,25 @@ pub struct Parsed {
     pub done: bool,
 }
 
+impl Parsed {
+    /// A whole (not streamed) answer as a token stream: its text as one token, what it carried
+    /// besides, then the finish.
+    pub fn into_stream(self) -> TokenStream {
+        let mut chunks = Vec::with_capacity(3);
+        if let Some(text) = self.token {
+            chunks.push(Ok(WorkerChunk::Token(text)));
+        }
+        if let Some(extra) = self.extra {
+            chunks.push(Ok(WorkerChunk::Passthrough(extra)));
+        }
+        chunks.push(Ok(WorkerChunk::Finish {
+            reason: self.finish.unwrap_or_default(),
+            usage: self.usage,
+        }));
+        stream::iter(chunks).boxed()
+    }
+}
+
 /// How a backend's events are read.
 pub trait Dialect: Send + 'static {
     /// Reads one event's data.

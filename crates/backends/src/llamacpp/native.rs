@@ -7,12 +7,11 @@
 //! passed on here: the native API names them differently.
 
 use bytes::Bytes;
-use futures_util::stream::{self, StreamExt};
 use http::Uri;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{FinishReason, InferenceCall, TokenStream, Usage, WorkerChunk, WorkerError};
+use tokio_prompt_orchestrator::{FinishReason, InferenceCall, TokenStream, Usage, WorkerError};
 
 use crate::http::HttpBackend;
 use crate::sse::{self, Dialect, Parsed};
@@ -137,16 +136,7 @@ pub(super) async fn send(
     if let Some(error) = &answer.error {
         return Err(http.error(&error_text(error), false));
     }
-    let parsed = answer.parsed();
-    let mut chunks = Vec::with_capacity(2);
-    if let Some(text) = parsed.token {
-        chunks.push(Ok(WorkerChunk::Token(text)));
-    }
-    chunks.push(Ok(WorkerChunk::Finish {
-        reason: parsed.finish.unwrap_or_default(),
-        usage: parsed.usage,
-    }));
-    Ok(stream::iter(chunks).boxed())
+    Ok(answer.parsed().into_stream())
 }
 
 #[cfg(test)]

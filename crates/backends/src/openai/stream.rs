@@ -6,14 +6,11 @@
 //! empty values ([`extra::empty`](tokio_prompt_orchestrator::extra::empty)) are left out, so a
 //! plain text chunk carries none.
 
-use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess};
 use serde_json::Value;
 use tokio_prompt_orchestrator::extra::Fields;
-use tokio_prompt_orchestrator::{
-    Extra, FinishReason, Passthrough, TokenStream, Usage, WorkerChunk, WorkerError,
-};
+use tokio_prompt_orchestrator::{Extra, FinishReason, Passthrough, TokenStream, Usage, WorkerError};
 
 use crate::sse::{Dialect, Parsed};
 
@@ -218,19 +215,7 @@ impl Dialect for OpenAiDialect {
 pub fn answer_stream(backend: &str, body: &[u8]) -> Result<TokenStream, WorkerError> {
     let answer: Body = serde_json::from_slice(body)
         .map_err(|e| WorkerError::retryable(format!("{backend}: the answer is not OpenAI JSON ({e})")))?;
-    let parsed = answer.parsed();
-    let mut chunks = Vec::with_capacity(3);
-    if let Some(text) = parsed.token {
-        chunks.push(Ok(WorkerChunk::Token(text)));
-    }
-    if let Some(extra) = parsed.extra {
-        chunks.push(Ok(WorkerChunk::Passthrough(extra)));
-    }
-    chunks.push(Ok(WorkerChunk::Finish {
-        reason: parsed.finish.unwrap_or_default(),
-        usage: parsed.usage,
-    }));
-    Ok(stream::iter(chunks).boxed())
+    Ok(answer.parsed().into_stream())
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, PromptInput, TokenSt
 
 pub use self::config::LlamaCppConfig;
 pub use self::native::{CompletionBody, request_body};
+#[doc(hidden)]
+pub use self::native::{LlamaDialect, answer_stream};
 use crate::http::{BuildError, HttpBackend};
 use crate::openai::{self, ServerFields};
 use crate::routing::health::HealthProbe;

@@ -93,7 +93,10 @@ fn error_text(error: &Value) -> String {
 }
 
 /// llama-server's native stream.
-struct LlamaDialect;
+///
+/// Public, but not an API: the fuzz targets (`fuzz/`) relay arbitrary streams through it.
+#[doc(hidden)]
+pub struct LlamaDialect;
 
 impl Dialect for LlamaDialect {
     fn parse(&mut self, data: &str) -> Result<Parsed, String> {
@@ -131,10 +134,25 @@ pub(super) async fn send(
         ));
     }
     let bytes = http.read_all(response, deadline).await?;
-    let answer: Answer = serde_json::from_slice(&bytes)
-        .map_err(|e| http.error(&format!("the answer is not llama.cpp JSON ({e})"), true))?;
-    if let Some(error) = &answer.error {
-        return Err(http.error(&error_text(error), false));
+    answer_stream(&http.name, &bytes)
+}
+
+/// A non-streamed `/completion` answer as a token stream: its text as one token, then the finish.
+///
+/// Public, but not an API: the fuzz targets (`fuzz/`) call it with arbitrary bodies.
+///
+/// # Errors
+/// When the body is not llama.cpp JSON (retryable), or reports an error (not retryable).
+#[doc(hidden)]
+pub fn answer_stream(backend: &str, body: &[u8]) -> Result<TokenStream, WorkerError> {
+    let error = |message: String, retryable| WorkerError {
+        retryable,
+        ..WorkerError::new(format!("{backend}: {message}"))
+    };
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| error(format!("the answer is not llama.cpp JSON ({e})"), true))?;
+    if let Some(message) = &answer.error {
+        return Err(error(error_text(message), false));
     }
     Ok(answer.parsed().into_stream())
 }

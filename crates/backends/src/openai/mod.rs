@@ -25,6 +25,10 @@ use tokio_prompt_orchestrator::{
 
 pub use self::body::{Endpoint, RequestBody, ServerFields, request_body};
 pub use self::config::OpenAiConfig;
+/// Not an API: public so that the fuzz targets (`fuzz/`) can feed upstream answers and stream
+/// chunks straight to the readers the worker uses.
+#[doc(hidden)]
+pub use self::stream::{OpenAiDialect, answer_stream};
 pub use crate::http::BuildError;
 use crate::http::HttpBackend;
 use crate::routing::health::HealthProbe;

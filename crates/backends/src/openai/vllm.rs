@@ -37,8 +37,11 @@ pub fn waiting_requests(metrics: &str) -> Option<usize> {
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v >= 0.0)
         {
-            // Gauges are floats in the text format; the count is whole.
-            *total.get_or_insert(0) += v as usize;
+            // Gauges are floats in the text format; the count is whole. A value past `usize`
+            // converts to its largest, and the sum stays there rather than wrapping round to
+            // a short queue.
+            let sum = total.get_or_insert(0usize);
+            *sum = sum.saturating_add(v as usize);
         }
     }
     total
@@ -66,6 +69,15 @@ mod tests {
         assert_eq!(waiting_requests(text), Some(5));
         assert_eq!(waiting_requests("vllm:num_requests_waiting 4\n"), Some(4));
         assert_eq!(waiting_requests("other_metric 1\n"), None);
+    }
+
+    /// Found by the `upstream_text` fuzz target: a gauge too large for a count, then another,
+    /// overflowed the sum (a panic with overflow checks; a wrapped, small count without).
+    #[test]
+    fn a_count_too_large_to_add_saturates() {
+        let text = "vllm:num_requests_waiting{model_name=\"a\"} 1e30\n\
+                    vllm:num_requests_waiting{model_name=\"b\"} 2\n";
+        assert_eq!(waiting_requests(text), Some(usize::MAX));
     }
 
     #[test]

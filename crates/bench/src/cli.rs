@@ -20,6 +20,9 @@ pub enum Mode {
 pub enum Peer {
     /// LiteLLM proxy (install with scripts/setup-litellm.sh).
     Litellm,
+    /// Portkey's AI gateway on Node.js (install with scripts/setup-portkey.sh); routed to the
+    /// upstream by request headers.
+    Portkey,
     /// A bare forwarding proxy (hyper server, hyper client, no JSON): the floor of the HTTP
     /// work alone (`orchestrator-forwarder`, built with this harness).
     Forwarder,
@@ -61,6 +64,19 @@ pub struct Args {
     /// The `litellm` executable [default: .venv-litellm/bin/litellm].
     #[arg(long, default_value = ".venv-litellm/bin/litellm")]
     pub litellm_bin: PathBuf,
+    /// Portkey's server script [default: the one scripts/setup-portkey.sh installs].
+    #[arg(
+        long,
+        default_value = ".portkey/node_modules/@portkey-ai/gateway/build/start-server.js"
+    )]
+    pub portkey_server: PathBuf,
+    /// The Node.js executable that runs Portkey.
+    #[arg(long, default_value = "node")]
+    pub node: PathBuf,
+    /// Open loop: offer a system no rate above this (`--max-rate portkey=1000,litellm=150`), so a
+    /// slow peer is measured up to its saturation and not queued to the timeout at every rate.
+    #[arg(long, value_name = "SYSTEM=REQ_S", value_delimiter = ',', value_parser = parse_max_rate)]
+    pub max_rate: Vec<(String, f64)>,
     /// Model name sent in requests (and served by the mock).
     #[arg(long, default_value = "mock")]
     pub model: String,
@@ -97,6 +113,14 @@ pub struct Args {
     pub no_chart: bool,
 }
 
+fn parse_max_rate(s: &str) -> Result<(String, f64), String> {
+    let (system, rate) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SYSTEM=REQ_S, got {s:?}"))?;
+    let rate: f64 = rate.parse().map_err(|e| format!("{rate:?} is not a rate: {e}"))?;
+    Ok((system.to_owned(), rate))
+}
+
 /// `bench-results/bench-20261125T120000Z`.
 pub fn default_out() -> PathBuf {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -105,7 +129,7 @@ pub fn default_out() -> PathBuf {
 }
 
 /// The `orchestrator` binary: `--orchestrator-bin`, or the one next to this executable
-/// (target/<profile>/ holds both after `cargo build -p orchestrator-server -p orchestrator-bench`).
+/// (target/<profile>/ holds it after `cargo build -p orchestrator-server -p orchestrator-bench`).
 ///
 /// # Errors
 /// When neither exists.
@@ -214,6 +238,33 @@ pub async fn start_litellm(args: &Args, upstream: &str, out: &Path) -> Result<Se
     let base = format!("http://127.0.0.1:{port}");
     Server::new("litellm", child, pid, base)
         .ready("/health/readiness", &log, Duration::from_secs(180))
+        .await
+}
+
+/// Starts Portkey's gateway (`node start-server.js --headless`) on a free port and waits until
+/// it answers. It needs no configuration: each request names its provider and upstream in
+/// headers ([`config::portkey_headers`]).
+///
+/// # Errors
+/// When the server script is missing, or it does not answer within 60 s.
+pub async fn start_portkey(args: &Args, out: &Path) -> Result<Server> {
+    let script = &args.portkey_server;
+    anyhow::ensure!(
+        script.exists(),
+        "no Portkey server at {}: run scripts/setup-portkey.sh",
+        script.display()
+    );
+    let port = procs::free_port()?;
+    let mut cmd = Command::new(&args.node);
+    // --headless: no web console, which would also keep every request's log in memory.
+    cmd.arg(script)
+        .args([format!("--port={port}").as_str(), "--headless"])
+        .env("NODE_ENV", "production");
+    let log = out.join("portkey.log");
+    let (child, pid) = procs::spawn("portkey", cmd, &log).context("starting portkey")?;
+    let base = format!("http://127.0.0.1:{port}");
+    Server::new("portkey", child, pid, base)
+        .ready("/", &log, Duration::from_secs(60))
         .await
 }
 

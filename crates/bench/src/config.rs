@@ -1,6 +1,6 @@
 //! The configuration files the harness generates for the systems it starts: the gateway's
 //! TOML (one `kind = "openai"` backend, the mock) and LiteLLM's YAML (one model routed to the
-//! mock), and the request bodies it sends.
+//! mock), the headers that route Portkey's requests to the mock, and the request bodies it sends.
 
 /// The gateway's config: the mock upstream at `mock_base` (`http://host:port`) as its only
 /// backend, serving `model`; with `capacity`, room for that many requests at once (admission,
@@ -55,6 +55,17 @@ model_list:
     )
 }
 
+/// The headers that make Portkey's gateway forward a request to the OpenAI API at `mock_base`:
+/// Portkey keeps no model list; each request names its provider, an upstream to use instead of
+/// the provider's own host, and a key (which the mock does not check).
+pub fn portkey_headers(mock_base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-portkey-provider", "openai".to_owned()),
+        ("x-portkey-custom-host", format!("{mock_base}/v1")),
+        ("authorization", "Bearer dummy".to_owned()),
+    ]
+}
+
 /// The chat request every run sends (the same as scripts/bench-gateway.sh).
 pub fn request_body(model: &str, stream: bool) -> String {
     serde_json::json!({
@@ -104,6 +115,20 @@ mod tests {
         assert!(yaml.contains("model: \"openai/mock\""));
         assert!(yaml.contains("api_base: \"http://127.0.0.1:9000/v1\""));
         assert!(yaml.contains("api_key: \"dummy\""));
+    }
+
+    #[test]
+    fn portkey_is_sent_to_the_mock_as_an_openai_host() {
+        let headers = portkey_headers("http://127.0.0.1:9000");
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("x-portkey-provider"), Some("openai"));
+        assert_eq!(get("x-portkey-custom-host"), Some("http://127.0.0.1:9000/v1"));
+        assert!(get("authorization").is_some_and(|v| v.starts_with("Bearer ")));
     }
 
     #[test]

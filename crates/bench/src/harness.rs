@@ -7,6 +7,8 @@ use crate::procs;
 use crate::report::{ProcFigures, Row, fill_added, per_1k};
 use bytes::Bytes;
 use indicatif::ProgressBar;
+use reqwest::header::HeaderMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The name of the base row that added latency is taken against.
@@ -15,12 +17,38 @@ pub const UPSTREAM: &str = "upstream alone";
 /// A system to measure.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The row's label: [`UPSTREAM`], "gateway", "litellm".
+    /// The row's label: [`UPSTREAM`], "gateway", "forwarder", "litellm", "portkey".
     pub system: String,
     /// `http://host:port`; requests go to `{base_url}/v1/chat/completions`.
     pub base_url: String,
     /// Its process, when the harness started it (for CPU and memory figures).
     pub pid: Option<u32>,
+    /// Sent with every request: a gateway that routes by headers (Portkey) needs them.
+    pub headers: Arc<HeaderMap>,
+    /// Open loop: rates above this are not offered to this target. A peer far slower than the
+    /// gateway would spend every such run queueing to the timeout, measuring nothing new.
+    pub max_rate: Option<f64>,
+}
+
+impl Target {
+    /// A target without extra headers or a rate cap.
+    pub fn new(system: impl Into<String>, base_url: impl Into<String>, pid: Option<u32>) -> Self {
+        Self {
+            system: system.into(),
+            base_url: base_url.into(),
+            pid,
+            headers: Arc::default(),
+            max_rate: None,
+        }
+    }
+
+    /// Whether `load` is offered to this target (see [`Target::max_rate`]).
+    pub fn takes(&self, load: Load) -> bool {
+        match (load, self.max_rate) {
+            (Load::Rate(rate), Some(max)) => rate <= max,
+            _ => true,
+        }
+    }
 }
 
 /// What to run against every target.
@@ -37,14 +65,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// How many runs (warm-ups included) [`measure`] makes over `targets` targets.
-    pub fn runs(&self, targets: usize) -> u64 {
+    /// How many runs (warm-ups included) [`measure`] makes over `targets`.
+    pub fn runs(&self, targets: &[Target]) -> u64 {
         let per = if self.warmup.is_zero() { 1 } else { 2 };
-        (self.loads.len() * targets * per) as u64
+        let pairs = self
+            .loads
+            .iter()
+            .map(|&load| targets.iter().filter(|t| t.takes(load)).count())
+            .sum::<usize>();
+        (pairs * per) as u64
     }
 }
 
-/// Measures every target under every load of `plan`; rows in order of load, then target.
+/// Measures every target under every load of `plan` that it takes ([`Target::takes`]); rows in
+/// order of load, then target.
 pub async fn measure(
     client: &reqwest::Client,
     targets: &[Target],
@@ -53,9 +87,10 @@ pub async fn measure(
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for &load in &plan.loads {
-        for target in targets {
+        for target in targets.iter().filter(|t| t.takes(load)) {
             let spec = |duration| RunSpec {
                 url: format!("{}/v1/chat/completions", target.base_url),
+                headers: target.headers.clone(),
                 body: plan.body.clone(),
                 stream: plan.stream,
                 load,

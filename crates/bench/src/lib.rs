@@ -1,5 +1,5 @@
 //! `orchestrator-bench`: a load harness that measures the gateway against its upstream alone
-//! (and, optionally, peers: LiteLLM, and a bare forwarding proxy) in one run, and prints a
+//! (and, optionally, peers: LiteLLM, Portkey, and a bare forwarding proxy) in one run, and prints a
 //! markdown table.
 //!
 //! - [`schedule`]: the open-loop arrival times (latency is measured from them).
@@ -9,7 +9,7 @@
 //! - [`harness`]: every target under every load, the upstream first, same settings.
 //! - [`procs`]: starting, probing and stopping servers; CPU and peak RSS from /proc.
 //! - [`forwarder`]: the bare forwarding proxy (`--peer forwarder`).
-//! - [`config`]: the generated gateway TOML, LiteLLM YAML and request bodies.
+//! - [`config`]: the generated gateway TOML, LiteLLM YAML, Portkey headers and request bodies.
 //! - [`report`]: rows, markdown, JSON; [`chart`]: the PNG.
 
 pub mod chart;

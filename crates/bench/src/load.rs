@@ -9,6 +9,7 @@ use crate::sse::StreamTimer;
 use crate::stats::{Recorder, record};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use reqwest::header::HeaderMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -29,6 +30,8 @@ pub enum Load {
 pub struct RunSpec {
     /// The full URL to POST to (…/v1/chat/completions).
     pub url: String,
+    /// Headers sent besides content-type (shared: the spec is cloned for every request).
+    pub headers: Arc<HeaderMap>,
     /// The JSON request body.
     pub body: Bytes,
     /// Whether the body asks for a stream (SSE): TTFT and ITL are then measured.
@@ -192,12 +195,14 @@ async fn one(client: &reqwest::Client, spec: &RunSpec, start: Instant) -> Outcom
 }
 
 async fn exchange(client: &reqwest::Client, spec: &RunSpec, start: Instant) -> reqwest::Result<Outcome> {
-    let response = client
+    let mut request = client
         .post(&spec.url)
         .header("content-type", "application/json")
-        .body(spec.body.clone())
-        .send()
-        .await?;
+        .body(spec.body.clone());
+    if !spec.headers.is_empty() {
+        request = request.headers((*spec.headers).clone());
+    }
+    let response = request.send().await?;
     let status = response.status();
     if !status.is_success() {
         // Read the body so the connection can be reused.

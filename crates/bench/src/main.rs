@@ -8,7 +8,9 @@ use orchestrator_bench::harness::{self, Plan, Target, UPSTREAM};
 use orchestrator_bench::load::{self, Load};
 use orchestrator_bench::procs::Server;
 use orchestrator_bench::{chart, config, report};
+use reqwest::header::{HeaderMap, HeaderValue};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod cli;
@@ -53,46 +55,51 @@ async fn run(args: Args) -> Result<()> {
         }
         (None, None) => unreachable!("needs_bin covers a missing upstream URL"),
     };
-    let mut targets = vec![Target {
-        system: UPSTREAM.into(),
-        base_url: upstream.clone(),
-        pid: servers.first().map(|s| s.pid),
-    }];
+    let mut targets = vec![Target::new(
+        UPSTREAM,
+        upstream.clone(),
+        servers.first().map(|s| s.pid),
+    )];
     match (&args.gateway_url, &bin) {
-        (Some(url), _) => targets.push(Target {
-            system: "gateway".into(),
-            base_url: url.trim_end_matches('/').into(),
-            pid: None,
-        }),
+        (Some(url), _) => targets.push(Target::new("gateway", url.trim_end_matches('/'), None)),
         (None, Some(bin)) => {
             eprintln!("== starting the gateway");
             let s = cli::start_gateway(bin, &args, &upstream, &out).await?;
-            targets.push(Target {
-                system: "gateway".into(),
-                base_url: s.base_url.clone(),
-                pid: Some(s.pid),
-            });
+            targets.push(Target::new("gateway", s.base_url.clone(), Some(s.pid)));
             servers.push(s);
         }
         (None, None) => unreachable!("needs_bin covers a missing gateway URL"),
     }
     for peer in &args.peer {
+        let mut headers = HeaderMap::new();
         let s = match peer {
             Peer::Litellm => {
                 eprintln!("== starting litellm ({})", args.litellm_bin.display());
                 cli::start_litellm(&args, &upstream, &out).await?
+            }
+            Peer::Portkey => {
+                eprintln!("== starting portkey ({})", args.portkey_server.display());
+                for (name, value) in config::portkey_headers(&upstream) {
+                    headers.insert(name, HeaderValue::from_str(&value)?);
+                }
+                cli::start_portkey(&args, &out).await?
             }
             Peer::Forwarder => {
                 eprintln!("== starting the forwarder");
                 cli::start_forwarder(&upstream, &out).await?
             }
         };
-        targets.push(Target {
-            system: s.name.into(),
-            base_url: s.base_url.clone(),
-            pid: Some(s.pid),
-        });
+        let mut target = Target::new(s.name, s.base_url.clone(), Some(s.pid));
+        target.headers = Arc::new(headers);
+        targets.push(target);
         servers.push(s);
+    }
+    for target in &mut targets {
+        target.max_rate = args
+            .max_rate
+            .iter()
+            .find(|(system, _)| *system == target.system)
+            .map(|&(_, rate)| rate);
     }
 
     let loads: Vec<Load> = match args.mode {
@@ -113,7 +120,7 @@ async fn run(args: Args) -> Result<()> {
 
     eprintln!("== waiting for {} (held while measuring)", args.lock.display());
     let lock = lock_file(&args.lock).await?;
-    let bar = ProgressBar::new(plan.runs(targets.len()));
+    let bar = ProgressBar::new(plan.runs(&targets));
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -136,6 +143,7 @@ async fn check_targets(client: &reqwest::Client, targets: &[Target], plan: &Plan
         let r = client
             .post(&url)
             .header("content-type", "application/json")
+            .headers((*t.headers).clone())
             .body(plan.body.clone())
             .timeout(Duration::from_secs(30))
             .send()
@@ -192,7 +200,7 @@ fn write_results(args: &Args, out: &std::path::Path, targets: &[Target], rows: &
         "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "args": format!("{args:?}"),
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "targets": targets.iter().map(|t| serde_json::json!({"system": t.system, "base_url": t.base_url, "pid": t.pid})).collect::<Vec<_>>(),
+        "targets": targets.iter().map(|t| serde_json::json!({"system": t.system, "base_url": t.base_url, "pid": t.pid, "max_rate": t.max_rate})).collect::<Vec<_>>(),
         "rows": rows,
     });
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;

@@ -72,16 +72,8 @@ async fn open_loop_counts_every_request_for_every_target() {
     let (a, seen_a) = server(0).await;
     let (b, seen_b) = server(0).await;
     let targets = [
-        Target {
-            system: UPSTREAM.into(),
-            base_url: a,
-            pid: None,
-        },
-        Target {
-            system: "gateway".into(),
-            base_url: b,
-            pid: Some(std::process::id()),
-        },
+        Target::new(UPSTREAM, a, None),
+        Target::new("gateway", b, Some(std::process::id())),
     ];
     let client = load::client(64).unwrap();
     let rows = measure(
@@ -110,11 +102,7 @@ async fn open_loop_counts_every_request_for_every_target() {
 /// Measures `system` at `base_url`, 40 streamed requests at 40 req/s, in front of a
 /// [`server`] that refuses every fourth; checks the counts and timings and returns the row.
 async fn forty_streams_every_fourth_refused(system: &str, base_url: String) -> Row {
-    let targets = [Target {
-        system: system.into(),
-        base_url,
-        pid: None,
-    }];
+    let targets = [Target::new(system, base_url, None)];
     let client = load::client(64).unwrap();
     let mut rows = measure(
         &client,
@@ -146,17 +134,9 @@ async fn closed_loop_and_connection_errors_are_counted() {
     p.duration = Duration::from_millis(300);
     let client = load::client(64).unwrap();
     let targets = [
-        Target {
-            system: UPSTREAM.into(),
-            base_url: url,
-            pid: None,
-        },
+        Target::new(UPSTREAM, url, None),
         // Nothing listens on port 1.
-        Target {
-            system: "down".into(),
-            base_url: "http://127.0.0.1:1".into(),
-            pid: None,
-        },
+        Target::new("down", "http://127.0.0.1:1", None),
     ];
     let rows = measure(&client, &targets, &p, &ProgressBar::hidden()).await;
     assert!(rows[0].ok > 0);
@@ -198,4 +178,53 @@ async fn the_forwarder_passes_requests_statuses_and_streams_through() {
     // Nothing serves this path upstream: the upstream's 404 comes back as it is.
     let missing = client.get(format!("{forwarder}/nowhere")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// A target's headers reach its server with every request, and a target is not offered rates
+/// above its cap (its rows are left out, not filled with zeros).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_send_their_headers_and_skip_rates_above_their_cap() {
+    let tagged = Arc::new(AtomicU64::new(0));
+    let counter = tagged.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |headers: axum::http::HeaderMap| {
+            if headers.get("x-route").is_some_and(|v| v == "mock") {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            async { ([(header::CONTENT_TYPE, "application/json")], "{}") }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut routed = Target::new("routed", url.clone(), None);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-route", "mock".parse().unwrap());
+    routed.headers = Arc::new(headers);
+    routed.max_rate = Some(20.0);
+    let targets = [Target::new(UPSTREAM, url, None), routed];
+    let p = plan(vec![Load::Rate(20.0), Load::Rate(40.0)], false);
+    assert_eq!(p.runs(&targets), 3);
+    let client = load::client(64).unwrap();
+    let rows = measure(&client, &targets, &p, &ProgressBar::hidden()).await;
+    let labels: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.system.as_str(), r.load.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            (UPSTREAM, "20 req/s"),
+            ("routed", "20 req/s"),
+            (UPSTREAM, "40 req/s")
+        ]
+    );
+    assert_eq!(rows[1].ok, 20);
+    assert_eq!(
+        tagged.load(Ordering::SeqCst),
+        20,
+        "only the routed target's requests carry the header"
+    );
 }

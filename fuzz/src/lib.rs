@@ -14,8 +14,8 @@ use http_body_util::Either;
 use orchestrator_backends::sse::{self, Dialect};
 use orchestrator_backends::timeouts::Timeouts;
 use orchestrator_server::api::error::ApiError;
-use orchestrator_server::gateway::Delivery;
 use orchestrator_server::config::ConfigError;
+use orchestrator_server::gateway::Delivery;
 use tokio_prompt_orchestrator::extra::empty;
 use tokio_prompt_orchestrator::{
     Extra, InferenceRequest, Passthrough, PromptInput, TokenStream, WorkerChunk, WorkerError,

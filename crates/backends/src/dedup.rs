@@ -27,7 +27,8 @@ pub const DEDUP_HITS: &str = "orchestrator_dedup_hits_total";
 /// Shares identical in-flight calls to `inner` for the models in `models`.
 pub struct Dedup {
     inner: Arc<dyn ModelWorker>,
-    models: HashSet<String>,
+    /// The config's model names, looked up for every request (see `Router::routes`).
+    models: HashSet<String, foldhash::fast::RandomState>,
     flights: Arc<Mutex<HashMap<String, Weak<Flight>>>>,
 }
 

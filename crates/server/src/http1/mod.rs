@@ -8,10 +8,11 @@
 //! gateway speaks HTTP/1.1 only, so it does not need the detection.
 //!
 //! The limits ([`Edge`]): a request head must arrive within `header_read_timeout_ms` of the
-//! connection opening or going idle, and be at most `max_header_bytes` (431 otherwise, with a JSON
-//! body: [`refusal`]); at most `max_connections` are open at once (one more is answered 503 and
-//! closed). Bodies are bounded where they are read (`api::body`).
+//! connection opening or going idle ([`idle`]), and be at most `max_header_bytes` (431 otherwise,
+//! with a JSON body: [`refusal`]); at most `max_connections` are open at once (one more is
+//! answered 503 and closed). Bodies are bounded where they are read (`api::body`).
 
+mod idle;
 mod refusal;
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use metrics::{counter, gauge};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::idle::{Watch, Watched};
 use self::refusal::{Refusals, WithRefusals};
 use crate::config::ServerConfig;
 
@@ -63,9 +65,7 @@ impl Edge {
             // Hyper's own floor for its read buffer is 8 KiB; the buffer bounds a head that has
             // not ended yet, the header size check one that has.
             .max_buf_size(self.max_header_bytes.max(8192))
-            .max_header_size(self.max_header_bytes)
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+            .max_header_size(self.max_header_bytes);
         builder
     }
 }
@@ -81,13 +81,16 @@ pub async fn serve(listener: TcpListener, app: axum::Router, edge: Edge, stop: i
     // Cancelled when this future ends or is dropped: connections still open then are cut.
     let cut = CancellationToken::new();
     let _cut_on_drop = cut.clone().drop_guard();
-    // Cancelled when `stop` completes, and by `cut`: a connection's steady state waits on this
-    // one token alone (each wait polled costs a lock, on every wake-up of the connection).
+    // Cancelled when `stop` completes, and by `cut`. A connection's steady state waits on one
+    // token alone, its own child of this one that the head-read watch can also cancel (each
+    // wait polled costs a lock, on every wake-up of the connection).
     let closing = cut.child_token();
     let connections = TaskTracker::new();
     let places = Arc::new(Semaphore::new(edge.max_connections));
     let builder = edge.builder();
     let refusals = Arc::new(Refusals::new(edge.max_header_bytes));
+    let watch = Watch::new(edge.header_read_timeout);
+    tokio::spawn(watch.clone().run(cut.clone()));
     let open = gauge!(HTTP_CONNECTIONS_OPEN);
     let mut stop = pin!(stop);
     loop {
@@ -110,8 +113,10 @@ pub async fn serve(listener: TcpListener, app: axum::Router, edge: Edge, stop: i
             tracing::warn!(%error, "Could not set TCP_NODELAY on a connection.");
         }
         let io = TokioIo::new(WithRefusals::new(stream, refusals.clone()));
-        let connection = builder.serve_connection(io, TowerToHyperService::new(app.clone()));
-        let (closing, cut, open) = (closing.clone(), cut.clone(), open.clone());
+        let watched = watch.open(&closing);
+        let service = Watched::new(TowerToHyperService::new(app.clone()), watched.clone());
+        let connection = builder.serve_connection(io, service);
+        let (cut, open) = (cut.clone(), open.clone());
         open.increment(1.0);
         connections.spawn(async move {
             let _place = place;
@@ -119,8 +124,9 @@ pub async fn serve(listener: TcpListener, app: axum::Router, edge: Edge, stop: i
             let result = tokio::select! {
                 biased;
                 result = connection.as_mut() => result,
-                () = closing.cancelled() => {
-                    if cut.is_cancelled() {
+                () = watched.cut.cancelled() => {
+                    // Cut: waited too long for a head, or the server is going away at once.
+                    if watched.expired() || cut.is_cancelled() {
                         open.decrement(1.0);
                         return;
                     }

@@ -1,6 +1,7 @@
 //! The edge's limits over raw TCP: a head too large is refused with 431 and a JSON body; a
-//! connection that sends no head in time (a partial one, or an idle keep-alive one) is closed; a
-//! body that stops coming is answered 408; connections over `max_connections` get 503.
+//! connection that sends no head in time (a partial one, or an idle keep-alive one) is closed,
+//! but never while it is answering; a body that stops coming is answered 408; connections over
+//! `max_connections` get 503.
 //!
 //! Time is paused: the runtime jumps to the next timer whenever every task waits, so a timeout
 //! fires as soon as nothing else can happen, and a missing one fails at the test's own bound.
@@ -109,6 +110,44 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_read_timeout() {
         !answered.contains("connection: close"),
         "the response kept the connection alive"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_head_timeout_spares_a_long_answer_and_counts_from_its_end() {
+    let toml = "[server]\nheader_read_timeout_ms = 1000\n[[backends]]\nkind = \"echo\"\n\
+                name = \"echo\"\ntoken_delay_ms = 500\n[[models]]\nname = \"echo\"\n\
+                backends = [\"echo\"]\n";
+    let base = serve(Config::parse(toml, "edge.toml").unwrap()).await;
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // Five tokens at 0.5 s each: a streamed answer longer than the head timeout.
+    let body =
+        r#"{"model":"echo","stream":true,"messages":[{"role":"user","content":"one two three four five"}]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let began = tokio::time::Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+
+    let mut answered = Vec::new();
+    let mut buf = [0; 4096];
+    while !String::from_utf8_lossy(&answered).contains("data: [DONE]") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed mid-answer: {}", String::from_utf8_lossy(&answered));
+        answered.extend_from_slice(&buf[..n]);
+    }
+    let answer_ended = tokio::time::Instant::now();
+    assert!(
+        answer_ended - began >= Duration::from_secs(2),
+        "the answer was not slow"
+    );
+
+    // Idle from the answer's end: closed, and not before the timeout has passed since then.
+    assert_eq!(until_closed(&mut stream).await, "");
+    assert!(answer_ended.elapsed() >= Duration::from_secs(1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -58,6 +58,9 @@ pub(crate) struct Body {
     /// Cancelled when the caller goes away or the pipeline aborts at its shutdown deadline.
     pub cancel: CancellationToken,
     pub deadline: Option<Instant>,
+    /// The deadline the stages must time themselves: `None` when the request's handle holds
+    /// its one timer, whose alarm cancels the request at the deadline.
+    timed_here: Option<Instant>,
     pub admitted_at: Instant,
     /// When the envelope joined its current queue (for queue-wait timings).
     pub enqueued_at: Instant,
@@ -98,6 +101,7 @@ pub(crate) struct Abort {
     cancel: CancellationToken,
     shared: Arc<Shared>,
     deadline: Option<Instant>,
+    timed_here: Option<Instant>,
 }
 
 /// Why the request with these parts must stop, if it must.
@@ -124,17 +128,19 @@ impl Abort {
 
     /// Resolves when the request must stop.
     pub async fn wait(&self) -> AbortCause {
-        wait_for_abort(&self.cancel, &self.shared, self.deadline).await
+        wait_for_abort(&self.cancel, &self.shared, self.deadline, self.timed_here).await
     }
 }
 
-/// Resolves when the request with these parts must stop.
+/// Resolves when the request with these parts must stop: its token is cancelled, or
+/// `timed_here` passes.
 async fn wait_for_abort(
     cancel: &CancellationToken,
     shared: &Shared,
     deadline: Option<Instant>,
+    timed_here: Option<Instant>,
 ) -> AbortCause {
-    match deadline {
+    match timed_here {
         Some(deadline) => {
             // Whichever comes first: the caller leaving / shutdown, or the deadline. The timer
             // is boxed: held inline it would enlarge every stage job's future (which is moved
@@ -174,12 +180,17 @@ impl Envelope {
     ) -> Self {
         let now = Instant::now();
         let timeout = request.timeout.or(shared.config.default_timeout());
+        let deadline = timeout.map(|t| now + t);
         let span = tracing::debug_span!("request", id = id.0, session = %request.session);
         Self(Box::new(Body {
             id,
             request: Arc::new(request),
             cancel,
-            deadline: timeout.map(|t| now + t),
+            deadline,
+            timed_here: match reply {
+                Reply::Handle(_) => None,
+                Reply::Output { .. } => deadline,
+            },
             admitted_at: now,
             enqueued_at: now,
             timings: StageTimings::default(),
@@ -220,6 +231,7 @@ impl Body {
             cancel: self.cancel.clone(),
             shared: self.shared.clone(),
             deadline: self.deadline,
+            timed_here: self.timed_here,
         }
     }
 
@@ -247,7 +259,7 @@ impl Body {
     /// Resolves when the request must stop; borrows instead of cloning the token, as
     /// [`abort`](Self::abort) does.
     pub async fn wait_for_abort(&self) -> AbortCause {
-        wait_for_abort(&self.cancel, &self.shared, self.deadline).await
+        wait_for_abort(&self.cancel, &self.shared, self.deadline, self.timed_here).await
     }
 
     fn deliver(&mut self, reply: Reply, outcome: Outcome) {

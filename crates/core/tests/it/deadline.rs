@@ -80,3 +80,46 @@ async fn a_caller_that_stops_reading_times_out_in_the_stream_stage() {
     );
     probe.cancelled.wait_for(1).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_the_model_call_even_while_nobody_reads_the_handle() {
+    let worker = ProbeWorker::with_delay(Duration::from_secs(10));
+    let probe = worker.probe.clone();
+    let handles = PipelineBuilder::new(Arc::new(worker))
+        .config(small_config(1, 8, 8))
+        .spawn();
+
+    let request = chat("s", "too slow").with_timeout(Duration::from_secs(1));
+    let mut handle = handles.input_tx.submit(request).await.expect("admitted");
+    // Not read until long after the deadline: the model call ends at the deadline regardless.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(probe.cancelled.get(), 1, "the model call outlived the deadline");
+    assert_eq!(
+        handle.recv().await,
+        Some(ResponseEvent::Error(Box::new(PipelineError::Timeout {
+            stage: Stage::Inference
+        })))
+    );
+    assert_eq!(handle.recv().await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_and_forget_request_times_out_too() {
+    let worker = ProbeWorker::with_delay(Duration::from_secs(10));
+    let probe = worker.probe.clone();
+    let mut handles = PipelineBuilder::new(Arc::new(worker))
+        .config(small_config(1, 8, 8))
+        .spawn();
+
+    let request = chat("s", "too slow").with_timeout(Duration::from_secs(1));
+    handles.input_tx.send(request).await.expect("admitted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(probe.cancelled.get(), 1, "the model call outlived the deadline");
+    let output = handles.output_rx.recv().await.expect("an output");
+    assert_eq!(
+        output.result,
+        Err(PipelineError::Timeout {
+            stage: Stage::Inference
+        })
+    );
+}

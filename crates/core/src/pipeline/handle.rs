@@ -19,8 +19,8 @@ use crate::request::RequestId;
 /// The events of one submitted request. Dropping it before the final event cancels the request
 /// in whatever stage it is, including the model call.
 ///
-/// When the request has a deadline, the handle holds its one timer: at that instant the
-/// [`Alarm`] cancels the request wherever it is, and the handle itself ends with `Timeout` if
+/// When the request has a deadline, the handle holds its one timer: at that instant its
+/// `Alarm` cancels the request wherever it is, and the handle itself ends with `Timeout` if
 /// the request still waits in a queue where no stage can see it yet.
 pub struct ResponseHandle {
     id: RequestId,
@@ -137,12 +137,9 @@ impl ResponseHandle {
         if self.done {
             return Poll::Ready(None);
         }
-        if let Some(timeout) = self.queued_past_deadline() {
-            return Poll::Ready(Some(timeout));
-        }
         if self.deadline.is_some() {
+            // Before looking: an alarm that goes off after the look still wakes this reader.
             self.alarm.reader.register(cx.waker());
-            // The alarm may have gone off before the waker was in place.
             if let Some(timeout) = self.queued_past_deadline() {
                 return Poll::Ready(Some(timeout));
             }
@@ -173,7 +170,7 @@ impl ResponseHandle {
         if stage == Stage::Stream {
             return None;
         }
-        // The alarm has cancelled the request; the pipeline counts it as a timeout, because its
+        // The alarm cancels the request; the pipeline counts it as a timeout, because its
         // deadline has passed.
         self.done = true;
         Some(ResponseEvent::Error(Box::new(PipelineError::Timeout { stage })))

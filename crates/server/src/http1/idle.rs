@@ -38,7 +38,7 @@ pub struct Watch {
 pub struct Connection {
     state: AtomicU64,
     epoch: Instant,
-    /// Cancelled when the sweeper cuts the connection.
+    /// Cancelled when the server closes its connections, or when the sweeper cuts this one.
     pub cut: CancellationToken,
 }
 

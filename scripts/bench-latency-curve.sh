@@ -67,10 +67,12 @@ if ! "$VENV/bin/python" -c "import matplotlib, sys; sys.exit(matplotlib.__versio
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION"
 fi
 
+gateway_bin=${ORCHESTRATOR_BIN:-}
+if [ -z "$gateway_bin" ] && [ -n "${HARNESS_BIN:-}" ]; then gateway_bin="$(dirname "$HARNESS_BIN")/orchestrator"; fi
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-    echo "binary: ${ORCHESTRATOR_BIN:-built from this tree}"
+    echo "binary: ${gateway_bin:-built from this tree}"
     echo "nproc: $(nproc)"
     echo "cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "harness: ${args[*]}"

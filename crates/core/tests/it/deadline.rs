@@ -3,19 +3,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_prompt_orchestrator::{PipelineBuilder, PipelineError, ResponseEvent, Stage};
+use tokio_prompt_orchestrator::{
+    InferenceRequest, PipelineBuilder, PipelineError, PipelineHandles, ResponseEvent, Stage,
+};
 
-use crate::support::{ProbeWorker, chat, nz, small_config};
+use crate::support::{Probe, ProbeWorker, chat, nz, small_config};
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_model_call_times_out_and_is_cancelled() {
+/// A pipeline whose model takes 10 s, and a request that may take 1 s.
+fn too_slow() -> (Arc<Probe>, PipelineHandles, InferenceRequest) {
     let worker = ProbeWorker::with_delay(Duration::from_secs(10));
     let probe = worker.probe.clone();
     let handles = PipelineBuilder::new(Arc::new(worker))
         .config(small_config(1, 8, 8))
         .spawn();
+    (
+        probe,
+        handles,
+        chat("s", "too slow").with_timeout(Duration::from_secs(1)),
+    )
+}
 
-    let request = chat("s", "too slow").with_timeout(Duration::from_secs(1));
+#[tokio::test(start_paused = true)]
+async fn a_slow_model_call_times_out_and_is_cancelled() {
+    let (probe, handles, request) = too_slow();
     let mut handle = handles.input_tx.submit(request).await.expect("admitted");
     assert_eq!(
         handle.recv().await,
@@ -83,13 +93,7 @@ async fn a_caller_that_stops_reading_times_out_in_the_stream_stage() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_ends_the_model_call_even_while_nobody_reads_the_handle() {
-    let worker = ProbeWorker::with_delay(Duration::from_secs(10));
-    let probe = worker.probe.clone();
-    let handles = PipelineBuilder::new(Arc::new(worker))
-        .config(small_config(1, 8, 8))
-        .spawn();
-
-    let request = chat("s", "too slow").with_timeout(Duration::from_secs(1));
+    let (probe, handles, request) = too_slow();
     let mut handle = handles.input_tx.submit(request).await.expect("admitted");
     // Not read until long after the deadline: the model call ends at the deadline regardless.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -105,13 +109,7 @@ async fn the_deadline_ends_the_model_call_even_while_nobody_reads_the_handle() {
 
 #[tokio::test(start_paused = true)]
 async fn a_fire_and_forget_request_times_out_too() {
-    let worker = ProbeWorker::with_delay(Duration::from_secs(10));
-    let probe = worker.probe.clone();
-    let mut handles = PipelineBuilder::new(Arc::new(worker))
-        .config(small_config(1, 8, 8))
-        .spawn();
-
-    let request = chat("s", "too slow").with_timeout(Duration::from_secs(1));
+    let (probe, mut handles, request) = too_slow();
     handles.input_tx.send(request).await.expect("admitted");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(probe.cancelled.get(), 1, "the model call outlived the deadline");

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: every unit, integration, property and doc test in the workspace,
-# including the gateway's end-to-end test with the official openai Python SDK.
+# including the gateway's end-to-end test with the official openai Python SDK and the cluster's
+# tests against a real nats-server.
 # README.md names this script; .ci/run calls it after the format and lint checks.
 #
 # ORCHESTRATOR_REAL_LLM=1 adds the backends against real model servers: it prepares llama-server
@@ -11,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-python.sh
+bash scripts/setup-nats.sh
 case "${ORCHESTRATOR_REAL_LLM:-}" in
     "" | 0 | false) ;;
     *) bash scripts/setup-llm.sh all ;;

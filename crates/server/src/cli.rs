@@ -1,12 +1,13 @@
 //! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`,
-//! `orchestrator validate [FILE]`, `orchestrator ingest`, and `orchestrator dlq [--file FILE]
-//! list|show|purge|replay`, the dead-letter queue.
+//! `orchestrator validate [FILE]`, `orchestrator ingest`, `orchestrator dlq [--file FILE]
+//! list|show|purge|replay`, the dead-letter queue, and `orchestrator cluster status`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cluster::cli::ClusterArgs;
 use crate::dlq::cli::DlqArgs;
 use crate::telemetry::LogFormat;
 
@@ -37,6 +38,8 @@ pub enum Command {
     /// Inspect or empty the dead-letter queue's file while no gateway has it open (a running
     /// gateway serves the same at /admin/dlq).
     Dlq(DlqArgs),
+    /// The cluster of nodes sharing a NATS server (`[cluster]`): `status` lists its nodes.
+    Cluster(ClusterArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -68,6 +71,9 @@ pub struct ServeArgs {
     /// Pipeline configuration file. Without one, a built-in config serves the model `echo`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Join the cluster at this NATS server (JetStream enabled); overrides `cluster.nats_url`.
+    #[arg(long, value_name = "NATS_URL", env = "ORCHESTRATOR_CLUSTER")]
+    pub cluster: Option<String>,
 }
 
 impl Cli {
@@ -76,7 +82,7 @@ impl Cli {
         match &self.command {
             None => Some(&self.serve),
             Some(Command::Serve(args)) => Some(args),
-            Some(Command::Validate(_) | Command::Ingest(_) | Command::Dlq(_)) => None,
+            Some(Command::Validate(_) | Command::Ingest(_) | Command::Dlq(_) | Command::Cluster(_)) => None,
         }
     }
 }
@@ -103,6 +109,21 @@ mod tests {
         .unwrap();
         assert_eq!(cli.serve_args().unwrap().config, Some(PathBuf::from("p.toml")));
         assert_eq!(cli.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn serve_joins_a_cluster_and_cluster_status_takes_the_broker() {
+        let cli = Cli::try_parse_from(["orchestrator", "--cluster", "nats://n:4222"]).unwrap();
+        assert_eq!(
+            cli.serve_args().unwrap().cluster.as_deref(),
+            Some("nats://n:4222")
+        );
+        let cli =
+            Cli::try_parse_from(["orchestrator", "cluster", "status", "--cluster", "nats://n:4222"]).unwrap();
+        let Some(Command::Cluster(args)) = cli.command else {
+            panic!("not cluster: {cli:?}");
+        };
+        assert_eq!(args.cluster.as_deref(), Some("nats://n:4222"));
     }
 
     #[test]

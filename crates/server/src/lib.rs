@@ -8,6 +8,7 @@
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
 //! - [`post`]: the config's post-processors (stop, max_chars, redact, json).
 //! - [`auth`]: bearer API keys; [`limits`]: their rate limits.
+//! - [`cluster`]: several nodes acting as one over NATS JetStream (membership, shared state).
 //! - [`dlq`]: the dead-letter queue's file of failed requests, and `orchestrator dlq`.
 //! - [`telemetry`]: logs and the Prometheus recorder; [`logsink`]: log lines to stderr, access
 //!   lines batched.
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dlq;
 pub mod gateway;

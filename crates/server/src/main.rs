@@ -40,6 +40,7 @@ async fn run(cli: &Cli) -> ExitCode {
     match &cli.command {
         Some(Command::Validate(args)) => return validate(args),
         Some(Command::Ingest(args)) => return ingest(args),
+        Some(Command::Cluster(args)) => return orchestrator_server::cluster::cli::run(args).await,
         Some(Command::Dlq(args)) => {
             return orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::OpenAi).await;
         }
@@ -114,6 +115,12 @@ async fn serve(args: &ServeArgs) -> ExitCode {
     };
     if let Some(listen) = args.listen {
         config.server.listen = listen;
+    }
+    if let Some(url) = &args.cluster {
+        match &mut config.cluster {
+            Some(cluster) => cluster.nats_url.clone_from(url),
+            None => config.cluster = Some(orchestrator_server::config::ClusterConfig::at(url.as_str())),
+        }
     }
     let models = config
         .models

@@ -22,8 +22,10 @@ use orchestrator_backends::Router;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
+use tokio_util::sync::CancellationToken;
 
 use crate::api;
+use crate::cluster::{Cluster, membership};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::live::Live;
 use crate::gateway::reload::{self, ReloadError, Reloaded};
@@ -106,6 +108,12 @@ impl Server {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn bind_with_models(config: Config, models: Router) -> io::Result<Self> {
+        // Joining first: a node that cannot reach the cluster it is configured for must not
+        // start serving alone as if it were a single node.
+        let cluster = match &config.cluster {
+            Some(cluster) => Some(Cluster::join(cluster).await.map_err(io::Error::other)?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.server.listen).await?;
         // The recorder must exist before the pipeline registers its metrics.
         prometheus();
@@ -114,7 +122,7 @@ impl Server {
             .map_or(0, |d| d.as_secs());
         let server_config = config.server.clone();
         let live = Live::start(config, models, 0, None).map_err(io::Error::other)?;
-        let state = Arc::new(Gateway::new(live, started_at));
+        let state = Arc::new(Gateway::new(live, started_at, cluster));
         Ok(Self {
             listener,
             state,
@@ -153,12 +161,23 @@ impl Server {
             state,
             config,
         } = self;
+        let listener_address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let app = api::router(state.clone());
         let (close_listener, listener_closed) = tokio::sync::oneshot::channel::<()>();
         let serve = http1::serve(listener, app, http1::Edge::from(&config), async {
             let _ = listener_closed.await;
         });
         let mut serving = tokio::spawn(serve);
+        let leave = CancellationToken::new();
+        let heartbeat = state.cluster.clone().map(|cluster| {
+            let address = listener_address.clone();
+            tokio::spawn(membership::heartbeat(
+                cluster,
+                state.clone(),
+                address,
+                leave.clone(),
+            ))
+        });
         state.set_readiness(Readiness::Ready);
 
         tokio::select! {
@@ -196,6 +215,11 @@ impl Server {
         if tokio::time::timeout(FLUSH_ALLOWANCE, &mut serving).await.is_err() {
             tracing::warn!("Connections still open after the drain; closing them.");
             serving.abort();
+        }
+        // The node leaves the cluster once it serves nothing more.
+        leave.cancel();
+        if let Some(heartbeat) = heartbeat {
+            let _ = heartbeat.await;
         }
         tracing::info!(
             drained = report.drained,

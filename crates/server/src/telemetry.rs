@@ -21,10 +21,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); access-log lines are written in
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`, the NATS client's at `warn`); access-log lines are written in
 /// batches (see [`crate::logsink`]), so call [`crate::logsink::flush`] before exiting.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The NATS client logs every connection event at `info`; the cluster's link reports the ones
+    // that matter in its own words.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     // Colours only on a terminal: escape codes in a log file or a collector's pipe are noise, and
     // writing them cost a measurable part of each request's access-log line.
     let builder = tracing_subscriber::fmt()

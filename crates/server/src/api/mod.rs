@@ -2,7 +2,7 @@
 //!
 //! - [`generate`]: `POST /v1/chat/completions`, `POST /v1/completions`.
 //! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`;
-//!   [`dlq`]: `/admin/dlq` (the dead-letter queue).
+//!   [`dlq`]: `/admin/dlq` (the dead-letter queue); [`cluster`]: `/admin/cluster`.
 //! - [`middleware`]: request ids, access log, API keys.
 //! - [`request`] / [`wire`]: the OpenAI request and response bodies; [`body`]: reading them.
 //! - [`sse`]: streaming; [`error`]: every error a client can see, with its status.
@@ -10,6 +10,7 @@
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod cluster;
 pub mod dlq;
 mod encoding;
 pub mod error;
@@ -51,6 +52,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         ));
     let admin = Router::new()
         .route("/admin/reload", post(admin::reload))
+        .route("/admin/cluster", get(cluster::status))
         .route("/admin/dlq", get(dlq::list).delete(dlq::purge))
         .route("/admin/dlq/replay", post(dlq::replay_entries))
         .route("/admin/dlq/{id}", get(dlq::show))

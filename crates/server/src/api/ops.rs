@@ -61,10 +61,19 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: 200 while serving, 503 while starting or draining.
+/// `GET /readyz`: 200 while serving, 503 while starting or draining. In cluster mode the body
+/// says how the node's link to NATS is: a node that lost it still serves (200), with its local
+/// state, and says so in `cluster.detail`.
 pub async fn readyz(State(state): State<Arc<Gateway>>) -> Response {
     match state.readiness() {
-        Readiness::Ready => Json(json!({"status": "ready"})).into_response(),
+        Readiness::Ready => match &state.cluster {
+            None => Json(json!({"status": "ready"})).into_response(),
+            Some(cluster) => {
+                let link = cluster.link.state();
+                let status = if link.ok { "ready" } else { "degraded" };
+                Json(json!({"status": status, "cluster": link})).into_response()
+            }
+        },
         Readiness::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "starting"})),

@@ -31,6 +31,7 @@ use tokio_prompt_orchestrator::{AdmissionConfig, PipelineConfig, Priority};
 
 pub use self::graph::{StageDecl, StageKind};
 pub use self::rag::RagConfig;
+pub use crate::cluster::config::ClusterConfig;
 use crate::dlq::entry::Reason;
 use crate::gateway::limits::RateLimitConfig;
 use crate::post::PostConfig;
@@ -46,6 +47,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// Where failed requests are kept for replay; `None`: they are not kept.
     pub dlq: Option<DlqConfig>,
+    /// The cluster this node joins over NATS JetStream; `None`: it runs alone.
+    pub cluster: Option<ClusterConfig>,
     /// Retrieval from a full-text index in the RAG stage; `None`: requests pass straight through.
     pub rag: Option<RagConfig>,
     /// Prompt templates, prefix-stable assembly and the token budget of the Assemble stage.
@@ -248,6 +251,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             admission: AdmissionConfig::default(),
             dlq: None,
+            cluster: None,
             rag: None,
             assemble: AssembleConfig::default(),
             backends: vec![BackendConfig::Echo {

@@ -81,12 +81,13 @@ impl Names {
 }
 
 /// The top-level keys, for the message about one that is not.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server",
     "auth",
     "pipeline",
     "admission",
     "dlq",
+    "cluster",
     "rag",
     "assemble",
     "backends",
@@ -132,6 +133,7 @@ pub(super) fn read(text: &str) -> Result<(Config, Unparsed, Vec<Problem>), Vec<P
             "pipeline" => reader.item("pipeline", value, &mut config.pipeline),
             "admission" => reader.item("admission", value, &mut config.admission),
             "dlq" => reader.item("dlq", value, &mut config.dlq),
+            "cluster" => reader.item("cluster", value, &mut config.cluster),
             "rag" => reader.item("rag", value, &mut config.rag),
             "assemble" => reader.item("assemble", value, &mut config.assemble),
             "backends" => config.backends = reader.list("backends", value, &mut unparsed.backends, accept),
@@ -473,7 +475,7 @@ mod tests {
                 "[servre]\nlisten = \"x\"".into(),
                 vec![
                     "8:2: servre: unknown section `servre`, expected one of `server`, `auth`, \
-                     `pipeline`, `admission`, `dlq`, `rag`, `assemble`, `backends`, `models`, `post`, \
+                     `pipeline`, `admission`, `dlq`, `cluster`, `rag`, `assemble`, `backends`, `models`, `post`, \
                      `stages`",
                 ],
             ),

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use super::parse::Unparsed;
 use super::{BackendConfig, Config, Problem};
+use crate::cluster::config::is_key_char;
 
 impl Problem {
     /// A problem at `path`, placed in the file later.
@@ -103,6 +104,7 @@ impl Config {
         self.server_problems(&mut problems);
         self.auth_problems(&mut problems);
         self.dlq_problems(&mut problems);
+        self.cluster_problems(&mut problems);
         if let Some(rag) = &self.rag {
             for (path, message) in rag.problems(|name| self.unknown_model(name, unparsed)) {
                 problems.push(Problem::new(path, message));
@@ -169,6 +171,94 @@ impl Config {
             problems.push(Problem::new(
                 "dlq.record",
                 "name at least one of \"failed\", \"timeout\", \"shed\" (or remove [dlq])",
+            ));
+        }
+    }
+
+    /// `[cluster]`: a broker address, a name usable as a key, credentials named by variable, and
+    /// a heartbeat that fits several times into the time a node may go silent.
+    fn cluster_problems(&self, problems: &mut Vec<Problem>) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let urls: Vec<&str> = cluster.nats_url.split(',').map(str::trim).collect();
+        if urls
+            .iter()
+            .any(|u| u.is_empty() || u.contains(char::is_whitespace))
+        {
+            problems.push(Problem::new(
+                "cluster.nats_url",
+                "must name the NATS server, e.g. \"nats://127.0.0.1:4222\" (several separated by commas)",
+            ));
+        } else if let Some(bad) = urls.iter().find(|u| {
+            u.split_once("://")
+                .is_some_and(|(scheme, _)| !matches!(scheme, "nats" | "tls"))
+        }) {
+            problems.push(Problem::new(
+                "cluster.nats_url",
+                format!("{bad}: the scheme must be nats:// or tls://"),
+            ));
+        }
+        if let Some(name) = &cluster.node_name
+            && (name.is_empty() || !name.chars().all(is_key_char))
+        {
+            problems.push(Problem::new(
+                "cluster.node_name",
+                "must be letters, digits, `-`, `_` or `=` (it is a key in the cluster's store)",
+            ));
+        }
+        if cluster.token_env.is_some() && (cluster.user.is_some() || cluster.password_env.is_some()) {
+            problems.push(Problem::new(
+                "cluster.token_env",
+                "set either token_env or user and password_env, not both",
+            ));
+        }
+        if cluster.user.is_some() != cluster.password_env.is_some() {
+            problems.push(Problem::new(
+                "cluster.user",
+                "user and password_env go together: set both, or neither",
+            ));
+        }
+        for (field, var) in [
+            ("token_env", &cluster.token_env),
+            ("password_env", &cluster.password_env),
+        ] {
+            if let Some(message) = var.as_deref().and_then(secret_variable_problem) {
+                problems.push(Problem::new(format!("cluster.{field}"), message));
+            }
+        }
+        if cluster.heartbeat_ms < 100 {
+            problems.push(Problem::new(
+                "cluster.heartbeat_ms",
+                "must be at least 100 (the default is 1000)",
+            ));
+        }
+        if cluster.node_timeout_ms < cluster.heartbeat_ms.saturating_mul(2) {
+            problems.push(Problem::new(
+                "cluster.node_timeout_ms",
+                format!(
+                    "must be at least twice cluster.heartbeat_ms ({}), or a node would drop out \
+                     between two heartbeats (the default is 5000)",
+                    cluster.heartbeat_ms
+                ),
+            ));
+        }
+        if cluster.connect_timeout_ms == 0 {
+            problems.push(Problem::new(
+                "cluster.connect_timeout_ms",
+                "must be at least 1 (the default is 5000)",
+            ));
+        }
+        if cluster.dlq.max_bytes < 1 << 20 {
+            problems.push(Problem::new(
+                "cluster.dlq.max_bytes",
+                "must be at least 1048576, 1 MiB (the default is 1073741824, 1 GiB)",
+            ));
+        }
+        if cluster.dlq.max_age_hours == 0 {
+            problems.push(Problem::new(
+                "cluster.dlq.max_age_hours",
+                "must be at least 1 (the default is 168, a week)",
             ));
         }
     }
@@ -382,6 +472,35 @@ mod tests {
                     "auth.keys[0].key_env: must be the name of an environment variable (letters, digits \
                      and `_`), e.g. \"ORCHESTRATOR_KEY_APP\"; is the secret itself written here? Put it \
                      in the variable",
+                ],
+            ),
+            (
+                "a cluster without a usable broker, name, credentials or heartbeat",
+                with(
+                    "[cluster]\nnats_url = \"http://h:4222\"\nnode_name = \"a.b\"\nuser = \"u\"\n\
+                     heartbeat_ms = 50\nnode_timeout_ms = 60\n[cluster.dlq]\nmax_age_hours = 0",
+                ),
+                vec![
+                    "cluster.nats_url: http://h:4222: the scheme must be nats:// or tls://",
+                    "cluster.node_name: must be letters, digits, `-`, `_` or `=` (it is a key in the \
+                     cluster's store)",
+                    "cluster.user: user and password_env go together: set both, or neither",
+                    "cluster.heartbeat_ms: must be at least 100 (the default is 1000)",
+                    "cluster.node_timeout_ms: must be at least twice cluster.heartbeat_ms (50), or a \
+                     node would drop out between two heartbeats (the default is 5000)",
+                    "cluster.dlq.max_age_hours: must be at least 1 (the default is 168, a week)",
+                ],
+            ),
+            (
+                "a cluster token in an unset variable, beside a user",
+                with(
+                    "[cluster]\nnats_url = \"nats://h:4222\"\ntoken_env = \"ORCHESTRATOR_TEST_UNSET_NATS\"\n\
+                     user = \"u\"\npassword_env = \"ORCHESTRATOR_TEST_UNSET_NATS\"",
+                ),
+                vec![
+                    "cluster.token_env: set either token_env or user and password_env, not both",
+                    "cluster.token_env: the environment variable ORCHESTRATOR_TEST_UNSET_NATS is not set or empty",
+                    "cluster.password_env: the environment variable ORCHESTRATOR_TEST_UNSET_NATS is not set or empty",
                 ],
             ),
             (

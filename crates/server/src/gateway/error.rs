@@ -138,6 +138,30 @@ impl ApiError {
         )
     }
 
+    /// 503: the cluster's shared state cannot be read from this node now (NATS is unreachable).
+    pub fn cluster_unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable_error",
+            "cluster_unavailable",
+            message,
+        )
+        .retry_after(1)
+    }
+
+    /// 404: an endpoint of cluster mode on a node that runs alone.
+    pub fn not_clustered(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_clustered",
+            format!(
+                "{what} needs cluster mode: this node runs alone (add [cluster] nats_url = \
+                 \"nats://HOST:4222\" to the config, or start it with --cluster)"
+            ),
+        )
+    }
+
     pub fn permission_denied(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,

@@ -31,6 +31,7 @@ use tokio_prompt_orchestrator::Pipeline;
 pub use self::admit::{Delivery, Format, Hints};
 use self::budget::BodyBudget;
 use self::live::Live;
+use crate::cluster::Cluster;
 
 /// Where the server is in its life; `/readyz` answers 200 only while `Ready`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,11 +59,14 @@ pub struct Gateway {
     client_disconnects: AtomicU64,
     /// The bytes of request bodies held at once; sized when the server starts.
     pub body_budget: BodyBudget,
+    /// This node's place in a cluster, when `[cluster]` is configured.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Gateway {
-    pub fn new(live: Live, started_at: u64) -> Self {
+    pub fn new(live: Live, started_at: u64, cluster: Option<Arc<Cluster>>) -> Self {
         Self {
+            cluster,
             body_budget: BodyBudget::new(live.config.server.max_body_bytes_in_flight),
             live: ArcSwap::from_pointee(live),
             retired: Mutex::new(Vec::new()),

@@ -55,6 +55,12 @@ pub async fn reload(state: &Arc<Gateway>) -> Result<Reloaded, ReloadError> {
         ));
         config.server.listen = listening;
     }
+    if config.cluster != current.config.cluster {
+        warnings.push(
+            "[cluster] differs in the file; the node stays in the cluster it joined until a restart".into(),
+        );
+        config.cluster.clone_from(&current.config.cluster);
+    }
     // A backend that cannot be built (its key variable vanished since validation) is a problem
     // of the file too.
     let late_problem = |path: &str, message| {

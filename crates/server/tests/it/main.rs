@@ -3,6 +3,7 @@
 mod auth;
 mod binary;
 mod cancellation;
+mod cluster;
 mod dead_letters;
 mod dedup;
 mod dlq;

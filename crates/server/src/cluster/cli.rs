@@ -1,0 +1,148 @@
+//! `orchestrator cluster status`: the cluster's nodes, read from the broker directly, so it works
+//! from any machine that reaches NATS, whether or not a node runs there.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::config::ClusterConfig;
+use super::membership::{Member, Members};
+use super::{connect, store};
+use crate::config::Config;
+
+/// Exit status of a refused or mistaken command (as clap's own usage errors).
+const USAGE: u8 = 2;
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// The NATS server, as `serve --cluster` takes it.
+    #[arg(long, value_name = "NATS_URL", env = "ORCHESTRATOR_CLUSTER", global = true)]
+    pub cluster: Option<String>,
+    /// A config whose `[cluster]` section says where NATS is and how to log in.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// List the live nodes: version, config generation, load, models.
+    Status {
+        /// One JSON object per node, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `[cluster]` from `--config`, with `--cluster` overriding its address.
+fn cluster_config(args: &ClusterArgs) -> Result<ClusterConfig, String> {
+    let from_file = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?.cluster,
+        None => None,
+    };
+    match (from_file, &args.cluster) {
+        (Some(mut config), Some(url)) => {
+            config.nats_url.clone_from(url);
+            Ok(config)
+        }
+        (Some(config), None) => Ok(config),
+        (None, Some(url)) => Ok(ClusterConfig::at(url.as_str())),
+        (None, None) => Err(match &args.config {
+            Some(path) => format!(
+                "{} has no [cluster] section; give --cluster NATS_URL",
+                path.display()
+            ),
+            None => "give --cluster NATS_URL (or --config FILE with a [cluster] section)".into(),
+        }),
+    }
+}
+
+/// Runs `orchestrator cluster ...`: 0 on success, 1 when the cluster cannot be read, 2 for a
+/// mistaken command.
+pub async fn run(args: &ClusterArgs) -> ExitCode {
+    let config = match cluster_config(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    match &args.command {
+        ClusterCommand::Status { json } => match status(&config).await {
+            Ok((members, problems)) => {
+                for problem in problems {
+                    eprintln!("warning: {problem}");
+                }
+                let text = if *json {
+                    as_json_lines(&members)
+                } else {
+                    table(&members)
+                };
+                // A closed pipe (`| head`) is not worth a panic.
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn status(config: &ClusterConfig) -> Result<(Vec<Member>, Vec<store::StoreError>), String> {
+    let (jetstream, _) = connect(config, "cluster-status")
+        .await
+        .map_err(|e| e.to_string())?;
+    let bucket = store::open_bucket(&jetstream, &store::NODES)
+        .await
+        .map_err(|e| e.to_string())?;
+    Members::new(&bucket, config)
+        .live()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn as_json_lines(members: &[Member]) -> String {
+    let mut out = String::new();
+    for member in members {
+        let _ = writeln!(out, "{}", serde_json::to_string(member).unwrap_or_default());
+    }
+    out
+}
+
+fn table(members: &[Member]) -> String {
+    let mut out = format!("{} live node(s)\n", members.len());
+    if members.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:>10} {:>9} {:>6} {:>5} {:>9}  {:<21} MODELS",
+        "NODE", "VERSION", "GENERATION", "IN-FLIGHT", "QUEUED", "LOAD", "LAST SEEN", "ADDRESS"
+    );
+    for Member {
+        record: r,
+        last_seen_ms_ago,
+    } in members
+    {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:>10} {:>9} {:>6} {:>5.2} {:>7.1} s  {:<21} {}",
+            r.name,
+            r.version,
+            r.generation,
+            r.in_flight,
+            r.queued,
+            r.load,
+            *last_seen_ms_ago as f64 / 1000.0,
+            r.address,
+            r.models.join(", ")
+        );
+    }
+    out
+}

@@ -1,0 +1,106 @@
+//! `[cluster]`: where the broker is, who this node is, and the bounds of the state the cluster
+//! keeps there. Without the section the node runs alone and needs no broker.
+
+use serde::Deserialize;
+
+/// `[cluster]` in `pipeline.toml`, or `orchestrator serve --cluster nats://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS server (JetStream enabled): `nats://HOST:PORT`, or several separated by commas.
+    pub nats_url: String,
+    /// This node's name in the cluster; default: the host name and the process id. Two live
+    /// nodes may not share one.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// The environment variable holding a NATS token (the server's `authorization.token`).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A NATS user, with the environment variable holding its password in `password_env`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// How often the node writes its membership record.
+    #[serde(default = "ClusterConfig::default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A node whose last heartbeat is older than this has left the cluster.
+    #[serde(default = "ClusterConfig::default_node_timeout_ms")]
+    pub node_timeout_ms: u64,
+    /// How long joining may take at start before the node gives up and exits.
+    #[serde(default = "ClusterConfig::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// The shared dead-letter queue's bounds.
+    #[serde(default)]
+    pub dlq: ClusterDlqConfig,
+}
+
+/// `[cluster.dlq]`: the JetStream stream that holds dead letters in cluster mode. Its bounds are
+/// set when the stream is first made, and updated by a node that starts with other ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterDlqConfig {
+    /// The oldest entries are dropped once the stream holds this many bytes.
+    pub max_bytes: u64,
+    /// Entries older than this are dropped.
+    pub max_age_hours: u64,
+}
+
+impl Default for ClusterDlqConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1 << 30,
+            max_age_hours: 7 * 24,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn default_heartbeat_ms() -> u64 {
+        1_000
+    }
+
+    fn default_node_timeout_ms() -> u64 {
+        5_000
+    }
+
+    fn default_connect_timeout_ms() -> u64 {
+        5_000
+    }
+
+    /// A section with only the broker's address, as `--cluster URL` makes it.
+    pub fn at(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            node_name: None,
+            token_env: None,
+            user: None,
+            password_env: None,
+            heartbeat_ms: Self::default_heartbeat_ms(),
+            node_timeout_ms: Self::default_node_timeout_ms(),
+            connect_timeout_ms: Self::default_connect_timeout_ms(),
+            dlq: ClusterDlqConfig::default(),
+        }
+    }
+
+    /// The configured name, or the host's name and this process's id.
+    pub fn node_name(&self) -> String {
+        match &self.node_name {
+            Some(name) => name.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_default();
+                let host: String = host.trim().chars().filter(|c| is_key_char(*c)).collect();
+                let host = if host.is_empty() { "node".into() } else { host };
+                format!("{host}-{}", std::process::id())
+            }
+        }
+    }
+}
+
+/// Whether `c` may appear in a JetStream KV key (and so in a node name).
+pub fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=')
+}

@@ -25,7 +25,7 @@ use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::cluster::{Cluster, membership};
+use crate::cluster::{Cluster, membership, pushed};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::live::Live;
 use crate::gateway::reload::{self, ReloadError, Reloaded};
@@ -170,6 +170,7 @@ impl Server {
         let mut serving = tokio::spawn(serve);
         let leave = CancellationToken::new();
         let heartbeat = state.cluster.clone().map(|cluster| {
+            tokio::spawn(pushed::follow(cluster.clone(), state.clone(), leave.clone()));
             let address = listener_address.clone();
             tokio::spawn(membership::heartbeat(
                 cluster,

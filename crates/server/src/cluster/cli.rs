@@ -1,5 +1,6 @@
-//! `orchestrator cluster status`: the cluster's nodes, read from the broker directly, so it works
-//! from any machine that reaches NATS, whether or not a node runs there.
+//! `orchestrator cluster status|push`: the cluster's nodes, and its config, read and written in
+//! the broker directly, so they work from any machine that reaches NATS, whether or not a node
+//! runs there.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -10,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use super::config::ClusterConfig;
 use super::membership::{Member, Members};
-use super::{connect, store};
+use super::{connect, pushed, store};
 use crate::config::Config;
 
 /// Exit status of a refused or mistaken command (as clap's own usage errors).
@@ -36,7 +37,17 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Validate FILE and make it the config of every node: each reloads it as on SIGHUP (keeping
+    /// its own `server.listen` and `[cluster]`). A file with problems is refused with every
+    /// one (exit 2) and nothing changes.
+    Push {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
+
+/// Exit status of a file with problems, as `validate` and `serve` use it.
+const INVALID_CONFIG: u8 = 2;
 
 /// `[cluster]` from `--config`, with `--cluster` overriding its address.
 fn cluster_config(args: &ClusterArgs) -> Result<ClusterConfig, String> {
@@ -91,7 +102,44 @@ pub async fn run(args: &ClusterArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        ClusterCommand::Push { file } => {
+            // Checked here, where the operator sees the problems, before any node does.
+            let source = file.display().to_string();
+            let text = match Config::load(file) {
+                Ok(_) => std::fs::read_to_string(file).unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("{e}\nNothing was pushed.");
+                    return ExitCode::from(INVALID_CONFIG);
+                }
+            };
+            match push(&config, text, source).await {
+                Ok(revision) => {
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "Pushed {} as the cluster's config, revision {revision}. Every node \
+                         reloads it; `orchestrator cluster status` shows the revision each runs, \
+                         and why a node could not apply it.",
+                        file.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+async fn push(config: &ClusterConfig, text: String, source: String) -> Result<u64, String> {
+    let (jetstream, _) = connect(config, "cluster-push").await.map_err(|e| e.to_string())?;
+    let bucket = store::open_bucket(&jetstream, &pushed::CONFIG)
+        .await
+        .map_err(|e| e.to_string())?;
+    pushed::push(&bucket, text, source)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn status(config: &ClusterConfig) -> Result<(Vec<Member>, Vec<store::StoreError>), String> {
@@ -122,8 +170,8 @@ fn table(members: &[Member]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<8} {:>10} {:>9} {:>6} {:>5} {:>9}  {:<21} MODELS",
-        "NODE", "VERSION", "GENERATION", "IN-FLIGHT", "QUEUED", "LOAD", "LAST SEEN", "ADDRESS"
+        "{:<24} {:<8} {:>10} {:>8} {:>9} {:>6} {:>5} {:>9}  {:<21} MODELS",
+        "NODE", "VERSION", "GENERATION", "REVISION", "IN-FLIGHT", "QUEUED", "LOAD", "LAST SEEN", "ADDRESS"
     );
     for Member {
         record: r,
@@ -132,10 +180,11 @@ fn table(members: &[Member]) -> String {
     {
         let _ = writeln!(
             out,
-            "{:<24} {:<8} {:>10} {:>9} {:>6} {:>5.2} {:>7.1} s  {:<21} {}",
+            "{:<24} {:<8} {:>10} {:>8} {:>9} {:>6} {:>5.2} {:>7.1} s  {:<21} {}",
             r.name,
             r.version,
             r.generation,
+            r.config_revision.map_or("-".into(), |r| r.to_string()),
             r.in_flight,
             r.queued,
             r.load,
@@ -143,6 +192,15 @@ fn table(members: &[Member]) -> String {
             r.address,
             r.models.join(", ")
         );
+    }
+    for r in members.iter().map(|m| &m.record) {
+        if let Some(error) = &r.config_error {
+            let _ = writeln!(
+                out,
+                "\n{} does not run the latest pushed config:\n{error}",
+                r.name
+            );
+        }
     }
     out
 }

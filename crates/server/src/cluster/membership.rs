@@ -31,6 +31,10 @@ pub struct NodeRecord {
     pub models: Vec<String>,
     /// Reloads since it started (0: the config it started with).
     pub generation: u64,
+    /// The revision of the pushed config it runs; `None`: a file of its own.
+    pub config_revision: Option<u64>,
+    /// Why it does not run the latest pushed revision, when it could not apply it.
+    pub config_error: Option<String>,
     /// Requests inside its pipeline, and waiting for a place.
     pub in_flight: usize,
     pub queued: usize,
@@ -173,6 +177,8 @@ fn record(cluster: &Cluster, gateway: &Gateway, address: &str, started_at_ms: u6
         started_at_ms,
         models: live.models.names().to_vec(),
         generation: live.generation,
+        config_revision: live.cluster_revision,
+        config_error: cluster.following.error(),
         in_flight,
         queued,
         load: in_flight as f64 / capacity as f64,

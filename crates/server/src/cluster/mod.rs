@@ -5,6 +5,7 @@
 //!   heartbeat stops drops out;
 //! - [`link`]: the connection's state, which `/readyz`, logs and metrics report; a node that loses
 //!   NATS keeps serving with its local state and rejoins by itself (the client reconnects);
+//! - [`pushed`]: the config `orchestrator cluster push` stores, which every node follows;
 //! - [`store`]: the buckets and streams, each made with a layout version that a node checks;
 //! - [`cli`]: `orchestrator cluster status`.
 //!
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod link;
 pub mod membership;
+pub mod pushed;
 pub mod store;
 
 use std::sync::Arc;
@@ -37,6 +39,9 @@ pub struct Cluster {
     pub jetstream: jetstream::Context,
     /// One record per node (see [`membership`]).
     pub nodes: kv::Store,
+    /// The pushed config (see [`pushed`]), and what this node made of it.
+    pub pushed: kv::Store,
+    pub following: pushed::Following,
 }
 
 /// Why a node could not join at start: it then exits, as nothing it would serve could be shared.
@@ -87,6 +92,7 @@ impl Cluster {
         let node = config.node_name();
         let (jetstream, link) = connect(config, &node).await?;
         let nodes = store::open_bucket(&jetstream, &store::NODES).await?;
+        let pushed = store::open_bucket(&jetstream, &pushed::CONFIG).await?;
         let cluster = Self {
             node,
             instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -94,6 +100,8 @@ impl Cluster {
             link,
             jetstream,
             nodes,
+            pushed,
+            following: pushed::Following::default(),
         };
         cluster.members().claim(&cluster.node, &cluster.instance).await?;
         tracing::info!(node = %cluster.node, nats = %config.nats_url, "Joined the cluster.");

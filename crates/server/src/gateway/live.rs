@@ -21,6 +21,9 @@ use crate::gateway::auth::ApiKeys;
 pub struct Live {
     /// Counts reloads: 0 for the config the server started with.
     pub generation: u64,
+    /// The revision of the cluster's config this is, when it came from `orchestrator cluster
+    /// push`; `None` for a file of this node's own.
+    pub cluster_revision: Option<u64>,
     pub sender: RequestSender,
     pub pipeline: Pipeline,
     pub models: Arc<Router>,
@@ -93,6 +96,7 @@ impl Live {
         drop(handles.output_rx);
         Ok(Self {
             generation,
+            cluster_revision: None,
             sender: handles.input_tx,
             pipeline: handles.pipeline,
             models,

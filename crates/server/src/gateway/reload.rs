@@ -44,7 +44,35 @@ pub async fn reload(state: &Arc<Gateway>) -> Result<Reloaded, ReloadError> {
         return Err(ReloadError::Draining);
     }
     let path = state.config_path().ok_or(ReloadError::NoFile)?;
-    let mut config = Config::load(path).map_err(ReloadError::Invalid)?;
+    let config = Config::load(path).map_err(ReloadError::Invalid)?;
+    apply(state, config, &path.display().to_string(), None).await
+}
+
+/// Puts `config` (already validated; `source` names it) in place of the running one, as a reload
+/// of the file does; `revision` is the cluster config it is, when it came from the cluster.
+///
+/// # Errors
+/// When its backends or pipeline cannot be started, or the server is shutting down.
+pub async fn reload_with(
+    state: &Arc<Gateway>,
+    config: Config,
+    source: &str,
+    revision: u64,
+) -> Result<Reloaded, ReloadError> {
+    let _one_at_a_time = state.reload_lock.lock().await;
+    if state.readiness() == Readiness::Draining {
+        return Err(ReloadError::Draining);
+    }
+    apply(state, config, source, Some(revision)).await
+}
+
+/// The reload itself; the caller holds the reload lock.
+async fn apply(
+    state: &Arc<Gateway>,
+    mut config: Config,
+    source: &str,
+    cluster_revision: Option<u64>,
+) -> Result<Reloaded, ReloadError> {
     let current = state.live();
     let mut warnings = Vec::new();
     let listening = current.config.server.listen;
@@ -73,22 +101,24 @@ pub async fn reload(state: &Arc<Gateway>) -> Result<Reloaded, ReloadError> {
             }],
         })
     };
-    let source = path.display().to_string();
+    let source = source.to_owned();
     let models = build_router(&config).map_err(|m| late_problem(&source, m))?;
     let generation = current.generation + 1;
     // Starting may open (and on its first start, fill) the index and warm the tokenizer: file
     // work that must not hold up the requests this thread serves meanwhile.
-    let live = tokio::task::spawn_blocking(move || Live::start(config, models, generation, Some(&current)))
-        .await
-        .map_err(|e| late_problem(&source, format!("starting the new config failed: {e}")))?
-        .map_err(|m| late_problem(&source, m))?;
+    let mut live =
+        tokio::task::spawn_blocking(move || Live::start(config, models, generation, Some(&current)))
+            .await
+            .map_err(|e| late_problem(&source, format!("starting the new config failed: {e}")))?
+            .map_err(|m| late_problem(&source, m))?;
+    live.cluster_revision = cluster_revision;
     let summary = live.config.summary();
     // The old `Live` goes when its last admitting request lets go; its pipeline then drains.
     drop(state.replace(live));
     for warning in &warnings {
         tracing::warn!(%warning, "Reload: not applied.");
     }
-    tracing::info!(generation, file = %path.display(), "Config reloaded; new requests go to the new pipeline.");
+    tracing::info!(generation, source = %source, "Config reloaded; new requests go to the new pipeline.");
     Ok(Reloaded {
         generation,
         warnings,

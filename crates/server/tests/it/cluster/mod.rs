@@ -2,6 +2,7 @@
 //! processes: each test starts its own broker on a free port and stops it.
 
 mod membership;
+mod pushed;
 
 use std::net::TcpListener;
 use std::process::Stdio;

@@ -25,7 +25,7 @@ use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::cluster::{Cluster, membership, pushed};
+use crate::cluster::{Cluster, dlq, membership, pushed};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::live::Live;
 use crate::gateway::reload::{self, ReloadError, Reloaded};
@@ -169,15 +169,19 @@ impl Server {
         });
         let mut serving = tokio::spawn(serve);
         let leave = CancellationToken::new();
-        let heartbeat = state.cluster.clone().map(|cluster| {
-            tokio::spawn(pushed::follow(cluster.clone(), state.clone(), leave.clone()));
+        // The node's part in the cluster: its record, the pushed config, its dead letters.
+        let in_cluster = state.cluster.clone().map(|cluster| {
             let address = listener_address.clone();
-            tokio::spawn(membership::heartbeat(
-                cluster,
-                state.clone(),
-                address,
-                leave.clone(),
-            ))
+            [
+                tokio::spawn(pushed::follow(cluster.clone(), state.clone(), leave.clone())),
+                tokio::spawn(dlq::forward(cluster.clone(), state.clone(), leave.clone())),
+                tokio::spawn(membership::heartbeat(
+                    cluster,
+                    state.clone(),
+                    address,
+                    leave.clone(),
+                )),
+            ]
         });
         state.set_readiness(Readiness::Ready);
 
@@ -217,11 +221,9 @@ impl Server {
             tracing::warn!("Connections still open after the drain; closing them.");
             serving.abort();
         }
-        // The node leaves the cluster once it serves nothing more.
+        // The node leaves the cluster once it serves nothing more, its last dead letters shared.
         leave.cancel();
-        if let Some(heartbeat) = heartbeat {
-            let _ = heartbeat.await;
-        }
+        join_all(in_cluster.into_iter().flatten()).await;
         tracing::info!(
             drained = report.drained,
             aborted = report.aborted,

@@ -1,6 +1,7 @@
 //! The dead-letter queue's admin endpoints (an admin key when auth is on):
 //! `GET /admin/dlq` lists entries, `GET /admin/dlq/{id}` shows one, `POST /admin/dlq/replay`
-//! sends entries through the running pipeline again, `DELETE /admin/dlq` purges.
+//! sends entries through the running pipeline again, `DELETE /admin/dlq` purges. In cluster mode
+//! they work on the stream every node shares, from any node.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use super::format::OpenAi;
 use crate::dlq::cli::parse_since;
 use crate::dlq::entry::unix_ms;
 use crate::dlq::replay::{Selection, replay};
-use crate::dlq::{DlqError, DlqStore, ListFilter};
+use crate::dlq::{DeadLetterQueue, DlqError, ListFilter};
 use crate::gateway::Gateway;
 use crate::gateway::live::Live;
 
@@ -51,7 +52,7 @@ pub async fn list(
 ) -> Response {
     let live = state.live();
     let result = async {
-        let store = store(&live)?;
+        let store = queue(&state, &live)?;
         let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
         let since_ms = query.since.as_deref().map(|s| since_ms("since", s)).transpose()?;
         let limit = query.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
@@ -61,7 +62,7 @@ pub async fn list(
             after_id: query.after,
         };
         let entries = store.list(filter).await.map_err(storage)?;
-        let total = store.len().await.map_err(storage)?;
+        let total = store.count().await.map_err(storage)?;
         let next = (entries.len() == limit)
             .then(|| entries.last().map(|e| e.id))
             .flatten();
@@ -84,7 +85,7 @@ pub async fn show(State(state): State<Arc<Gateway>>, id: Result<Path<u64>, PathR
                 "a dead-letter id is a whole number, as GET /admin/dlq lists them",
             ));
         };
-        match store(&live)?.get(id).await.map_err(storage)? {
+        match queue(&state, &live)?.get(id).await.map_err(storage)? {
             Some(entry) => Ok(Json(entry)),
             None => Err(ApiError::not_found(
                 "id",
@@ -98,7 +99,7 @@ pub async fn show(State(state): State<Arc<Gateway>>, id: Result<Path<u64>, PathR
 pub async fn replay_entries(State(state): State<Arc<Gateway>>, body: Bytes) -> Response {
     let live = state.live();
     let result = async {
-        let store = store(&live)?;
+        let store = queue(&state, &live)?;
         let body: ReplayBody = parse_json(&body)?;
         let selection = match (body.ids, body.all, body.since) {
             (Some(ids), false, None) if !ids.is_empty() => Selection::Ids(ids),
@@ -112,11 +113,12 @@ pub async fn replay_entries(State(state): State<Arc<Gateway>>, body: Bytes) -> R
             }
         };
         let report = replay(&live, &OpenAi, &store, selection).await.map_err(storage)?;
-        let remaining = store.len().await.map_err(storage)?;
+        let remaining = store.count().await.map_err(storage)?;
         Ok(Json(json!({
             "replayed": report.replayed,
             "failed": report.failed,
             "missing": report.missing,
+            "claimed_elsewhere": report.claimed_elsewhere,
             "remaining": remaining,
         })))
     };
@@ -126,14 +128,18 @@ pub async fn replay_entries(State(state): State<Arc<Gateway>>, body: Bytes) -> R
 pub async fn purge(State(state): State<Arc<Gateway>>) -> Response {
     let live = state.live();
     let result = async {
-        let purged = store(&live)?.purge().await.map_err(storage)?;
+        let purged = queue(&state, &live)?.purge().await.map_err(storage)?;
         Ok::<_, ApiError>(Json(json!({ "purged": purged })))
     };
     result.await.into_response()
 }
 
-fn store(live: &Live) -> Result<DlqStore, ApiError> {
-    live.dlq.clone().ok_or_else(|| {
+/// The shared stream in cluster mode, else this node's file.
+fn queue(state: &Gateway, live: &Live) -> Result<DeadLetterQueue, ApiError> {
+    if let Some(cluster) = &state.cluster {
+        return Ok(DeadLetterQueue::Shared(cluster.dlq.clone()));
+    }
+    live.dlq.clone().map(DeadLetterQueue::File).ok_or_else(|| {
         ApiError::not_found(
             "dlq",
             "the dead-letter queue is off; add a [dlq] section with a `path` to the config",
@@ -147,5 +153,8 @@ fn since_ms(param: &str, value: &str) -> Result<u64, ApiError> {
 }
 
 fn storage(error: DlqError) -> ApiError {
-    ApiError::internal(format!("the dead-letter file: {error}"))
+    match error {
+        DlqError::Shared(_) => ApiError::cluster_unavailable(error.to_string()),
+        error => ApiError::internal(format!("the dead-letter file: {error}")),
+    }
 }

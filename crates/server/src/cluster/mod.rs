@@ -5,6 +5,7 @@
 //!   heartbeat stops drops out;
 //! - [`link`]: the connection's state, which `/readyz`, logs and metrics report; a node that loses
 //!   NATS keeps serving with its local state and rejoins by itself (the client reconnects);
+//! - [`dlq`]: the dead-letter queue every node shares, a JetStream stream;
 //! - [`pushed`]: the config `orchestrator cluster push` stores, which every node follows;
 //! - [`store`]: the buckets and streams, each made with a layout version that a node checks;
 //! - [`cli`]: `orchestrator cluster status`.
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod link;
 pub mod membership;
 pub mod pushed;
@@ -42,6 +44,8 @@ pub struct Cluster {
     /// The pushed config (see [`pushed`]), and what this node made of it.
     pub pushed: kv::Store,
     pub following: pushed::Following,
+    /// The dead letters of every node.
+    pub dlq: Arc<dlq::SharedDlq>,
 }
 
 /// Why a node could not join at start: it then exits, as nothing it would serve could be shared.
@@ -93,6 +97,7 @@ impl Cluster {
         let (jetstream, link) = connect(config, &node).await?;
         let nodes = store::open_bucket(&jetstream, &store::NODES).await?;
         let pushed = store::open_bucket(&jetstream, &pushed::CONFIG).await?;
+        let dlq = Arc::new(dlq::SharedDlq::open(&jetstream, Some(config.dlq), &node).await?);
         let cluster = Self {
             node,
             instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -102,6 +107,7 @@ impl Cluster {
             nodes,
             pushed,
             following: pushed::Following::default(),
+            dlq,
         };
         cluster.members().claim(&cluster.node, &cluster.instance).await?;
         tracing::info!(node = %cluster.node, nats = %config.nats_url, "Joined the cluster.");

@@ -1,18 +1,24 @@
 //! `orchestrator dlq list|show|replay|purge`: the dead-letter file from the command line, for
-//! when no gateway has it open (a running gateway answers the same questions at `/admin/dlq`).
+//! when no gateway has it open (a running gateway answers the same questions at `/admin/dlq`),
+//! or the cluster's shared queue (`--cluster`, or a config with `[cluster]`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 
 use super::entry::{DeadLetter, unix_ms};
+use super::queue::DeadLetterQueue;
 use super::replay::{Selection, replay};
 use super::store::{DlqStore, ListFilter};
-use crate::config::{Config, DlqConfig};
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::connect;
+use crate::cluster::dlq::SharedDlq;
+use crate::config::Config;
 use crate::gateway::Format;
 use crate::gateway::live::Live;
 use crate::models::build_router;
@@ -28,8 +34,12 @@ pub struct DlqArgs {
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// The dead-letter file; overrides the config's `[dlq] path`.
-    #[arg(long, value_name = "DLQ_FILE", global = true)]
+    #[arg(long, value_name = "DLQ_FILE", global = true, conflicts_with = "cluster")]
     pub file: Option<PathBuf>,
+    /// The cluster's shared queue at this NATS server, instead of a file (a config with
+    /// `[cluster]` selects it too).
+    #[arg(long, value_name = "NATS_URL", env = "ORCHESTRATOR_CLUSTER", global = true)]
+    pub cluster: Option<String>,
     #[command(subcommand)]
     pub command: DlqCommand,
 }
@@ -127,7 +137,41 @@ fn dlq_path(args: &DlqArgs, config: &Config) -> Result<PathBuf, String> {
     }
 }
 
-/// Runs `orchestrator dlq ...`: 0 on success, 1 when the file cannot be used or `show` finds
+/// The cluster whose shared queue to use: `--cluster`, else the config's `[cluster]`; none when
+/// `--file` names a file.
+fn cluster(args: &DlqArgs, config: &Config) -> Option<ClusterConfig> {
+    if args.file.is_some() {
+        return None;
+    }
+    match (&args.cluster, &config.cluster) {
+        (Some(url), Some(cluster)) => Some(ClusterConfig {
+            nats_url: url.clone(),
+            ..cluster.clone()
+        }),
+        (Some(url), None) => Some(ClusterConfig::at(url.as_str())),
+        (None, cluster) => cluster.clone(),
+    }
+}
+
+/// The queue the command works on: the cluster's stream, or the file.
+async fn open_queue(args: &DlqArgs, config: &Config) -> Result<DeadLetterQueue, String> {
+    if let Some(cluster) = cluster(args, config) {
+        let (jetstream, _) = connect(&cluster, "dlq-command")
+            .await
+            .map_err(|e| e.to_string())?;
+        let shared = SharedDlq::open(&jetstream, None, "dlq-command")
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(DeadLetterQueue::Shared(Arc::new(shared)));
+    }
+    let path = dlq_path(args, config)?;
+    // Blocking, but this runtime runs nothing else, so no one waits for it.
+    DlqStore::open(&path)
+        .map(DeadLetterQueue::File)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `orchestrator dlq ...`: 0 on success, 1 when the queue cannot be used or `show` finds
 /// nothing, 2 for a refused or incomplete command. `format` reads and answers replayed requests.
 pub async fn run(args: &DlqArgs, format: &dyn Format) -> ExitCode {
     let config = match config(args) {
@@ -137,32 +181,23 @@ pub async fn run(args: &DlqArgs, format: &dyn Format) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let path = match dlq_path(args, &config) {
-        Ok(path) => path,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(USAGE);
-        }
-    };
-    if let DlqCommand::Purge { yes: false } = args.command {
-        eprintln!(
-            "purge removes every entry of `{}`; add --yes to do it",
-            path.display()
-        );
+    if cluster(args, &config).is_none()
+        && let Err(message) = dlq_path(args, &config)
+    {
+        eprintln!("{message}");
         return ExitCode::from(USAGE);
     }
-    let result = match &args.command {
-        // Replay opens the file with the pipeline it builds.
-        DlqCommand::Replay(replay) => replay_entries(config, path, replay, format).await,
-        command => match DlqStore::open(&path) {
-            // Blocking, but this runtime runs nothing else, so no one waits for it.
-            Err(e) => Err(e.to_string()),
-            Ok(store) => match command {
-                DlqCommand::List(list) => list_entries(&store, list).await,
-                DlqCommand::Show { id } => show(&store, *id).await,
-                // Purge: replay went its own way above.
-                _ => purge(&store).await,
-            },
+    if let DlqCommand::Purge { yes: false } = args.command {
+        eprintln!("purge removes every entry of the dead-letter queue; add --yes to do it");
+        return ExitCode::from(USAGE);
+    }
+    let result = match open_queue(args, &config).await {
+        Err(message) => Err(message),
+        Ok(queue) => match &args.command {
+            DlqCommand::List(list) => list_entries(&queue, list).await,
+            DlqCommand::Show { id } => show(&queue, *id).await,
+            DlqCommand::Replay(replay) => replay_entries(config, queue, replay, format).await,
+            DlqCommand::Purge { .. } => purge(&queue).await,
         },
     };
     match result {
@@ -174,7 +209,7 @@ pub async fn run(args: &DlqArgs, format: &dyn Format) -> ExitCode {
     }
 }
 
-async fn list_entries(store: &DlqStore, args: &ListArgs) -> Result<ExitCode, String> {
+async fn list_entries(store: &DeadLetterQueue, args: &ListArgs) -> Result<ExitCode, String> {
     let filter = ListFilter {
         since_ms: args.since.map(unix_ms),
         limit: args.limit,
@@ -249,7 +284,7 @@ fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
 
-async fn show(store: &DlqStore, id: u64) -> Result<ExitCode, String> {
+async fn show(store: &DeadLetterQueue, id: u64) -> Result<ExitCode, String> {
     match store.get(id).await.map_err(|e| e.to_string())? {
         Some(entry) => {
             let json = serde_json::to_string_pretty(&entry).map_err(|e| e.to_string())?;
@@ -263,19 +298,19 @@ async fn show(store: &DlqStore, id: u64) -> Result<ExitCode, String> {
     }
 }
 
-/// Starts the config's pipeline in front of its backends, replays, and drains it again.
+/// Starts the config's pipeline in front of its backends, replays, and drains it again. The
+/// queue is open already: the pipeline keeps no dead letters of its own (a failed replay stays
+/// in the queue, with its count).
 async fn replay_entries(
     mut config: Config,
-    path: PathBuf,
+    store: DeadLetterQueue,
     args: &ReplayArgs,
     format: &dyn Format,
 ) -> Result<ExitCode, String> {
-    let record = config.dlq.take().map(|d| d.record).unwrap_or_default();
-    config.dlq = Some(DlqConfig { path, record });
+    config.dlq = None;
     let models = build_router(&config)?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let live = Live::start(config, models, 0, None)?;
-    let store = live.dlq.clone().ok_or("the dead-letter file is not open")?;
     let report = replay(&live, format, &store, args.selection())
         .await
         .map_err(|e| e.to_string());
@@ -295,6 +330,9 @@ async fn replay_entries(
     for id in &report.missing {
         let _ = writeln!(out, "missing {id}: no such entry");
     }
+    for id in &report.claimed_elsewhere {
+        let _ = writeln!(out, "skipped {id}: another node is replaying it");
+    }
     let _ = writeln!(
         out,
         "{} replayed, {} failed, {} missing",
@@ -309,12 +347,12 @@ async fn replay_entries(
     })
 }
 
-async fn purge(store: &DlqStore) -> Result<ExitCode, String> {
+async fn purge(store: &DeadLetterQueue) -> Result<ExitCode, String> {
     let removed = store.purge().await.map_err(|e| e.to_string())?;
     let _ = writeln!(
         std::io::stdout().lock(),
         "removed {removed} dead-letter entries from {}",
-        store.path().display()
+        store.describe()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 use tokio_prompt_orchestrator::Priority;
 
 use super::entry::DeadLetter;
-use super::store::{DlqError, DlqStore, ListFilter};
+use super::queue::DeadLetterQueue;
+use super::store::{DlqError, ListFilter};
 use crate::gateway::admit::{Origin, admit};
 use crate::gateway::live::Live;
 use crate::gateway::outcome::Outcome;
@@ -37,6 +38,8 @@ pub struct ReplayReport {
     pub failed: Vec<ReplayFailure>,
     /// Asked for by id but not in the queue.
     pub missing: Vec<u64>,
+    /// Being replayed by another node of the cluster at the same time: left to it.
+    pub claimed_elsewhere: Vec<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,7 +62,7 @@ pub struct ReplayFailure {
 pub async fn replay(
     live: &Live,
     format: &dyn Format,
-    store: &DlqStore,
+    store: &DeadLetterQueue,
     selection: Selection,
 ) -> Result<ReplayReport, DlqError> {
     let mut report = ReplayReport::default();
@@ -89,10 +92,12 @@ pub async fn replay(
         .buffer_unordered(CONCURRENCY);
     while let Some(result) = runs.next().await {
         match result? {
-            Ok(done) => report.replayed.push(done),
-            Err(failure) => report.failed.push(failure),
+            Ran::Replayed(done) => report.replayed.push(done),
+            Ran::Failed(failure) => report.failed.push(failure),
+            Ran::ClaimedElsewhere(id) => report.claimed_elsewhere.push(id),
         }
     }
+    report.claimed_elsewhere.sort_unstable();
     report.replayed.sort_by_key(|r| r.id);
     report.failed.sort_by_key(|f| f.id);
     // One line for the run: a replay of thousands of entries must not be thousands of lines.
@@ -111,30 +116,52 @@ pub async fn replay(
     Ok(report)
 }
 
-/// One entry: removed when it succeeds, its failure noted in it when not.
+/// What became of one entry.
+enum Ran {
+    Replayed(Replayed),
+    Failed(ReplayFailure),
+    ClaimedElsewhere(u64),
+}
+
+/// One entry: removed when it succeeds, its failure noted in it when not; left alone when
+/// another node of the cluster is replaying it.
 async fn replay_one(
     live: &Live,
     format: &dyn Format,
-    store: &DlqStore,
+    store: &DeadLetterQueue,
     mut entry: DeadLetter,
-) -> Result<Result<Replayed, ReplayFailure>, DlqError> {
+) -> Result<Ran, DlqError> {
     let id = entry.id;
-    match run(live, format, &entry).await {
-        Ok(response) => {
-            store.remove(id).await?;
-            counter!(DLQ_REPLAYED, "outcome" => "succeeded").increment(1);
-            tracing::debug!(id, "Dead letter replayed and removed.");
-            Ok(Ok(Replayed { id, response }))
-        }
-        Err(error) => {
-            entry.replays += 1;
-            entry.last_replay_error = Some(error.clone());
-            store.update(&entry).await?;
-            counter!(DLQ_REPLAYED, "outcome" => "failed").increment(1);
-            tracing::debug!(id, %error, "Dead letter replay failed; it stays in the queue.");
-            Ok(Err(ReplayFailure { id, error }))
+    if !store.claim(id).await? {
+        return Ok(Ran::ClaimedElsewhere(id));
+    }
+    let ran = async {
+        // Read again under the claim: another node may have replayed and removed it since it
+        // was listed.
+        let Some(current) = store.get(id).await? else {
+            return Ok(Ran::ClaimedElsewhere(id));
+        };
+        entry.replays = current.replays;
+        match run(live, format, &entry).await {
+            Ok(response) => {
+                store.remove(id).await?;
+                counter!(DLQ_REPLAYED, "outcome" => "succeeded").increment(1);
+                tracing::debug!(id, "Dead letter replayed and removed.");
+                Ok(Ran::Replayed(Replayed { id, response }))
+            }
+            Err(error) => {
+                entry.replays += 1;
+                entry.last_replay_error = Some(error.clone());
+                store.record_failed_replay(&entry).await?;
+                counter!(DLQ_REPLAYED, "outcome" => "failed").increment(1);
+                tracing::debug!(id, %error, "Dead letter replay failed; it stays in the queue.");
+                Ok(Ran::Failed(ReplayFailure { id, error }))
+            }
         }
     }
+    .await;
+    store.release(id).await;
+    ran
 }
 
 /// Sends the entry's request through the pipeline and returns the whole answer.

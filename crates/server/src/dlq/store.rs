@@ -96,6 +96,9 @@ pub enum DlqError {
     /// The writer thread is gone (it panicked), or the runtime is shutting down.
     #[error("the dead-letter store has stopped")]
     Closed,
+    /// The cluster's shared dead-letter stream could not be read or written.
+    #[error("the cluster's dead-letter stream: {0}")]
+    Shared(String),
 }
 
 /// The dead-letter queue, backed by one redb file. Cheap to clone; the file closes, and the

@@ -1,6 +1,7 @@
 //! Cluster mode against a real nats-server (JetStream, a temporary store) and real `orchestrator`
 //! processes: each test starts its own broker on a free port and stops it.
 
+mod dead_letters;
 mod membership;
 mod pushed;
 

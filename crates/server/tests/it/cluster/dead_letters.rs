@@ -1,0 +1,165 @@
+//! The shared dead-letter queue: written on one node, seen and replayed (once) from any other,
+//! and kept through a NATS outage.
+
+use orchestrator_mock::{Behaviour, RunningMock};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use super::{ECHO, Nats, eventually, node};
+use crate::binary::Binary;
+use crate::mock_upstream::mock;
+
+/// A node with a dead-letter file of its own, serving `m` from `upstream` with no retries, and
+/// `echo`.
+async fn dlq_node(nats: &Nats, name: &str, upstream: &RunningMock, dir: &tempfile::TempDir) -> Binary {
+    let config = format!(
+        "[dlq]\npath = {path:?}\n\n{ECHO}\n[[backends]]\nkind = \"openai\"\nname = \"up\"\nbase_url = \"{url}\"\n\n\
+         [[models]]\nname = \"m\"\nbackends = [\"up\"]\nretries = {{ max = 0 }}\n",
+        path = dir.path().join(format!("{name}.redb")).display().to_string(),
+        url = upstream.url("/v1"),
+    );
+    node(nats, name, &config).await
+}
+
+async fn ask(node: &Binary, model: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", node.base))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn admin(node: &Binary, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, format!("{}{path}", node.base));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn listed(node: &Binary) -> Vec<Value> {
+    let (status, body) = admin(node, reqwest::Method::GET, "/admin/dlq", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+fn failing() -> Behaviour {
+    Behaviour {
+        error_rate: 1.0,
+        ..Behaviour::default()
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_written_on_one_node_is_listed_and_replayed_once_from_the_others() {
+    let nats = Nats::start().await;
+    let upstream = mock(failing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dlq_node(&nats, "a", &upstream, &dir).await;
+    let b = dlq_node(&nats, "b", &upstream, &dir).await;
+
+    assert_eq!(ask(&a, "m").await, 502);
+    eventually("b lists a's dead letter", || async {
+        listed(&b).await.len() == 1
+    })
+    .await;
+    let entry = &listed(&b).await[0];
+    assert_eq!(entry["model"], "m");
+    assert_eq!(entry["reason"], "failed");
+    let id = entry["id"].as_u64().unwrap();
+    let (status, shown) = admin(&b, reqwest::Method::GET, &format!("/admin/dlq/{id}"), None).await;
+    assert_eq!((status, &shown["request"]["model"]), (200, &json!("m")));
+
+    // The operator's command sees the same entry, from the broker.
+    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["dlq", "list", "--json", "--cluster", &nats.url])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["id"], id);
+
+    // A failed replay is counted on the entry, whichever node reads it.
+    let (status, report) = admin(
+        &a,
+        reqwest::Method::POST,
+        "/admin/dlq/replay",
+        Some(json!({"ids": [id]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["failed"][0]["id"], id);
+    assert_eq!(listed(&b).await[0]["replays"], 1);
+
+    // Replayed from three nodes at once: the upstream sees it once.
+    upstream.handle().update(|b| b.error_rate = 0.0);
+    let before = upstream.stats().chat_completions;
+    let c = dlq_node(&nats, "c", &upstream, &dir).await;
+    let replay = |node: &Binary| {
+        let url = format!("{}/admin/dlq/replay", node.base);
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"all": true}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let reports = futures_util::future::join_all([replay(&a), replay(&b), replay(&c)]).await;
+    let replayed: usize = reports
+        .iter()
+        .map(|r| r["replayed"].as_array().unwrap().len())
+        .sum();
+    let failed: usize = reports
+        .iter()
+        .map(|r| r["failed"].as_array().unwrap().len())
+        .sum();
+    assert_eq!((replayed, failed), (1, 0), "{reports:?}");
+    assert_eq!(upstream.stats().chat_completions - before, 1);
+    for node in [&a, &b, &c] {
+        assert!(listed(node).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_written_while_nats_is_away_reach_the_shared_queue_when_it_returns() {
+    let mut nats = Nats::start().await;
+    let upstream = mock(failing()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dlq_node(&nats, "a", &upstream, &dir).await;
+    let b = dlq_node(&nats, "b", &upstream, &dir).await;
+
+    nats.stop().await;
+    for _ in 0..3 {
+        assert_eq!(ask(&a, "m").await, 502);
+        assert_eq!(ask(&a, "echo").await, 200, "the node serves on without NATS");
+    }
+    assert_eq!(ask(&b, "m").await, 502);
+    let (status, _) = admin(&a, reqwest::Method::GET, "/admin/dlq", None).await;
+    assert_eq!(status, 503, "the shared queue cannot be read meanwhile");
+
+    nats.restart().await;
+    eventually("all four dead letters are shared", || async {
+        admin(&b, reqwest::Method::GET, "/admin/dlq", None).await.1["data"]
+            .as_array()
+            .is_some_and(|d| d.len() == 4)
+    })
+    .await;
+}

@@ -121,7 +121,7 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let server_config = config.server.clone();
-        let live = Live::start(config, models, 0, None).map_err(io::Error::other)?;
+        let live = Live::start(config, models, 0, None, cluster.as_deref()).map_err(io::Error::other)?;
         let state = Arc::new(Gateway::new(live, started_at, cluster));
         Ok(Self {
             listener,

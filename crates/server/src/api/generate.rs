@@ -22,7 +22,6 @@ use super::{sources, sse};
 use crate::dlq::entry::unix_ms;
 use crate::gateway::admit::{Origin, admit, draft};
 use crate::gateway::auth::Caller;
-use crate::gateway::limits::KeyLimits;
 use crate::gateway::outcome::Outcome;
 use crate::gateway::{Format, Gateway, Hints, unix_now};
 
@@ -73,10 +72,16 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     let limits = caller.as_ref().and_then(|c| c.limits.clone());
     // Over its rate limit, a request is refused before anything is read.
-    let limit_headers = match limits.as_deref().map(KeyLimits::admit) {
-        None => HeaderMap::new(),
-        Some(Ok(headers)) => headers,
-        Some(Err(refusal)) => {
+    let admitted = match limits.as_deref() {
+        None => Ok(HeaderMap::new()),
+        Some(limits) => match limits.admit() {
+            Ok(headers) => limits.admit_cluster().await.map(|()| headers),
+            Err(refusal) => Err(refusal),
+        },
+    };
+    let limit_headers = match admitted {
+        Ok(headers) => headers,
+        Err(refusal) => {
             let mut response = ApiError::rate_limited(refusal.which, refusal.retry_after).into_response();
             response.headers_mut().extend(refusal.headers);
             return Ok(response);

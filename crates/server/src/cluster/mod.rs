@@ -5,6 +5,7 @@
 //!   heartbeat stops drops out;
 //! - [`link`]: the connection's state, which `/readyz`, logs and metrics report; a node that loses
 //!   NATS keeps serving with its local state and rejoins by itself (the client reconnects);
+//! - [`limits`]: each limited key's rate limits, counted once for the whole cluster;
 //! - [`dlq`]: the dead-letter queue every node shares, a JetStream stream;
 //! - [`pushed`]: the config `orchestrator cluster push` stores, which every node follows;
 //! - [`store`]: the buckets and streams, each made with a layout version that a node checks;
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod limits;
 pub mod link;
 pub mod membership;
 pub mod pushed;
@@ -46,6 +48,8 @@ pub struct Cluster {
     pub following: pushed::Following,
     /// The dead letters of every node.
     pub dlq: Arc<dlq::SharedDlq>,
+    /// The rate-limit buckets of every limited key.
+    pub limits: kv::Store,
 }
 
 /// Why a node could not join at start: it then exits, as nothing it would serve could be shared.
@@ -97,6 +101,7 @@ impl Cluster {
         let (jetstream, link) = connect(config, &node).await?;
         let nodes = store::open_bucket(&jetstream, &store::NODES).await?;
         let pushed = store::open_bucket(&jetstream, &pushed::CONFIG).await?;
+        let limits = store::open_bucket(&jetstream, &limits::LIMITS).await?;
         let dlq = Arc::new(dlq::SharedDlq::open(&jetstream, Some(config.dlq), &node).await?);
         let cluster = Self {
             node,
@@ -108,6 +113,7 @@ impl Cluster {
             pushed,
             following: pushed::Following::default(),
             dlq,
+            limits,
         };
         cluster.members().claim(&cluster.node, &cluster.instance).await?;
         tracing::info!(node = %cluster.node, nats = %config.nats_url, "Joined the cluster.");

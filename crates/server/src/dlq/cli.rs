@@ -310,7 +310,7 @@ async fn replay_entries(
     config.dlq = None;
     let models = build_router(&config)?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let live = Live::start(config, models, 0, None)?;
+    let live = Live::start(config, models, 0, None, None)?;
     let report = replay(&live, format, &store, args.selection())
         .await
         .map_err(|e| e.to_string());

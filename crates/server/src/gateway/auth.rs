@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 use tokio_prompt_orchestrator::Priority;
 
+use crate::cluster::Cluster;
 use crate::config::AuthConfig;
 use crate::gateway::limits::KeyLimits;
 
@@ -54,7 +55,7 @@ impl ApiKeys {
     /// The variables named by `key_env` are read here; the config's validation has already
     /// checked that they are set, so one that vanished since then is skipped with an error in
     /// the log (and with no usable key left, every request is refused: the API stays closed).
-    pub fn from_config(config: &AuthConfig) -> Option<Self> {
+    pub fn from_config(config: &AuthConfig, cluster: Option<&Cluster>) -> Option<Self> {
         let mut keys = Vec::with_capacity(config.keys.len());
         for (i, k) in config.keys.iter().enumerate() {
             let digest = if let Some(hex_digest) = &k.sha256 {
@@ -82,16 +83,19 @@ impl ApiKeys {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("key-{}", hex::encode(&digest[..4])));
+            let limits = k.rate_limit.or(config.rate_limit).and_then(|rate| {
+                let limits = KeyLimits::new(rate)?;
+                Some(Arc::new(match cluster {
+                    Some(cluster) => limits.shared(cluster, &id, rate),
+                    None => limits,
+                }))
+            });
             keys.push(Key {
                 digest,
                 caller: Caller {
                     id: KeyId(id.into()),
                     admin: k.admin,
-                    limits: k
-                        .rate_limit
-                        .or(config.rate_limit)
-                        .and_then(KeyLimits::new)
-                        .map(Arc::new),
+                    limits,
                     priority: k.priority.unwrap_or_default(),
                 },
             });
@@ -162,7 +166,7 @@ mod tests {
             protect_metrics: false,
             rate_limit: None,
         };
-        ApiKeys::from_config(&config).unwrap()
+        ApiKeys::from_config(&config, None).unwrap()
     }
 
     #[test]
@@ -181,7 +185,7 @@ mod tests {
 
     #[test]
     fn no_keys_means_open() {
-        assert!(ApiKeys::from_config(&AuthConfig::default()).is_none());
+        assert!(ApiKeys::from_config(&AuthConfig::default(), None).is_none());
     }
 
     #[test]

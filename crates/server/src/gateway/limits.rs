@@ -1,12 +1,14 @@
 //! Rate limits per API key: requests per second (a GCRA bucket from `governor`) and tokens per
 //! minute (a bucket charged after the answer, when its size is known from the usage).
 //!
+//! In cluster mode both also count across every node ([`crate::cluster::limits`]).
+//!
 //! Both are reported OpenAI-style on every response to a limited key
 //! (`x-ratelimit-{limit,remaining,reset}-{requests,tokens}`); a request over either limit gets
 //! 429 with `Retry-After`.
 
 use std::num::NonZeroU32;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -15,6 +17,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
+
+use crate::cluster::Cluster;
+use crate::cluster::limits::{SharedBucket, key_part};
 
 /// `rate_limit = { requests_per_second = 10, burst = 20, tokens_per_minute = 100000 }`; each
 /// limit is off when left out.
@@ -33,6 +38,14 @@ type RequestLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateIn
 pub struct KeyLimits {
     requests: Option<(RequestLimiter, u32)>,
     tokens: Option<TokenBudget>,
+    /// In cluster mode, the same limits counted across every node.
+    cluster: Option<ClusterLimits>,
+}
+
+/// A key's buckets in the cluster (see [`crate::cluster::limits`]).
+struct ClusterLimits {
+    requests: Option<(Arc<SharedBucket>, u32)>,
+    tokens: Option<(Arc<SharedBucket>, u32)>,
 }
 
 /// Why a request may not run now.
@@ -54,7 +67,74 @@ impl KeyLimits {
             )
         });
         let tokens = config.tokens_per_minute.map(TokenBudget::new);
-        (requests.is_some() || tokens.is_some()).then_some(Self { requests, tokens })
+        (requests.is_some() || tokens.is_some()).then_some(Self {
+            requests,
+            tokens,
+            cluster: None,
+        })
+    }
+
+    /// Counts these limits (from `config`) across the cluster too, under the key `id`.
+    pub fn shared(mut self, cluster: &Cluster, id: &str, config: RateLimitConfig) -> Self {
+        let bucket = |kind: &str, capacity: u32, per_second: f64| {
+            let key = format!("{}.{kind}", key_part(id));
+            SharedBucket::new(
+                cluster.limits.clone(),
+                cluster.link.clone(),
+                key,
+                f64::from(capacity),
+                per_second,
+            )
+        };
+        self.cluster = Some(ClusterLimits {
+            requests: config.requests_per_second.map(|rate| {
+                let burst = config.burst.unwrap_or(rate);
+                (bucket("requests", burst.get(), f64::from(rate.get())), rate.get())
+            }),
+            tokens: config.tokens_per_minute.map(|per_minute| {
+                let per_minute = per_minute.get();
+                (
+                    bucket("tokens", per_minute, f64::from(per_minute) / 60.0),
+                    per_minute,
+                )
+            }),
+        });
+        self
+    }
+
+    /// In cluster mode, admits one request against the cluster's count of the key's limits (after
+    /// [`admit`](Self::admit) let it in here). Usually answered from what this node leased; asks
+    /// the broker when that has run out.
+    ///
+    /// # Errors
+    /// The refusal, when the cluster's bucket is empty.
+    pub async fn admit_cluster(&self) -> Result<(), Box<Refusal>> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        if let Some((bucket, per_minute)) = &cluster.tokens
+            && let Err(wait) = bucket.take(0.0).await
+        {
+            let mut headers = HeaderMap::new();
+            describe(&mut headers, TOKENS, *per_minute, 0.0, wait);
+            return Err(Box::new(Refusal {
+                retry_after: wait,
+                which: "tokens",
+                headers,
+            }));
+        }
+        if let Some((bucket, rate)) = &cluster.requests
+            && let Err(wait) = bucket.take(1.0).await
+        {
+            let mut headers = HeaderMap::new();
+            describe(&mut headers, REQUESTS, *rate, 0.0, wait);
+            return Err(Box::new(Refusal {
+                retry_after: wait,
+                which: "requests",
+                headers,
+            }));
+        }
+        Ok(())
     }
 
     /// Admits one request, or says how long to wait; the headers describe the limits either way.
@@ -109,6 +189,9 @@ impl KeyLimits {
     pub fn charge(&self, tokens: u32) {
         if let Some(budget) = &self.tokens {
             budget.charge(f64::from(tokens));
+        }
+        if let Some((bucket, _)) = self.cluster.as_ref().and_then(|c| c.tokens.as_ref()) {
+            bucket.charge(f64::from(tokens));
         }
     }
 }

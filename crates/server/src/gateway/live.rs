@@ -14,6 +14,7 @@ use orchestrator_context::assemble::{AssembleConfig, Encoding, TemplateAssembler
 use orchestrator_context::index::{IndexRetriever, ensure_indexed};
 use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, PriorityGate, RequestSender};
 
+use crate::cluster::Cluster;
 use crate::config::{Config, RagConfig};
 use crate::dlq::DlqStore;
 use crate::gateway::auth::ApiKeys;
@@ -38,7 +39,8 @@ pub struct Live {
 
 impl Live {
     /// Starts `config`'s pipeline, with its post-processors, in front of `models`. Must be called
-    /// inside a tokio runtime. The dead-letter file stays open across reloads that keep its path
+    /// inside a tokio runtime. In cluster mode (`cluster`), the keys' limits count across nodes.
+    /// The dead-letter file stays open across reloads that keep its path
     /// (`previous` is the running `Live`); a file can be open in one place only.
     ///
     /// # Errors
@@ -49,6 +51,7 @@ impl Live {
         models: Router,
         generation: u64,
         previous: Option<&Live>,
+        cluster: Option<&Cluster>,
     ) -> Result<Self, String> {
         let dlq = match (&config.dlq, previous) {
             (None, _) => None,
@@ -100,7 +103,7 @@ impl Live {
             sender: handles.input_tx,
             pipeline: handles.pipeline,
             models,
-            keys: ApiKeys::from_config(&config.auth),
+            keys: ApiKeys::from_config(&config.auth, cluster),
             gate: PriorityGate::new(config.admission),
             dlq,
             config,

@@ -104,13 +104,15 @@ async fn apply(
     let source = source.to_owned();
     let models = build_router(&config).map_err(|m| late_problem(&source, m))?;
     let generation = current.generation + 1;
+    let cluster = state.cluster.clone();
     // Starting may open (and on its first start, fill) the index and warm the tokenizer: file
     // work that must not hold up the requests this thread serves meanwhile.
-    let mut live =
-        tokio::task::spawn_blocking(move || Live::start(config, models, generation, Some(&current)))
-            .await
-            .map_err(|e| late_problem(&source, format!("starting the new config failed: {e}")))?
-            .map_err(|m| late_problem(&source, m))?;
+    let mut live = tokio::task::spawn_blocking(move || {
+        Live::start(config, models, generation, Some(&current), cluster.as_deref())
+    })
+    .await
+    .map_err(|e| late_problem(&source, format!("starting the new config failed: {e}")))?
+    .map_err(|m| late_problem(&source, m))?;
     live.cluster_revision = cluster_revision;
     let summary = live.config.summary();
     // The old `Live` goes when its last admitting request lets go; its pipeline then drains.

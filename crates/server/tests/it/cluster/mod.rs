@@ -2,6 +2,7 @@
 //! processes: each test starts its own broker on a free port and stops it.
 
 mod dead_letters;
+mod limits;
 mod membership;
 mod pushed;
 

@@ -1,0 +1,71 @@
+//! Rate limits counted once across the cluster, not once per node.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{ECHO, Nats, node};
+use crate::binary::Binary;
+
+/// Requests per second the key may make, cluster-wide.
+const RATE: u64 = 20;
+const HAMMERING: Duration = Duration::from_secs(10);
+
+/// Asks `node` as fast as one client can until `until`; counts (200s, 429s).
+async fn hammer(node: &Binary, until: Instant) -> (u64, u64) {
+    let client = reqwest::Client::new();
+    let (mut ok, mut limited) = (0, 0);
+    while Instant::now() < until {
+        let status = client
+            .post(format!("{}/v1/chat/completions", node.base))
+            .bearer_auth("sk-limited")
+            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        match status {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (ok, limited)
+}
+
+#[tokio::test]
+async fn a_key_limited_to_r_per_second_gets_r_per_second_through_three_nodes() {
+    let nats = Nats::start().await;
+    let config = format!(
+        "{ECHO}\n[[auth.keys]]\nname = \"limited\"\nsha256 = \"{}\"\nrate_limit = {{ requests_per_second = {RATE}, burst = 2 }}\n",
+        sha256_hex("sk-limited")
+    );
+    let nodes = [
+        node(&nats, "a", &config).await,
+        node(&nats, "b", &config).await,
+        node(&nats, "c", &config).await,
+    ];
+    let until = Instant::now() + HAMMERING;
+    // Two clients per node.
+    let runs = nodes.iter().flat_map(|n| [hammer(n, until), hammer(n, until)]);
+    let counts = futures_util::future::join_all(runs).await;
+    let ok: u64 = counts.iter().map(|c| c.0).sum();
+    let limited: u64 = counts.iter().map(|c| c.1).sum();
+    let allowed = RATE * HAMMERING.as_secs();
+    // Alone, each node would let the key have the whole rate: three times as many.
+    assert!(
+        ok.abs_diff(allowed) * 10 <= allowed,
+        "{ok} answered (and {limited} refused) in {HAMMERING:?}; the cluster-wide limit allows {allowed}"
+    );
+    assert!(
+        limited > ok,
+        "the key was hammered well past its limit: {limited} refused"
+    );
+}
+
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}

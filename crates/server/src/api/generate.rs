@@ -125,6 +125,7 @@ async fn generate(
         ),
         default_timeout: None,
         body_share: Some(body_share),
+        reservation: None,
     };
     let handle = admit(&live, request, &mut outcome).await?;
     // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.

@@ -8,22 +8,28 @@
 //! slice in the background when half is gone; so the common request costs a lock, not a round
 //! trip. Near the limit slices shrink to what is left, so what the nodes lease together never
 //! exceeds the bucket: across the cluster a key gets at most `capacity` at once and the refill
-//! rate after that, the same as one node alone. A leased cell not used within one refill period
-//! is dropped, so a node cannot save cells up for a burst. Tokens are charged after the answer:
-//! a charge beyond what the node holds moves `tat` on directly (the debt is the cluster's).
+//! rate after that, the same as one node alone. Cells a node leaves unused for two heartbeats go
+//! back to the cluster, and a leased cell not used within one refill period is dropped, so a node
+//! neither holds back what others need nor saves cells up for a burst. Tokens are charged after
+//! the answer: a charge beyond what the node holds moves `tat` on directly (the debt is the
+//! cluster's); a reservation larger than the answer gives the rest back.
 //!
 //! Without NATS the buckets fail open to each node's own limiter (the key gets the limit on
 //! every node): serving on matters more than the shared count while the broker is away.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
 use super::link::Link;
 use super::store::BucketSpec;
+use crate::gateway::gcra::{Gcra, now_us};
 
 /// One value per limited key and kind; a value untouched for an hour is a full bucket anyway.
 pub const LIMITS: BucketSpec = BucketSpec {
@@ -47,8 +53,7 @@ struct State {
 pub struct SharedBucket {
     /// The KV key.
     key: String,
-    capacity: f64,
-    per_cell_us: f64,
+    gcra: Gcra,
     /// Cells asked for per lease.
     slice: f64,
     store: kv::Store,
@@ -63,6 +68,8 @@ struct Local {
     permits: f64,
     /// When they were leased: unused past one refill period, they are dropped.
     leased_at: Option<Instant>,
+    /// When a cell was last handed out or given back: idle cells go back to the cluster.
+    used_at: Option<Instant>,
     /// The bucket was empty at the last lease: refuse locally until then.
     refused_until: Option<Instant>,
     /// A lease is under way in the background.
@@ -77,20 +84,28 @@ enum LeaseError {
     Broker,
 }
 
+/// The cluster's buckets in use on this node, so that idle cells go back (see [`return_idle`]).
+#[derive(Default)]
+pub struct Buckets(Mutex<Vec<Weak<SharedBucket>>>);
+
 impl SharedBucket {
-    /// A bucket of `capacity` cells refilled at `per_second` cells a second, under `key`.
-    pub fn new(store: kv::Store, link: Arc<Link>, key: String, capacity: f64, per_second: f64) -> Arc<Self> {
+    /// A bucket of `capacity` cells refilled at `per_second` cells a second, under `key`,
+    /// registered in `buckets`.
+    pub fn new(cluster: &Cluster, key: String, capacity: f64, per_second: f64) -> Arc<Self> {
         // A tenth of the bucket per lease: few round trips, little held back by any one node.
         let slice = (capacity / 10.0).max(1.0);
-        Arc::new(Self {
+        let bucket = Arc::new(Self {
             key,
-            capacity,
-            per_cell_us: 1e6 / per_second,
+            gcra: Gcra::new(capacity, per_second),
             slice,
-            store,
-            link,
+            store: cluster.limits.clone(),
+            link: cluster.link.clone(),
             local: Mutex::new(Local::default()),
-        })
+        });
+        let mut buckets = cluster.buckets.0.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.retain(|b| b.strong_count() > 0);
+        buckets.push(Arc::downgrade(&bucket));
+        bucket
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -99,7 +114,7 @@ impl SharedBucket {
 
     /// How long leased cells stay usable: the time the bucket takes to refill one slice.
     fn slice_life(&self) -> Duration {
-        Duration::from_micros((self.slice * self.per_cell_us) as u64).max(Duration::from_millis(100))
+        Duration::from_micros((self.slice * self.gcra.per_cell_us) as u64).max(Duration::from_millis(100))
     }
 
     /// Takes `cells` (0: only checks that the bucket is not in debt), or says how long to wait.
@@ -124,6 +139,7 @@ impl SharedBucket {
             }
             if local.permits >= need {
                 local.permits -= cells;
+                local.used_at = Some(now);
                 self.refill_if_low(&mut local);
                 return Ok(());
             }
@@ -132,17 +148,19 @@ impl SharedBucket {
             }
         }
         // Out of cells: this request waits for a lease.
-        match self.lease(self.slice.max(need)).await {
+        let held = self.local().permits.max(0.0);
+        match self.lease(need.ceil() - held.floor(), self.slice.max(need)).await {
             Ok(granted) => {
                 let mut local = self.local();
                 local.permits += granted;
                 local.leased_at = Some(Instant::now());
+                local.used_at = local.leased_at;
                 local.refused_until = None;
                 if local.permits >= need {
                     local.permits -= cells;
                     Ok(())
                 } else {
-                    Err(Duration::from_micros(self.per_cell_us as u64))
+                    Err(Duration::from_micros(self.gcra.per_cell_us as u64))
                 }
             }
             Err(LeaseError::Empty(wait)) => {
@@ -170,7 +188,45 @@ impl SharedBucket {
             debt
         };
         let bucket = self.clone();
-        tokio::spawn(async move { bucket.force(debt).await });
+        tokio::spawn(async move {
+            let gcra = bucket.gcra;
+            let _ = bucket
+                .update(|tat, now| Ok((gcra.force(tat, now, debt), debt)))
+                .await;
+        });
+    }
+
+    /// Gives back `cells` taken and not used (a reservation larger than the answer): this node
+    /// hands them out again, or returns them to the cluster when it stays idle.
+    pub fn give_back(&self, cells: f64) {
+        if cells > 0.0 {
+            let mut local = self.local();
+            local.permits += cells;
+            local.used_at = Some(Instant::now());
+        }
+    }
+
+    /// Returns the cells this node has not used for `idle` to the cluster, so that a node that
+    /// stopped asking does not hold back what another needs.
+    async fn return_idle(&self, idle: Duration) {
+        let cells = {
+            let mut local = self.local();
+            if local.permits < 1.0 || local.used_at.is_some_and(|at| at.elapsed() < idle) || local.refilling {
+                return;
+            }
+            let cells = local.permits.floor();
+            local.permits -= cells;
+            cells
+        };
+        let gcra = self.gcra;
+        if self
+            .update(|tat, now| Ok((gcra.give_back(tat, now, cells), cells)))
+            .await
+            .is_err()
+        {
+            // Not returned: keep them here rather than lose them.
+            self.local().permits += cells;
+        }
     }
 
     /// Starts a lease in the background when half the node's cells are gone.
@@ -181,7 +237,7 @@ impl SharedBucket {
         local.refilling = true;
         let bucket = self.clone();
         tokio::spawn(async move {
-            let leased = bucket.lease(bucket.slice).await;
+            let leased = bucket.lease(1.0, bucket.slice).await;
             let mut local = bucket.local();
             local.refilling = false;
             match leased {
@@ -195,27 +251,14 @@ impl SharedBucket {
         });
     }
 
-    /// Leases up to `want` cells (fewer when fewer are left, none when less than one is).
-    async fn lease(&self, want: f64) -> Result<f64, LeaseError> {
-        let full_us = self.capacity * self.per_cell_us;
-        self.update(|tat_us, now_us| {
-            let base = tat_us.max(now_us);
-            let room = ((full_us - (base - now_us)) / self.per_cell_us).floor();
-            let cells = want.min(room);
-            if cells < 1.0 {
-                let wait_us = base + self.per_cell_us - full_us - now_us;
-                return Err(LeaseError::Empty(Duration::from_micros(wait_us.max(1.0) as u64)));
-            }
-            Ok((base + cells * self.per_cell_us, cells))
+    /// Leases up to `want` cells, at least `need` (fewer are refused with the wait).
+    async fn lease(&self, need: f64, want: f64) -> Result<f64, LeaseError> {
+        let gcra = self.gcra;
+        self.update(|tat, now| {
+            gcra.take(tat, now, need.max(1.0), want)
+                .map_err(LeaseError::Empty)
         })
         .await
-    }
-
-    /// Moves `tat` on by `cells` whatever is left: a charge already incurred.
-    async fn force(&self, cells: f64) {
-        let _ = self
-            .update(|tat_us, now_us| Ok((tat_us.max(now_us) + cells * self.per_cell_us, cells)))
-            .await;
     }
 
     /// Reads `tat`, computes the new one with `step` (from `tat` and now, in microseconds), and
@@ -238,10 +281,7 @@ impl SharedBucket {
                 Some(e) => (0.0, e.revision),
                 None => (0.0, 0),
             };
-            let now_us = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_micros() as f64);
-            let (new_tat, result) = step(tat_us, now_us)?;
+            let (new_tat, result) = step(tat_us, now_us())?;
             let value = serde_json::to_vec(&State {
                 tat_us: new_tat as u64,
             })
@@ -253,6 +293,29 @@ impl SharedBucket {
             }
         }
         Err(LeaseError::Broker)
+    }
+}
+
+/// Every heartbeat until `stop`, returns to the cluster what this node's buckets have held
+/// unused for two heartbeats.
+pub async fn return_idle(cluster: Arc<Cluster>, stop: CancellationToken) {
+    let beat = Duration::from_millis(cluster.config.heartbeat_ms);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(beat) => {}
+            () = stop.cancelled() => return,
+        }
+        let buckets: Vec<Arc<SharedBucket>> = cluster
+            .buckets
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for bucket in buckets {
+            bucket.return_idle(beat * 2).await;
+        }
     }
 }
 

@@ -48,8 +48,9 @@ pub struct Cluster {
     pub following: pushed::Following,
     /// The dead letters of every node.
     pub dlq: Arc<dlq::SharedDlq>,
-    /// The rate-limit buckets of every limited key.
+    /// The rate-limit buckets of every limited key, and those this node uses.
     pub limits: kv::Store,
+    pub buckets: limits::Buckets,
 }
 
 /// Why a node could not join at start: it then exits, as nothing it would serve could be shared.
@@ -114,6 +115,7 @@ impl Cluster {
             following: pushed::Following::default(),
             dlq,
             limits,
+            buckets: limits::Buckets::default(),
         };
         cluster.members().claim(&cluster.node, &cluster.instance).await?;
         tracing::info!(node = %cluster.node, nats = %config.nats_url, "Joined the cluster.");

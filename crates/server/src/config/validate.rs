@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use super::parse::Unparsed;
 use super::{BackendConfig, Config, Problem};
 use crate::cluster::config::is_key_char;
+use crate::gateway::limits::RateLimitConfig;
 
 impl Problem {
     /// A problem at `path`, placed in the file later.
@@ -52,6 +53,37 @@ fn secret_variable_problem(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(value) if !value.is_empty() => None,
         _ => Some(format!("the environment variable {var} is not set or empty")),
+    }
+}
+
+/// A token budget's settings make sense together.
+fn budget_problems(path: &str, limit: &RateLimitConfig, problems: &mut Vec<Problem>) {
+    match limit.token_budget {
+        None => {
+            for (field, set) in [
+                ("budget_period_hours", limit.budget_period_hours.is_some()),
+                ("reserve_tokens", limit.reserve_tokens.is_some()),
+            ] {
+                if set {
+                    problems.push(Problem::new(
+                        format!("{path}.{field}"),
+                        "has no effect without token_budget (tokens per period); set it, or remove this",
+                    ));
+                }
+            }
+        }
+        Some(total) => {
+            if let Some(reserve) = limit.reserve_tokens
+                && u64::from(reserve.get()) > total.get()
+            {
+                problems.push(Problem::new(
+                    format!("{path}.reserve_tokens"),
+                    format!(
+                        "must be at most token_budget ({total}): a request reserving more could never run"
+                    ),
+                ));
+            }
+        }
     }
 }
 
@@ -129,8 +161,14 @@ impl Config {
     /// `[[auth.keys]]`: each key is named by `key_env` or given as `sha256` (one written out in
     /// the file was refused while reading it).
     fn auth_problems(&self, problems: &mut Vec<Problem>) {
+        if let Some(limit) = &self.auth.rate_limit {
+            budget_problems("auth.rate_limit", limit, problems);
+        }
         for (i, key) in self.auth.keys.iter().enumerate() {
             let path = format!("auth.keys[{i}]");
+            if let Some(limit) = &key.rate_limit {
+                budget_problems(&format!("{path}.rate_limit"), limit, problems);
+            }
             if key.key_env.is_some() == key.sha256.is_some() {
                 problems.push(Problem::new(
                     path.clone(),
@@ -489,6 +527,21 @@ mod tests {
                     "cluster.node_timeout_ms: must be at least twice cluster.heartbeat_ms (50), or a \
                      node would drop out between two heartbeats (the default is 5000)",
                     "cluster.dlq.max_age_hours: must be at least 1 (the default is 168, a week)",
+                ],
+            ),
+            (
+                "token budget settings without a budget, or reserving more than it",
+                with(
+                    "[auth]\nrate_limit = { reserve_tokens = 10 }\n[[auth.keys]]\nsha256 = \"{}\"\n\
+                     rate_limit = { token_budget = 100, reserve_tokens = 200 }"
+                        .replace("{}", &"a".repeat(64))
+                        .as_str(),
+                ),
+                vec![
+                    "auth.rate_limit.reserve_tokens: has no effect without token_budget (tokens per \
+                     period); set it, or remove this",
+                    "auth.keys[0].rate_limit.reserve_tokens: must be at most token_budget (100): a \
+                     request reserving more could never run",
                 ],
             ),
             (

@@ -98,6 +98,11 @@ pub async fn admit(
     mut request: InferenceRequest,
     outcome: &mut Outcome,
 ) -> Result<ResponseHandle, ApiError> {
+    // The key's token budget is reserved first: a request it cannot cover is refused before it
+    // waits for a place, and before any byte of an answer.
+    if let Some(budget) = outcome.limits.as_ref().and_then(|l| l.budget.clone()) {
+        outcome.reservation = Some(budget.reserve(&request).await?);
+    }
     if request.timeout.is_none() {
         outcome.default_timeout = live.config.pipeline.default_timeout();
     }

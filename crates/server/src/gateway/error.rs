@@ -118,6 +118,17 @@ impl ApiError {
         .retry_after(whole_seconds(retry_after))
     }
 
+    /// 429 `insufficient_quota`, OpenAI's shape for a spent budget, with `Retry-After`.
+    pub fn insufficient_quota(message: String, retry_after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            message,
+        )
+        .retry_after(whole_seconds(retry_after))
+    }
+
     /// 400: a config file given to a reload has problems.
     pub fn invalid_config(message: impl Into<String>) -> Self {
         Self::new(

@@ -7,7 +7,7 @@
 //! (`x-ratelimit-{limit,remaining,reset}-{requests,tokens}`); a request over either limit gets
 //! 429 with `Retry-After`.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,10 @@ use serde::Deserialize;
 
 use crate::cluster::Cluster;
 use crate::cluster::limits::{SharedBucket, key_part};
+use crate::gateway::token_budget::TokenBudget;
 
-/// `rate_limit = { requests_per_second = 10, burst = 20, tokens_per_minute = 100000 }`; each
-/// limit is off when left out.
+/// `rate_limit = { requests_per_second = 10, burst = 20, tokens_per_minute = 100000,
+/// token_budget = 1000000 }`; each limit is off when left out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
@@ -30,6 +31,12 @@ pub struct RateLimitConfig {
     /// Requests allowed at once above the steady rate (default: the rate itself).
     pub burst: Option<NonZeroU32>,
     pub tokens_per_minute: Option<NonZeroU32>,
+    /// Tokens per `budget_period_hours` (see [`super::token_budget`]).
+    pub token_budget: Option<NonZeroU64>,
+    /// The budget's period (default 24: a day).
+    pub budget_period_hours: Option<NonZeroU32>,
+    /// Tokens a request that sets no `max_tokens` reserves for its answer (default 1024).
+    pub reserve_tokens: Option<NonZeroU32>,
 }
 
 type RequestLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -37,7 +44,9 @@ type RequestLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateIn
 /// One key's limits.
 pub struct KeyLimits {
     requests: Option<(RequestLimiter, u32)>,
-    tokens: Option<TokenBudget>,
+    tokens: Option<TokensPerMinute>,
+    /// The key's token budget per period, reserved at admission.
+    pub budget: Option<Arc<TokenBudget>>,
     /// In cluster mode, the same limits counted across every node.
     cluster: Option<ClusterLimits>,
 }
@@ -66,10 +75,18 @@ impl KeyLimits {
                 rate.get(),
             )
         });
-        let tokens = config.tokens_per_minute.map(TokenBudget::new);
-        (requests.is_some() || tokens.is_some()).then_some(Self {
+        let tokens = config.tokens_per_minute.map(TokensPerMinute::new);
+        let budget = config.token_budget.map(|total| {
+            Arc::new(TokenBudget::new(
+                total,
+                config.budget_period_hours,
+                config.reserve_tokens,
+            ))
+        });
+        (requests.is_some() || tokens.is_some() || budget.is_some()).then_some(Self {
             requests,
             tokens,
+            budget,
             cluster: None,
         })
     }
@@ -78,14 +95,12 @@ impl KeyLimits {
     pub fn shared(mut self, cluster: &Cluster, id: &str, config: RateLimitConfig) -> Self {
         let bucket = |kind: &str, capacity: u32, per_second: f64| {
             let key = format!("{}.{kind}", key_part(id));
-            SharedBucket::new(
-                cluster.limits.clone(),
-                cluster.link.clone(),
-                key,
-                f64::from(capacity),
-                per_second,
-            )
+            SharedBucket::new(cluster, key, f64::from(capacity), per_second)
         };
+        if let Some(config_budget) = config.token_budget {
+            let budget = TokenBudget::new(config_budget, config.budget_period_hours, config.reserve_tokens);
+            self.budget = Some(Arc::new(budget.shared(cluster, id)));
+        }
         self.cluster = Some(ClusterLimits {
             requests: config.requests_per_second.map(|rate| {
                 let burst = config.burst.unwrap_or(rate);
@@ -180,9 +195,9 @@ impl KeyLimits {
         Ok(headers)
     }
 
-    /// Whether this key has a token budget (and so needs token counts).
+    /// Whether this key has a token limit (and so needs token counts).
     pub fn counts_tokens(&self) -> bool {
-        self.tokens.is_some()
+        self.tokens.is_some() || self.budget.is_some()
     }
 
     /// Charges the tokens a finished request used.
@@ -202,12 +217,12 @@ impl KeyLimits {
 ///
 /// Written here rather than with `governor`, whose buckets cannot charge a cost learnt only
 /// after the work is done.
-struct TokenBudget {
+struct TokensPerMinute {
     per_minute: f64,
     state: Mutex<(f64, Instant)>,
 }
 
-impl TokenBudget {
+impl TokensPerMinute {
     fn new(per_minute: NonZeroU32) -> Self {
         let per_minute = f64::from(per_minute.get());
         Self {

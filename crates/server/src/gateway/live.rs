@@ -76,7 +76,10 @@ impl Live {
             .iter()
             .filter_map(|k| k.rate_limit)
             .chain(auth.rate_limit);
-        if budgets.into_iter().any(|r| r.tokens_per_minute.is_some()) {
+        if budgets
+            .into_iter()
+            .any(|r| r.tokens_per_minute.is_some() || r.token_budget.is_some())
+        {
             // Token budgets count prompts with a tokenizer that takes ~0.2 s to load: load it now,
             // not in the first limited request.
             std::thread::spawn(|| Encoding::O200kBase.count_tokens(""));

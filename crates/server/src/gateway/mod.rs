@@ -6,7 +6,8 @@
 //! 2. [`auth`] and [`limits`]: who is calling, and whether its rate limits let it in;
 //! 3. [`budget`]: room for the body's bytes;
 //! 4. a [`Format`] (the edge's own) to check the body and build the pipeline request;
-//! 5. [`admit::admit`]: a place in the pipeline by priority, then submission;
+//! 5. [`admit::admit`]: the key's [`token_budget`] reserved, a place in the pipeline by priority,
+//!    then submission;
 //! 6. [`outcome`]: when the answer ends, tokens charged, place freed, a failure kept as a dead
 //!    letter (`crate::dlq`);
 //!
@@ -16,10 +17,12 @@ pub mod admit;
 pub mod auth;
 pub mod budget;
 pub mod error;
+pub mod gcra;
 pub mod limits;
 pub mod live;
 pub mod outcome;
 pub mod reload;
+pub mod token_budget;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use crate::dlq::entry::unix_ms;
 use crate::dlq::{Attempt, DeadLetter, DlqStore, Reason};
 use crate::gateway::limits::KeyLimits;
+use crate::gateway::token_budget::Reservation;
 
 /// What is settled when one request ends.
 #[derive(Default)]
@@ -31,6 +32,8 @@ pub struct Outcome {
     pub default_timeout: Option<Duration>,
     /// The request body's share of `server.max_body_bytes_in_flight`; given back when it ends.
     pub body_share: Option<BodyShare>,
+    /// The tokens the key's token budget holds for it, settled when it ends.
+    pub reservation: Option<Reservation>,
 }
 
 impl Outcome {
@@ -45,6 +48,9 @@ impl Outcome {
                 _ => usage.total_tokens,
             };
             limits.charge(tokens);
+            if let Some(reservation) = self.reservation.take() {
+                reservation.settle(u64::from(tokens));
+            }
         }
         self.permit = None;
         self.dead_letter = None;
@@ -54,6 +60,10 @@ impl Outcome {
     /// Keeps the failure when the config says so, and returns what the caller is told.
     pub async fn failed(&mut self, error: PipelineError) -> ApiError {
         self.permit = None;
+        // A failed request is not charged to the key's budget.
+        if let Some(reservation) = self.reservation.take() {
+            reservation.release();
+        }
         let mut told = ApiError::from(&error);
         if let (PipelineError::Timeout { stage }, Some(limit)) = (&error, self.default_timeout) {
             told.message = format!(

@@ -102,3 +102,81 @@ async fn streamed_tokens_are_charged_when_the_stream_completes() {
     let refused = chat(&base, "sk-streams", chat_body("echo", "hi")).await;
     expect_error(refused, 429).await;
 }
+
+/// sk-budget's token budget: 60 tokens a day.
+const BUDGET: &str = r#"
+    [[auth.keys]]
+    name = "budget"
+    sha256 = "SHA256"
+    rate_limit = { token_budget = 60 }
+    [[backends]]
+    kind = "echo"
+    name = "echo"
+    [[models]]
+    name = "echo"
+    backends = ["echo"]
+"#;
+
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+#[tokio::test]
+async fn a_token_budget_is_reserved_before_the_answer_and_settled_with_the_usage() {
+    let config = BUDGET.replace("SHA256", &sha256_hex("sk-budget"));
+    let base = serve(Config::parse(&config, "budget.toml").unwrap()).await;
+    let ask = |stream: bool| {
+        let mut body = chat_body("echo", "hello there");
+        body["max_tokens"] = json!(10);
+        if stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        chat(&base, "sk-budget", body)
+    };
+    // Larger than the whole budget: never possible, so not a 429.
+    let mut huge = chat_body("echo", "hi");
+    huge["max_tokens"] = json!(1000);
+    let refused = chat(&base, "sk-budget", huge).await;
+    let error = expect_error(refused, 400).await;
+    assert_eq!(error["param"], "max_tokens", "{error}");
+
+    let mut used = 0;
+    let mut answered = 0;
+    loop {
+        let response = ask(answered % 2 == 1).await;
+        if response.status() == 429 {
+            assert!(header(&response, "retry-after").parse::<u64>().unwrap() >= 1);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["type"], "insufficient_quota");
+            assert_eq!(body["error"]["code"], "insufficient_quota");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("This API key's token budget (60 tokens per 24 h)"),
+                "{message}"
+            );
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        // Streams run to their end: the budget is decided before the first byte.
+        let usage = if answered % 2 == 1 {
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+            let last = text.lines().rfind(|l| l.starts_with("data: {")).unwrap();
+            serde_json::from_str::<Value>(&last[6..]).unwrap()["usage"].clone()
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["usage"].clone()
+        };
+        used += usage["total_tokens"].as_u64().unwrap();
+        answered += 1;
+        assert!(answered < 60, "the budget never ran out");
+    }
+    // Settled with the real usage, each request cost less than its reservation: more requests
+    // ran than the budget holds reservations, and no more tokens than the budget were used.
+    assert!(used <= 60, "{used} tokens used of 60");
+    assert!(
+        answered > 60 / 18,
+        "{answered} answered: reservations were not settled"
+    );
+}

@@ -69,3 +69,61 @@ fn sha256_hex(key: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
+
+/// The cluster-wide token budget of sk-budget.
+const BUDGET: u64 = 600;
+
+#[tokio::test]
+async fn a_token_budget_is_spent_once_across_the_nodes() {
+    let nats = Nats::start().await;
+    let config = format!(
+        "{ECHO}\n[[auth.keys]]\nname = \"budget\"\nsha256 = \"{}\"\nrate_limit = {{ token_budget = {BUDGET} }}\n",
+        sha256_hex("sk-budget")
+    );
+    let nodes = [
+        node(&nats, "a", &config).await,
+        node(&nats, "b", &config).await,
+        node(&nats, "c", &config).await,
+    ];
+    let client = reqwest::Client::new();
+    let mut used = 0;
+    let mut refused_by = std::collections::BTreeSet::new();
+    let mut asked = 0;
+    // Round robin over the nodes until every one refuses.
+    while refused_by.len() < nodes.len() {
+        let node = &nodes[asked % nodes.len()];
+        asked += 1;
+        assert!(asked < 1000, "the budget never ran out");
+        let response = client
+            .post(format!("{}/v1/chat/completions", node.base))
+            .bearer_auth("sk-budget")
+            .json(&json!({"model": "echo", "max_tokens": 20, "messages": [{"role": "user", "content": "a few words to answer"}]}))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => {
+                refused_by.clear();
+                let body: serde_json::Value = response.json().await.unwrap();
+                used += body["usage"]["total_tokens"].as_u64().unwrap();
+            }
+            429 => {
+                assert!(response.headers().contains_key("retry-after"));
+                let body: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+                refused_by.insert(node.base.clone());
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // Spent once: per node, the three would have let three budgets through.
+    assert!(
+        used <= BUDGET,
+        "{used} tokens used; the cluster's budget is {BUDGET}"
+    );
+    // What nodes reserved and did not use went back to the cluster.
+    assert!(
+        used * 10 >= BUDGET * 8,
+        "only {used} of {BUDGET} tokens could be used"
+    );
+}

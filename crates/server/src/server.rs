@@ -25,7 +25,7 @@ use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::cluster::{Cluster, dlq, limits, membership, pushed};
+use crate::cluster::{Cluster, dlq, limits, membership, pushed, verdicts};
 use crate::config::{Config, ServerConfig};
 use crate::gateway::live::Live;
 use crate::gateway::reload::{self, ReloadError, Reloaded};
@@ -176,6 +176,7 @@ impl Server {
                 tokio::spawn(pushed::follow(cluster.clone(), state.clone(), leave.clone())),
                 tokio::spawn(dlq::forward(cluster.clone(), state.clone(), leave.clone())),
                 tokio::spawn(limits::return_idle(cluster.clone(), leave.clone())),
+                tokio::spawn(verdicts::follow(cluster.clone(), state.clone(), leave.clone())),
                 tokio::spawn(membership::heartbeat(
                     cluster,
                     state.clone(),

@@ -110,6 +110,23 @@ impl Router {
     pub fn names(&self) -> &[String] {
         &self.names
     }
+
+    /// Every backend of every model, once each (a backend serving several models is one
+    /// replica), in the order models were added.
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        let mut seen: Vec<Arc<Replica>> = Vec::new();
+        let groups = self
+            .names
+            .iter()
+            .filter_map(|m| self.routes.get(m))
+            .flat_map(|r| &r.groups);
+        for replica in groups.flat_map(|g| &g.replicas) {
+            if !seen.iter().any(|s| Arc::ptr_eq(s, replica)) {
+                seen.push(replica.clone());
+            }
+        }
+        seen
+    }
 }
 
 /// What the router learnt trying one model's backends: each failure, in order.
@@ -281,9 +298,11 @@ fn budget(deadline: Option<Instant>, later: usize) -> Option<Budget> {
     Some(Budget { wait: share, left })
 }
 
-/// The next replica of `ranked` (from `cursor`) that can take a call now. When every replica is
-/// merely full on the first try, waits for the preferred one: the Inference stage's own
-/// concurrency bounds how many wait.
+/// The next replica of `ranked` (from `cursor`) that can take a call now. Replicas another node
+/// of a cluster finds down are passed over while another can take the call, and tried last
+/// otherwise: one node's view never takes a model out of service on the others. When every
+/// replica is merely full on the first try, waits for the preferred one: the Inference stage's
+/// own concurrency bounds how many wait.
 async fn next_available<'g>(
     group: &'g Group,
     ranked: &[usize],
@@ -292,10 +311,25 @@ async fn next_available<'g>(
     attempts: &mut Attempts,
 ) -> Option<(&'g Arc<Replica>, replica::Admission)> {
     let mut all_full = true;
+    let mut down_elsewhere = None;
     for _ in 0..ranked.len() {
-        let replica = &group.replicas[ranked[*cursor % ranked.len()]];
+        let index = *cursor % ranked.len();
+        let replica = &group.replicas[ranked[index]];
         *cursor += 1;
-        match replica.try_admit() {
+        match replica.try_admit(true) {
+            Ok(admission) => return Some((replica, admission)),
+            Err(replica::Unavailable::DownElsewhere) => {
+                down_elsewhere.get_or_insert(index);
+            }
+            Err(why) => {
+                all_full &= why == replica::Unavailable::Full;
+                attempts.skipped(replica, why);
+            }
+        }
+    }
+    if let Some(index) = down_elsewhere {
+        let replica = &group.replicas[ranked[index]];
+        match replica.try_admit(false) {
             Ok(admission) => return Some((replica, admission)),
             Err(why) => {
                 all_full &= why == replica::Unavailable::Full;

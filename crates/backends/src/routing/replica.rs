@@ -1,7 +1,7 @@
 //! One backend as the router sees it: its worker, breaker, concurrency limit, in-flight count,
 //! and the outcome of every call.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -78,6 +78,9 @@ pub struct Replica {
     /// Set from an upstream's `Retry-After`: no calls before then.
     resting_until: Mutex<Option<Instant>>,
     health: HealthState,
+    /// Another node of a cluster finds this backend down: calls avoid it while another replica
+    /// can take them, so that every node sends a session to the same replica.
+    down_elsewhere: AtomicBool,
     /// This replica's [`BACKEND_CALLS`] counters, by [`Outcome`], each registered on its first
     /// use: not in `new`, because the exporter is installed after the router is built and a
     /// handle taken before counts nowhere; not on every call, because a lookup builds the label
@@ -90,6 +93,7 @@ pub struct Replica {
 pub enum Unavailable {
     Unhealthy,
     CircuitOpen,
+    DownElsewhere,
     Resting,
     Full,
 }
@@ -99,6 +103,7 @@ impl Unavailable {
         match self {
             Unavailable::Unhealthy => "skipped: failing its health checks",
             Unavailable::CircuitOpen => "skipped: its circuit breaker is open after repeated failures",
+            Unavailable::DownElsewhere => "skipped: another node of the cluster finds it down",
             Unavailable::Resting => "skipped: waiting out its Retry-After",
             Unavailable::Full => "skipped: at its max_in_flight",
         }
@@ -121,6 +126,7 @@ impl Replica {
             outstanding: AtomicUsize::new(0),
             resting_until: Mutex::new(None),
             health: HealthState::default(),
+            down_elsewhere: AtomicBool::new(false),
             calls: Default::default(),
         }
     }
@@ -153,10 +159,29 @@ impl Replica {
             .filter(|left| !left.is_zero())
     }
 
-    /// Takes a slot now, or says why not.
-    pub fn try_admit(&self) -> Result<Admission, Unavailable> {
+    /// Whether this node finds the backend down: failing its health checks, or its breaker
+    /// open. What a cluster node tells the others.
+    pub fn down_here(&self) -> bool {
+        !self.health.is_healthy() || self.breaker.state() == BreakerState::Open
+    }
+
+    /// Notes whether another node of the cluster finds this backend down.
+    pub fn set_down_elsewhere(&self, down: bool) {
+        self.down_elsewhere.store(down, Ordering::Relaxed);
+    }
+
+    pub fn down_elsewhere(&self) -> bool {
+        self.down_elsewhere.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot now, or says why not. `shared` honours the other nodes' verdict (see
+    /// [`set_down_elsewhere`](Self::set_down_elsewhere)).
+    pub fn try_admit(&self, shared: bool) -> Result<Admission, Unavailable> {
         if !self.health.is_healthy() {
             return Err(Unavailable::Unhealthy);
+        }
+        if shared && self.down_elsewhere() {
+            return Err(Unavailable::DownElsewhere);
         }
         if self.rest_left().is_some() {
             return Err(Unavailable::Resting);

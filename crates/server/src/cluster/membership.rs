@@ -40,6 +40,8 @@ pub struct NodeRecord {
     pub queued: usize,
     /// `in_flight` over `admission.max_in_flight`.
     pub load: f64,
+    /// The backends it finds down (see [`super::verdicts`]).
+    pub down_backends: Vec<String>,
 }
 
 /// A record as read back, with how long ago it was written.
@@ -182,5 +184,12 @@ fn record(cluster: &Cluster, gateway: &Gateway, address: &str, started_at_ms: u6
         in_flight,
         queued,
         load: in_flight as f64 / capacity as f64,
+        down_backends: live
+            .models
+            .replicas()
+            .iter()
+            .filter(|r| r.down_here())
+            .map(|r| r.name().to_owned())
+            .collect(),
     }
 }

@@ -8,6 +8,7 @@
 //! - [`limits`]: each limited key's rate limits, counted once for the whole cluster;
 //! - [`dlq`]: the dead-letter queue every node shares, a JetStream stream;
 //! - [`pushed`]: the config `orchestrator cluster push` stores, which every node follows;
+//! - [`verdicts`]: the backends a node finds down, avoided by every node, so sessions do not split;
 //! - [`store`]: the buckets and streams, each made with a layout version that a node checks;
 //! - [`cli`]: `orchestrator cluster status`.
 //!
@@ -21,6 +22,7 @@ pub mod link;
 pub mod membership;
 pub mod pushed;
 pub mod store;
+pub mod verdicts;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,7 @@ mod dead_letters;
 mod limits;
 mod membership;
 mod pushed;
+mod verdicts;
 
 use std::net::TcpListener;
 use std::process::Stdio;

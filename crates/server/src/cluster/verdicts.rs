@@ -1,0 +1,57 @@
+//! Backend verdicts, shared: each node's membership record lists the backends it finds down
+//! (failing their health checks, or their breaker open), and every node passes over a backend
+//! that another live node lists, while another replica can take the call. The nodes then agree on
+//! the healthy set, so a session's requests reach the same replica whichever node they arrive at
+//! (rendezvous hashing over the same set gives the same answer).
+//!
+//! One node's view never takes a model out of service: a backend down elsewhere is still tried
+//! when no other replica can take a call. Without NATS each node goes by its own view.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+use crate::gateway::Gateway;
+
+/// Every heartbeat until `stop`, marks the running config's backends that other live nodes find
+/// down.
+pub async fn follow(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: CancellationToken) {
+    let beat = Duration::from_millis(cluster.config.heartbeat_ms);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(beat) => {}
+            () = stop.cancelled() => return,
+        }
+        let members = if cluster.link.connected() {
+            cluster.members().live().await.ok()
+        } else {
+            None
+        };
+        let down: HashSet<String> = members
+            .into_iter()
+            .flat_map(|(members, _)| members)
+            .filter(|m| m.record.name != cluster.node)
+            .flat_map(|m| m.record.down_backends)
+            .collect();
+        for replica in gateway.live().models.replicas() {
+            let down_elsewhere = down.contains(replica.name());
+            if replica.down_elsewhere() != down_elsewhere {
+                replica.set_down_elsewhere(down_elsewhere);
+                if down_elsewhere {
+                    tracing::info!(
+                        backend = replica.name(),
+                        "Another node finds this backend down; sessions move off it here too."
+                    );
+                } else {
+                    tracing::info!(
+                        backend = replica.name(),
+                        "No node finds this backend down any more."
+                    );
+                }
+            }
+        }
+    }
+}

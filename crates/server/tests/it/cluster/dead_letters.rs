@@ -138,13 +138,31 @@ async fn a_dead_letter_written_on_one_node_is_listed_and_replayed_once_from_the_
     }
 }
 
+/// Asks `node` for `echo` until `stop`; the statuses it got.
+async fn steady_load(base: String, stop: tokio_util::sync::CancellationToken) -> Vec<u16> {
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    while !stop.is_cancelled() {
+        let response = client
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "load"}]}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
 #[tokio::test]
-async fn dead_letters_written_while_nats_is_away_reach_the_shared_queue_when_it_returns() {
+async fn nats_stopped_and_restarted_mid_load_loses_no_request_and_no_dead_letter() {
     let mut nats = Nats::start().await;
     let upstream = mock(failing()).await;
     let dir = tempfile::tempdir().unwrap();
     let a = dlq_node(&nats, "a", &upstream, &dir).await;
     let b = dlq_node(&nats, "b", &upstream, &dir).await;
+    let stop_load = tokio_util::sync::CancellationToken::new();
+    let load = [&a, &b].map(|n| tokio::spawn(steady_load(n.base.clone(), stop_load.clone())));
 
     nats.stop().await;
     for _ in 0..3 {
@@ -162,4 +180,13 @@ async fn dead_letters_written_while_nats_is_away_reach_the_shared_queue_when_it_
             .is_some_and(|d| d.len() == 4)
     })
     .await;
+    stop_load.cancel();
+    for node in load {
+        let statuses = node.await.unwrap();
+        assert!(!statuses.is_empty());
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "every request of the load was answered: {statuses:?}"
+        );
+    }
 }

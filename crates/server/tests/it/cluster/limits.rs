@@ -127,3 +127,26 @@ async fn a_token_budget_is_spent_once_across_the_nodes() {
         "only {used} of {BUDGET} tokens could be used"
     );
 }
+
+#[tokio::test]
+async fn without_nats_each_node_enforces_the_limit_on_its_own() {
+    let mut nats = Nats::start().await;
+    let config = format!(
+        "{ECHO}\n[[auth.keys]]\nname = \"limited\"\nsha256 = \"{}\"\nrate_limit = {{ requests_per_second = 1, burst = 3 }}\n",
+        sha256_hex("sk-limited")
+    );
+    let mut a = node(&nats, "a", &config).await;
+    nats.stop().await;
+    crate::binary::next_log(&mut a.logs, |log| {
+        log["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Lost NATS"))
+    })
+    .await;
+    // Fail open to the node's own limiter: the burst is let through at once, then refused, with
+    // no wait for the broker that is not there.
+    let until = Instant::now() + Duration::from_millis(500);
+    let (ok, limited) = hammer(&a, until).await;
+    assert_eq!(ok, 3, "the node's own burst");
+    assert!(limited > 0);
+}

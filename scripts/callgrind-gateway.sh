@@ -16,6 +16,8 @@
 # to target/release/orchestrator (`cargo build --release -p orchestrator-server -p orchestrator-mock`).
 # Settings: REQUESTS [2000], WARMUP [500], CONCURRENCY [32], MOCK_PORT [9301], GATEWAY_PORT [9302],
 # FORWARDER_BIN [unset: the forwarder is not measured], FORWARDER_PORT [9303],
+# GATEWAY_EXTRA [empty]: TOML added to the gateway's config (an API key, [cluster]),
+# LOAD_HEADER [empty]: a header sent with every request (`authorization: Bearer ...`),
 # BENCH_LOCK [/tmp/bench.lock]: held (flock) while measuring; the counts do not need it, but a
 # process under callgrind keeps a core busy and would slow another benchmark's run.
 set -euo pipefail
@@ -60,7 +62,10 @@ base_url = "http://127.0.0.1:$mock_port/v1"
 [[models]]
 name = "mock"
 backends = ["mock"]
+${GATEWAY_EXTRA:-}
 EOF
+header=()
+[ -z "${LOAD_HEADER:-}" ] || header=(-H "$LOAD_HEADER")
 
 body='{"model":"mock","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"stream":false}'
 
@@ -78,7 +83,7 @@ measure() {
         sleep 1
     done
     load() {
-        oha -n "$1" -c "$concurrency" --no-tui -m POST -H 'content-type: application/json' -d "$body" \
+        oha -n "$1" -c "$concurrency" --no-tui -m POST -H 'content-type: application/json' "${header[@]}" -d "$body" \
             "http://127.0.0.1:$port/v1/chat/completions"
     }
     load "$warmup" >/dev/null

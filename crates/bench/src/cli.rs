@@ -52,9 +52,13 @@ pub struct Args {
     /// Use this running upstream (`http://host:port`) instead of starting the mock.
     #[arg(long)]
     pub upstream_url: Option<String>,
-    /// Use this running gateway (`http://host:port`) instead of starting one.
-    #[arg(long)]
-    pub gateway_url: Option<String>,
+    /// Use running gateways instead of starting one: `URL`, or `NAME=URL` to name the row, or
+    /// `NAME=URL+URL+...` for several nodes taken in turn; several targets separated by commas.
+    #[arg(long, value_delimiter = ',')]
+    pub gateway_url: Vec<String>,
+    /// A header sent to the gateways (`NAME: VALUE`, e.g. an API key), not to the upstream.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
     /// The `orchestrator` binary [default: next to this executable].
     #[arg(long)]
     pub orchestrator_bin: Option<PathBuf>,

@@ -19,8 +19,9 @@ pub const UPSTREAM: &str = "upstream alone";
 pub struct Target {
     /// The row's label: [`UPSTREAM`], "gateway", "forwarder", "litellm", "portkey".
     pub system: String,
-    /// `http://host:port`; requests go to `{base_url}/v1/chat/completions`.
-    pub base_url: String,
+    /// `http://host:port`; requests go to `{base_url}/v1/chat/completions`, taking the URLs in
+    /// turn when there are several (the nodes of a cluster).
+    pub base_urls: Vec<String>,
     /// Its process, when the harness started it (for CPU and memory figures).
     pub pid: Option<u32>,
     /// Sent with every request: a gateway that routes by headers (Portkey) needs them.
@@ -35,7 +36,7 @@ impl Target {
     pub fn new(system: impl Into<String>, base_url: impl Into<String>, pid: Option<u32>) -> Self {
         Self {
             system: system.into(),
-            base_url: base_url.into(),
+            base_urls: vec![base_url.into()],
             pid,
             headers: Arc::default(),
             max_rate: None,
@@ -89,7 +90,12 @@ pub async fn measure(
     for &load in &plan.loads {
         for target in targets.iter().filter(|t| t.takes(load)) {
             let spec = |duration| RunSpec {
-                url: format!("{}/v1/chat/completions", target.base_url),
+                urls: target
+                    .base_urls
+                    .iter()
+                    .map(|base| format!("{base}/v1/chat/completions"))
+                    .collect(),
+                turn: Arc::default(),
                 headers: target.headers.clone(),
                 body: plan.body.clone(),
                 stream: plan.stream,

@@ -10,6 +10,7 @@ use crate::stats::{Recorder, record};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::HeaderMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -28,8 +29,10 @@ pub enum Load {
 /// One run's settings.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
-    /// The full URL to POST to (…/v1/chat/completions).
-    pub url: String,
+    /// The full URLs to POST to (…/v1/chat/completions), taken in turn.
+    pub urls: Arc<[String]>,
+    /// Which URL the next request takes.
+    pub turn: Arc<AtomicUsize>,
     /// Headers sent besides content-type (shared: the spec is cloned for every request).
     pub headers: Arc<HeaderMap>,
     /// The JSON request body.
@@ -195,8 +198,9 @@ async fn one(client: &reqwest::Client, spec: &RunSpec, start: Instant) -> Outcom
 }
 
 async fn exchange(client: &reqwest::Client, spec: &RunSpec, start: Instant) -> reqwest::Result<Outcome> {
+    let url = &spec.urls[spec.turn.fetch_add(1, Ordering::Relaxed) % spec.urls.len()];
     let mut request = client
-        .post(&spec.url)
+        .post(url)
         .header("content-type", "application/json")
         .body(spec.body.clone());
     if !spec.headers.is_empty() {

@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(cli::default_out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let needs_bin = args.upstream_url.is_none() || args.gateway_url.is_none();
+    let needs_bin = args.upstream_url.is_none() || args.gateway_url.is_empty();
     let bin = if needs_bin {
         Some(cli::orchestrator_bin(&args)?)
     } else {
@@ -60,15 +60,39 @@ async fn run(args: Args) -> Result<()> {
         upstream.clone(),
         servers.first().map(|s| s.pid),
     )];
-    match (&args.gateway_url, &bin) {
-        (Some(url), _) => targets.push(Target::new("gateway", url.trim_end_matches('/'), None)),
-        (None, Some(bin)) => {
+    let mut gateway_headers = HeaderMap::new();
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header {header:?}: expected `NAME: VALUE`"))?;
+        gateway_headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())?,
+            HeaderValue::from_str(value.trim())?,
+        );
+    }
+    let gateway_headers = Arc::new(gateway_headers);
+    match &bin {
+        _ if !args.gateway_url.is_empty() => {
+            for given in &args.gateway_url {
+                let (name, urls) = given.split_once('=').unwrap_or(("gateway", given));
+                let mut target = Target::new(name, "", None);
+                target.base_urls = urls
+                    .split('+')
+                    .map(|u| u.trim_end_matches('/').to_owned())
+                    .collect();
+                target.headers = gateway_headers.clone();
+                targets.push(target);
+            }
+        }
+        Some(bin) => {
             eprintln!("== starting the gateway");
             let s = cli::start_gateway(bin, &args, &upstream, &out).await?;
-            targets.push(Target::new("gateway", s.base_url.clone(), Some(s.pid)));
+            let mut target = Target::new("gateway", s.base_url.clone(), Some(s.pid));
+            target.headers = gateway_headers.clone();
+            targets.push(target);
             servers.push(s);
         }
-        (None, None) => unreachable!("needs_bin covers a missing gateway URL"),
+        None => unreachable!("needs_bin covers a missing gateway URL"),
     }
     for peer in &args.peer {
         let mut headers = HeaderMap::new();
@@ -138,8 +162,11 @@ async fn run(args: Args) -> Result<()> {
 
 /// One request to each target before measuring, so a wrong URL or model fails fast.
 async fn check_targets(client: &reqwest::Client, targets: &[Target], plan: &Plan) -> Result<()> {
-    for t in targets {
-        let url = format!("{}/v1/chat/completions", t.base_url);
+    for (t, base) in targets
+        .iter()
+        .flat_map(|t| t.base_urls.iter().map(move |b| (t, b)))
+    {
+        let url = format!("{base}/v1/chat/completions");
         let r = client
             .post(&url)
             .header("content-type", "application/json")
@@ -200,7 +227,7 @@ fn write_results(args: &Args, out: &std::path::Path, targets: &[Target], rows: &
         "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "args": format!("{args:?}"),
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "targets": targets.iter().map(|t| serde_json::json!({"system": t.system, "base_url": t.base_url, "pid": t.pid, "max_rate": t.max_rate})).collect::<Vec<_>>(),
+        "targets": targets.iter().map(|t| serde_json::json!({"system": t.system, "base_urls": t.base_urls, "pid": t.pid, "max_rate": t.max_rate})).collect::<Vec<_>>(),
         "rows": rows,
     });
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;

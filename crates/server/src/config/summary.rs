@@ -55,6 +55,16 @@ impl Config {
                 )?;
             }
         }
+        if let Some(cluster) = &self.cluster {
+            writeln!(
+                out,
+                "cluster at {} as {} (heartbeat {} ms, a node silent {} ms has left)",
+                cluster.nats_url,
+                cluster.node_name(),
+                cluster.heartbeat_ms,
+                cluster.node_timeout_ms
+            )?;
+        }
         let pipeline = &self.pipeline;
         writeln!(out, "pipeline: {} shard(s)", pipeline.shards)?;
         for stage in Stage::ALL {

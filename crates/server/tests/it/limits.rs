@@ -4,7 +4,7 @@
 use orchestrator_server::Config;
 use serde_json::{Value, json};
 
-use crate::support::{chat_body, client, expect_error, serve};
+use crate::support::{chat_body, client, expect_error, serve, sha256_hex};
 
 const CONFIG: &str = r#"
     [auth]
@@ -116,11 +116,6 @@ const BUDGET: &str = r#"
     name = "echo"
     backends = ["echo"]
 "#;
-
-fn sha256_hex(key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
-}
 
 #[tokio::test]
 async fn a_token_budget_is_reserved_before_the_answer_and_settled_with_the_usage() {

@@ -236,6 +236,12 @@ impl TestServer {
     }
 }
 
+/// The hex SHA-256 digest of `key`, as `[[auth.keys]] sha256` takes it.
+pub fn sha256_hex(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }

@@ -303,6 +303,8 @@ fn each_commented_sample_of_the_example_is_valid_uncommented() {
         .collect();
     for expected in [
         "[dlq]",
+        "[cluster]",
+        "[cluster.dlq]",
         "[rag]",
         "[rag.models.echo]",
         "[assemble]",

@@ -3,9 +3,8 @@
 
 use orchestrator_mock::{Behaviour, RunningMock};
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-use super::{ECHO, Nats, eventually, node};
+use super::{ECHO, Nats, command_json_lines, eventually, node};
 use crate::binary::Binary;
 use crate::mock_upstream::mock;
 
@@ -75,21 +74,7 @@ async fn a_dead_letter_written_on_one_node_is_listed_and_replayed_once_from_the_
     assert_eq!((status, &shown["request"]["model"]), (200, &json!("m")));
 
     // The operator's command sees the same entry, from the broker.
-    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["dlq", "list", "--json", "--cluster", &nats.url])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = command_json_lines(&["dlq", "list", "--json", "--cluster", &nats.url]).await;
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["id"], id);
 

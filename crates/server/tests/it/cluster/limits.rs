@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::{ECHO, Nats, node};
 use crate::binary::Binary;
+use crate::support::sha256_hex;
 
 /// Requests per second the key may make, cluster-wide.
 const RATE: u64 = 20;
@@ -63,11 +64,6 @@ async fn a_key_limited_to_r_per_second_gets_r_per_second_through_three_nodes() {
         limited > ok,
         "the key was hammered well past its limit: {limited} refused"
     );
-}
-
-fn sha256_hex(key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
 /// The cluster-wide token budget of sk-budget.

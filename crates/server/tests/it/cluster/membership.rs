@@ -1,11 +1,8 @@
 //! Joining, membership, and a node's life without NATS.
 
-use std::process::Stdio;
-
 use serde_json::json;
-use tokio::process::Command;
 
-use super::{ECHO, Nats, cluster_view, eventually, member_names, node};
+use super::{ECHO, Nats, cluster_view, command_json_lines, eventually, member_names, node, refused_start};
 use crate::binary::next_log;
 
 #[tokio::test]
@@ -16,35 +13,14 @@ async fn a_node_that_cannot_reach_nats_says_so_and_exits() {
         .local_addr()
         .unwrap()
         .port();
-    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--cluster"])
-        .arg(format!("nats://127.0.0.1:{port}"))
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let url = format!("nats://127.0.0.1:{port}");
+    let stderr = refused_start(&["--cluster", &url]).await;
     assert!(
-        stderr.contains(&format!(
-            "cannot reach NATS at nats://127.0.0.1:{port} (cluster.nats_url)"
-        )),
+        stderr.contains(&format!("cannot reach NATS at {url} (cluster.nats_url)")),
         "{stderr}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cluster",
-            "http://127.0.0.1:4222",
-        ])
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not a NATS address"));
+    let stderr = refused_start(&["--cluster", "http://127.0.0.1:4222"]).await;
+    assert!(stderr.contains("not a NATS address"), "{stderr}");
 }
 
 #[tokio::test]
@@ -70,26 +46,8 @@ async fn nodes_see_each_other_and_a_killed_node_drops_out() {
     }
 
     // The operator's view, from the broker directly.
-    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["cluster", "status", "--json", "--cluster", &nats.url])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let names: Vec<String> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["name"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let listed = command_json_lines(&["cluster", "status", "--json", "--cluster", &nats.url]).await;
+    let names: Vec<&str> = listed.iter().map(|n| n["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a", "b", "c"]);
 
     // SIGKILL: no goodbye; the heartbeat stops and the node times out.
@@ -155,14 +113,7 @@ async fn two_live_nodes_cannot_share_a_name() {
     let config = format!("{ECHO}\n{}", super::cluster_section(&nats, "same"));
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(file.path())
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--config", file.path().to_str().unwrap()]).await;
     assert!(
         stderr.contains("the node name same is in use by a live node"),
         "{stderr}"
@@ -180,13 +131,7 @@ async fn a_bucket_of_another_layout_is_refused_and_a_malformed_record_is_reporte
         ..Default::default()
     };
     jetstream.create_stream(foreign).await.unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--cluster", &nats.url])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--cluster", &nats.url]).await;
     assert!(
         stderr.contains(
             "the JetStream bucket orchestrator_nodes was made by another version of the orchestrator"

@@ -123,6 +123,37 @@ pub async fn member_names(node: &Binary) -> Vec<String> {
         .collect()
 }
 
+/// `orchestrator ARGS...`, which must succeed; its standard output's JSON lines.
+pub async fn command_json_lines(args: &[&str]) -> Vec<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// `orchestrator serve ARGS...`, which must fail to start (exit status 1); its standard error.
+pub async fn refused_start(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Polls `check` until it holds; the bound only turns a hang into a failure.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

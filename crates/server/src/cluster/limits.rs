@@ -31,12 +31,13 @@ use super::link::Link;
 use super::store::BucketSpec;
 use crate::gateway::gcra::{Gcra, now_us};
 
-/// One value per limited key and kind; a value untouched for an hour is a full bucket anyway.
+/// One value per limited key and kind, kept as long as the bucket: a token budget's state must
+/// outlive its period (a day, say) however long the key stays idle.
 pub const LIMITS: BucketSpec = BucketSpec {
     name: "orchestrator_limits",
     layout: "tokio-prompt-orchestrator rate-limit buckets, layout 1",
     history: 1,
-    max_age: Duration::from_secs(3600),
+    max_age: Duration::ZERO,
 };
 
 /// Compare-and-set attempts before a lease gives up (and the request is let through).

@@ -594,7 +594,7 @@ mod tests {
             std::env::set_var("ORCHESTRATOR_TEST_CONFIG_KEY", "sk-config")
         };
         let config = Config::parse(TEXT, "t").unwrap_or_else(|e| panic!("{e}"));
-        let keys = crate::gateway::auth::ApiKeys::from_config(&config.auth, None).unwrap();
+        let keys = crate::gateway::auth::ApiKeys::from_config(&config.auth, None, None).unwrap();
         assert_eq!(&*keys.verify("sk-config").unwrap().id.0, "app");
     }
 }

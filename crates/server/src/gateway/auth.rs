@@ -55,7 +55,13 @@ impl ApiKeys {
     /// The variables named by `key_env` are read here; the config's validation has already
     /// checked that they are set, so one that vanished since then is skipped with an error in
     /// the log (and with no usable key left, every request is refused: the API stays closed).
-    pub fn from_config(config: &AuthConfig, cluster: Option<&Cluster>) -> Option<Self> {
+    /// A key's token budget is carried over from `previous` (the running config's keys) when the
+    /// key and its budget are the same, so a reload does not refill it.
+    pub fn from_config(
+        config: &AuthConfig,
+        cluster: Option<&Cluster>,
+        previous: Option<&ApiKeys>,
+    ) -> Option<Self> {
         let mut keys = Vec::with_capacity(config.keys.len());
         for (i, k) in config.keys.iter().enumerate() {
             let digest = if let Some(hex_digest) = &k.sha256 {
@@ -84,11 +90,15 @@ impl ApiKeys {
                 .clone()
                 .unwrap_or_else(|| format!("key-{}", hex::encode(&digest[..4])));
             let limits = k.rate_limit.or(config.rate_limit).and_then(|rate| {
-                let limits = KeyLimits::new(rate)?;
-                Some(Arc::new(match cluster {
-                    Some(cluster) => limits.shared(cluster, &id, rate),
-                    None => limits,
-                }))
+                let mut limits = KeyLimits::new(rate)?;
+                if let Some(cluster) = cluster {
+                    limits = limits.shared(cluster, &id, rate);
+                }
+                let before = previous.and_then(|p| p.keys.iter().find(|k| *k.caller.id.0 == *id));
+                if let Some(budget) = before.and_then(|k| k.caller.limits.as_ref()?.budget.clone()) {
+                    limits.keep_budget(budget);
+                }
+                Some(Arc::new(limits))
             });
             keys.push(Key {
                 digest,
@@ -138,6 +148,7 @@ pub fn bearer_token(header: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::config::ApiKeyConfig;
+    use crate::gateway::limits::RateLimitConfig;
 
     fn keys() -> ApiKeys {
         // SAFETY: no other test reads or writes this variable.
@@ -166,7 +177,7 @@ mod tests {
             protect_metrics: false,
             rate_limit: None,
         };
-        ApiKeys::from_config(&config, None).unwrap()
+        ApiKeys::from_config(&config, None, None).unwrap()
     }
 
     #[test]
@@ -184,8 +195,44 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_a_keys_token_budget_unless_the_budget_changed() {
+        let config = |budget: u64| AuthConfig {
+            keys: vec![ApiKeyConfig {
+                name: Some("app".into()),
+                sha256: Some(hex::encode(digest("sk-app"))),
+                rate_limit: Some(RateLimitConfig {
+                    token_budget: std::num::NonZeroU64::new(budget),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let budget = |keys: &ApiKeys| {
+            keys.verify("sk-app")
+                .unwrap()
+                .limits
+                .unwrap()
+                .budget
+                .clone()
+                .unwrap()
+        };
+        let running = ApiKeys::from_config(&config(1000), None, None).unwrap();
+        let reloaded = ApiKeys::from_config(&config(1000), None, Some(&running)).unwrap();
+        assert!(
+            Arc::ptr_eq(&budget(&running), &budget(&reloaded)),
+            "the balance carries on"
+        );
+        let changed = ApiKeys::from_config(&config(2000), None, Some(&running)).unwrap();
+        assert!(
+            !Arc::ptr_eq(&budget(&running), &budget(&changed)),
+            "a new budget starts full"
+        );
+    }
+
+    #[test]
     fn no_keys_means_open() {
-        assert!(ApiKeys::from_config(&AuthConfig::default(), None).is_none());
+        assert!(ApiKeys::from_config(&AuthConfig::default(), None, None).is_none());
     }
 
     #[test]

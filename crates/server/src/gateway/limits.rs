@@ -117,6 +117,14 @@ impl KeyLimits {
         self
     }
 
+    /// Keeps `running`, the same key's budget under the config being replaced, when it has the
+    /// same settings as this one's: its balance carries on through the reload.
+    pub fn keep_budget(&mut self, running: Arc<TokenBudget>) {
+        if self.budget.as_ref().is_some_and(|b| b.same_settings(&running)) {
+            self.budget = Some(running);
+        }
+    }
+
     /// In cluster mode, admits one request against the cluster's count of the key's limits (after
     /// [`admit`](Self::admit) let it in here). Usually answered from what this node leased; asks
     /// the broker when that has run out.

@@ -106,7 +106,7 @@ impl Live {
             sender: handles.input_tx,
             pipeline: handles.pipeline,
             models,
-            keys: ApiKeys::from_config(&config.auth, cluster),
+            keys: ApiKeys::from_config(&config.auth, cluster, previous.and_then(|p| p.keys.as_ref())),
             gate: PriorityGate::new(config.admission),
             dlq,
             config,

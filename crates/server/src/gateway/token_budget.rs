@@ -63,6 +63,13 @@ impl TokenBudget {
         self
     }
 
+    /// Whether `other` is the same budget (size, period, reserve, and where it is kept).
+    pub fn same_settings(&self, other: &TokenBudget) -> bool {
+        let shared = |b: &TokenBudget| matches!(b.bucket, Bucket::Shared(_));
+        (self.total, self.period_hours, self.reserve, shared(self))
+            == (other.total, other.period_hours, other.reserve, shared(other))
+    }
+
     /// Reserves what `request` may use: its prompt, estimated, and its `max_tokens` (or the
     /// configured reserve).
     ///

@@ -8,9 +8,10 @@
 //! slice in the background when half is gone; so the common request costs a lock, not a round
 //! trip. Near the limit slices shrink to what is left, so what the nodes lease together never
 //! exceeds the bucket: across the cluster a key gets at most `capacity` at once and the refill
-//! rate after that, the same as one node alone. Cells a node leaves unused for two heartbeats go
-//! back to the cluster, and a leased cell not used within one refill period is dropped, so a node
-//! neither holds back what others need nor saves cells up for a burst. Tokens are charged after
+//! rate after that, the same as one node alone. A node leases again only when half its slice is
+//! gone, so it holds at most one and a half slices, and cells it leaves unused for two heartbeats
+//! go back to the cluster: it neither holds back what others need nor saves cells up for a later
+//! burst (at most a slice, handed out up to two heartbeats after it was leased). Tokens are charged after
 //! the answer: a charge beyond what the node holds moves `tat` on directly (the debt is the
 //! cluster's); a reservation larger than the answer gives the rest back.
 //!
@@ -67,8 +68,6 @@ pub struct SharedBucket {
 struct Local {
     /// Cells leased and not yet handed out.
     permits: f64,
-    /// When they were leased: unused past one refill period, they are dropped.
-    leased_at: Option<Instant>,
     /// When a cell was last handed out or given back: idle cells go back to the cluster.
     used_at: Option<Instant>,
     /// The bucket was empty at the last lease: refuse locally until then.
@@ -113,11 +112,6 @@ impl SharedBucket {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long leased cells stay usable: the time the bucket takes to refill one slice.
-    fn slice_life(&self) -> Duration {
-        Duration::from_micros((self.slice * self.gcra.per_cell_us) as u64).max(Duration::from_millis(100))
-    }
-
     /// Takes `cells` (0: only checks that the bucket is not in debt), or says how long to wait.
     /// Asks the broker only when this node holds too few cells.
     ///
@@ -131,13 +125,6 @@ impl SharedBucket {
         let now = Instant::now();
         {
             let mut local = self.local();
-            if local
-                .leased_at
-                .is_some_and(|at| now.duration_since(at) > self.slice_life())
-            {
-                local.permits = local.permits.min(0.0);
-                local.leased_at = None;
-            }
             if local.permits >= need {
                 local.permits -= cells;
                 local.used_at = Some(now);
@@ -154,8 +141,7 @@ impl SharedBucket {
             Ok(granted) => {
                 let mut local = self.local();
                 local.permits += granted;
-                local.leased_at = Some(Instant::now());
-                local.used_at = local.leased_at;
+                local.used_at = Some(Instant::now());
                 local.refused_until = None;
                 if local.permits >= need {
                     local.permits -= cells;
@@ -242,10 +228,7 @@ impl SharedBucket {
             let mut local = bucket.local();
             local.refilling = false;
             match leased {
-                Ok(granted) => {
-                    local.permits += granted;
-                    local.leased_at = Some(Instant::now());
-                }
+                Ok(granted) => local.permits += granted,
                 Err(LeaseError::Empty(wait)) => local.refused_until = Some(Instant::now() + wait),
                 Err(LeaseError::Broker) => {}
             }

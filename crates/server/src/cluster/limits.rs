@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use metrics::counter;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -40,6 +41,10 @@ pub const LIMITS: BucketSpec = BucketSpec {
     history: 1,
     max_age: Duration::ZERO,
 };
+
+/// Leases of cells from the cluster's buckets, by `path` (`request`: a request waited for it;
+/// `background`) and `outcome` (`granted`, `empty`, `unavailable`) (counter).
+pub const CLUSTER_LEASES: &str = "orchestrator_cluster_leases_total";
 
 /// Compare-and-set attempts before a lease gives up (and the request is let through).
 const CAS_ATTEMPTS: usize = 16;
@@ -137,7 +142,10 @@ impl SharedBucket {
         }
         // Out of cells: this request waits for a lease.
         let held = self.local().permits.max(0.0);
-        match self.lease(need.ceil() - held.floor(), self.slice.max(need)).await {
+        match self
+            .lease(need.ceil() - held.floor(), self.slice.max(need), "request")
+            .await
+        {
             Ok(granted) => {
                 let mut local = self.local();
                 local.permits += granted;
@@ -224,7 +232,7 @@ impl SharedBucket {
         local.refilling = true;
         let bucket = self.clone();
         tokio::spawn(async move {
-            let leased = bucket.lease(1.0, bucket.slice).await;
+            let leased = bucket.lease(1.0, bucket.slice, "background").await;
             let mut local = bucket.local();
             local.refilling = false;
             match leased {
@@ -235,14 +243,23 @@ impl SharedBucket {
         });
     }
 
-    /// Leases up to `want` cells, at least `need` (fewer are refused with the wait).
-    async fn lease(&self, need: f64, want: f64) -> Result<f64, LeaseError> {
+    /// Leases up to `want` cells, at least `need` (fewer are refused with the wait). `path` says
+    /// whether a request waits for it (`request`) or not (`background`), for the metric.
+    async fn lease(&self, need: f64, want: f64, path: &'static str) -> Result<f64, LeaseError> {
         let gcra = self.gcra;
-        self.update(|tat, now| {
-            gcra.take(tat, now, need.max(1.0), want)
-                .map_err(LeaseError::Empty)
-        })
-        .await
+        let leased = self
+            .update(|tat, now| {
+                gcra.take(tat, now, need.max(1.0), want)
+                    .map_err(LeaseError::Empty)
+            })
+            .await;
+        let outcome = match &leased {
+            Ok(_) => "granted",
+            Err(LeaseError::Empty(_)) => "empty",
+            Err(LeaseError::Broker) => "unavailable",
+        };
+        counter!(CLUSTER_LEASES, "path" => path, "outcome" => outcome).increment(1);
+        leased
     }
 
     /// Reads `tat`, computes the new one with `step` (from `tat` and now, in microseconds), and

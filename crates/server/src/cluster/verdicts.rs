@@ -11,10 +11,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics::gauge;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
 use crate::gateway::Gateway;
+
+/// 1 while another node of the cluster finds the backend down (gauge, by `backend`).
+pub const BACKEND_DOWN_ELSEWHERE: &str = "orchestrator_backend_down_elsewhere";
 
 /// Every heartbeat until `stop`, marks the running config's backends that other live nodes find
 /// down.
@@ -40,6 +44,8 @@ pub async fn follow(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: Cancella
             let down_elsewhere = down.contains(replica.name());
             if replica.down_elsewhere() != down_elsewhere {
                 replica.set_down_elsewhere(down_elsewhere);
+                gauge!(BACKEND_DOWN_ELSEWHERE, "backend" => replica.name().to_owned())
+                    .set(if down_elsewhere { 1.0 } else { 0.0 });
                 if down_elsewhere {
                     tracing::info!(
                         backend = replica.name(),

@@ -66,6 +66,9 @@ pub struct SharedBucket {
     store: kv::Store,
     link: Arc<Link>,
     local: Mutex<Local>,
+    /// One lease at a time: requests that find the node out of cells wait for the lease under
+    /// way rather than each leasing a slice.
+    leasing: tokio::sync::Mutex<()>,
 }
 
 /// What this node holds of the bucket.
@@ -106,6 +109,7 @@ impl SharedBucket {
             store: cluster.limits.clone(),
             link: cluster.link.clone(),
             local: Mutex::new(Local::default()),
+            leasing: tokio::sync::Mutex::new(()),
         });
         let mut buckets = cluster.buckets.0.lock().unwrap_or_else(PoisonError::into_inner);
         buckets.retain(|b| b.strong_count() > 0);
@@ -127,20 +131,14 @@ impl SharedBucket {
             return Ok(());
         }
         let need = cells.max(f64::MIN_POSITIVE);
-        let now = Instant::now();
-        {
-            let mut local = self.local();
-            if local.permits >= need {
-                local.permits -= cells;
-                local.used_at = Some(now);
-                self.refill_if_low(&mut local);
-                return Ok(());
-            }
-            if let Some(until) = local.refused_until.filter(|until| *until > now) {
-                return Err(until - now);
-            }
+        if let Some(answer) = self.take_held(cells, need) {
+            return answer;
         }
-        // Out of cells: this request waits for a lease.
+        // Out of cells: this request waits for a lease, or for the one under way.
+        let _one_lease = self.leasing.lock().await;
+        if let Some(answer) = self.take_held(cells, need) {
+            return answer;
+        }
         let held = self.local().permits.max(0.0);
         match self
             .lease(need.ceil() - held.floor(), self.slice.max(need), "request")
@@ -164,6 +162,23 @@ impl SharedBucket {
             }
             Err(LeaseError::Broker) => Ok(()),
         }
+    }
+
+    /// Takes `cells` from what this node holds, or refuses while the cluster's bucket is known
+    /// to be empty; `None` when a lease is needed.
+    fn take_held(self: &Arc<Self>, cells: f64, need: f64) -> Option<Result<(), Duration>> {
+        let now = Instant::now();
+        let mut local = self.local();
+        if local.permits >= need {
+            local.permits -= cells;
+            local.used_at = Some(now);
+            self.refill_if_low(&mut local);
+            return Some(Ok(()));
+        }
+        local
+            .refused_until
+            .filter(|until| *until > now)
+            .map(|until| Err(until - now))
     }
 
     /// Charges `cells` used beyond what was taken (tokens, known after the answer).
@@ -232,7 +247,14 @@ impl SharedBucket {
         local.refilling = true;
         let bucket = self.clone();
         tokio::spawn(async move {
-            let leased = bucket.lease(1.0, bucket.slice, "background").await;
+            let _one_lease = bucket.leasing.lock().await;
+            // A request's lease may have filled up the node meanwhile.
+            let low = bucket.local().permits < bucket.slice / 2.0;
+            let leased = if low {
+                bucket.lease(1.0, bucket.slice, "background").await
+            } else {
+                Ok(0.0)
+            };
             let mut local = bucket.local();
             local.refilling = false;
             match leased {

@@ -36,7 +36,8 @@ pub struct ClusterConfig {
 }
 
 /// `[cluster.dlq]`: the JetStream stream that holds dead letters in cluster mode. Its bounds are
-/// set when the stream is first made, and updated by a node that starts with other ones.
+/// set when the stream is first made, and grown by a node that starts with larger ones (never
+/// shrunk: a node configured smaller must not throw away what the others keep).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterDlqConfig {

@@ -12,6 +12,7 @@
 //!   node creates `claim.<id>` before it replays an entry, and a create succeeds for one node
 //!   only, so two nodes replaying at once never replay one entry twice.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -111,13 +112,27 @@ impl SharedDlq {
                         wanted: LAYOUT,
                     });
                 }
-                if !keep_bounds && (found.max_bytes, found.max_age) != (wanted.max_bytes, wanted.max_age) {
-                    tracing::info!(
-                        max_bytes = wanted.max_bytes,
-                        max_age_hours = bounds.max_age_hours,
-                        "The shared dead-letter stream takes this node's [cluster.dlq] bounds."
+                // Bounds only grow: a node configured smaller must not throw away what the
+                // others keep.
+                let grown = stream::Config {
+                    max_bytes: found.max_bytes.max(wanted.max_bytes),
+                    max_age: found.max_age.max(wanted.max_age),
+                    ..found.clone()
+                };
+                if (grown.max_bytes, grown.max_age) != (wanted.max_bytes, wanted.max_age) {
+                    tracing::warn!(
+                        max_bytes = grown.max_bytes,
+                        max_age_hours = grown.max_age.as_secs() / 3600,
+                        "The shared dead-letter stream keeps bounds larger than this node's [cluster.dlq]."
                     );
-                    jetstream.update_stream(wanted).await.map_err(|e| fail(&e))?;
+                }
+                if !keep_bounds && (found.max_bytes, found.max_age) != (grown.max_bytes, grown.max_age) {
+                    tracing::info!(
+                        max_bytes = grown.max_bytes,
+                        max_age_hours = bounds.max_age_hours,
+                        "The shared dead-letter stream grows to this node's [cluster.dlq] bounds."
+                    );
+                    jetstream.update_stream(grown).await.map_err(|e| fail(&e))?;
                 }
                 jetstream.get_stream(STREAM).await.map_err(|e| fail(&e))?
             }
@@ -136,17 +151,25 @@ impl SharedDlq {
     }
 
     /// Adds `entry`; `message_id` makes a second add of the same one a no-op. Returns its id.
-    async fn add(&self, entry: &DeadLetter, message_id: &str) -> Result<u64, DlqError> {
-        let payload = serde_json::to_vec(entry).map_err(|e| DlqError::Encode(Arc::new(e)))?;
+    async fn add(&self, entry: &DeadLetter, message_id: &str) -> Result<u64, Unshared> {
+        let payload = serde_json::to_vec(entry).map_err(|e| Unshared::Never(e.to_string()))?;
+        let max = self.jetstream.client().server_info().max_payload;
+        if max > 0 && payload.len() > max {
+            return Err(Unshared::Never(format!(
+                "it is {} bytes, more than the NATS server takes in one message (max_payload, {max} \
+                 bytes)",
+                payload.len()
+            )));
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", message_id);
         let ack = self
             .jetstream
             .publish_with_headers(SUBJECT, headers, payload.into())
             .await
-            .map_err(shared)?
+            .map_err(|e| Unshared::Yet(e.to_string()))?
             .await
-            .map_err(shared)?;
+            .map_err(|e| Unshared::Yet(e.to_string()))?;
         Ok(ack.sequence)
     }
 
@@ -238,7 +261,12 @@ impl SharedDlq {
             .get_stream(format!("KV_{}", REPLAYS.name))
             .await
             .map_err(shared)?;
-        replays.purge().await.map_err(shared)?;
+        // The replay counts go with their entries; claims of replays under way stay.
+        replays
+            .purge()
+            .filter(format!("$KV.{}.state.>", REPLAYS.name))
+            .await
+            .map_err(shared)?;
         Ok(purged)
     }
 
@@ -299,6 +327,15 @@ impl SharedDlq {
     }
 }
 
+/// Why a dead letter did not reach the stream.
+enum Unshared {
+    /// Not yet (NATS is away or slow): it waits in the file for the next try.
+    Yet(String),
+    /// Never (too large for the broker): it stays in the node's file, where `orchestrator dlq
+    /// --file` finds it.
+    Never(String),
+}
+
 fn shared(error: impl std::fmt::Display) -> DlqError {
     DlqError::Shared(error.to_string())
 }
@@ -307,6 +344,8 @@ fn shared(error: impl std::fmt::Display) -> DlqError {
 /// while NATS is there, until `stop`; then once more, so a node that stops cleanly leaves
 /// nothing behind that NATS could take.
 pub async fn forward(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: CancellationToken) {
+    // Entries that can never be shared, passed over (and logged once) until the file changes.
+    let mut kept_here = HashSet::new();
     let mut beats = tokio::time::interval(Duration::from_millis(cluster.config.heartbeat_ms));
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -315,7 +354,7 @@ pub async fn forward(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: Cancell
             () = stop.cancelled() => true,
         };
         if cluster.link.connected() {
-            forward_pending(&cluster, &gateway).await;
+            forward_pending(&cluster, &gateway, &mut kept_here).await;
         }
         if stopping {
             return;
@@ -323,13 +362,15 @@ pub async fn forward(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: Cancell
     }
 }
 
-async fn forward_pending(cluster: &Cluster, gateway: &Gateway) {
+async fn forward_pending(cluster: &Cluster, gateway: &Gateway, kept_here: &mut HashSet<u64>) {
     let Some(file) = gateway.live().dlq.clone() else {
         return;
     };
+    let mut after_id = None;
     loop {
         let filter = ListFilter {
             limit: Some(FORWARD_BATCH),
+            after_id,
             ..ListFilter::default()
         };
         let pending = match file.list(filter).await {
@@ -342,15 +383,29 @@ async fn forward_pending(cluster: &Cluster, gateway: &Gateway) {
         if pending.is_empty() {
             return;
         }
+        after_id = pending.last().map(|e| e.id);
         for entry in &pending {
-            let message_id = format!("{}-{}", cluster.node, entry.id);
-            let forwarded = cluster.dlq.add(entry, &message_id).await;
-            let moved = match forwarded {
+            if kept_here.contains(&entry.id) {
+                continue;
+            }
+            // The file's id and the time it was kept: unique to this entry even if the file is
+            // replaced and its ids start again.
+            let message_id = format!("{}-{}-{}", cluster.node, entry.id, entry.recorded_at_ms);
+            let moved = match cluster.dlq.add(entry, &message_id).await {
                 Ok(_) => file.remove(entry.id).await.map(drop),
-                Err(e) => {
+                Err(Unshared::Yet(e)) => {
                     // The link reports the outage; the entry waits in the file.
                     tracing::debug!(error = %e, "A dead letter could not be shared yet.");
                     return;
+                }
+                Err(Unshared::Never(why)) => {
+                    tracing::error!(
+                        id = entry.id,
+                        file = %file.path().display(),
+                        "A dead letter cannot be shared ({why}); it stays in this node's file."
+                    );
+                    kept_here.insert(entry.id);
+                    continue;
                 }
             };
             if let Err(e) = moved {

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
 use super::link::Link;
-use super::store::BucketSpec;
+use super::store::{BucketSpec, decode};
 use crate::gateway::gcra::{Gcra, now_us};
 
 /// One value per limited key and kind, kept as long as the bucket: a token budget's state must
@@ -48,6 +48,11 @@ pub const CLUSTER_LEASES: &str = "orchestrator_cluster_leases_total";
 
 /// Compare-and-set attempts before a lease gives up (and the request is let through).
 const CAS_ATTEMPTS: usize = 16;
+/// The longest a request waits for a lease before it goes on uncounted (the lease carries on and
+/// credits the node): a slow or partitioned broker must not hold requests up.
+const LEASE_WAIT: Duration = Duration::from_millis(500);
+/// Leases a request may wait for in a row, when others on this node take the cells first.
+const LEASE_TRIES: usize = 3;
 
 /// The stored state of one bucket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,10 +83,20 @@ struct Local {
     permits: f64,
     /// When a cell was last handed out or given back: idle cells go back to the cluster.
     used_at: Option<Instant>,
-    /// The bucket was empty at the last lease: refuse locally until then.
-    refused_until: Option<Instant>,
+    /// The bucket had fewer than this many cells at the last lease: requests needing as many
+    /// are refused locally until then.
+    refused: Option<(Instant, f64)>,
     /// A lease is under way in the background.
     refilling: bool,
+}
+
+/// Whether a take was counted in the cluster's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// From cells this node leased.
+    Counted,
+    /// Let through uncounted: NATS is away or slow (the node's own limits still apply).
+    Uncounted,
 }
 
 /// Why a lease gave no cells.
@@ -122,50 +137,42 @@ impl SharedBucket {
     }
 
     /// Takes `cells` (0: only checks that the bucket is not in debt), or says how long to wait.
-    /// Asks the broker only when this node holds too few cells.
+    /// Asks the broker only when this node holds too few cells, and then in a task of its own,
+    /// so that cells leased for a request that goes away meanwhile are not lost; a request waits
+    /// for it at most [`LEASE_WAIT`], then goes on uncounted.
     ///
     /// # Errors
-    /// The wait, when the cluster's bucket is empty.
-    pub async fn take(self: &Arc<Self>, cells: f64) -> Result<(), Duration> {
+    /// The wait, when the cluster's bucket cannot cover `cells`.
+    pub async fn take(self: &Arc<Self>, cells: f64) -> Result<Taken, Duration> {
         if !self.link.connected() {
-            return Ok(());
+            return Ok(Taken::Uncounted);
         }
         let need = cells.max(f64::MIN_POSITIVE);
-        if let Some(answer) = self.take_held(cells, need) {
-            return answer;
-        }
-        // Out of cells: this request waits for a lease, or for the one under way.
-        let _one_lease = self.leasing.lock().await;
-        if let Some(answer) = self.take_held(cells, need) {
-            return answer;
-        }
-        let held = self.local().permits.max(0.0);
-        match self
-            .lease(need.ceil() - held.floor(), self.slice.max(need), "request")
-            .await
-        {
-            Ok(granted) => {
-                let mut local = self.local();
-                local.permits += granted;
-                local.used_at = Some(Instant::now());
-                local.refused_until = None;
-                if local.permits >= need {
-                    local.permits -= cells;
-                    Ok(())
-                } else {
-                    Err(Duration::from_micros(self.gcra.per_cell_us as u64))
+        for _ in 0..LEASE_TRIES {
+            if let Some(answer) = self.take_held(cells, need) {
+                return answer.map(|()| Taken::Counted);
+            }
+            let bucket = self.clone();
+            let lease = tokio::spawn(async move { bucket.fill(need, "request").await });
+            match tokio::time::timeout(LEASE_WAIT, lease).await {
+                Ok(Ok(Err(LeaseError::Empty(wait)))) => {
+                    return match self.take_held(cells, need) {
+                        Some(answer) => answer.map(|()| Taken::Counted),
+                        None => Err(wait),
+                    };
                 }
+                Ok(Ok(Ok(()))) => {}
+                // The broker failed, or is slow: this request is not held up for it.
+                Ok(Ok(Err(LeaseError::Broker)) | Err(_)) | Err(_) => return Ok(Taken::Uncounted),
             }
-            Err(LeaseError::Empty(wait)) => {
-                self.local().refused_until = Some(Instant::now() + wait);
-                Err(wait)
-            }
-            Err(LeaseError::Broker) => Ok(()),
         }
+        // Others on this node took each lease's cells first: as busy as this, the bucket is
+        // about empty.
+        Err(Duration::from_micros(self.gcra.per_cell_us.max(1.0) as u64))
     }
 
     /// Takes `cells` from what this node holds, or refuses while the cluster's bucket is known
-    /// to be empty; `None` when a lease is needed.
+    /// to be too low for `need`; `None` when a lease is needed.
     fn take_held(self: &Arc<Self>, cells: f64, need: f64) -> Option<Result<(), Duration>> {
         let now = Instant::now();
         let mut local = self.local();
@@ -175,10 +182,49 @@ impl SharedBucket {
             self.refill_if_low(&mut local);
             return Some(Ok(()));
         }
-        local
-            .refused_until
-            .filter(|until| *until > now)
-            .map(|until| Err(until - now))
+        match local.refused {
+            Some((until, refused)) if until > now && need >= refused => Some(Err(until - now)),
+            _ => None,
+        }
+    }
+
+    /// One lease at a time: leases enough for `need` (a slice, or more when `need` is larger)
+    /// unless the node already holds it, and credits the node.
+    async fn fill(&self, need: f64, path: &'static str) -> Result<(), LeaseError> {
+        let _one_lease = self.leasing.lock().await;
+        // The lease before this one may have answered already: enough cells, or none to have.
+        let held = {
+            let local = self.local();
+            match local.refused {
+                Some((until, refused)) if need >= refused && until > Instant::now() => {
+                    return Err(LeaseError::Empty(until - Instant::now()));
+                }
+                _ => local.permits.max(0.0),
+            }
+        };
+        if held >= need {
+            return Ok(());
+        }
+        match self
+            .lease(need.ceil() - held.floor(), self.slice.max(need), path)
+            .await
+        {
+            Ok(granted) => {
+                let mut local = self.local();
+                local.permits += granted;
+                local.used_at = Some(Instant::now());
+                local.refused = None;
+                Ok(())
+            }
+            Err(LeaseError::Empty(wait)) => {
+                let mut local = self.local();
+                // The smallest need refused is what later requests are compared with.
+                let refused = local.refused.map_or(need, |(_, r)| r.min(need));
+                local.refused = Some((Instant::now() + wait, refused));
+                Err(LeaseError::Empty(wait))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Charges `cells` used beyond what was taken (tokens, known after the answer).
@@ -247,21 +293,8 @@ impl SharedBucket {
         local.refilling = true;
         let bucket = self.clone();
         tokio::spawn(async move {
-            let _one_lease = bucket.leasing.lock().await;
-            // A request's lease may have filled up the node meanwhile.
-            let low = bucket.local().permits < bucket.slice / 2.0;
-            let leased = if low {
-                bucket.lease(1.0, bucket.slice, "background").await
-            } else {
-                Ok(0.0)
-            };
-            let mut local = bucket.local();
-            local.refilling = false;
-            match leased {
-                Ok(granted) => local.permits += granted,
-                Err(LeaseError::Empty(wait)) => local.refused_until = Some(Instant::now() + wait),
-                Err(LeaseError::Broker) => {}
-            }
+            let _ = bucket.fill(bucket.slice / 2.0, "background").await;
+            bucket.local().refilling = false;
         });
     }
 
@@ -297,10 +330,16 @@ impl SharedBucket {
                 .await
                 .map_err(|_| LeaseError::Broker)?;
             let (tat_us, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<State>(&e.value).map_or(0.0, |s| s.tat_us as f64),
-                    e.revision,
-                ),
+                Some(e) if e.operation == kv::Operation::Put => {
+                    // A malformed value is reported and taken as a full bucket; this write
+                    // replaces it.
+                    let tat = decode::<State>(LIMITS.name, &self.key, &e.value)
+                        .map_err(
+                            |problem| tracing::error!(%problem, "A shared rate-limit value is malformed."),
+                        )
+                        .map_or(0.0, |s| s.tat_us as f64);
+                    (tat, e.revision)
+                }
                 Some(e) => (0.0, e.revision),
                 None => (0.0, 0),
             };
@@ -342,7 +381,8 @@ pub async fn return_idle(cluster: Arc<Cluster>, stop: CancellationToken) {
     }
 }
 
-/// `id` as a KV key's part: kept when it is letters, digits, `-` and `_`, else hex-encoded.
+/// `id` as a KV key's part: kept when it is letters, digits, `-` and `_`, else hex-encoded
+/// after a `=`, which no kept name contains, so two ids never share a part.
 pub fn key_part(id: &str) -> String {
     if !id.is_empty()
         && id
@@ -351,6 +391,6 @@ pub fn key_part(id: &str) -> String {
     {
         id.to_owned()
     } else {
-        format!("x{}", hex::encode(id))
+        format!("={}", hex::encode(id))
     }
 }

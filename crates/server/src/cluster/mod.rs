@@ -83,23 +83,29 @@ pub enum JoinError {
 }
 
 impl Cluster {
-    /// Connects to NATS, checks that JetStream answers, opens (or makes) the cluster's buckets
-    /// and claims this node's name, all within `cluster.connect_timeout_ms`.
+    /// Connects to NATS, checks that JetStream answers and opens (or makes) the cluster's buckets,
+    /// within `cluster.connect_timeout_ms`, then claims this node's name.
     ///
     /// # Errors
     /// When NATS is unreachable, has no JetStream, holds buckets of another layout, or a live
     /// node has this name.
     pub async fn join(config: &ClusterConfig) -> Result<Arc<Self>, JoinError> {
         let budget = Duration::from_millis(config.connect_timeout_ms);
-        tokio::time::timeout(budget, Self::join_now(config))
+        let cluster = tokio::time::timeout(budget, Self::open(config))
             .await
             .map_err(|_| JoinError::TimedOut {
                 url: config.nats_url.clone(),
                 ms: config.connect_timeout_ms,
-            })?
+            })??;
+        // Not within the connect timeout: a restarted node may wait out its earlier run's record
+        // (at most `node_timeout_ms` and a heartbeat).
+        cluster.members().claim(&cluster.node, &cluster.instance).await?;
+        tracing::info!(node = %cluster.node, nats = %config.nats_url, "Joined the cluster.");
+        Ok(Arc::new(cluster))
     }
 
-    async fn join_now(config: &ClusterConfig) -> Result<Arc<Self>, JoinError> {
+    /// Connects and opens the cluster's buckets and stream.
+    async fn open(config: &ClusterConfig) -> Result<Self, JoinError> {
         let node = config.node_name();
         let (jetstream, link) = connect(config, &node).await?;
         let nodes = store::open_bucket(&jetstream, &store::NODES).await?;
@@ -119,9 +125,7 @@ impl Cluster {
             limits,
             buckets: limits::Buckets::default(),
         };
-        cluster.members().claim(&cluster.node, &cluster.instance).await?;
-        tracing::info!(node = %cluster.node, nats = %config.nats_url, "Joined the cluster.");
-        Ok(Arc::new(cluster))
+        Ok(cluster)
     }
 
     /// The nodes of the cluster, as their records say.

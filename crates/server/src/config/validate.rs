@@ -265,10 +265,16 @@ impl Config {
                 problems.push(Problem::new(format!("cluster.{field}"), message));
             }
         }
-        if cluster.heartbeat_ms < 100 {
+        if !(100..=60_000).contains(&cluster.heartbeat_ms) {
             problems.push(Problem::new(
                 "cluster.heartbeat_ms",
-                "must be at least 100 (the default is 1000)",
+                "must be from 100 to 60000 (the default is 1000)",
+            ));
+        }
+        if cluster.node_timeout_ms > 3_600_000 {
+            problems.push(Problem::new(
+                "cluster.node_timeout_ms",
+                "must be at most 3600000, an hour (the default is 5000)",
             ));
         }
         if cluster.node_timeout_ms < cluster.heartbeat_ms.saturating_mul(2) {
@@ -281,10 +287,10 @@ impl Config {
                 ),
             ));
         }
-        if cluster.connect_timeout_ms == 0 {
+        if !(1..=600_000).contains(&cluster.connect_timeout_ms) {
             problems.push(Problem::new(
                 "cluster.connect_timeout_ms",
-                "must be at least 1 (the default is 5000)",
+                "must be from 1 to 600000 (the default is 5000)",
             ));
         }
         if cluster.dlq.max_bytes < 1 << 20 {
@@ -523,7 +529,7 @@ mod tests {
                     "cluster.node_name: must be letters, digits, `-`, `_` or `=` (it is a key in the \
                      cluster's store)",
                     "cluster.user: user and password_env go together: set both, or neither",
-                    "cluster.heartbeat_ms: must be at least 100 (the default is 1000)",
+                    "cluster.heartbeat_ms: must be from 100 to 60000 (the default is 1000)",
                     "cluster.node_timeout_ms: must be at least twice cluster.heartbeat_ms (50), or a \
                      node would drop out between two heartbeats (the default is 5000)",
                     "cluster.dlq.max_age_hours: must be at least 1 (the default is 168, a week)",

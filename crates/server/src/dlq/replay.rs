@@ -19,6 +19,8 @@ use crate::gateway::{Format, Hints};
 pub const DLQ_REPLAYED: &str = "orchestrator_dlq_replayed_total";
 /// Replays in flight at once; the pipeline's admission gate bounds them further.
 const CONCURRENCY: usize = 32;
+/// Entries read from the queue at a time.
+const PAGE: usize = 256;
 
 /// Which entries to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,16 +68,7 @@ pub async fn replay(
     selection: Selection,
 ) -> Result<ReplayReport, DlqError> {
     let mut report = ReplayReport::default();
-    let entries = match selection {
-        Selection::All => store.list(ListFilter::default()).await?,
-        Selection::Since(since_ms) => {
-            store
-                .list(ListFilter {
-                    since_ms: Some(since_ms),
-                    ..ListFilter::default()
-                })
-                .await?
-        }
+    let since_ms = match selection {
         Selection::Ids(ids) => {
             let mut found = Vec::with_capacity(ids.len());
             for id in ids {
@@ -84,19 +77,53 @@ pub async fn replay(
                     None => report.missing.push(id),
                 }
             }
-            found
+            run_all(live, format, store, found, &mut report).await;
+            return Ok(finish(report));
         }
+        Selection::All => None,
+        Selection::Since(since_ms) => Some(since_ms),
     };
+    // A page at a time, so a queue of any size is replayed in bounded memory.
+    let mut after_id = None;
+    loop {
+        let page = store
+            .list(ListFilter {
+                since_ms,
+                limit: Some(PAGE),
+                after_id,
+            })
+            .await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after_id = Some(last.id);
+        run_all(live, format, store, page, &mut report).await;
+    }
+    Ok(finish(report))
+}
+
+/// Replays `entries`, [`CONCURRENCY`] at a time, into `report`.
+async fn run_all(
+    live: &Live,
+    format: &dyn Format,
+    store: &DeadLetterQueue,
+    entries: Vec<DeadLetter>,
+    report: &mut ReplayReport,
+) {
     let mut runs = stream::iter(entries)
         .map(|entry| replay_one(live, format, store, entry))
         .buffer_unordered(CONCURRENCY);
-    while let Some(result) = runs.next().await {
-        match result? {
+    while let Some(ran) = runs.next().await {
+        match ran {
             Ran::Replayed(done) => report.replayed.push(done),
             Ran::Failed(failure) => report.failed.push(failure),
             Ran::ClaimedElsewhere(id) => report.claimed_elsewhere.push(id),
         }
     }
+}
+
+/// Sorts the report and logs it in one line.
+fn finish(mut report: ReplayReport) -> ReplayReport {
     report.claimed_elsewhere.sort_unstable();
     report.replayed.sort_by_key(|r| r.id);
     report.failed.sort_by_key(|f| f.id);
@@ -113,7 +140,7 @@ pub async fn replay(
             "Dead letters replayed; those that failed again stay in the queue."
         ),
     }
-    Ok(report)
+    report
 }
 
 /// What became of one entry.
@@ -124,44 +151,79 @@ enum Ran {
 }
 
 /// One entry: removed when it succeeds, its failure noted in it when not; left alone when
-/// another node of the cluster is replaying it.
-async fn replay_one(
-    live: &Live,
-    format: &dyn Format,
-    store: &DeadLetterQueue,
-    mut entry: DeadLetter,
-) -> Result<Ran, DlqError> {
+/// another node of the cluster is replaying it. A failure to read or write the queue is this
+/// entry's failure, not the run's.
+async fn replay_one(live: &Live, format: &dyn Format, store: &DeadLetterQueue, mut entry: DeadLetter) -> Ran {
     let id = entry.id;
-    if !store.claim(id).await? {
-        return Ok(Ran::ClaimedElsewhere(id));
-    }
-    let ran = async {
-        // Read again under the claim: another node may have replayed and removed it since it
-        // was listed.
-        let Some(current) = store.get(id).await? else {
-            return Ok(Ran::ClaimedElsewhere(id));
-        };
-        entry.replays = current.replays;
-        match run(live, format, &entry).await {
-            Ok(response) => {
-                store.remove(id).await?;
+    let failed = |error: DlqError| {
+        Ran::Failed(ReplayFailure {
+            id,
+            error: error.to_string(),
+        })
+    };
+    let claim = match store.claim(id).await {
+        Ok(true) => Claim {
+            store,
+            id,
+            held: true,
+        },
+        Ok(false) => return Ran::ClaimedElsewhere(id),
+        Err(e) => return failed(e),
+    };
+    // Read again under the claim: another node may have replayed and removed it since it was
+    // listed.
+    let current = match store.get(id).await {
+        Ok(Some(current)) => current,
+        Ok(None) => return Ran::ClaimedElsewhere(id),
+        Err(e) => return failed(e),
+    };
+    entry.replays = current.replays;
+    let ran = match run(live, format, &entry).await {
+        Ok(response) => match store.remove(id).await {
+            Ok(_) => {
                 counter!(DLQ_REPLAYED, "outcome" => "succeeded").increment(1);
                 tracing::debug!(id, "Dead letter replayed and removed.");
-                Ok(Ran::Replayed(Replayed { id, response }))
+                Ran::Replayed(Replayed { id, response })
             }
-            Err(error) => {
-                entry.replays += 1;
-                entry.last_replay_error = Some(error.clone());
-                store.record_failed_replay(&entry).await?;
-                counter!(DLQ_REPLAYED, "outcome" => "failed").increment(1);
-                tracing::debug!(id, %error, "Dead letter replay failed; it stays in the queue.");
-                Ok(Ran::Failed(ReplayFailure { id, error }))
+            Err(e) => failed(e),
+        },
+        Err(error) => {
+            entry.replays += 1;
+            entry.last_replay_error = Some(error.clone());
+            counter!(DLQ_REPLAYED, "outcome" => "failed").increment(1);
+            tracing::debug!(id, %error, "Dead letter replay failed; it stays in the queue.");
+            match store.record_failed_replay(&entry).await {
+                Ok(()) => Ran::Failed(ReplayFailure { id, error }),
+                Err(e) => failed(e),
             }
         }
-    }
-    .await;
-    store.release(id).await;
+    };
+    claim.release().await;
     ran
+}
+
+/// A replay's claim on an entry of the shared queue, let go when the replay ends, or, if the
+/// replay is abandoned midway (its caller went away), from a task of its own.
+struct Claim<'q> {
+    store: &'q DeadLetterQueue,
+    id: u64,
+    held: bool,
+}
+
+impl Claim<'_> {
+    async fn release(mut self) {
+        self.held = false;
+        self.store.release(self.id).await;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let (store, id) = (self.store.clone(), self.id);
+            tokio::spawn(async move { store.release(id).await });
+        }
+    }
 }
 
 /// Sends the entry's request through the pipeline and returns the whole answer.

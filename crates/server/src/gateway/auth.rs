@@ -55,8 +55,9 @@ impl ApiKeys {
     /// The variables named by `key_env` are read here; the config's validation has already
     /// checked that they are set, so one that vanished since then is skipped with an error in
     /// the log (and with no usable key left, every request is refused: the API stays closed).
-    /// A key's token budget is carried over from `previous` (the running config's keys) when the
-    /// key and its budget are the same, so a reload does not refill it.
+    /// A key's limits are carried over from `previous` (the running config's keys) when the key
+    /// and its limits are the same, so a reload neither refills nor forgets them. (The cluster
+    /// section cannot change in a reload.)
     pub fn from_config(
         config: &AuthConfig,
         cluster: Option<&Cluster>,
@@ -90,15 +91,19 @@ impl ApiKeys {
                 .clone()
                 .unwrap_or_else(|| format!("key-{}", hex::encode(&digest[..4])));
             let limits = k.rate_limit.or(config.rate_limit).and_then(|rate| {
-                let mut limits = KeyLimits::new(rate)?;
-                if let Some(cluster) = cluster {
-                    limits = limits.shared(cluster, &id, rate);
+                // The same key with the same limits keeps what it has used through a reload.
+                let running = previous
+                    .and_then(|p| p.keys.iter().find(|k| *k.caller.id.0 == *id))
+                    .and_then(|k| k.caller.limits.clone())
+                    .filter(|l| l.config == rate);
+                if running.is_some() {
+                    return running;
                 }
-                let before = previous.and_then(|p| p.keys.iter().find(|k| *k.caller.id.0 == *id));
-                if let Some(budget) = before.and_then(|k| k.caller.limits.as_ref()?.budget.clone()) {
-                    limits.keep_budget(budget);
-                }
-                Some(Arc::new(limits))
+                let limits = KeyLimits::new(rate)?;
+                Some(Arc::new(match cluster {
+                    Some(cluster) => limits.shared(cluster, &id, rate),
+                    None => limits,
+                }))
             });
             keys.push(Key {
                 digest,
@@ -195,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_keeps_a_keys_token_budget_unless_the_budget_changed() {
+    fn a_reload_keeps_a_keys_limits_unless_they_changed() {
         let config = |budget: u64| AuthConfig {
             keys: vec![ApiKeyConfig {
                 name: Some("app".into()),

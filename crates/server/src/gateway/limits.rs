@@ -49,6 +49,8 @@ pub struct KeyLimits {
     pub budget: Option<Arc<TokenBudget>>,
     /// In cluster mode, the same limits counted across every node.
     cluster: Option<ClusterLimits>,
+    /// What they were made from.
+    pub config: RateLimitConfig,
 }
 
 /// A key's buckets in the cluster (see [`crate::cluster::limits`]).
@@ -88,6 +90,7 @@ impl KeyLimits {
             tokens,
             budget,
             cluster: None,
+            config,
         })
     }
 
@@ -115,14 +118,6 @@ impl KeyLimits {
             }),
         });
         self
-    }
-
-    /// Keeps `running`, the same key's budget under the config being replaced, when it has the
-    /// same settings as this one's: its balance carries on through the reload.
-    pub fn keep_budget(&mut self, running: Arc<TokenBudget>) {
-        if self.budget.as_ref().is_some_and(|b| b.same_settings(&running)) {
-            self.budget = Some(running);
-        }
     }
 
     /// In cluster mode, admits one request against the cluster's count of the key's limits (after

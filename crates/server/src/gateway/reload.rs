@@ -83,12 +83,14 @@ async fn apply(
         ));
         config.server.listen = listening;
     }
-    if config.cluster != current.config.cluster {
+    // `[cluster]` is read at start only; a file without it (the node joined with --cluster)
+    // is not a change.
+    if config.cluster.is_some() && config.cluster != current.config.cluster {
         warnings.push(
             "[cluster] differs in the file; the node stays in the cluster it joined until a restart".into(),
         );
-        config.cluster.clone_from(&current.config.cluster);
     }
+    config.cluster.clone_from(&current.config.cluster);
     // A backend that cannot be built (its key variable vanished since validation) is a problem
     // of the file too.
     let late_problem = |path: &str, message| {

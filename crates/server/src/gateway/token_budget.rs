@@ -7,7 +7,8 @@
 //! than its reservation (an upstream that ignores `max_tokens`) is charged after, as a debt.
 //!
 //! On a node alone the bucket is here; in cluster mode it is the cluster's
-//! ([`crate::cluster::limits`]), so the budget is spent once across all nodes.
+//! ([`crate::cluster::limits`]), so the budget is spent once across all nodes, and while NATS is
+//! away each node enforces the whole budget with its own bucket.
 
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +19,7 @@ use tokio_prompt_orchestrator::{InferenceRequest, PromptInput};
 use super::error::ApiError;
 use super::gcra::{Gcra, now_us};
 use crate::cluster::Cluster;
-use crate::cluster::limits::{SharedBucket, key_part};
+use crate::cluster::limits::{SharedBucket, Taken, key_part};
 
 /// Tokens reserved for the answer of a request that sets no `max_tokens`, by default.
 pub const DEFAULT_RESERVE_TOKENS: u32 = 1024;
@@ -27,16 +28,46 @@ pub const DEFAULT_PERIOD_HOURS: u32 = 24;
 
 /// A key's token budget.
 pub struct TokenBudget {
-    bucket: Bucket,
+    /// This node's own bucket: the budget on a node alone, and in cluster mode while NATS is
+    /// away (each node then enforces the whole budget on its own).
+    local: LocalBucket,
+    /// The cluster's, in cluster mode.
+    shared: Option<Arc<SharedBucket>>,
     total: u64,
     period_hours: u32,
     reserve: u32,
 }
 
-enum Bucket {
-    /// This node's own: the bucket's `tat`, in microseconds since the epoch.
-    Local(Gcra, Mutex<f64>),
-    Shared(Arc<SharedBucket>),
+/// A bucket kept here: its `tat`, in microseconds since the epoch.
+struct LocalBucket {
+    gcra: Gcra,
+    tat: Mutex<f64>,
+}
+
+impl LocalBucket {
+    fn take(&self, cells: f64) -> Result<(), Duration> {
+        let mut tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
+        let (new, _) = self.gcra.take(*tat, now_us(), cells, cells)?;
+        *tat = new;
+        Ok(())
+    }
+
+    /// Gives back `unused` cells, or charges them when negative.
+    fn settle(&self, unused: f64) {
+        let mut tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
+        *tat = if unused >= 0.0 {
+            self.gcra.give_back(*tat, now_us(), unused)
+        } else {
+            self.gcra.force(*tat, now_us(), -unused)
+        };
+    }
+}
+
+/// Which bucket holds a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Local,
+    Shared,
 }
 
 impl TokenBudget {
@@ -44,10 +75,11 @@ impl TokenBudget {
         let period_hours = period_hours.map_or(DEFAULT_PERIOD_HOURS, NonZeroU32::get);
         let capacity = total.get() as f64;
         Self {
-            bucket: Bucket::Local(
-                Gcra::new(capacity, capacity / (f64::from(period_hours) * 3600.0)),
-                Mutex::new(0.0),
-            ),
+            local: LocalBucket {
+                gcra: Gcra::new(capacity, capacity / (f64::from(period_hours) * 3600.0)),
+                tat: Mutex::new(0.0),
+            },
+            shared: None,
             total: total.get(),
             period_hours,
             reserve: reserve.map_or(DEFAULT_RESERVE_TOKENS, NonZeroU32::get),
@@ -59,15 +91,8 @@ impl TokenBudget {
         let capacity = self.total as f64;
         let per_second = capacity / (f64::from(self.period_hours) * 3600.0);
         let key = format!("{}.budget", key_part(id));
-        self.bucket = Bucket::Shared(SharedBucket::new(cluster, key, capacity, per_second));
+        self.shared = Some(SharedBucket::new(cluster, key, capacity, per_second));
         self
-    }
-
-    /// Whether `other` is the same budget (size, period, reserve, and where it is kept).
-    pub fn same_settings(&self, other: &TokenBudget) -> bool {
-        let shared = |b: &TokenBudget| matches!(b.bucket, Bucket::Shared(_));
-        (self.total, self.period_hours, self.reserve, shared(self))
-            == (other.total, other.period_hours, other.reserve, shared(other))
     }
 
     /// Reserves what `request` may use: its prompt, estimated, and its `max_tokens` (or the
@@ -90,18 +115,21 @@ impl TokenBudget {
                 ),
             ));
         }
-        let taken = match &self.bucket {
-            Bucket::Local(gcra, tat) => {
-                let mut tat = tat.lock().unwrap_or_else(PoisonError::into_inner);
-                let cells = tokens as f64;
-                gcra.take(*tat, now_us(), cells, cells).map(|(new, _)| *tat = new)
-            }
-            Bucket::Shared(bucket) => bucket.take(tokens as f64).await,
+        let cells = tokens as f64;
+        let held = match &self.shared {
+            Some(shared) => match shared.take(cells).await {
+                Ok(Taken::Counted) => Ok(Held::Shared),
+                // NATS is away or slow: this node's own bucket decides.
+                Ok(Taken::Uncounted) => self.local.take(cells).map(|()| Held::Local),
+                Err(wait) => Err(wait),
+            },
+            None => self.local.take(cells).map(|()| Held::Local),
         };
-        match taken {
-            Ok(()) => Ok(Reservation {
+        match held {
+            Ok(held) => Ok(Reservation {
                 budget: self.clone(),
                 tokens,
+                held,
             }),
             Err(wait) => Err(self.exhausted(tokens, wait)),
         }
@@ -119,19 +147,13 @@ impl TokenBudget {
         ApiError::insufficient_quota(message, wait)
     }
 
-    /// Gives back `tokens` reserved and not used, or charges `tokens` used beyond (negative).
-    fn settle(&self, unused: f64) {
-        match &self.bucket {
-            Bucket::Local(gcra, tat) => {
-                let mut tat = tat.lock().unwrap_or_else(PoisonError::into_inner);
-                *tat = if unused >= 0.0 {
-                    gcra.give_back(*tat, now_us(), unused)
-                } else {
-                    gcra.force(*tat, now_us(), -unused)
-                };
-            }
-            Bucket::Shared(bucket) if unused >= 0.0 => bucket.give_back(unused),
-            Bucket::Shared(bucket) => bucket.charge(-unused),
+    /// Gives back to the bucket that holds a reservation the tokens it did not use, or charges
+    /// those used beyond it (negative).
+    fn settle(&self, held: Held, unused: f64) {
+        match (held, &self.shared) {
+            (Held::Shared, Some(shared)) if unused >= 0.0 => shared.give_back(unused),
+            (Held::Shared, Some(shared)) => shared.charge(-unused),
+            _ => self.local.settle(unused),
         }
     }
 }
@@ -142,17 +164,18 @@ impl TokenBudget {
 pub struct Reservation {
     budget: Arc<TokenBudget>,
     tokens: u64,
+    held: Held,
 }
 
 impl Reservation {
     /// Charges `used` tokens instead of the reservation.
     pub fn settle(self, used: u64) {
-        self.budget.settle(self.tokens as f64 - used as f64);
+        self.budget.settle(self.held, self.tokens as f64 - used as f64);
     }
 
     /// Gives the whole reservation back: the request was refused or failed before an answer.
     pub fn release(self) {
-        self.budget.settle(self.tokens as f64);
+        self.budget.settle(self.held, self.tokens as f64);
     }
 }
 

@@ -187,3 +187,75 @@ async fn requests_take_the_cells_their_node_leased_without_asking_the_broker() {
     assert_eq!(leases(&a, &["path=\"request\"", "outcome=\"granted\""]).await, 1);
     assert_eq!(leases(&a, &["path=\"request\""]).await, 1);
 }
+
+/// One request of sk-budget to `node`, reserving `max_tokens` for its answer: its status, and
+/// the tokens it used when it ran.
+async fn ask_budget(node: &Binary, max_tokens: u64) -> (u16, u64) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", node.base))
+        .bearer_auth("sk-budget")
+        .json(&json!({"model": "echo", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    (status, body["usage"]["total_tokens"].as_u64().unwrap_or(0))
+}
+
+fn budget_config(tokens: u64) -> String {
+    format!(
+        "{ECHO}\n[[auth.keys]]\nname = \"budget\"\nsha256 = \"{}\"\nrate_limit = {{ token_budget = {tokens} }}\n",
+        sha256_hex("sk-budget")
+    )
+}
+
+/// What a request of [`ask_budget`] reserves beyond its `max_tokens`: the estimate of its prompt.
+const PROMPT_ESTIMATE: u64 = 5;
+
+#[tokio::test]
+async fn a_large_reservation_refused_does_not_shut_out_small_ones() {
+    let nats = Nats::start().await;
+    let a = node(&nats, "a", &budget_config(100)).await;
+    let mut used = 0;
+    for _ in 0..5 {
+        let (status, tokens) = ask_budget(&a, 5).await;
+        assert_eq!(status, 200);
+        used += tokens;
+    }
+    // Settled with their usage, the five left this much: a request reserving more is refused,
+    // and one reserving less still runs.
+    let left = 100 - used;
+    assert_eq!(ask_budget(&a, left).await.0, 429);
+    assert_eq!(ask_budget(&a, 1).await.0, 200);
+}
+
+#[tokio::test]
+async fn without_nats_each_node_enforces_the_token_budget_on_its_own() {
+    let mut nats = Nats::start().await;
+    let mut a = node(&nats, "a", &budget_config(100)).await;
+    nats.stop().await;
+    crate::binary::next_log(&mut a.logs, |log| {
+        log["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Lost NATS"))
+    })
+    .await;
+    // The node's own bucket holds the whole budget: requests run until what is left cannot
+    // cover a reservation, then are refused.
+    let mut used = 0;
+    loop {
+        let (status, tokens) = ask_budget(&a, 20).await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200);
+        used += tokens;
+        assert!(used <= 100, "{used} tokens used of a budget of 100");
+    }
+    assert!(
+        100 - used < 20 + PROMPT_ESTIMATE,
+        "refused with {} tokens left",
+        100 - used
+    );
+}

@@ -13,6 +13,23 @@ use crate::support::sha256_hex;
 const RATE: u64 = 20;
 const HAMMERING: Duration = Duration::from_secs(10);
 
+/// The echo model, with one API key, `sk-{name}`, named `name` and limited by `limit` (the
+/// inside of a TOML inline table).
+fn keyed(name: &str, limit: &str) -> String {
+    format!(
+        "{ECHO}\n[[auth.keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nrate_limit = {{ {limit} }}\n",
+        sha256_hex(&format!("sk-{name}"))
+    )
+}
+
+async fn three_nodes(nats: &Nats, config: &str) -> [Binary; 3] {
+    [
+        node(nats, "a", config).await,
+        node(nats, "b", config).await,
+        node(nats, "c", config).await,
+    ]
+}
+
 /// One request of the key `key` to `node`: its status.
 async fn ask(node: &Binary, key: &str) -> u16 {
     reqwest::Client::new()
@@ -42,15 +59,8 @@ async fn hammer(node: &Binary, until: Instant) -> (u64, u64) {
 #[tokio::test]
 async fn a_key_limited_to_r_per_second_gets_r_per_second_through_three_nodes() {
     let nats = Nats::start().await;
-    let config = format!(
-        "{ECHO}\n[[auth.keys]]\nname = \"limited\"\nsha256 = \"{}\"\nrate_limit = {{ requests_per_second = {RATE} }}\n",
-        sha256_hex("sk-limited")
-    );
-    let nodes = [
-        node(&nats, "a", &config).await,
-        node(&nats, "b", &config).await,
-        node(&nats, "c", &config).await,
-    ];
+    let config = keyed("limited", &format!("requests_per_second = {RATE}"));
+    let nodes = three_nodes(&nats, &config).await;
     // Two clients per node. The first second spends the burst (the rate itself, by default);
     // the next ten are counted, when only the refill can be let through.
     let hammer_all = |until| {
@@ -75,15 +85,8 @@ const BUDGET: u64 = 600;
 #[tokio::test]
 async fn a_token_budget_is_spent_once_across_the_nodes() {
     let nats = Nats::start().await;
-    let config = format!(
-        "{ECHO}\n[[auth.keys]]\nname = \"budget\"\nsha256 = \"{}\"\nrate_limit = {{ token_budget = {BUDGET} }}\n",
-        sha256_hex("sk-budget")
-    );
-    let nodes = [
-        node(&nats, "a", &config).await,
-        node(&nats, "b", &config).await,
-        node(&nats, "c", &config).await,
-    ];
+    let config = keyed("budget", &format!("token_budget = {BUDGET}"));
+    let nodes = three_nodes(&nats, &config).await;
     let client = reqwest::Client::new();
     let mut used = 0;
     let mut refused_by = std::collections::BTreeSet::new();
@@ -130,10 +133,7 @@ async fn a_token_budget_is_spent_once_across_the_nodes() {
 #[tokio::test]
 async fn without_nats_each_node_enforces_the_limit_on_its_own() {
     let mut nats = Nats::start().await;
-    let config = format!(
-        "{ECHO}\n[[auth.keys]]\nname = \"limited\"\nsha256 = \"{}\"\nrate_limit = {{ requests_per_second = 1, burst = 3 }}\n",
-        sha256_hex("sk-limited")
-    );
+    let config = keyed("limited", "requests_per_second = 1, burst = 3");
     let mut a = node(&nats, "a", &config).await;
     nats.stop().await;
     crate::binary::next_log(&mut a.logs, |log| {
@@ -174,10 +174,7 @@ async fn leases(node: &Binary, labels: &[&str]) -> u64 {
 #[tokio::test]
 async fn requests_take_the_cells_their_node_leased_without_asking_the_broker() {
     let nats = Nats::start().await;
-    let config = format!(
-        "{ECHO}\n[[auth.keys]]\nname = \"limited\"\nsha256 = \"{}\"\nrate_limit = {{ requests_per_second = 1000 }}\n",
-        sha256_hex("sk-limited")
-    );
+    let config = keyed("limited", "requests_per_second = 1000");
     let a = node(&nats, "a", &config).await;
     for _ in 0..50 {
         assert_eq!(ask(&a, "sk-limited").await, 200);
@@ -204,10 +201,7 @@ async fn ask_budget(node: &Binary, max_tokens: u64) -> (u16, u64) {
 }
 
 fn budget_config(tokens: u64) -> String {
-    format!(
-        "{ECHO}\n[[auth.keys]]\nname = \"budget\"\nsha256 = \"{}\"\nrate_limit = {{ token_budget = {tokens} }}\n",
-        sha256_hex("sk-budget")
-    )
+    keyed("budget", &format!("token_budget = {tokens}"))
 }
 
 /// What a request of [`ask_budget`] reserves beyond its `max_tokens`: the estimate of its prompt.

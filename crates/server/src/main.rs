@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use orchestrator_context::index::Progress;
 use orchestrator_server::cli::{Cli, Command, IngestArgs, ServeArgs, ValidateArgs};
+use orchestrator_server::config::ClusterConfig;
 use orchestrator_server::logsink;
 use orchestrator_server::telemetry::init_logging;
 use orchestrator_server::{Config, Server, ServerHandle};
@@ -116,12 +117,7 @@ async fn serve(args: &ServeArgs) -> ExitCode {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    if let Some(url) = &args.cluster {
-        match &mut config.cluster {
-            Some(cluster) => cluster.nats_url.clone_from(url),
-            None => config.cluster = Some(orchestrator_server::config::ClusterConfig::at(url.as_str())),
-        }
-    }
+    config.cluster = ClusterConfig::with_url(config.cluster.take(), args.cluster.as_deref());
     let models = config
         .models
         .iter()

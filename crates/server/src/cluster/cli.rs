@@ -55,21 +55,13 @@ fn cluster_config(args: &ClusterArgs) -> Result<ClusterConfig, String> {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?.cluster,
         None => None,
     };
-    match (from_file, &args.cluster) {
-        (Some(mut config), Some(url)) => {
-            config.nats_url.clone_from(url);
-            Ok(config)
-        }
-        (Some(config), None) => Ok(config),
-        (None, Some(url)) => Ok(ClusterConfig::at(url.as_str())),
-        (None, None) => Err(match &args.config {
-            Some(path) => format!(
-                "{} has no [cluster] section; give --cluster NATS_URL",
-                path.display()
-            ),
-            None => "give --cluster NATS_URL (or --config FILE with a [cluster] section)".into(),
-        }),
-    }
+    ClusterConfig::with_url(from_file, args.cluster.as_deref()).ok_or_else(|| match &args.config {
+        Some(path) => format!(
+            "{} has no [cluster] section; give --cluster NATS_URL",
+            path.display()
+        ),
+        None => "give --cluster NATS_URL (or --config FILE with a [cluster] section)".into(),
+    })
 }
 
 /// Runs `orchestrator cluster ...`: 0 on success, 1 when the cluster cannot be read, 2 for a

@@ -69,19 +69,30 @@ impl ClusterConfig {
         5_000
     }
 
-    /// A section with only the broker's address, as `--cluster URL` makes it.
-    pub fn at(nats_url: impl Into<String>) -> Self {
-        Self {
-            nats_url: nats_url.into(),
-            node_name: None,
-            token_env: None,
-            user: None,
-            password_env: None,
-            heartbeat_ms: Self::default_heartbeat_ms(),
-            node_timeout_ms: Self::default_node_timeout_ms(),
-            connect_timeout_ms: Self::default_connect_timeout_ms(),
-            dlq: ClusterDlqConfig::default(),
-        }
+    /// What a command line's `--cluster URL` makes of a file's `[cluster]`: the section with
+    /// that address, or, without a section, one with only the address; the file's section as it
+    /// is without the flag.
+    pub fn with_url(from_file: Option<ClusterConfig>, url: Option<&str>) -> Option<ClusterConfig> {
+        let Some(url) = url else {
+            return from_file;
+        };
+        Some(match from_file {
+            Some(section) => ClusterConfig {
+                nats_url: url.to_owned(),
+                ..section
+            },
+            None => ClusterConfig {
+                nats_url: url.to_owned(),
+                node_name: None,
+                token_env: None,
+                user: None,
+                password_env: None,
+                heartbeat_ms: Self::default_heartbeat_ms(),
+                node_timeout_ms: Self::default_node_timeout_ms(),
+                connect_timeout_ms: Self::default_connect_timeout_ms(),
+                dlq: ClusterDlqConfig::default(),
+            },
+        })
     }
 
     /// The configured name, or the host's name and this process's id.

@@ -74,16 +74,21 @@ impl<'c> Members<'c> {
     /// # Errors
     /// When the bucket cannot be read.
     pub async fn live(&self) -> Result<(Vec<Member>, Vec<StoreError>), StoreError> {
-        let broker = |e: &dyn std::fmt::Display| StoreError::Broker {
-            bucket: NODES.name,
-            reason: e.to_string(),
-        };
-        let mut keys = self.bucket.keys().await.map_err(|e| broker(&e))?;
+        let mut keys = self
+            .bucket
+            .keys()
+            .await
+            .map_err(|e| StoreError::broker(NODES.name, e))?;
         let mut members = Vec::new();
         let mut problems = Vec::new();
         while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| broker(&e))?;
-            let Some(entry) = self.bucket.entry(key.clone()).await.map_err(|e| broker(&e))? else {
+            let key = key.map_err(|e| StoreError::broker(NODES.name, e))?;
+            let Some(entry) = self
+                .bucket
+                .entry(key.clone())
+                .await
+                .map_err(|e| StoreError::broker(NODES.name, e))?
+            else {
                 continue;
             };
             if entry.operation != kv::Operation::Put {
@@ -111,10 +116,11 @@ impl<'c> Members<'c> {
     pub(super) async fn claim(&self, name: &str, instance: &str) -> Result<(), JoinError> {
         let give_up = tokio::time::Instant::now() + self.timeout + self.heartbeat;
         loop {
-            let entry = self.bucket.entry(name).await.map_err(|e| StoreError::Broker {
-                bucket: NODES.name,
-                reason: e.to_string(),
-            })?;
+            let entry = self
+                .bucket
+                .entry(name)
+                .await
+                .map_err(|e| StoreError::broker(NODES.name, e))?;
             let held = entry.filter(|e| {
                 e.operation == kv::Operation::Put
                     && age_ms(e) <= self.timeout.as_millis() as u64

@@ -72,10 +72,7 @@ pub async fn push(bucket: &kv::Store, text: String, source: String) -> Result<u6
     bucket
         .put(KEY, value.into())
         .await
-        .map_err(|e| StoreError::Broker {
-            bucket: CONFIG.name,
-            reason: e.to_string(),
-        })
+        .map_err(|e| StoreError::broker(CONFIG.name, e))
 }
 
 /// Follows the pushed config until `stop`: the current revision first (a node that joins takes

@@ -52,6 +52,16 @@ pub enum StoreError {
     Broker { bucket: &'static str, reason: String },
 }
 
+impl StoreError {
+    /// A read or write of `bucket` that the broker failed.
+    pub fn broker(bucket: &'static str, error: impl std::fmt::Display) -> Self {
+        StoreError::Broker {
+            bucket,
+            reason: error.to_string(),
+        }
+    }
+}
+
 /// Opens the bucket `spec` names, making it when it does not exist yet.
 ///
 /// The bucket's stream is made here rather than by the client's `create_key_value`, which first

@@ -143,14 +143,7 @@ fn cluster(args: &DlqArgs, config: &Config) -> Option<ClusterConfig> {
     if args.file.is_some() {
         return None;
     }
-    match (&args.cluster, &config.cluster) {
-        (Some(url), Some(cluster)) => Some(ClusterConfig {
-            nats_url: url.clone(),
-            ..cluster.clone()
-        }),
-        (Some(url), None) => Some(ClusterConfig::at(url.as_str())),
-        (None, cluster) => cluster.clone(),
-    }
+    ClusterConfig::with_url(config.cluster.clone(), args.cluster.as_deref())
 }
 
 /// The queue the command works on: the cluster's stream, or the file.

@@ -101,7 +101,7 @@ impl ApiKeys {
                 }
                 let limits = KeyLimits::new(rate)?;
                 Some(Arc::new(match cluster {
-                    Some(cluster) => limits.shared(cluster, &id, rate),
+                    Some(cluster) => limits.shared(cluster, &id),
                     None => limits,
                 }))
             });

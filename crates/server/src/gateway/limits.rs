@@ -78,13 +78,7 @@ impl KeyLimits {
             )
         });
         let tokens = config.tokens_per_minute.map(TokensPerMinute::new);
-        let budget = config.token_budget.map(|total| {
-            Arc::new(TokenBudget::new(
-                total,
-                config.budget_period_hours,
-                config.reserve_tokens,
-            ))
-        });
+        let budget = token_budget(config).map(Arc::new);
         (requests.is_some() || tokens.is_some() || budget.is_some()).then_some(Self {
             requests,
             tokens,
@@ -94,16 +88,14 @@ impl KeyLimits {
         })
     }
 
-    /// Counts these limits (from `config`) across the cluster too, under the key `id`.
-    pub fn shared(mut self, cluster: &Cluster, id: &str, config: RateLimitConfig) -> Self {
+    /// Counts these limits across the cluster too, under the key `id`.
+    pub fn shared(mut self, cluster: &Cluster, id: &str) -> Self {
+        let config = self.config;
         let bucket = |kind: &str, capacity: u32, per_second: f64| {
             let key = format!("{}.{kind}", key_part(id));
             SharedBucket::new(cluster, key, f64::from(capacity), per_second)
         };
-        if let Some(config_budget) = config.token_budget {
-            let budget = TokenBudget::new(config_budget, config.budget_period_hours, config.reserve_tokens);
-            self.budget = Some(Arc::new(budget.shared(cluster, id)));
-        }
+        self.budget = token_budget(config).map(|budget| Arc::new(budget.shared(cluster, id)));
         self.cluster = Some(ClusterLimits {
             requests: config.requests_per_second.map(|rate| {
                 let burst = config.burst.unwrap_or(rate);
@@ -130,27 +122,24 @@ impl KeyLimits {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
+        let refused = |which, names, limit, retry_after| {
+            let mut headers = HeaderMap::new();
+            describe(&mut headers, names, limit, 0.0, retry_after);
+            Box::new(Refusal {
+                retry_after,
+                which,
+                headers,
+            })
+        };
         if let Some((bucket, per_minute)) = &cluster.tokens
             && let Err(wait) = bucket.take(0.0).await
         {
-            let mut headers = HeaderMap::new();
-            describe(&mut headers, TOKENS, *per_minute, 0.0, wait);
-            return Err(Box::new(Refusal {
-                retry_after: wait,
-                which: "tokens",
-                headers,
-            }));
+            return Err(refused("tokens", TOKENS, *per_minute, wait));
         }
         if let Some((bucket, rate)) = &cluster.requests
             && let Err(wait) = bucket.take(1.0).await
         {
-            let mut headers = HeaderMap::new();
-            describe(&mut headers, REQUESTS, *rate, 0.0, wait);
-            return Err(Box::new(Refusal {
-                retry_after: wait,
-                which: "requests",
-                headers,
-            }));
+            return Err(refused("requests", REQUESTS, *rate, wait));
         }
         Ok(())
     }
@@ -212,6 +201,16 @@ impl KeyLimits {
             bucket.charge(f64::from(tokens));
         }
     }
+}
+
+/// The token budget `config` sets, kept on this node.
+fn token_budget(config: RateLimitConfig) -> Option<TokenBudget> {
+    let total = config.token_budget?;
+    Some(TokenBudget::new(
+        total,
+        config.budget_period_hours,
+        config.reserve_tokens,
+    ))
 }
 
 /// Tokens per minute, refilled continuously; a request is admitted while the balance is above

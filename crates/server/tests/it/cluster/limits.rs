@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{ECHO, Nats, node};
+use super::{ECHO, Nats, node, stop_nats_seen_by};
 use crate::binary::Binary;
 use crate::support::sha256_hex;
 
@@ -135,13 +135,7 @@ async fn without_nats_each_node_enforces_the_limit_on_its_own() {
     let mut nats = Nats::start().await;
     let config = keyed("limited", "requests_per_second = 1, burst = 3");
     let mut a = node(&nats, "a", &config).await;
-    nats.stop().await;
-    crate::binary::next_log(&mut a.logs, |log| {
-        log["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("Lost NATS"))
-    })
-    .await;
+    stop_nats_seen_by(&mut nats, &mut a).await;
     // Fail open to the node's own limiter: the burst is let through, then refused, with no wait
     // for the broker that is not there.
     let mut statuses = Vec::new();
@@ -228,13 +222,7 @@ async fn a_large_reservation_refused_does_not_shut_out_small_ones() {
 async fn without_nats_each_node_enforces_the_token_budget_on_its_own() {
     let mut nats = Nats::start().await;
     let mut a = node(&nats, "a", &budget_config(100)).await;
-    nats.stop().await;
-    crate::binary::next_log(&mut a.logs, |log| {
-        log["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("Lost NATS"))
-    })
-    .await;
+    stop_nats_seen_by(&mut nats, &mut a).await;
     // The node's own bucket holds the whole budget: requests run until what is left cannot
     // cover a reservation, then are refused.
     let mut used = 0;

@@ -2,8 +2,10 @@
 
 use serde_json::json;
 
-use super::{ECHO, Nats, cluster_view, command_json_lines, eventually, member_names, node, refused_start};
-use crate::binary::next_log;
+use super::{
+    ECHO, Nats, cluster_view, command_json_lines, eventually, member_names, node, refused_start,
+    stop_nats_seen_by,
+};
 
 #[tokio::test]
 async fn a_node_that_cannot_reach_nats_says_so_and_exits() {
@@ -62,13 +64,7 @@ async fn a_node_keeps_serving_without_nats_and_rejoins() {
     let mut a = node(&nats, "a", ECHO).await;
     eventually("a listed", || async { member_names(&a).await == ["a"] }).await;
 
-    nats.stop().await;
-    next_log(&mut a.logs, |log| {
-        log["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("Lost NATS"))
-    })
-    .await;
+    stop_nats_seen_by(&mut nats, &mut a).await;
     let ready = reqwest::get(format!("{}/readyz", a.base)).await.unwrap();
     assert_eq!(ready.status(), 200, "a node without NATS still serves");
     let body: serde_json::Value = ready.json().await.unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::binary::{Binary, spawn_binary_with};
+use crate::binary::{Binary, next_log, spawn_binary_with};
 
 /// A nats-server with JetStream, its store in a temporary directory; killed when dropped.
 pub struct Nats {
@@ -83,6 +83,17 @@ impl Nats {
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(&self.url).await.unwrap())
     }
+}
+
+/// Stops `nats` and waits until `node` says it lost it.
+pub async fn stop_nats_seen_by(nats: &mut Nats, node: &mut Binary) {
+    nats.stop().await;
+    next_log(&mut node.logs, |log| {
+        log["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Lost NATS"))
+    })
+    .await;
 }
 
 /// `[cluster]` for node `name`, with a short heartbeat so that tests see membership change fast.

@@ -98,6 +98,12 @@ impl WorkerError {
         }
     }
 
+    /// The same error, telling the caller when trying again may help.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
     /// The same error, with the upstream's HTTP status.
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = Some(status);

@@ -1,6 +1,7 @@
 //! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`,
 //! `orchestrator validate [FILE]`, `orchestrator ingest`, `orchestrator dlq [--file FILE]
-//! list|show|purge|replay`, the dead-letter queue, and `orchestrator cluster status`.
+//! list|show|purge|replay`, the dead-letter queue, `orchestrator cluster status`, and
+//! `orchestrator worker`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cluster::cli::ClusterArgs;
 use crate::dlq::cli::DlqArgs;
 use crate::telemetry::LogFormat;
+use crate::worker::WorkerArgs;
 
 /// An OpenAI-compatible gateway that runs every request through a staged, backpressured
 /// pipeline (RAG -> Assemble -> Inference -> Post -> Stream).
@@ -40,6 +42,8 @@ pub enum Command {
     Dlq(DlqArgs),
     /// The cluster of nodes sharing a NATS server (`[cluster]`): `status` lists its nodes.
     Cluster(ClusterArgs),
+    /// Run inference jobs from the cluster's broker on this machine's model servers.
+    Worker(WorkerArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,7 +86,13 @@ impl Cli {
         match &self.command {
             None => Some(&self.serve),
             Some(Command::Serve(args)) => Some(args),
-            Some(Command::Validate(_) | Command::Ingest(_) | Command::Dlq(_) | Command::Cluster(_)) => None,
+            Some(
+                Command::Validate(_)
+                | Command::Ingest(_)
+                | Command::Dlq(_)
+                | Command::Cluster(_)
+                | Command::Worker(_),
+            ) => None,
         }
     }
 }

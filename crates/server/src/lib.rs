@@ -8,7 +8,9 @@
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
 //! - [`post`]: the config's post-processors (stop, max_chars, redact, json).
 //! - [`auth`]: bearer API keys; [`limits`]: their rate limits.
-//! - [`cluster`]: several nodes acting as one over NATS JetStream (membership, shared state).
+//! - [`cluster`]: several nodes acting as one over NATS JetStream (membership, shared state,
+//!   jobs for workers).
+//! - [`worker`]: `orchestrator worker`, which runs jobs from the broker on its own backends.
 //! - [`dlq`]: the dead-letter queue's file of failed requests, and `orchestrator dlq`.
 //! - [`telemetry`]: logs and the Prometheus recorder; [`logsink`]: log lines to stderr, access
 //!   lines batched.
@@ -28,6 +30,7 @@ pub mod post;
 pub mod server;
 pub mod telemetry;
 mod words;
+pub mod worker;
 
 pub use config::Config;
 pub use server::{Server, ServerHandle};

@@ -1,7 +1,8 @@
 //! `orchestrator`: parse the command line, load the config, serve until SIGTERM/SIGINT (reloading
 //! the config on SIGHUP), drain;
 //! or check a config (`orchestrator validate`), fill the retrieval index (`orchestrator ingest`),
-//! or inspect the dead-letter queue (`orchestrator dlq`).
+//! or inspect the dead-letter queue (`orchestrator dlq`); or run jobs from the cluster
+//! (`orchestrator worker`).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ async fn run(cli: &Cli) -> ExitCode {
         Some(Command::Validate(args)) => return validate(args),
         Some(Command::Ingest(args)) => return ingest(args),
         Some(Command::Cluster(args)) => return orchestrator_server::cluster::cli::run(args).await,
+        Some(Command::Worker(args)) => {
+            return orchestrator_server::worker::run(args, shutdown_signal()).await;
+        }
         Some(Command::Dlq(args)) => {
             return orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::OpenAi).await;
         }

@@ -14,19 +14,24 @@ use orchestrator_backends::routing::replica::Replica;
 use orchestrator_backends::routing::{Group, Route, Router};
 use tokio_prompt_orchestrator::{EchoWorker, ModelWorker};
 
+use crate::cluster::Cluster;
+use crate::cluster::jobs::backend::RemoteWorker;
 use crate::config::{BackendConfig, Config};
 
 /// The router of a validated config, with the health checks of its backends running (they stop
-/// when the router is dropped). Must be called inside a tokio runtime.
+/// when the router is dropped). Must be called inside a tokio runtime. `cluster` is the cluster
+/// the node has joined, which `kind = "cluster"` backends send their jobs through.
 ///
 /// # Errors
-/// When a backend cannot be built (e.g. its API key variable vanished since validation).
-pub fn build_router(config: &Config) -> Result<Router, String> {
+/// When a backend cannot be built (e.g. its API key variable vanished since validation, or it
+/// is `kind = "cluster"` and the node is not in a cluster).
+pub fn build_router(config: &Config, cluster: Option<&Arc<Cluster>>) -> Result<Router, String> {
     // One replica per backend, shared by every model that uses it: its breaker and in-flight
     // count see all of its traffic.
     let mut replicas: HashMap<&str, Arc<Replica>> = HashMap::new();
     for backend in &config.backends {
-        let built = build_backend(backend).map_err(|e| format!("backend {}: {e}", backend.name()))?;
+        let built =
+            build_backend(backend, cluster).map_err(|e| format!("backend {}: {e}", backend.name()))?;
         let replica = Arc::new(Replica::new(backend.name(), built.worker, backend.routing()));
         if let Some((probe, config)) = built.health {
             health::watch(&replica, probe, config);
@@ -68,7 +73,8 @@ impl Built {
     }
 }
 
-fn build_backend(config: &BackendConfig) -> Result<Built, BuildError> {
+fn build_backend(config: &BackendConfig, cluster: Option<&Arc<Cluster>>) -> Result<Built, String> {
+    let built = |e: BuildError| e.to_string();
     Ok(match config {
         BackendConfig::Echo { token_delay_ms, .. } => Built {
             worker: Arc::new(if *token_delay_ms == 0 {
@@ -78,11 +84,23 @@ fn build_backend(config: &BackendConfig) -> Result<Built, BuildError> {
             }),
             health: None,
         },
-        BackendConfig::Openai(c) => Built::checked(OpenAiWorker::new(c)?, c.health(Flavor::OpenAi)),
+        BackendConfig::Openai(c) => {
+            Built::checked(OpenAiWorker::new(c).map_err(built)?, c.health(Flavor::OpenAi))
+        }
         BackendConfig::Vllm(c) => Built::checked(
-            OpenAiWorker::with_flavor(c, Flavor::Vllm)?,
+            OpenAiWorker::with_flavor(c, Flavor::Vllm).map_err(built)?,
             c.health(Flavor::Vllm),
         ),
-        BackendConfig::Llamacpp(c) => Built::checked(LlamaCppWorker::new(c)?, c.health_check),
+        BackendConfig::Llamacpp(c) => Built::checked(LlamaCppWorker::new(c).map_err(built)?, c.health_check),
+        BackendConfig::Cluster(c) => {
+            let cluster = cluster.ok_or(
+                "kind = \"cluster\" sends jobs to workers through the cluster's broker, and this node \
+                 is in no cluster: add [cluster] with nats_url, or start it with --cluster URL",
+            )?;
+            Built {
+                worker: Arc::new(RemoteWorker::new(cluster.clone(), c.clone())),
+                health: None,
+            }
+        }
     })
 }

@@ -25,14 +25,25 @@ use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::cluster::{Cluster, dlq, limits, membership, pushed, verdicts};
+use crate::cluster::{Cluster, dlq, jobs, limits, membership, pushed, verdicts};
 use crate::config::{Config, ServerConfig};
+use crate::dlq::entry::unix_ms;
 use crate::gateway::live::Live;
 use crate::gateway::reload::{self, ReloadError, Reloaded};
 use crate::gateway::{Gateway, Readiness};
 use crate::http1;
 use crate::models::build_router;
 use crate::telemetry::prometheus;
+
+/// Joins the cluster the config names, if any. First of all: a node that cannot reach the
+/// cluster it is configured for must not start serving alone as if it were a single node, and
+/// its `kind = "cluster"` backends need the connection.
+async fn join(config: &Config) -> io::Result<Option<Arc<Cluster>>> {
+    match &config.cluster {
+        Some(cluster) => Ok(Some(Cluster::join(cluster).await.map_err(io::Error::other)?)),
+        None => Ok(None),
+    }
+}
 
 /// How long connections may take to write their last bytes after the pipeline has finished.
 const FLUSH_ALLOWANCE: Duration = Duration::from_secs(2);
@@ -98,8 +109,9 @@ impl Server {
     pub async fn bind(config: Config) -> io::Result<Self> {
         // Building the backends sets gauges (health), which a recorder installed later would miss.
         prometheus();
-        let models = build_router(&config).map_err(io::Error::other)?;
-        Self::bind_with_models(config, models).await
+        let cluster = join(&config).await?;
+        let models = build_router(&config, cluster.as_ref()).map_err(io::Error::other)?;
+        Self::start(config, models, cluster).await
     }
 
     /// Like [`bind`](Self::bind), serving `models` instead of the config's (tests and embedders
@@ -108,12 +120,11 @@ impl Server {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn bind_with_models(config: Config, models: Router) -> io::Result<Self> {
-        // Joining first: a node that cannot reach the cluster it is configured for must not
-        // start serving alone as if it were a single node.
-        let cluster = match &config.cluster {
-            Some(cluster) => Some(Cluster::join(cluster).await.map_err(io::Error::other)?),
-            None => None,
-        };
+        let cluster = join(&config).await?;
+        Self::start(config, models, cluster).await
+    }
+
+    async fn start(config: Config, models: Router, cluster: Option<Arc<Cluster>>) -> io::Result<Self> {
         let listener = TcpListener::bind(config.server.listen).await?;
         // The recorder must exist before the pipeline registers its metrics.
         prometheus();
@@ -177,12 +188,13 @@ impl Server {
                 tokio::spawn(dlq::forward(cluster.clone(), state.clone(), leave.clone())),
                 tokio::spawn(limits::return_idle(cluster.clone(), leave.clone())),
                 tokio::spawn(verdicts::follow(cluster.clone(), state.clone(), leave.clone())),
-                tokio::spawn(membership::heartbeat(
-                    cluster,
-                    state.clone(),
-                    address,
-                    leave.clone(),
-                )),
+                tokio::spawn(jobs::depth::watch(cluster.clone(), leave.clone())),
+                tokio::spawn({
+                    let (member, state) = (cluster.clone(), state.clone());
+                    let started_at_ms = unix_ms(SystemTime::now());
+                    let record = move || membership::gateway_record(&member, &state, &address, started_at_ms);
+                    membership::heartbeat(cluster, record, leave.clone())
+                }),
             ]
         });
         state.set_readiness(Readiness::Ready);

@@ -35,6 +35,7 @@ const DEDUP_HEADER: HeaderName = HeaderName::from_static("x-dedup");
 const PRIORITY_HEADER: HeaderName = HeaderName::from_static("x-priority");
 const RAG_QUERY_HEADER: HeaderName = HeaderName::from_static("x-rag-query");
 const RAG_SOURCES_HEADER: HeaderName = HeaderName::from_static("x-rag-sources");
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
 /// Longest `X-Session-Id` accepted.
 const MAX_SESSION_ID_BYTES: usize = 256;
 
@@ -233,13 +234,31 @@ pub fn hints(headers: &HeaderMap) -> Result<Hints, ApiError> {
         format_args!("must be `true` or `false`"),
         |text| text.parse::<bool>().ok(),
     )?;
+    // W3C Trace Context: a malformed `traceparent` is ignored, not refused.
+    let traceparent = headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_traceparent(v))
+        .map(str::to_owned);
     Ok(Hints {
         session,
         priority,
         dedup: dedup.unwrap_or(false),
         rag_query,
         rag_sources: rag_sources.unwrap_or(false),
+        traceparent,
     })
+}
+
+/// Whether `value` is a W3C `traceparent` of version 00: `00-<32 hex>-<16 hex>-<2 hex>`, with
+/// ids that are not all zeros.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    matches!(parts.as_slice(), [version, trace, span, flags]
+        if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2) && nonzero(trace) && nonzero(span))
 }
 
 /// Header `name` read by `parse`; `None` when absent. A value that is not visible ASCII, or that
@@ -260,4 +279,27 @@ fn header<T>(
         .and_then(parse)
         .map(Some)
         .ok_or_else(|| ApiError::invalid(param, rule.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_traceparent;
+
+    #[test]
+    fn traceparent_is_read_as_w3c_writes_it() {
+        assert!(is_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert!(!is_traceparent(bad), "{bad}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::config::ClusterConfig;
-use super::membership::{Member, Members};
+use super::membership::{Member, Members, Role};
 use super::{connect, pushed, store};
 use crate::config::Config;
 
@@ -162,8 +162,18 @@ fn table(members: &[Member]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<8} {:>10} {:>8} {:>9} {:>6} {:>5} {:>9}  {:<21} MODELS",
-        "NODE", "VERSION", "GENERATION", "REVISION", "IN-FLIGHT", "QUEUED", "LOAD", "LAST SEEN", "ADDRESS"
+        "{:<24} {:<8} {:<8} {:>10} {:>8} {:>9} {:>6} {:>5} {:>5} {:>9}  {:<21} MODELS",
+        "NODE",
+        "ROLE",
+        "VERSION",
+        "GENERATION",
+        "REVISION",
+        "IN-FLIGHT",
+        "QUEUED",
+        "SLOTS",
+        "LOAD",
+        "LAST SEEN",
+        "ADDRESS"
     );
     for Member {
         record: r,
@@ -172,13 +182,23 @@ fn table(members: &[Member]) -> String {
     {
         let _ = writeln!(
             out,
-            "{:<24} {:<8} {:>10} {:>8} {:>9} {:>6} {:>5.2} {:>7.1} s  {:<21} {}",
+            "{:<24} {:<8} {:<8} {:>10} {:>8} {:>9} {:>6} {:>5} {:>5.2} {:>7.1} s  {:<21} {}",
             r.name,
+            match (r.role, r.draining) {
+                (Role::Gateway, _) => "gateway",
+                (Role::Worker, false) => "worker",
+                (Role::Worker, true) => "draining",
+            },
             r.version,
             r.generation,
             r.config_revision.map_or("-".into(), |r| r.to_string()),
             r.in_flight,
             r.queued,
+            if r.slots == 0 {
+                "-".to_owned()
+            } else {
+                r.slots.to_string()
+            },
             r.load,
             *last_seen_ms_ago as f64 / 1000.0,
             r.address,

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+pub use super::jobs::JobsConfig;
+
 /// `[cluster]` in `pipeline.toml`, or `orchestrator serve --cluster nats://HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +35,9 @@ pub struct ClusterConfig {
     /// The shared dead-letter queue's bounds.
     #[serde(default)]
     pub dlq: ClusterDlqConfig,
+    /// The bounds of the queue of jobs for workers.
+    #[serde(default)]
+    pub jobs: JobsConfig,
 }
 
 /// `[cluster.dlq]`: the JetStream stream that holds dead letters in cluster mode. Its bounds are
@@ -91,6 +96,7 @@ impl ClusterConfig {
                 node_timeout_ms: Self::default_node_timeout_ms(),
                 connect_timeout_ms: Self::default_connect_timeout_ms(),
                 dlq: ClusterDlqConfig::default(),
+                jobs: JobsConfig::default(),
             },
         })
     }

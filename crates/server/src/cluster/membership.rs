@@ -40,8 +40,27 @@ pub struct NodeRecord {
     pub queued: usize,
     /// `in_flight` over `admission.max_in_flight`.
     pub load: f64,
-    /// The backends it finds down (see [`super::verdicts`]).
+    /// The backends it finds down (see [`super::verdicts`]); a worker's are its own affair.
     pub down_backends: Vec<String>,
+    #[serde(default)]
+    pub role: Role,
+    /// A worker's slots: the jobs it runs at once (0 for a gateway node).
+    #[serde(default)]
+    pub slots: usize,
+    /// A worker that is draining takes no more jobs; its partitions go to the others.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// What a member does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Serves clients (`orchestrator serve`).
+    #[default]
+    Gateway,
+    /// Runs jobs from the broker (`orchestrator worker`).
+    Worker,
 }
 
 /// A record as read back, with how long ago it was written.
@@ -143,15 +162,10 @@ fn age_ms(entry: &kv::Entry) -> u64 {
     unix_ms(SystemTime::now()).saturating_sub(written_ms)
 }
 
-/// Writes this node's record every heartbeat until `stop`, then deletes it so the node leaves at
-/// once. A failed write is noted on the link (and `/readyz`) and retried on the next beat.
-pub async fn heartbeat(
-    cluster: Arc<Cluster>,
-    gateway: Arc<Gateway>,
-    address: String,
-    stop: CancellationToken,
-) {
-    let started_at_ms = unix_ms(SystemTime::now());
+/// Writes this member's record, as `record` makes it, every heartbeat until `stop`, then deletes
+/// it so the member leaves at once. A failed write is noted on the link (and `/readyz`) and
+/// retried on the next beat.
+pub async fn heartbeat(cluster: Arc<Cluster>, record: impl Fn() -> NodeRecord, stop: CancellationToken) {
     let mut beats = tokio::time::interval(Duration::from_millis(cluster.config.heartbeat_ms));
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -159,8 +173,7 @@ pub async fn heartbeat(
             _ = beats.tick() => {}
             () = stop.cancelled() => break,
         }
-        let record = record(&cluster, &gateway, &address, started_at_ms);
-        let Ok(value) = serde_json::to_vec(&record) else {
+        let Ok(value) = serde_json::to_vec(&record()) else {
             continue;
         };
         let written = cluster.nodes.put(&cluster.node, value.into()).await;
@@ -173,7 +186,8 @@ pub async fn heartbeat(
     }
 }
 
-fn record(cluster: &Cluster, gateway: &Gateway, address: &str, started_at_ms: u64) -> NodeRecord {
+/// A gateway node's record.
+pub fn gateway_record(cluster: &Cluster, gateway: &Gateway, address: &str, started_at_ms: u64) -> NodeRecord {
     let live = gateway.live();
     let (in_flight, queued) = live.gate.load();
     let capacity = live.config.admission.max_in_flight.get();
@@ -197,5 +211,8 @@ fn record(cluster: &Cluster, gateway: &Gateway, address: &str, started_at_ms: u6
             .filter(|r| r.down_here())
             .map(|r| r.name().to_owned())
             .collect(),
+        role: Role::Gateway,
+        slots: 0,
+        draining: false,
     }
 }

@@ -9,6 +9,7 @@
 //! - [`dlq`]: the dead-letter queue every node shares, a JetStream stream;
 //! - [`pushed`]: the config `orchestrator cluster push` stores, which every node follows;
 //! - [`verdicts`]: the backends a node finds down, avoided by every node, so sessions do not split;
+//! - [`jobs`]: inference jobs for `orchestrator worker` processes (backend `kind = "cluster"`);
 //! - [`store`]: the buckets and streams, each made with a layout version that a node checks;
 //! - [`cli`]: `orchestrator cluster status`.
 //!
@@ -17,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod jobs;
 pub mod limits;
 pub mod link;
 pub mod membership;
@@ -53,6 +55,8 @@ pub struct Cluster {
     /// The rate-limit buckets of every limited key, and those this node uses.
     pub limits: kv::Store,
     pub buckets: limits::Buckets,
+    /// The queue of jobs for workers, and the replies to this node's jobs.
+    pub jobs: jobs::Jobs,
 }
 
 /// Why a node could not join at start: it then exits, as nothing it would serve could be shared.
@@ -112,9 +116,11 @@ impl Cluster {
         let pushed = store::open_bucket(&jetstream, &pushed::CONFIG).await?;
         let limits = store::open_bucket(&jetstream, &limits::LIMITS).await?;
         let dlq = Arc::new(dlq::SharedDlq::open(&jetstream, Some(config.dlq), &node).await?);
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let jobs = jobs::Jobs::open(&jetstream, config.jobs, &instance).await?;
         let cluster = Self {
             node,
-            instance: uuid::Uuid::new_v4().simple().to_string(),
+            instance,
             config: config.clone(),
             link,
             jetstream,
@@ -124,6 +130,7 @@ impl Cluster {
             dlq,
             limits,
             buckets: limits::Buckets::default(),
+            jobs,
         };
         Ok(cluster)
     }

@@ -32,9 +32,11 @@ use tokio_prompt_orchestrator::{AdmissionConfig, PipelineConfig, Priority};
 pub use self::graph::{StageDecl, StageKind};
 pub use self::rag::RagConfig;
 pub use crate::cluster::config::ClusterConfig;
+use crate::cluster::jobs::backend::RemoteConfig;
 use crate::dlq::entry::Reason;
 use crate::gateway::limits::RateLimitConfig;
 use crate::post::PostConfig;
+pub use crate::worker::config::WorkerConfig;
 
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
 #[derive(Clone, Debug, Deserialize)]
@@ -65,6 +67,8 @@ pub struct Config {
     /// The pipeline as a graph of named stages; empty: the canonical five in order.
     #[serde(default)]
     pub stages: Vec<StageDecl>,
+    /// What `orchestrator worker` reads of this file beside the backends and models.
+    pub worker: WorkerConfig,
 }
 
 /// `[server]`: the listener and HTTP limits.
@@ -182,6 +186,8 @@ pub enum BackendConfig {
     Vllm(OpenAiConfig),
     /// llama-server's native `/completion`, one KV-cache slot per session.
     Llamacpp(LlamaCppConfig),
+    /// `orchestrator worker` processes, reached through the cluster's broker.
+    Cluster(RemoteConfig),
 }
 
 impl BackendConfig {
@@ -190,6 +196,7 @@ impl BackendConfig {
             BackendConfig::Echo { name, .. } => name,
             BackendConfig::Openai(c) | BackendConfig::Vllm(c) => &c.name,
             BackendConfig::Llamacpp(c) => &c.name,
+            BackendConfig::Cluster(c) => &c.name,
         }
     }
 
@@ -199,6 +206,7 @@ impl BackendConfig {
             BackendConfig::Echo { routing, .. } => *routing,
             BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.routing,
             BackendConfig::Llamacpp(c) => c.routing,
+            BackendConfig::Cluster(c) => c.routing,
         }
     }
 }
@@ -262,6 +270,7 @@ impl Default for Config {
             models: vec![ModelConfig::single("echo", "echo")],
             post: Vec::new(),
             stages: Vec::new(),
+            worker: WorkerConfig::default(),
         }
     }
 }

@@ -81,7 +81,7 @@ impl Names {
 }
 
 /// The top-level keys, for the message about one that is not.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "server",
     "auth",
     "pipeline",
@@ -94,6 +94,7 @@ const SECTIONS: [&str; 12] = [
     "models",
     "post",
     "stages",
+    "worker",
 ];
 
 /// What of `text` parsed, the names of the entries that did not, and the problems that stopped
@@ -140,6 +141,7 @@ pub(super) fn read(text: &str) -> Result<(Config, Unparsed, Vec<Problem>), Vec<P
             "models" => config.models = reader.list("models", value, &mut unparsed.models, accept),
             "post" => config.post = reader.list("post", value, &mut Names::default(), accept),
             "stages" => config.stages = reader.list("stages", value, &mut unparsed.stages, accept),
+            "worker" => reader.item("worker", value, &mut config.worker),
             other => reader.problems.push(Problem {
                 path: other.to_owned(),
                 message: format!(
@@ -476,13 +478,13 @@ mod tests {
                 vec![
                     "8:2: servre: unknown section `servre`, expected one of `server`, `auth`, \
                      `pipeline`, `admission`, `dlq`, `cluster`, `rag`, `assemble`, `backends`, `models`, `post`, \
-                     `stages`",
+                     `stages`, `worker`",
                 ],
             ),
             (
                 "[[backends]]\nkind = \"gpu\"\nname = \"g\"".into(),
                 vec![
-                    "9:8: backends[1].kind: must be one of `echo`, `openai`, `vllm`, `llamacpp` (got \
+                    "9:8: backends[1].kind: must be one of `echo`, `openai`, `vllm`, `llamacpp`, `cluster` (got \
                      `gpu`)",
                 ],
             ),

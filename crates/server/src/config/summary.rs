@@ -140,6 +140,13 @@ impl Config {
                 BackendConfig::Openai(c) => ("openai", c.base_url.clone()),
                 BackendConfig::Vllm(c) => ("vllm", c.base_url.clone()),
                 BackendConfig::Llamacpp(c) => ("llamacpp", format!("{} ({} slots)", c.base_url, c.slots)),
+                BackendConfig::Cluster(c) => (
+                    "cluster",
+                    format!(
+                        "workers of {}",
+                        c.model.as_deref().unwrap_or("the requested model")
+                    ),
+                ),
             };
             let line = format!("  {:<16} {kind:<8} {target}", backend.name());
             writeln!(out, "{}", line.trim_end())?;

@@ -312,7 +312,7 @@ impl Config {
         for (i, backend) in self.backends.iter().enumerate() {
             let path = format!("backends[{i}]");
             let http = match backend {
-                BackendConfig::Echo { .. } => None,
+                BackendConfig::Echo { .. } | BackendConfig::Cluster(_) => None,
                 BackendConfig::Openai(c) | BackendConfig::Vllm(c) => Some((&c.base_url, &c.api_key_env)),
                 BackendConfig::Llamacpp(c) => Some((&c.base_url, &c.api_key_env)),
             };
@@ -328,7 +328,7 @@ impl Config {
                 }
             }
             let health = match backend {
-                BackendConfig::Echo { .. } => None,
+                BackendConfig::Echo { .. } | BackendConfig::Cluster(_) => None,
                 BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.health_check,
                 BackendConfig::Llamacpp(c) => Some(c.health_check),
             };
@@ -345,6 +345,14 @@ impl Config {
                         "unhealthy_after and healthy_after must be at least 1",
                     ));
                 }
+            }
+            if let BackendConfig::Cluster(c) = backend
+                && c.queue_timeout_ms == 0
+            {
+                problems.push(Problem::new(
+                    format!("{path}.queue_timeout_ms"),
+                    "must be at least 1: how long a job may wait for a worker (default 30000)",
+                ));
             }
             if let BackendConfig::Llamacpp(c) = backend
                 && c.slots == 0

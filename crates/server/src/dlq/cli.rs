@@ -301,7 +301,9 @@ async fn replay_entries(
     format: &dyn Format,
 ) -> Result<ExitCode, String> {
     config.dlq = None;
-    let models = build_router(&config)?;
+    // Offline replay runs in this process alone: `kind = "cluster"` backends are refused (replay
+    // through a running node, `POST /admin/dlq/replay`, reaches the workers).
+    let models = build_router(&config, None)?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let live = Live::start(config, models, 0, None, None)?;
     let report = replay(&live, format, &store, args.selection())

@@ -71,6 +71,9 @@ pub struct Hints {
     pub rag_query: Option<String>,
     /// `X-Rag-Sources: true`: the answer lists the retrieved context it used.
     pub rag_sources: bool,
+    /// The client's W3C `traceparent`, kept in the request's metadata so that it travels with
+    /// the request (to remote workers too).
+    pub traceparent: Option<String>,
 }
 
 impl Hints {
@@ -83,6 +86,9 @@ impl Hints {
         }
         if let Some(query) = &self.rag_query {
             request.meta.insert("rag_query".into(), query.clone());
+        }
+        if let Some(traceparent) = &self.traceparent {
+            request.meta.insert("traceparent".into(), traceparent.clone());
         }
     }
 }

@@ -326,6 +326,13 @@ impl From<&PipelineError> for ApiError {
                     "model_not_found",
                     upstream.message.clone(),
                 ),
+                // Larger than the path to the model takes (a job over the broker's message limit).
+                Some(413) => Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    "request_too_large",
+                    upstream.message.clone(),
+                ),
                 // The upstream refused the request itself (e.g. a prompt over its context
                 // length): the client's to fix, in the upstream's words.
                 Some(400 | 422) => Self::new(

@@ -104,7 +104,7 @@ async fn apply(
         })
     };
     let source = source.to_owned();
-    let models = build_router(&config).map_err(|m| late_problem(&source, m))?;
+    let models = build_router(&config, state.cluster.as_ref()).map_err(|m| late_problem(&source, m))?;
     let generation = current.generation + 1;
     let cluster = state.cluster.clone();
     // Starting may open (and on its first start, fill) the index and warm the tokenizer: file

@@ -27,10 +27,16 @@ pub async fn spawn_binary(config: &str) -> Binary {
 
 /// `orchestrator serve` on `config` with `args` and the environment `env` added.
 pub async fn spawn_binary_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Binary {
+    spawn_command("serve", config, args, env).await
+}
+
+/// `orchestrator COMMAND` on `config` with `args` and the environment `env` added; the command
+/// must log the address it listens on (`addr`).
+pub async fn spawn_command(command: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Binary {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .arg("serve")
+        .arg(command)
         .args(args)
         .args(["--log-format", "json", "--config"])
         .arg(file.path())

@@ -29,4 +29,8 @@ async fn openai_python_sdk_end_to_end() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all SDK checks passed"), "{stdout}");
+    assert!(
+        stdout.contains("ok: mid-stream failure is an APIError"),
+        "{stdout}"
+    );
 }

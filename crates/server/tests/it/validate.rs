@@ -230,6 +230,7 @@ fn the_full_example_turns_every_section_on() {
                 BackendConfig::Openai(_) => kind == "openai",
                 BackendConfig::Vllm(_) => kind == "vllm",
                 BackendConfig::Llamacpp(_) => kind == "llamacpp",
+                BackendConfig::Cluster(_) => kind == "cluster",
             })
             .count();
         assert!(count >= 2, "{count} {kind} backend(s)");

@@ -1,6 +1,7 @@
 """End-to-end checks of the gateway with the official `openai` Python SDK.
 
-Run by the Rust test `sdk::openai_python_sdk_end_to_end`, which starts a server and passes its
+Run by the Rust tests `sdk::openai_python_sdk_end_to_end` (an in-process gateway with failing test
+models) and `cluster::workers` (model `echo` on a remote worker), which start a server and pass its
 address in OPENAI_BASE_URL. Exits non-zero, with the failing check named, on any mismatch.
 """
 
@@ -75,23 +76,25 @@ try:
 except openai.BadRequestError as e:
     check("empty messages is BadRequestError", e.status_code == 400 and e.param == "messages", repr(e.body))
 
-try:
-    client.chat.completions.create(model="fail-before", messages=[{"role": "user", "content": "x"}])
-    check("upstream failure raises", False)
-except openai.InternalServerError as e:
-    check("upstream failure is a 502", e.status_code == 502, repr(e.body))
+# Upstream failures, where the server has the failing test models (the in-process gateway).
+if "fail-before" in models:
+    try:
+        client.chat.completions.create(model="fail-before", messages=[{"role": "user", "content": "x"}])
+        check("upstream failure raises", False)
+    except openai.InternalServerError as e:
+        check("upstream failure is a 502", e.status_code == 502, repr(e.body))
 
-# A stream cut after its first tokens raises instead of ending quietly.
-received = []
-try:
-    for chunk in client.chat.completions.create(
-        model="fail-after-2", messages=[{"role": "user", "content": "x"}], stream=True
-    ):
-        if chunk.choices and chunk.choices[0].delta.content:
-            received.append(chunk.choices[0].delta.content)
-    check("mid-stream failure raises", False, repr(received))
-except openai.APIError as e:
-    check("mid-stream failure is an APIError", "upstream connection reset" in e.message, repr(e.message))
-    check("tokens before the failure arrived", received == ["one", " two"], repr(received))
+    # A stream cut after its first tokens raises instead of ending quietly.
+    received = []
+    try:
+        for chunk in client.chat.completions.create(
+            model="fail-after-2", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+        check("mid-stream failure raises", False, repr(received))
+    except openai.APIError as e:
+        check("mid-stream failure is an APIError", "upstream connection reset" in e.message, repr(e.message))
+        check("tokens before the failure arrived", received == ["one", " two"], repr(received))
 
 print("all SDK checks passed")

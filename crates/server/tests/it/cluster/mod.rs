@@ -6,6 +6,7 @@ mod limits;
 mod membership;
 mod pushed;
 mod verdicts;
+mod workers;
 
 use std::net::TcpListener;
 use std::process::Stdio;

@@ -1,0 +1,301 @@
+//! One job on a worker: read it, answer it through the worker's router, and settle it with the
+//! broker.
+//!
+//! What is acknowledged when: the job stays the broker's (unacknowledged, with progress sent
+//! every third of the hold) until its first output reaches the gateway node; then it is
+//! acknowledged, and so removed from the queue. A worker that dies before that point leaves the
+//! job to be delivered again; after it, the gateway node ends the caller's stream with an error.
+//! A job that cannot run (malformed, another protocol, a model not served here, expired) is
+//! acknowledged with an error reply, as retrying it elsewhere would fail the same way.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, RequestId, WorkerError};
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::cluster::jobs::wire::{Job, JobHeader, PROTOCOL, Reply, ReplyEvent};
+use crate::dlq::entry::unix_ms;
+
+/// How a job ended here, as `orchestrator_worker_jobs_total{outcome}` counts it.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Completed,
+    Failed,
+    Cancelled,
+    Refused,
+    Expired,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Refused => "refused",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
+/// Runs the job in `message`, holding `permit` (one slot) until it ends.
+pub async fn run(
+    shared: Arc<Shared>,
+    message: jetstream::Message,
+    model: String,
+    _permit: OwnedSemaphorePermit,
+) {
+    let running = shared.running.fetch_add(1, Ordering::Relaxed) + 1;
+    metrics::gauge!("orchestrator_worker_running").set(running as f64);
+    let outcome = answer(&shared, &message).await;
+    let running = shared.running.fetch_sub(1, Ordering::Relaxed) - 1;
+    metrics::gauge!("orchestrator_worker_running").set(running as f64);
+    metrics::counter!("orchestrator_worker_jobs_total", "model" => model, "outcome" => outcome.as_str())
+        .increment(1);
+}
+
+async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
+    let header: JobHeader = match serde_json::from_slice(&message.payload) {
+        Ok(header) => header,
+        Err(e) => {
+            // Nobody to tell: the job does not say where its replies go.
+            tracing::warn!(subject = %message.subject, error = %e, "A malformed job without a reply subject; dropped.");
+            settle(message, AckKind::Ack).await;
+            return Outcome::Refused;
+        }
+    };
+    let mut replier = Replier::new(shared, header.reply_to.clone());
+    if header.protocol != PROTOCOL {
+        let error = format!(
+            "worker {} speaks job protocol {PROTOCOL}, and job {} is protocol {}: run gateways and \
+             workers of one version",
+            shared.cluster.node, header.id, header.protocol
+        );
+        return refuse(message, &mut replier, WorkerError::new(error).with_status(400)).await;
+    }
+    let job: Job = match serde_json::from_slice(&message.payload) {
+        Ok(job) => job,
+        Err(e) => {
+            let error = format!(
+                "worker {} cannot read job {}: {e}",
+                shared.cluster.node, header.id
+            );
+            return refuse(message, &mut replier, WorkerError::new(error).with_status(400)).await;
+        }
+    };
+    if !shared.router.contains(&job.model) {
+        let error = format!(
+            "worker {} does not serve the model `{}` (it serves {})",
+            shared.cluster.node,
+            job.model,
+            shared.models.join(", ")
+        );
+        return refuse(message, &mut replier, WorkerError::new(error).with_status(404)).await;
+    }
+    if unix_ms(SystemTime::now()) > job.start_by_ms {
+        // The gateway node has given up on it already.
+        settle(message, AckKind::Ack).await;
+        return Outcome::Expired;
+    }
+    let cancel = shared.abort.child_token();
+    let Some(_running) = shared.cancels.start(&job.id, cancel.clone()) else {
+        settle(message, AckKind::Ack).await;
+        return Outcome::Cancelled;
+    };
+    replier
+        .send(ReplyEvent::Started {
+            name: shared.cluster.node.clone(),
+        })
+        .await;
+    let deadline = job.deadline_ms.map(|ms| {
+        let left = ms.saturating_sub(unix_ms(SystemTime::now()));
+        Instant::now() + Duration::from_millis(left)
+    });
+    let mut request = job.request;
+    request.model = job.model;
+    let call = InferenceCall {
+        id: RequestId(job.request_id),
+        request: Arc::new(request),
+        prompt: job.prompt.into(),
+        prompt_templated: job.prompt_templated,
+        messages: job.messages.map(Into::into),
+        prefix_key: job.prefix_key,
+        cancel: cancel.clone(),
+        deadline,
+    };
+    stream(shared, message, replier, call, cancel).await
+}
+
+/// Streams the call's output to the gateway node, settling the job at its first output.
+async fn stream(
+    shared: &Arc<Shared>,
+    message: &jetstream::Message,
+    mut replier: Replier,
+    call: InferenceCall,
+    cancel: CancellationToken,
+) -> Outcome {
+    let deadline = call.deadline;
+    let router = shared.router.clone();
+    let first = async move {
+        let mut tokens = router.infer_stream(call).await?;
+        let first = tokens.next().await;
+        Ok::<_, WorkerError>((tokens, first))
+    };
+    tokio::pin!(first);
+    let mut progress = tokio::time::interval(shared.ack_wait / 3);
+    progress.reset();
+    let mut alive = tokio::time::interval(shared.heartbeat);
+    alive.reset();
+    let past_deadline = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(past_deadline);
+    // Before the first output: the job stays the broker's, and both it and the gateway node
+    // hear that it still runs.
+    let (mut tokens, first) = loop {
+        tokio::select! {
+            result = &mut first => match result {
+                Ok(pair) => break pair,
+                Err(error) => {
+                    replier.send(ReplyEvent::Failed(error)).await;
+                    settle(message, AckKind::Ack).await;
+                    return Outcome::Failed;
+                }
+            },
+            _ = progress.tick() => settle(message, AckKind::Progress).await,
+            _ = alive.tick() => replier.send(ReplyEvent::Alive).await,
+            () = cancel.cancelled() => {
+                let outcome = if shared.abort.is_cancelled() {
+                    // Shutting down past the grace: another worker takes the job at once.
+                    settle(message, AckKind::Nak(None)).await;
+                    Outcome::Failed
+                } else {
+                    settle(message, AckKind::Ack).await;
+                    Outcome::Cancelled
+                };
+                return outcome;
+            }
+            () = &mut past_deadline => {
+                cancel.cancel();
+                settle(message, AckKind::Ack).await;
+                return Outcome::Expired;
+            }
+        }
+    };
+    let mut next = first;
+    let mut settled = false;
+    loop {
+        match next {
+            Some(Ok(chunk)) => replier.send(ReplyEvent::of(chunk)).await,
+            Some(Err(error)) => {
+                replier.send(ReplyEvent::Failed(error)).await;
+                if !settled {
+                    settle(message, AckKind::Ack).await;
+                }
+                return Outcome::Failed;
+            }
+            None => {
+                replier.send(ReplyEvent::End).await;
+                if !settled {
+                    settle(message, AckKind::Ack).await;
+                }
+                return Outcome::Completed;
+            }
+        }
+        if !settled {
+            // After the first output is on its way: from here a lost worker is the caller's
+            // error, never a second run.
+            settle(message, AckKind::Ack).await;
+            settled = true;
+        }
+        alive.reset();
+        next = loop {
+            tokio::select! {
+                item = tokens.next() => break item,
+                _ = alive.tick() => replier.send(ReplyEvent::Alive).await,
+                () = cancel.cancelled() => {
+                    if shared.abort.is_cancelled() {
+                        replier.send(ReplyEvent::Failed(WorkerError::new(format!(
+                            "worker {} shut down before the answer was complete",
+                            shared.cluster.node
+                        )))).await;
+                        return Outcome::Failed;
+                    }
+                    return Outcome::Cancelled;
+                }
+                () = &mut past_deadline => {
+                    cancel.cancel();
+                    return Outcome::Expired;
+                }
+            }
+        };
+    }
+}
+
+/// Answers a job that cannot run with `error`, and takes it out of the queue.
+async fn refuse(message: &jetstream::Message, replier: &mut Replier, error: WorkerError) -> Outcome {
+    tracing::warn!(error = %error.message, "Refused a job.");
+    replier.send(ReplyEvent::Failed(error)).await;
+    settle(message, AckKind::Ack).await;
+    Outcome::Refused
+}
+
+/// Acknowledges `message` with `kind`; a failure is logged: the broker then delivers the job
+/// again after its hold, and the gateway node takes the first worker's answer only.
+async fn settle(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::debug!(error = %e, "Could not settle a job with the broker.");
+    }
+}
+
+/// Numbered replies to one job, on core NATS.
+struct Replier {
+    client: async_nats::Client,
+    subject: String,
+    worker: String,
+    seq: u64,
+}
+
+impl Replier {
+    fn new(shared: &Shared, subject: String) -> Self {
+        Self {
+            client: shared.cluster.jetstream.client(),
+            subject,
+            worker: shared.cluster.instance.clone(),
+            seq: 0,
+        }
+    }
+
+    /// Sends `event`; the client writes replies in order on one connection, and waits here only
+    /// when its outgoing buffer is full (which slows the upstream's reading, as a slow client
+    /// would). A reply that cannot be sent is one the gateway node notices missing.
+    async fn send(&mut self, event: ReplyEvent) {
+        let reply = Reply {
+            worker: self.worker.clone(),
+            seq: self.seq,
+            event,
+        };
+        self.seq += 1;
+        let Ok(payload) = serde_json::to_vec(&reply) else {
+            return;
+        };
+        if let Err(e) = self
+            .client
+            .publish(self.subject.clone(), Bytes::from(payload))
+            .await
+        {
+            tracing::debug!(error = %e, "Could not send a reply.");
+        }
+    }
+}

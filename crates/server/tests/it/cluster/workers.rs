@@ -1,0 +1,395 @@
+//! Remote workers: real `orchestrator worker` processes taking jobs from a real nats-server for a
+//! gateway whose model is `kind = "cluster"`, each worker in front of a mock upstream of its own
+//! (whose counters say what each worker ran).
+
+use std::time::Duration;
+
+use orchestrator_mock::{Behaviour, RunningMock};
+use serde_json::{Value, json};
+
+use super::{ECHO, Nats, cluster_section, cluster_view, eventually, node};
+use crate::binary::{Binary, spawn_command};
+use crate::gateway_mock::mock;
+use crate::support::{Frame, SseReader, client, expect_error};
+
+/// Worker `name` serving model `m` from `mock`, with `[worker]` settings `worker`.
+async fn worker(nats: &Nats, name: &str, mock: &RunningMock, worker: &str) -> Binary {
+    let config = format!(
+        "[worker]\n{worker}\n\n[[backends]]\nkind = \"openai\"\nname = \"up\"\nbase_url = \"{}\"\nmodel = \"mock\"\n\n\
+         [[models]]\nname = \"m\"\nbackends = [\"up\"]\n\n{}",
+        mock.url("/v1"),
+        cluster_section(nats, name)
+    );
+    spawn_command("worker", &config, &["--listen", "127.0.0.1:0"], &[]).await
+}
+
+/// A gateway whose model `m` runs on the workers.
+async fn gateway(nats: &Nats, backend: &str) -> Binary {
+    let config = format!(
+        "[[backends]]\nkind = \"cluster\"\nname = \"workers\"\n{backend}\n\n[[models]]\nname = \"m\"\nbackends = [\"workers\"]\n"
+    );
+    node(nats, "gw", &config).await
+}
+
+/// Waits until `gateway` lists `names` as workers, then a few heartbeats more, so that every
+/// worker has seen the others and the partitions have settled.
+async fn workers_listed(gateway: &Binary, names: &[&str]) {
+    eventually("the workers are listed", || async {
+        let (_, view) = cluster_view(gateway).await;
+        let mut workers: Vec<String> = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] == "worker")
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect();
+        workers.sort();
+        workers == names
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+}
+
+fn chat(session: &str, stream: bool) -> Value {
+    json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": stream,
+        "user": session,
+    })
+}
+
+async fn post(gateway: &Binary, session: &str, stream: bool) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/chat/completions", gateway.base))
+        .header("x-session-id", session)
+        .json(&chat(session, stream))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// How a streamed answer ended.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    Complete,
+    ErrorEvent,
+}
+
+/// One streamed request of `session` to the gateway at `base`, read to its end.
+async fn streamed(base: String, session: String) -> Ending {
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat(&session, true))
+        .send()
+        .await
+        .unwrap();
+    let frames = SseReader::new(response).rest().await;
+    let error = frames.iter().any(|f| match f {
+        Frame::Event(name, _) => name == "error",
+        Frame::Data(data) => data.contains("\"error\""),
+        Frame::Comment(_) => false,
+    });
+    let done = frames.last() == Some(&Frame::Data("[DONE]".into()));
+    assert!(error || done, "neither [DONE] nor an error event: {frames:?}");
+    if error {
+        Ending::ErrorEvent
+    } else {
+        Ending::Complete
+    }
+}
+
+/// The jobs the broker holds (waiting, or taken and not yet answered).
+async fn jobs_held(nats: &Nats) -> u64 {
+    let js = nats.jetstream().await;
+    let mut stream = js.get_stream("ORCHESTRATOR_JOBS").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test]
+async fn the_official_sdk_gets_answers_from_workers_streamed_and_not() {
+    let nats = Nats::start().await;
+    let echo_worker = format!("[worker]\nslots = 4\n\n{ECHO}\n{}", cluster_section(&nats, "w1"));
+    let _w1 = spawn_command("worker", &echo_worker, &["--listen", "127.0.0.1:0"], &[]).await;
+    let gw = node(
+        &nats,
+        "gw",
+        "[[backends]]\nkind = \"cluster\"\nname = \"workers\"\n\n[[models]]\nname = \"echo\"\nbackends = [\"workers\"]\n",
+    )
+    .await;
+    workers_listed(&gw, &["w1"]).await;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_e2e.py"))
+        .env("OPENAI_BASE_URL", format!("{}/v1", gw.base))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ok: stream usage") && stdout.contains("all SDK checks passed"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_stays_on_one_worker() {
+    let nats = Nats::start().await;
+    let mocks = [
+        mock(Behaviour::default()).await,
+        mock(Behaviour::default()).await,
+        mock(Behaviour::default()).await,
+    ];
+    let mut workers = Vec::new();
+    for (i, m) in mocks.iter().enumerate() {
+        workers.push(worker(&nats, &format!("w{i}"), m, "slots = 4").await);
+    }
+    let gw = gateway(&nats, "").await;
+    workers_listed(&gw, &["w0", "w1", "w2"]).await;
+    let counts = || {
+        mocks
+            .iter()
+            .map(|m| m.handle().stats().chat_completions)
+            .collect::<Vec<_>>()
+    };
+    let (mut on_one, mut total, mut used) = (0, 0, [false; 3]);
+    for s in 0..20 {
+        let before = counts();
+        for _ in 0..5 {
+            let response = post(&gw, &format!("session-{s}"), false).await;
+            assert_eq!(response.status(), 200);
+        }
+        let grown: Vec<u64> = counts().iter().zip(&before).map(|(a, b)| a - b).collect();
+        on_one += grown.iter().max().unwrap();
+        total += grown.iter().sum::<u64>();
+        used[grown.iter().position(|g| *g > 0).unwrap()] = true;
+    }
+    assert_eq!(total, 100, "every request ran once");
+    assert!(on_one >= 99, "{on_one} of 100 requests on their session's worker");
+    assert!(
+        used.iter().all(|u| *u),
+        "sessions spread over the three workers: {used:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_before_the_first_token_hands_its_jobs_to_another() {
+    let nats = Nats::start().await;
+    let stuck = mock(Behaviour {
+        latency_ms: 60_000,
+        ..Behaviour::default()
+    })
+    .await;
+    let fine = mock(Behaviour::default()).await;
+    let mut a = worker(&nats, "a", &stuck, "slots = 5").await;
+    let gw = gateway(&nats, "").await;
+    workers_listed(&gw, &["a"]).await;
+    let calls: Vec<_> = (0..5)
+        .map(|i| {
+            let base = gw.base.clone();
+            tokio::spawn(async move {
+                let response = client()
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&chat(&format!("s{i}"), false))
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    response.status().as_u16(),
+                    response.json::<Value>().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    eventually("worker a has taken the five jobs", || async {
+        stuck.handle().stats().chat_completions == 5
+    })
+    .await;
+    a.child.start_kill().unwrap();
+    let _b = worker(&nats, "b", &fine, "slots = 5").await;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
+    }
+    assert_eq!(
+        fine.handle().stats().chat_completions,
+        5,
+        "each job ran once more, on b"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_loses_nothing_and_runs_nothing_twice() {
+    let nats = Nats::start().await;
+    // 40 tokens at 10 per second: a stream runs for about four seconds.
+    let slow = mock(Behaviour {
+        tokens: 40,
+        tokens_per_second: 10.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let others = [mock(Behaviour::default()).await, mock(Behaviour::default()).await];
+    let mut a = worker(&nats, "a", &slow, "slots = 10").await;
+    let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
+    workers_listed(&gw, &["a"]).await;
+    let calls: Vec<_> = (0..60)
+        .map(|i| tokio::spawn(streamed(gw.base.clone(), format!("s{i}"))))
+        .collect();
+    eventually("a runs ten streams and fifty jobs wait", || async {
+        slow.handle().stats().streams_started == 10 && jobs_held(&nats).await == 50
+    })
+    .await;
+    a.child.start_kill().unwrap();
+    let _b = worker(&nats, "b", &others[0], "slots = 10").await;
+    let _c = worker(&nats, "c", &others[1], "slots = 10").await;
+    let mut endings = Vec::new();
+    for call in calls {
+        endings.push(call.await.unwrap());
+    }
+    let complete = endings.iter().filter(|e| **e == Ending::Complete).count() as u64;
+    let errors = endings.iter().filter(|e| **e == Ending::ErrorEvent).count();
+    assert_eq!(
+        complete, 50,
+        "every queued job completed elsewhere ({errors} error events)"
+    );
+    assert_eq!(errors, 10, "every stream a was running ended with an error event");
+    let ran_elsewhere: u64 = others.iter().map(|m| m.handle().stats().streams_completed).sum();
+    assert_eq!(ran_elsewhere, complete, "no job ran twice to completion");
+    assert_eq!(slow.handle().stats().streams_completed, 0);
+    assert_eq!(jobs_held(&nats).await, 0);
+}
+
+#[tokio::test]
+async fn queued_jobs_survive_a_restart_of_nats() {
+    let mut nats = Nats::start().await;
+    let upstream = mock(Behaviour::default()).await;
+    let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
+    let calls: Vec<_> = (0..5)
+        .map(|i| tokio::spawn(streamed(gw.base.clone(), format!("s{i}"))))
+        .collect();
+    eventually("five jobs wait", || async { jobs_held(&nats).await == 5 }).await;
+    nats.restart().await;
+    eventually("the jobs are still there", || async {
+        jobs_held(&nats).await == 5
+    })
+    .await;
+    let _w = worker(&nats, "w", &upstream, "slots = 2").await;
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Ending::Complete);
+    }
+    assert_eq!(upstream.handle().stats().streams_completed, 5);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_job_queued_or_running() {
+    let nats = Nats::start().await;
+    let upstream = mock(Behaviour {
+        tokens: 100,
+        tokens_per_second: 10.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
+    // Queued: no worker yet; the client gives up while the job waits.
+    let gone = client()
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .json(&chat("leaver", false))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(gone.is_err());
+    eventually("the job has left the queue", || async {
+        jobs_held(&nats).await == 0
+    })
+    .await;
+    let _w = worker(&nats, "w", &upstream, "slots = 2").await;
+    workers_listed(&gw, &["w"]).await;
+    // Running: the client reads the first tokens and leaves.
+    let mut reader = SseReader::new(post(&gw, "reader", true).await);
+    for _ in 0..3 {
+        reader.next().await.unwrap();
+    }
+    drop(reader);
+    eventually("the upstream saw the stream abandoned", || async {
+        upstream.handle().stats().streams_abandoned == 1
+    })
+    .await;
+    let stats = upstream.handle().stats();
+    assert_eq!(stats.chat_completions, 1, "the queued job never ran: {stats:?}");
+}
+
+#[tokio::test]
+async fn jobs_that_cannot_run_get_clear_errors() {
+    let nats = Nats::start().await;
+    let upstream = mock(Behaviour::default()).await;
+    let _w = worker(&nats, "w", &upstream, "slots = 2").await;
+    // No worker serves the model the backend names: 503 with Retry-After once the job's wait
+    // is over.
+    let gw = node(
+        &nats,
+        "gw",
+        "[server]\nmax_body_bytes = 4000000\n\n[[backends]]\nkind = \"cluster\"\nname = \"workers\"\nmodel = \"nope\"\nqueue_timeout_ms = 500\n\n\
+         [[backends]]\nkind = \"cluster\"\nname = \"real\"\nmodel = \"m\"\n\n\
+         [[models]]\nname = \"m\"\nbackends = [\"workers\"]\n\n[[models]]\nname = \"big\"\nbackends = [\"real\"]\n",
+    )
+    .await;
+    let response = post(&gw, "s", false).await;
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body = expect_error(response, 503).await;
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("model `nope`: no worker serving it took the job"),
+        "{message}"
+    );
+    // A job over the broker's largest message: 413, naming the limit.
+    let huge = json!({"model": "big", "messages": [{"role": "user", "content": "x".repeat(1_200_000)}]});
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    let body = expect_error(response, 413).await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("max_payload"), "{message}");
+    // Jobs a worker cannot read, published by hand: a clear error on the reply subject.
+    let nc = async_nats::connect(&nats.url).await.unwrap();
+    let mut replies = nc.subscribe("test.replies").await.unwrap();
+    nc.flush().await.unwrap();
+    let js = async_nats::jetstream::new(nc.clone());
+    let bad = [
+        json!({"protocol": 1, "id": "j1", "reply_to": "test.replies", "model": 5}),
+        json!({"protocol": 2, "id": "j2", "reply_to": "test.replies"}),
+    ];
+    for (job, wanted) in bad.iter().zip([
+        "cannot read job j1",
+        "speaks job protocol 1, and job j2 is protocol 2",
+    ]) {
+        js.publish("orchestrator.jobs.m.normal.0", job.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        nc.publish("orchestrator.ring.m", "normal.0".into())
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut replies),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        let error = &reply["event"]["failed"];
+        assert_eq!(error["status"], 400, "{reply}");
+        assert!(error["message"].as_str().unwrap().contains(wanted), "{reply}");
+    }
+    assert_eq!(jobs_held(&nats).await, 0, "refused jobs leave the queue");
+}

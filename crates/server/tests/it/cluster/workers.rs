@@ -99,6 +99,20 @@ async fn streamed(base: String, session: String) -> Ending {
     }
 }
 
+/// The sum of the Prometheus samples at `base` whose line starts with `prefix`.
+async fn metric_sum(base: &str, prefix: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// The jobs the broker holds (waiting, or taken and not yet answered).
 async fn jobs_held(nats: &Nats) -> u64 {
     let js = nats.jetstream().await;
@@ -271,6 +285,10 @@ async fn queued_jobs_survive_a_restart_of_nats() {
         .map(|i| tokio::spawn(streamed(gw.base.clone(), format!("s{i}"))))
         .collect();
     eventually("five jobs wait", || async { jobs_held(&nats).await == 5 }).await;
+    eventually("the gateway shows them in its metrics", || async {
+        metric_sum(&gw.base, "orchestrator_jobs_queued{model=\"m\"").await == 5.0
+    })
+    .await;
     nats.restart().await;
     eventually("the jobs are still there", || async {
         jobs_held(&nats).await == 5
@@ -392,4 +410,172 @@ async fn jobs_that_cannot_run_get_clear_errors() {
         assert!(error["message"].as_str().unwrap().contains(wanted), "{reply}");
     }
     assert_eq!(jobs_held(&nats).await, 0, "refused jobs leave the queue");
+}
+
+#[tokio::test]
+async fn high_priority_jobs_are_pulled_first() {
+    let nats = Nats::start().await;
+    let upstream = mock(Behaviour {
+        latency_ms: 700,
+        ..Behaviour::default()
+    })
+    .await;
+    let _w = worker(&nats, "w", &upstream, "slots = 1").await;
+    let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
+    workers_listed(&gw, &["w"]).await;
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let send = |priority: &'static str, i: usize| {
+        let (base, order) = (gw.base.clone(), order.clone());
+        tokio::spawn(async move {
+            let response = client()
+                .post(format!("{base}/v1/chat/completions"))
+                .header("x-priority", priority)
+                .json(&chat(&format!("{priority}-{i}"), false))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            order.lock().unwrap().push(priority);
+        })
+    };
+    // The first occupies the worker's one slot; the rest wait in the broker meanwhile.
+    let mut calls = vec![send("normal", 0)];
+    eventually("the first job runs", || async {
+        upstream.handle().stats().chat_completions == 1
+    })
+    .await;
+    for (i, priority) in ["low", "low", "normal", "normal", "high", "high"]
+        .into_iter()
+        .enumerate()
+    {
+        calls.push(send(priority, i + 1));
+    }
+    eventually("six jobs wait", || async { jobs_held(&nats).await == 6 }).await;
+    for call in calls {
+        call.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(
+        order,
+        ["normal", "high", "high", "normal", "normal", "low", "low"]
+    );
+}
+
+#[tokio::test]
+async fn a_busy_owner_hands_its_jobs_to_a_free_worker_after_the_wait() {
+    let nats = Nats::start().await;
+    let slow = mock(Behaviour {
+        latency_ms: 3_000,
+        ..Behaviour::default()
+    })
+    .await;
+    let fast = mock(Behaviour::default()).await;
+    let _a = worker(&nats, "a", &slow, "slots = 1\nhandoff_ms = 200").await;
+    let b = worker(&nats, "b", &fast, "slots = 8\nhandoff_ms = 200").await;
+    let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
+    workers_listed(&gw, &["a", "b"]).await;
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let base = gw.base.clone();
+            tokio::spawn(async move {
+                let response = client()
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&chat(&format!("session-{i}"), false))
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    let (on_a, on_b) = (
+        slow.handle().stats().chat_completions,
+        fast.handle().stats().chat_completions,
+    );
+    assert_eq!(on_a + on_b, 16, "each job ran once");
+    assert!(
+        on_a <= 2,
+        "a ran {on_a}: its slot was busy, its other jobs went to b"
+    );
+    let handed = metric_sum(&b.base, "orchestrator_worker_handoffs_total{model=\"m\"}").await;
+    assert!(handed >= 1.0, "b counted the jobs it took from a: {handed}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_worker_it_finishes_its_jobs_takes_no_more_and_exits_0() {
+    let nats = Nats::start().await;
+    let slow = mock(Behaviour {
+        tokens: 20,
+        tokens_per_second: 10.0,
+        ..Behaviour::default()
+    })
+    .await;
+    let other = mock(Behaviour::default()).await;
+    let mut a = worker(&nats, "a", &slow, "slots = 2").await;
+    let ready = client().get(format!("{}/readyz", a.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        (ready["role"].as_str(), ready["slots"].as_u64()),
+        (Some("worker"), Some(2)),
+        "{ready}"
+    );
+    let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
+    workers_listed(&gw, &["a"]).await;
+    let (_, view) = cluster_view(&gw).await;
+    let listed = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (listed["slots"].as_u64(), listed["models"].clone()),
+        (Some(2), json!(["m"])),
+        "{listed}"
+    );
+    let running = tokio::spawn(streamed(gw.base.clone(), "s1".into()));
+    eventually("a runs the stream", || async {
+        slow.handle().stats().streams_started == 1
+    })
+    .await;
+    let pid = a.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually("a says it drains", || async {
+        let ready = client().get(format!("{}/readyz", a.base)).send().await.unwrap();
+        ready.status() == 503 && ready.json::<Value>().await.unwrap()["status"] == "draining"
+    })
+    .await;
+    // Sent while a drains: it waits for another worker.
+    let queued = tokio::spawn(streamed(gw.base.clone(), "s2".into()));
+    eventually("the new job waits", || async { jobs_held(&nats).await == 1 }).await;
+    assert_eq!(
+        running.await.unwrap(),
+        Ending::Complete,
+        "the running job finished"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), a.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let _b = worker(&nats, "b", &other, "slots = 2").await;
+    assert_eq!(queued.await.unwrap(), Ending::Complete);
+    assert_eq!(
+        (
+            slow.handle().stats().streams_completed,
+            other.handle().stats().streams_completed
+        ),
+        (1, 1)
+    );
 }

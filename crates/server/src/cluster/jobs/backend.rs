@@ -435,8 +435,15 @@ impl Drop for Queued {
 
 /// A job the broker did not take.
 fn unqueued(model: &str, error: &dyn std::fmt::Display) -> WorkerError {
+    let mut why = error.to_string();
+    if why.contains("maximum messages exceeded") || why.contains("maximum bytes exceeded") {
+        why = format!(
+            "the job queue is full ({why}): add workers for it, or raise the bounds of the stream \
+             ORCHESTRATOR_JOBS, which keeps those of [cluster.jobs] of the node that made it"
+        );
+    }
     WorkerError::retryable(format!(
-        "cannot queue the job for model `{model}` in NATS JetStream: {error}"
+        "cannot queue the job for model `{model}` in NATS JetStream: {why}"
     ))
     .with_status(503)
     .with_retry_after(Duration::from_secs(1))

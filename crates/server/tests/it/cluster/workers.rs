@@ -23,10 +23,16 @@ async fn worker(nats: &Nats, name: &str, mock: &RunningMock, worker: &str) -> Bi
     spawn_command("worker", &config, &["--listen", "127.0.0.1:0"], &[]).await
 }
 
-/// A gateway whose model `m` runs on the workers.
+/// A gateway whose model `m` runs on the workers, with `backend` settings.
 async fn gateway(nats: &Nats, backend: &str) -> Binary {
+    gateway_with(nats, "", backend).await
+}
+
+/// A gateway whose model `m` runs on the workers, with `sections` of its own before.
+async fn gateway_with(nats: &Nats, sections: &str, backend: &str) -> Binary {
     let config = format!(
-        "[[backends]]\nkind = \"cluster\"\nname = \"workers\"\n{backend}\n\n[[models]]\nname = \"m\"\nbackends = [\"workers\"]\n"
+        "{sections}\n[[backends]]\nkind = \"cluster\"\nname = \"workers\"\n{backend}\n\n\
+         [[models]]\nname = \"m\"\nbackends = [\"workers\"]\n"
     );
     node(nats, "gw", &config).await
 }
@@ -247,7 +253,12 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_runs_nothing_twice() {
     .await;
     let others = [mock(Behaviour::default()).await, mock(Behaviour::default()).await];
     let mut a = worker(&nats, "a", &slow, "slots = 10").await;
-    let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
+    let dir = tempfile::tempdir().unwrap();
+    let dlq = format!(
+        "[dlq]\npath = {:?}\n",
+        dir.path().join("gw.redb").display().to_string()
+    );
+    let gw = gateway_with(&nats, &dlq, "queue_timeout_ms = 60000").await;
     workers_listed(&gw, &["a"]).await;
     let calls: Vec<_> = (0..60)
         .map(|i| tokio::spawn(streamed(gw.base.clone(), format!("s{i}"))))
@@ -274,6 +285,47 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(ran_elsewhere, complete, "no job ran twice to completion");
     assert_eq!(slow.handle().stats().streams_completed, 0);
     assert_eq!(jobs_held(&nats).await, 0);
+    eventually("the ten cut requests are dead letters", || async {
+        let listed: Value = reqwest::get(format!("{}/admin/dlq", gw.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["data"].as_array().is_some_and(|d| d.len() == 10)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_full_job_queue_refuses_new_jobs_with_503() {
+    let nats = Nats::start().await;
+    let gw = gateway_with(
+        &nats,
+        "[cluster.jobs]\nmax_queued = 2\n",
+        "queue_timeout_ms = 60000",
+    )
+    .await;
+    let waiting: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(streamed(gw.base.clone(), format!("s{i}"))))
+        .collect();
+    eventually("two jobs wait", || async { jobs_held(&nats).await == 2 }).await;
+    let response = post(&gw, "s3", false).await;
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body = expect_error(response, 503).await;
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot queue the job for model `m` in NATS JetStream: the job queue is full"),
+        "{message}"
+    );
+    let upstream = mock(Behaviour::default()).await;
+    let _w = worker(&nats, "w", &upstream, "slots = 2").await;
+    for call in waiting {
+        assert_eq!(call.await.unwrap(), Ending::Complete, "the queued jobs were kept");
+    }
 }
 
 #[tokio::test]

@@ -69,44 +69,14 @@ header=()
 
 body='{"model":"mock","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"stream":false}'
 
-# measure NAME PORT READY_PATH CMD...: runs CMD under callgrind, loads it, prints its
-# instructions per request.
-measure() {
-    local name=$1 port=$2 ready=$3
-    shift 3
-    valgrind --tool=callgrind --callgrind-out-file="$out/$name.callgrind.out.%p" "$@" \
-        >"$out/$name.log" 2>&1 &
-    local pid=$!
-    pids+=("$pid")
-    for _ in $(seq 120); do
-        curl -sf "http://127.0.0.1:$port$ready" >/dev/null && break
-        sleep 1
-    done
-    load() {
-        oha -n "$1" -c "$concurrency" --no-tui -m POST -H 'content-type: application/json' "${header[@]}" -d "$body" \
-            "http://127.0.0.1:$port/v1/chat/completions"
-    }
-    load "$warmup" >/dev/null
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    load "$requests" >"$out/$name.oha.txt"
-    callgrind_control -d "$pid" >/dev/null 2>&1
-    grep -q "\[200\] $requests responses" "$out/$name.oha.txt" || {
-        echo "$name: not every request got a 200:" >&2
-        cat "$out/$name.oha.txt" >&2
-        exit 1
-    }
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    # The dump after zeroing is the file with the ".1" suffix.
-    local profile total
-    profile=$(ls "$out/$name.callgrind.out."*.1)
-    total=$(callgrind_annotate "$profile" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    echo "$name: instructions per request: $((total / requests)) ($requests requests at concurrency $concurrency; profile $profile)"
-}
+# shellcheck source=lib/callgrind.sh
+source scripts/lib/callgrind.sh
 
-RUST_LOG=warn,orchestrator=info,orchestrator_server=info measure gateway "$gateway_port" /readyz \
+RUST_LOG=warn,orchestrator=info,orchestrator_server=info callgrind_measure gateway \
+    "http://127.0.0.1:$gateway_port/readyz" "http://127.0.0.1:$gateway_port/v1/chat/completions" \
     "$bin" serve --log-format json --config "$out/gateway.toml"
 if [ -n "$forwarder" ]; then
-    measure forwarder "$forwarder_port" /v1/models \
+    callgrind_measure forwarder \
+        "http://127.0.0.1:$forwarder_port/v1/models" "http://127.0.0.1:$forwarder_port/v1/chat/completions" \
         "$forwarder" --listen "127.0.0.1:$forwarder_port" --upstream "http://127.0.0.1:$mock_port"
 fi

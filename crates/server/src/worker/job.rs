@@ -8,6 +8,7 @@
 //! A job that cannot run (malformed, another protocol, a model not served here, expired) is
 //! acknowledged with an error reply, as retrying it elsewhere would fail the same way.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -16,8 +17,10 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
-use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, RequestId, WorkerError};
+use tokio::time::{Instant, Interval};
+use tokio_prompt_orchestrator::{
+    InferenceCall, ModelWorker, RequestId, TokenStream, WorkerChunk, WorkerError,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -143,17 +146,6 @@ async fn stream(
     cancel: CancellationToken,
 ) -> Outcome {
     let deadline = call.deadline;
-    let router = shared.router.clone();
-    let first = async move {
-        let mut tokens = router.infer_stream(call).await?;
-        let first = tokens.next().await;
-        Ok::<_, WorkerError>((tokens, first))
-    };
-    tokio::pin!(first);
-    let mut progress = tokio::time::interval(shared.ack_wait / 3);
-    progress.reset();
-    let mut alive = tokio::time::interval(shared.heartbeat);
-    alive.reset();
     let past_deadline = async {
         match deadline {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -161,63 +153,47 @@ async fn stream(
         }
     };
     tokio::pin!(past_deadline);
-    // Before the first output: the job stays the broker's, and both it and the gateway node
-    // hear that it still runs.
-    let (mut tokens, first) = loop {
-        tokio::select! {
-            result = &mut first => match result {
-                Ok(pair) => break pair,
-                Err(error) => {
-                    replier.send(ReplyEvent::Failed(error)).await;
-                    settle(message, AckKind::Ack).await;
-                    return Outcome::Failed;
-                }
-            },
-            _ = progress.tick() => settle(message, AckKind::Progress).await,
-            _ = alive.tick() => replier.send(ReplyEvent::Alive).await,
-            () = cancel.cancelled() => {
-                let outcome = if shared.abort.is_cancelled() {
-                    // Shutting down past the grace: another worker takes the job at once.
-                    settle(message, AckKind::Nak(None)).await;
-                    Outcome::Failed
-                } else {
-                    settle(message, AckKind::Ack).await;
-                    Outcome::Cancelled
-                };
-                return outcome;
-            }
-            () = &mut past_deadline => {
-                cancel.cancel();
-                settle(message, AckKind::Ack).await;
-                return Outcome::Expired;
-            }
-        }
+    let mut alive = tokio::time::interval(shared.heartbeat);
+    alive.reset();
+    let (mut tokens, mut next) = match until_first(
+        shared,
+        message,
+        &mut replier,
+        call,
+        &cancel,
+        &mut alive,
+        &mut past_deadline,
+    )
+    .await
+    {
+        Ok(started) => started,
+        Err(outcome) => return outcome,
     };
-    let mut next = first;
     let mut settled = false;
     loop {
-        match next {
-            Some(Ok(chunk)) => replier.send(ReplyEvent::of(chunk)).await,
+        let ended = match next {
+            Some(Ok(chunk)) => {
+                replier.send(ReplyEvent::of(chunk)).await;
+                None
+            }
             Some(Err(error)) => {
                 replier.send(ReplyEvent::Failed(error)).await;
-                if !settled {
-                    settle(message, AckKind::Ack).await;
-                }
-                return Outcome::Failed;
+                Some(Outcome::Failed)
             }
             None => {
                 replier.send(ReplyEvent::End).await;
-                if !settled {
-                    settle(message, AckKind::Ack).await;
-                }
-                return Outcome::Completed;
+                Some(Outcome::Completed)
             }
-        }
+        };
         if !settled {
-            // After the first output is on its way: from here a lost worker is the caller's
-            // error, never a second run.
+            // Acknowledged once the first output is on its way: a worker dying between the two
+            // leaves the job to be delivered again, and the gateway node keeps this worker's
+            // answer (the error it ends with); from here a lost worker is never a second run.
             settle(message, AckKind::Ack).await;
             settled = true;
+        }
+        if let Some(outcome) = ended {
+            return outcome;
         }
         alive.reset();
         next = loop {
@@ -226,10 +202,8 @@ async fn stream(
                 _ = alive.tick() => replier.send(ReplyEvent::Alive).await,
                 () = cancel.cancelled() => {
                     if shared.abort.is_cancelled() {
-                        replier.send(ReplyEvent::Failed(WorkerError::new(format!(
-                            "worker {} shut down before the answer was complete",
-                            shared.cluster.node
-                        )))).await;
+                        let error = format!("worker {} shut down before the answer was complete", shared.cluster.node);
+                        replier.send(ReplyEvent::Failed(WorkerError::new(error))).await;
                         return Outcome::Failed;
                     }
                     return Outcome::Cancelled;
@@ -240,6 +214,60 @@ async fn stream(
                 }
             }
         };
+    }
+}
+
+/// Runs the call until its first stream item. Meanwhile the job stays the broker's (progress
+/// every third of the hold) and the gateway node hears that it runs (`Alive` every heartbeat).
+///
+/// # Errors
+/// How the job ended when it ended before any output, settled with the broker.
+async fn until_first(
+    shared: &Arc<Shared>,
+    message: &jetstream::Message,
+    replier: &mut Replier,
+    call: InferenceCall,
+    cancel: &CancellationToken,
+    alive: &mut Interval,
+    past_deadline: &mut Pin<&mut impl Future<Output = ()>>,
+) -> Result<(TokenStream, Option<Result<WorkerChunk, WorkerError>>), Outcome> {
+    let router = shared.router.clone();
+    let first = async move {
+        let mut tokens = router.infer_stream(call).await?;
+        let first = tokens.next().await;
+        Ok::<_, WorkerError>((tokens, first))
+    };
+    tokio::pin!(first);
+    let mut progress = tokio::time::interval(shared.ack_wait / 3);
+    progress.reset();
+    loop {
+        tokio::select! {
+            result = &mut first => return match result {
+                Ok(started) => Ok(started),
+                Err(error) => {
+                    replier.send(ReplyEvent::Failed(error)).await;
+                    settle(message, AckKind::Ack).await;
+                    Err(Outcome::Failed)
+                }
+            },
+            _ = progress.tick() => settle(message, AckKind::Progress).await,
+            _ = alive.tick() => replier.send(ReplyEvent::Alive).await,
+            () = cancel.cancelled() => {
+                return Err(if shared.abort.is_cancelled() {
+                    // Shutting down past the grace: another worker takes the job at once.
+                    settle(message, AckKind::Nak(None)).await;
+                    Outcome::Failed
+                } else {
+                    settle(message, AckKind::Ack).await;
+                    Outcome::Cancelled
+                });
+            }
+            () = past_deadline.as_mut() => {
+                cancel.cancel();
+                settle(message, AckKind::Ack).await;
+                return Err(Outcome::Expired);
+            }
+        }
     }
 }
 

@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::Subscriber;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, stream};
+use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
 use super::ownership::Owned;
@@ -56,6 +58,7 @@ impl Puller {
         let mut scan = tokio::time::interval(self.shared.heartbeat);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A slot first: a job is never taken that could not start at once.
             let permit = tokio::select! {
                 permit = self.shared.slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -63,34 +66,8 @@ impl Puller {
                 },
                 () = stop.cancelled() => return,
             };
-            let (message, queue) = loop {
-                while let Some(Some(bell)) = bells.next().now_or_never() {
-                    self.ring(&bell.subject, &bell.payload);
-                }
-                let picked = self.pending.pick(Instant::now(), &self.owned.borrow());
-                if let Some(queue) = picked {
-                    match self.fetch(queue).await {
-                        Ok(Some(message)) => break (message, queue),
-                        Ok(None) => self.pending.forget(&queue),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Cannot pull a job; trying again on the next scan.");
-                            self.pending.forget(&queue);
-                        }
-                    }
-                    continue;
-                }
-                let handoff_at = self.pending.next_handoff(&self.owned.borrow());
-                tokio::select! {
-                    bell = bells.next(), if !bells.is_empty() => {
-                        if let Some(bell) = bell {
-                            self.ring(&bell.subject, &bell.payload);
-                        }
-                    }
-                    _ = scan.tick() => self.scan().await,
-                    () = sleep_until(handoff_at) => {}
-                    _ = self.owned.changed() => self.scan().await,
-                    () = stop.cancelled() => return,
-                }
+            let Some((message, queue)) = self.next_job(&mut bells, &mut scan, &stop).await else {
+                return;
             };
             let model = self.shared.models[queue.model].clone();
             if let Ok(info) = message.info() {
@@ -107,6 +84,49 @@ impl Puller {
                     .increment(1);
             }
             tokio::spawn(job::run(self.shared.clone(), message, model, permit));
+        }
+    }
+
+    /// Waits for a job this worker should take now, and takes it; `None` at `stop`.
+    async fn next_job(
+        &mut self,
+        bells: &mut SelectAll<Subscriber>,
+        scan: &mut Interval,
+        stop: &CancellationToken,
+    ) -> Option<(jetstream::Message, Queue)> {
+        loop {
+            while let Some(Some(bell)) = bells.next().now_or_never() {
+                self.ring(&bell.subject, &bell.payload);
+            }
+            let picked = self.pending.pick(Instant::now(), &self.owned.borrow());
+            if let Some(queue) = picked {
+                match self.fetch(queue).await {
+                    Ok(Some(message)) => return Some((message, queue)),
+                    Ok(None) => self.pending.forget(&queue),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot pull a job; trying again on the next scan.");
+                        self.pending.forget(&queue);
+                    }
+                }
+                continue;
+            }
+            // Nothing to take now: wait for a bell, the next scan, a change of owners, or the
+            // moment another worker's job may be taken.
+            let handoff_at = self.pending.next_handoff(&self.owned.borrow());
+            tokio::select! {
+                bell = bells.next(), if !bells.is_empty() => {
+                    if let Some(bell) = bell {
+                        self.ring(&bell.subject, &bell.payload);
+                    }
+                }
+                _ = scan.tick() => self.scan().await,
+                () = sleep_until(handoff_at) => {}
+                changed = self.owned.changed() => match changed {
+                    Ok(()) => self.scan().await,
+                    Err(_) => return None,
+                },
+                () = stop.cancelled() => return None,
+            }
         }
     }
 

@@ -143,6 +143,11 @@ enum Heard {
 }
 
 impl Queued {
+    /// Publishes `call` as a job and rings the model's doorbell.
+    ///
+    /// # Errors
+    /// 413 when the job is larger than the broker takes; 503 with `Retry-After` when the broker
+    /// does not store it (full, unreachable) in time.
     async fn publish(remote: &RemoteWorker, call: &InferenceCall) -> Result<Self, WorkerError> {
         let cluster = &remote.cluster;
         let model = remote
@@ -156,23 +161,8 @@ impl Queued {
         let give_up = call.deadline.map_or(give_up, |d| {
             give_up.min(d.checked_sub(BEFORE_DEADLINE).unwrap_or(d))
         });
-        let wall = |at: Instant| unix_ms(SystemTime::now() + at.saturating_duration_since(now));
         let id = format!("{}-{}", cluster.instance, JOBS.fetch_add(1, Ordering::Relaxed));
-        let job = Job {
-            protocol: PROTOCOL,
-            id: id.clone(),
-            node: cluster.node.clone(),
-            request_id: call.id.0,
-            reply_to: inbox.subject.clone(),
-            model: model.clone(),
-            request: (*call.request).clone(),
-            prompt: call.prompt.to_string(),
-            prompt_templated: call.prompt_templated,
-            messages: call.messages.as_deref().map(<[_]>::to_vec),
-            prefix_key: call.prefix_key,
-            start_by_ms: wall(give_up),
-            deadline_ms: call.deadline.map(wall),
-        };
+        let job = job(cluster, call, &id, &model, &inbox.subject, (now, give_up));
         let payload =
             serde_json::to_vec(&job).map_err(|e| WorkerError::new(format!("cannot encode the job: {e}")))?;
         let client = cluster.jetstream.client();
@@ -200,10 +190,18 @@ impl Queued {
                 .await?
                 .await
         };
+        // Given up before the broker confirmed: the job may be stored all the same, so the workers
+        // are told to skip it.
         let ack = tokio::select! {
             ack = published => ack.map_err(|e| unqueued(&model, &e))?,
-            () = tokio::time::sleep_until(give_up) => return Err(unqueued(&model, &"the broker did not confirm in time")),
-            () = call.cancel.cancelled() => return Err(WorkerError::new("cancelled while queueing the job")),
+            () = tokio::time::sleep_until(give_up) => {
+                stop_job(cluster, &id, None);
+                return Err(unqueued(&model, &"the broker did not confirm in time"));
+            }
+            () = call.cancel.cancelled() => {
+                stop_job(cluster, &id, None);
+                return Err(WorkerError::new("cancelled while queueing the job"));
+            }
         };
         metrics::counter!("orchestrator_jobs_published_total", "model" => model.clone()).increment(1);
         // The job is stored: ringing after the broker's confirmation means a worker that hears
@@ -315,7 +313,7 @@ impl Queued {
         if self.started && !is_runner {
             // Another worker took the job too (its hold lapsed while the first still ran): the
             // caller hears the first, so the other stops.
-            self.tell_to_stop(self.runner.clone());
+            stop_job(&self.cluster, &self.id, self.runner.clone());
             return Heard::Nothing;
         }
         if !in_order && (self.started || reply.event.is_output()) {
@@ -358,24 +356,12 @@ impl Queued {
                         self.runner = Some(reply.worker);
                     }
                     if self.seen.len() > 1 {
-                        self.tell_to_stop(self.runner.clone());
+                        stop_job(&self.cluster, &self.id, self.runner.clone());
                     }
                 }
                 event.chunk().map_or(Heard::Nothing, Heard::Chunk)
             }
         }
-    }
-
-    /// Tells every worker running the job but `keep` to stop.
-    fn tell_to_stop(&self, keep: Option<String>) {
-        let client = self.cluster.jetstream.client();
-        let subject = cancel_subject(&self.id);
-        let Ok(payload) = serde_json::to_vec(&Cancel { keep }) else {
-            return;
-        };
-        tokio::spawn(async move {
-            let _ = client.publish(subject, payload.into()).await;
-        });
     }
 
     fn not_taken(&self, lost: u32) -> WorkerError {
@@ -423,7 +409,7 @@ impl Drop for Queued {
         }
         let stream = self.cluster.jobs.stream.clone();
         let sequence = (!self.started).then_some(self.sequence);
-        self.tell_to_stop(None);
+        stop_job(&self.cluster, &self.id, None);
         if let Some(sequence) = sequence {
             tokio::spawn(async move {
                 // Not found: a worker has it, and the stop above reaches it.
@@ -431,6 +417,47 @@ impl Drop for Queued {
             });
         }
     }
+}
+
+/// The job `id` as a worker gets it: the call, where to reply, and its times as Unix
+/// milliseconds (`times` is now and when the gateway gives up, as instants).
+fn job(
+    cluster: &Cluster,
+    call: &InferenceCall,
+    id: &str,
+    model: &str,
+    reply_to: &str,
+    times: (Instant, Instant),
+) -> Job {
+    let (now, give_up) = times;
+    let wall = |at: Instant| unix_ms(SystemTime::now() + at.saturating_duration_since(now));
+    Job {
+        protocol: PROTOCOL,
+        id: id.to_owned(),
+        node: cluster.node.clone(),
+        request_id: call.id.0,
+        reply_to: reply_to.to_owned(),
+        model: model.to_owned(),
+        request: (*call.request).clone(),
+        prompt: call.prompt.to_string(),
+        prompt_templated: call.prompt_templated,
+        messages: call.messages.as_deref().map(<[_]>::to_vec),
+        prefix_key: call.prefix_key,
+        start_by_ms: wall(give_up),
+        deadline_ms: call.deadline.map(wall),
+    }
+}
+
+/// Tells every worker running job `id` (or about to) but `keep` to stop.
+fn stop_job(cluster: &Cluster, id: &str, keep: Option<String>) {
+    let client = cluster.jetstream.client();
+    let subject = cancel_subject(id);
+    let Ok(payload) = serde_json::to_vec(&Cancel { keep }) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = client.publish(subject, payload.into()).await;
+    });
 }
 
 /// A job the broker did not take.

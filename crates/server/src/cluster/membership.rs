@@ -71,6 +71,34 @@ pub struct Member {
     pub last_seen_ms_ago: u64,
 }
 
+impl Member {
+    /// A live worker's record, for tests of what is computed from membership.
+    #[cfg(test)]
+    pub fn worker(name: &str, models: &[&str]) -> Self {
+        Member {
+            record: NodeRecord {
+                name: name.into(),
+                instance: name.into(),
+                version: String::new(),
+                address: String::new(),
+                started_at_ms: 0,
+                models: models.iter().map(|m| (*m).to_owned()).collect(),
+                generation: 0,
+                config_revision: None,
+                config_error: None,
+                in_flight: 0,
+                queued: 0,
+                load: 0.0,
+                down_backends: Vec::new(),
+                role: Role::Worker,
+                slots: 4,
+                draining: false,
+            },
+            last_seen_ms_ago: 0,
+        }
+    }
+}
+
 /// The node records of one cluster.
 pub struct Members<'c> {
     bucket: &'c kv::Store,

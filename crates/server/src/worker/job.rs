@@ -66,34 +66,35 @@ pub async fn run(
 }
 
 async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
-    let header: JobHeader = match serde_json::from_slice(&message.payload) {
-        Ok(header) => header,
-        Err(e) => {
-            // Nobody to tell: the job does not say where its replies go.
-            tracing::warn!(subject = %message.subject, error = %e, "A malformed job without a reply subject; dropped.");
-            settle(message, AckKind::Ack).await;
-            return Outcome::Refused;
-        }
-    };
-    let mut replier = Replier::new(shared, header.reply_to.clone());
-    if header.protocol != PROTOCOL {
-        let error = format!(
-            "worker {} speaks job protocol {PROTOCOL}, and job {} is protocol {}: run gateways and \
-             workers of one version",
-            shared.cluster.node, header.id, header.protocol
-        );
-        return refuse(message, &mut replier, WorkerError::new(error).with_status(400)).await;
-    }
-    let job: Job = match serde_json::from_slice(&message.payload) {
-        Ok(job) => job,
-        Err(e) => {
-            let error = format!(
-                "worker {} cannot read job {}: {e}",
-                shared.cluster.node, header.id
-            );
+    // Read whole at once; only a job that cannot be read whole is read again for where to say so.
+    let job: Job = match serde_json::from_slice::<Job>(&message.payload) {
+        Ok(job) if job.protocol == PROTOCOL => job,
+        read => {
+            let Ok(header) = serde_json::from_slice::<JobHeader>(&message.payload) else {
+                // Nobody to tell: the job does not say where its replies go.
+                tracing::warn!(subject = %message.subject, "A malformed job without a reply subject; dropped.");
+                settle(message, AckKind::Ack).await;
+                return Outcome::Refused;
+            };
+            let node = &shared.cluster.node;
+            let error = match read {
+                Ok(_) => format!(
+                    "worker {node} speaks job protocol {PROTOCOL}, and job {} is protocol {}: run \
+                     gateways and workers of one version",
+                    header.id, header.protocol
+                ),
+                Err(e) if header.protocol != PROTOCOL => format!(
+                    "worker {node} speaks job protocol {PROTOCOL}, and job {} is protocol {}: run \
+                     gateways and workers of one version ({e})",
+                    header.id, header.protocol
+                ),
+                Err(e) => format!("worker {node} cannot read job {}: {e}", header.id),
+            };
+            let mut replier = Replier::new(shared, header.reply_to);
             return refuse(message, &mut replier, WorkerError::new(error).with_status(400)).await;
         }
     };
+    let mut replier = Replier::new(shared, job.reply_to.clone());
     if !shared.router.contains(&job.model) {
         let error = format!(
             "worker {} does not serve the model `{}` (it serves {})",

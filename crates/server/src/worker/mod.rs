@@ -19,7 +19,7 @@ pub mod ownership;
 pub mod pending;
 pub mod pull;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -286,7 +286,9 @@ pub struct Cancels(Mutex<CancelState>);
 #[derive(Default)]
 struct CancelState {
     running: HashMap<String, CancellationToken>,
-    recent: VecDeque<(String, Instant)>,
+    /// Cancelled jobs not running here: looked up by id, forgotten oldest first.
+    recent: HashSet<String>,
+    order: VecDeque<(String, Instant)>,
 }
 
 /// Cancellations remembered for jobs not running here, at most this many and this long.
@@ -314,7 +316,7 @@ impl Cancels {
     /// Registers job `id` as running with `token`; `None` if it was cancelled already.
     pub fn start(&self, id: &str, token: CancellationToken) -> Option<Running<'_>> {
         let mut state = self.lock();
-        if state.recent.iter().any(|(cancelled, _)| cancelled == id) {
+        if state.recent.contains(id) {
             return None;
         }
         state.running.insert(id.to_owned(), token);
@@ -333,14 +335,18 @@ impl Cancels {
         }
         let now = Instant::now();
         while state
-            .recent
+            .order
             .front()
             .is_some_and(|(_, at)| now.duration_since(*at) > RECENT_FOR)
-            || state.recent.len() >= RECENT_MAX
+            || state.order.len() >= RECENT_MAX
         {
-            state.recent.pop_front();
+            if let Some((old, _)) = state.order.pop_front() {
+                state.recent.remove(&old);
+            }
         }
-        state.recent.push_back((id.to_owned(), now));
+        if state.recent.insert(id.to_owned()) {
+            state.order.push_back((id.to_owned(), now));
+        }
     }
 }
 

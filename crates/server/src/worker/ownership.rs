@@ -98,36 +98,15 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::NodeRecord;
-
-    fn worker(name: &str, models: &[&str]) -> Member {
-        Member {
-            record: NodeRecord {
-                name: name.into(),
-                instance: name.into(),
-                version: String::new(),
-                address: String::new(),
-                started_at_ms: 0,
-                models: models.iter().map(|m| (*m).to_owned()).collect(),
-                generation: 0,
-                config_revision: None,
-                config_error: None,
-                in_flight: 0,
-                queued: 0,
-                load: 0.0,
-                down_backends: Vec::new(),
-                role: Role::Worker,
-                slots: 4,
-                draining: false,
-            },
-            last_seen_ms_ago: 0,
-        }
-    }
 
     #[test]
     fn every_partition_has_one_owner_and_a_leaver_moves_only_its_own() {
         let models = vec!["m".to_owned()];
-        let three = [worker("a", &["m"]), worker("b", &["m"]), worker("c", &["m"])];
+        let three = [
+            Member::worker("a", &["m"]),
+            Member::worker("b", &["m"]),
+            Member::worker("c", &["m"]),
+        ];
         let owners = |members: &[Member], names: &[&str]| {
             names
                 .iter()
@@ -153,9 +132,13 @@ mod tests {
     #[test]
     fn workers_of_other_models_and_draining_ones_own_nothing_here() {
         let models = vec!["m".to_owned()];
-        let mut draining = worker("d", &["m"]);
+        let mut draining = Member::worker("d", &["m"]);
         draining.record.draining = true;
-        let members = [worker("a", &["m"]), worker("x", &["other"]), draining];
+        let members = [
+            Member::worker("a", &["m"]),
+            Member::worker("x", &["other"]),
+            draining,
+        ];
         assert_eq!(owned(&members, &models, "a", false).count(), PARTITIONS as usize);
         assert_eq!(owned(&members, &models, "a", true).count(), 0);
     }

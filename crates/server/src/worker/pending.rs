@@ -101,7 +101,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::{Member, NodeRecord, Role};
+    use crate::cluster::membership::Member;
     use crate::worker::ownership::owned;
 
     fn queue(priority: Priority, partition: u32) -> Queue {
@@ -148,27 +148,7 @@ mod tests {
 
     #[test]
     fn other_workers_jobs_wait_out_the_handoff_and_own_ones_come_first() {
-        let other = Member {
-            record: NodeRecord {
-                name: "other".into(),
-                instance: "other".into(),
-                version: String::new(),
-                address: String::new(),
-                started_at_ms: 0,
-                models: vec!["m".into()],
-                generation: 0,
-                config_revision: None,
-                config_error: None,
-                in_flight: 0,
-                queued: 0,
-                load: 0.0,
-                down_backends: Vec::new(),
-                role: Role::Worker,
-                slots: 1,
-                draining: false,
-            },
-            last_seen_ms_ago: 0,
-        };
+        let other = Member::worker("other", &["m"]);
         let owned = owned(&[other], &["m".to_owned()], "me", false);
         let mine = (0..32).find(|p| owned.contains(0, *p)).unwrap();
         let theirs = (0..32).find(|p| !owned.contains(0, *p)).unwrap();

@@ -306,7 +306,10 @@ impl Queued {
         };
         // Each worker's replies are numbered from 0: one that skips a number lost a reply on the
         // way, and its output cannot be trusted whole.
-        let expected = self.seen.entry(reply.worker.clone()).or_insert(0);
+        let expected = match self.seen.get_mut(&reply.worker) {
+            Some(expected) => expected,
+            None => self.seen.entry(reply.worker.clone()).or_insert(0),
+        };
         let in_order = reply.seq == *expected;
         *expected = reply.seq + 1;
         let is_runner = self.runner.as_deref() == Some(reply.worker.as_str());
@@ -358,6 +361,11 @@ impl Queued {
                     if self.seen.len() > 1 {
                         stop_job(&self.cluster, &self.id, self.runner.clone());
                     }
+                }
+                // After `Finish` the worker has nothing more to run: a caller that stops reading
+                // here (the pipeline does) need not tell it to stop.
+                if matches!(event, ReplyEvent::Finish { .. }) {
+                    self.finished = true;
                 }
                 event.chunk().map_or(Heard::Nothing, Heard::Chunk)
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{ECHO, Nats, node, stop_nats_seen_by};
+use super::{ECHO, Nats, metrics_text, node, stop_nats_seen_by};
 use crate::binary::Binary;
 use crate::support::sha256_hex;
 
@@ -151,13 +151,9 @@ async fn without_nats_each_node_enforces_the_limit_on_its_own() {
 
 /// The count of `orchestrator_cluster_leases_total` with `labels` in `node`'s metrics.
 async fn leases(node: &Binary, labels: &[&str]) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", node.base))
+    metrics_text(&node.base)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| {
             l.starts_with("orchestrator_cluster_leases_total{") && labels.iter().all(|x| l.contains(x))
         })

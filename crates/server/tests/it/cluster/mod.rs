@@ -166,6 +166,16 @@ pub async fn refused_start(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The Prometheus text of the process at `base`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Polls `check` until it holds; the bound only turns a hang into a failure.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -7,9 +7,10 @@ use std::time::Duration;
 use orchestrator_mock::{Behaviour, RunningMock};
 use serde_json::{Value, json};
 
-use super::{ECHO, Nats, cluster_section, cluster_view, eventually, node};
+use super::{ECHO, Nats, cluster_section, cluster_view, eventually, metrics_text, node};
 use crate::binary::{Binary, spawn_command};
 use crate::gateway_mock::mock;
+use crate::sdk::sdk_checks;
 use crate::support::{Frame, SseReader, client, expect_error};
 
 /// Worker `name` serving model `m` from `mock`, with `[worker]` settings `worker`.
@@ -75,6 +76,24 @@ async fn post(gateway: &Binary, session: &str, stream: bool) -> reqwest::Respons
         .unwrap()
 }
 
+/// One request of `session` to the gateway at `base` (with `X-Priority: priority` when given),
+/// not streamed, in a task of its own: its status and body.
+fn asked(
+    base: &str,
+    session: String,
+    priority: Option<&'static str>,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let url = format!("{base}/v1/chat/completions");
+    tokio::spawn(async move {
+        let mut request = client().post(url).json(&chat(&session, false));
+        if let Some(priority) = priority {
+            request = request.header("x-priority", priority);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    })
+}
+
 /// How a streamed answer ended.
 #[derive(Debug, PartialEq)]
 enum Ending {
@@ -105,15 +124,21 @@ async fn streamed(base: String, session: String) -> Ending {
     }
 }
 
+/// A mock upstream that streams `tokens` tokens at 10 a second.
+async fn streaming_mock(tokens: u64) -> RunningMock {
+    mock(Behaviour {
+        tokens,
+        tokens_per_second: 10.0,
+        ..Behaviour::default()
+    })
+    .await
+}
+
 /// The sum of the Prometheus samples at `base` whose line starts with `prefix`.
 async fn metric_sum(base: &str, prefix: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
+    metrics_text(base)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
@@ -138,20 +163,8 @@ async fn the_official_sdk_gets_answers_from_workers_streamed_and_not() {
     )
     .await;
     workers_listed(&gw, &["w1"]).await;
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_e2e.py"))
-        .env("OPENAI_BASE_URL", format!("{}/v1", gw.base))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("ok: stream usage") && stdout.contains("all SDK checks passed"),
-        "{stdout}"
-    );
+    let stdout = sdk_checks(&format!("{}/v1", gw.base)).await;
+    assert!(stdout.contains("ok: stream usage"), "{stdout}");
 }
 
 #[tokio::test]
@@ -206,23 +219,7 @@ async fn a_worker_killed_before_the_first_token_hands_its_jobs_to_another() {
     let mut a = worker(&nats, "a", &stuck, "slots = 5").await;
     let gw = gateway(&nats, "").await;
     workers_listed(&gw, &["a"]).await;
-    let calls: Vec<_> = (0..5)
-        .map(|i| {
-            let base = gw.base.clone();
-            tokio::spawn(async move {
-                let response = client()
-                    .post(format!("{base}/v1/chat/completions"))
-                    .json(&chat(&format!("s{i}"), false))
-                    .send()
-                    .await
-                    .unwrap();
-                (
-                    response.status().as_u16(),
-                    response.json::<Value>().await.unwrap(),
-                )
-            })
-        })
-        .collect();
+    let calls: Vec<_> = (0..5).map(|i| asked(&gw.base, format!("s{i}"), None)).collect();
     eventually("worker a has taken the five jobs", || async {
         stuck.handle().stats().chat_completions == 5
     })
@@ -245,12 +242,7 @@ async fn a_worker_killed_before_the_first_token_hands_its_jobs_to_another() {
 async fn a_worker_killed_mid_stream_loses_nothing_and_runs_nothing_twice() {
     let nats = Nats::start().await;
     // 40 tokens at 10 per second: a stream runs for about four seconds.
-    let slow = mock(Behaviour {
-        tokens: 40,
-        tokens_per_second: 10.0,
-        ..Behaviour::default()
-    })
-    .await;
+    let slow = streaming_mock(40).await;
     let others = [mock(Behaviour::default()).await, mock(Behaviour::default()).await];
     let mut a = worker(&nats, "a", &slow, "slots = 10").await;
     let dir = tempfile::tempdir().unwrap();
@@ -356,12 +348,7 @@ async fn queued_jobs_survive_a_restart_of_nats() {
 #[tokio::test]
 async fn a_client_that_leaves_cancels_its_job_queued_or_running() {
     let nats = Nats::start().await;
-    let upstream = mock(Behaviour {
-        tokens: 100,
-        tokens_per_second: 10.0,
-        ..Behaviour::default()
-    })
-    .await;
+    let upstream = streaming_mock(100).await;
     let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
     // Queued: no worker yet; the client gives up while the job waits.
     let gone = client()
@@ -477,16 +464,12 @@ async fn high_priority_jobs_are_pulled_first() {
     workers_listed(&gw, &["w"]).await;
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let send = |priority: &'static str, i: usize| {
-        let (base, order) = (gw.base.clone(), order.clone());
+        let (call, order) = (
+            asked(&gw.base, format!("{priority}-{i}"), Some(priority)),
+            order.clone(),
+        );
         tokio::spawn(async move {
-            let response = client()
-                .post(format!("{base}/v1/chat/completions"))
-                .header("x-priority", priority)
-                .json(&chat(&format!("{priority}-{i}"), false))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
+            assert_eq!(call.await.unwrap().0, 200);
             order.lock().unwrap().push(priority);
         })
     };
@@ -527,21 +510,11 @@ async fn a_busy_owner_hands_its_jobs_to_a_free_worker_after_the_wait() {
     let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
     workers_listed(&gw, &["a", "b"]).await;
     let calls: Vec<_> = (0..16)
-        .map(|i| {
-            let base = gw.base.clone();
-            tokio::spawn(async move {
-                let response = client()
-                    .post(format!("{base}/v1/chat/completions"))
-                    .json(&chat(&format!("session-{i}"), false))
-                    .send()
-                    .await
-                    .unwrap();
-                response.status().as_u16()
-            })
-        })
+        .map(|i| asked(&gw.base, format!("session-{i}"), None))
         .collect();
     for call in calls {
-        assert_eq!(call.await.unwrap(), 200);
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
     }
     let (on_a, on_b) = (
         slow.handle().stats().chat_completions,
@@ -559,12 +532,7 @@ async fn a_busy_owner_hands_its_jobs_to_a_free_worker_after_the_wait() {
 #[tokio::test]
 async fn sigterm_drains_a_worker_it_finishes_its_jobs_takes_no_more_and_exits_0() {
     let nats = Nats::start().await;
-    let slow = mock(Behaviour {
-        tokens: 20,
-        tokens_per_second: 10.0,
-        ..Behaviour::default()
-    })
-    .await;
+    let slow = streaming_mock(20).await;
     let other = mock(Behaviour::default()).await;
     let mut a = worker(&nats, "a", &slow, "slots = 2").await;
     let ready = client().get(format!("{}/readyz", a.base)).send().await.unwrap();

@@ -44,7 +44,9 @@ async fn run(cli: &Cli) -> ExitCode {
         Some(Command::Ingest(args)) => return ingest(args),
         Some(Command::Cluster(args)) => return orchestrator_server::cluster::cli::run(args).await,
         Some(Command::Worker(args)) => {
-            return orchestrator_server::worker::run(args, shutdown_signal()).await;
+            let shutdown = shutdown_signal();
+            tokio::spawn(refuse_sighup(signal(SignalKind::hangup())));
+            return orchestrator_server::worker::run(args, shutdown).await;
         }
         Some(Command::Dlq(args)) => {
             return orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::OpenAi).await;
@@ -169,6 +171,19 @@ async fn reload_on_sighup(server: ServerHandle, hangups: io::Result<Signal>) {
         if let Err(e) = server.reload().await {
             tracing::error!("Reload refused; the running config stays.\n{e}");
         }
+    }
+}
+
+/// A worker reads its config at start only; SIGHUP, which would otherwise end the process, says
+/// so instead.
+async fn refuse_sighup(hangups: io::Result<Signal>) {
+    let Ok(mut hangups) = hangups else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::warn!(
+            "SIGHUP received: a worker reads its config at start only; restart it to apply a new one (SIGTERM drains it first)."
+        );
     }
 }
 

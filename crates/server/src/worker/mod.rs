@@ -5,13 +5,14 @@
 //! - [`pull`]: takes a job only when a slot is free, from the queue it should serve next;
 //! - [`ownership`]: which partitions are this worker's, from membership;
 //! - [`pending`]: which queue to pull from next (priority, own partitions, hand-off);
-//! - [`job`]: runs one job and settles it with the broker;
+//! - [`job`]: runs one job and settles it with the broker; `cancels`: stopping jobs on request;
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz` on the worker's own port.
 //!
 //! SIGTERM drains: the worker stops pulling and gives up its partitions, lets its running jobs
 //! finish (within `server.shutdown_grace_ms`; past it, jobs not yet answering go back to the
 //! queue and the rest end with an error), leaves the cluster, and exits 0.
 
+mod cancels;
 pub mod config;
 pub mod job;
 pub mod ops;
@@ -19,24 +20,21 @@ pub mod ownership;
 pub mod pending;
 pub mod pull;
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use futures_util::StreamExt;
 use orchestrator_backends::Router;
 use tokio::sync::{Semaphore, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use self::cancels::Cancels;
 use self::config::WorkerConfig;
 use crate::cluster::Cluster;
-use crate::cluster::jobs::{self, wire::Cancel};
 use crate::cluster::membership::{self, NodeRecord, Role};
 use crate::config::{BackendConfig, ClusterConfig, Config};
 use crate::dlq::entry::unix_ms;
@@ -84,24 +82,12 @@ const INVALID_CONFIG: u8 = 2;
 
 /// Runs a worker until `shutdown` completes, then drains.
 pub async fn run(args: &WorkerArgs, shutdown: impl Future<Output = ()>) -> ExitCode {
-    let mut config = match Config::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
+    let (config, cluster_config) = match load(args) {
+        Ok(loaded) => loaded,
+        Err(problem) => {
+            eprintln!("{problem}");
             return ExitCode::from(INVALID_CONFIG);
         }
-    };
-    if let Some(problem) = worker_problem(&config) {
-        eprintln!("{}: {problem}", args.config.display());
-        return ExitCode::from(INVALID_CONFIG);
-    }
-    let Some(cluster_config) = ClusterConfig::with_url(config.cluster.take(), args.cluster.as_deref()) else {
-        eprintln!(
-            "{}: a worker takes its jobs from the cluster's broker: add [cluster] with nats_url, or \
-             start it with --cluster nats://HOST:PORT",
-            args.config.display()
-        );
-        return ExitCode::from(INVALID_CONFIG);
     };
     let listen = args.listen.unwrap_or(config.server.listen);
     // The recorder must exist before the backends set their gauges.
@@ -153,7 +139,7 @@ pub async fn run(args: &WorkerArgs, shutdown: impl Future<Output = ()>) -> ExitC
         move || worker_record(&shared, &address, started_at_ms)
     };
     let heartbeat = tokio::spawn(membership::heartbeat(cluster.clone(), record, leave.clone()));
-    let cancels = tokio::spawn(hear_cancels(shared.clone(), leave.clone()));
+    let cancels = tokio::spawn(cancels::hear_cancels(shared.clone(), leave.clone()));
     let (owned_tx, owned_rx) = watch::channel(ownership::Owned::default());
     // The first owners are known before the first pull, so a joining worker does not take its
     // neighbours' jobs while it learns who they are.
@@ -201,6 +187,26 @@ pub async fn run(args: &WorkerArgs, shutdown: impl Future<Output = ()>) -> ExitC
     ExitCode::SUCCESS
 }
 
+/// The worker's file, and the cluster it joins.
+///
+/// # Errors
+/// Every problem of the file, or why it cannot be a worker's.
+fn load(args: &WorkerArgs) -> Result<(Config, ClusterConfig), String> {
+    let mut config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    let file = args.config.display();
+    if let Some(problem) = worker_problem(&config) {
+        return Err(format!("{file}: {problem}"));
+    }
+    let cluster =
+        ClusterConfig::with_url(config.cluster.take(), args.cluster.as_deref()).ok_or_else(|| {
+            format!(
+                "{file}: a worker takes its jobs from the cluster's broker: add [cluster] with nats_url, \
+             or start it with --cluster nats://HOST:PORT"
+            )
+        })?;
+    Ok((config, cluster))
+}
+
 /// Why `config` cannot be a worker's, if it cannot.
 fn worker_problem(config: &Config) -> Option<String> {
     if let Some(backend) = config
@@ -240,130 +246,5 @@ fn worker_record(shared: &Shared, address: &str, started_at_ms: u64) -> NodeReco
         role: Role::Worker,
         slots,
         draining: *shared.draining.borrow(),
-    }
-}
-
-/// Stops the jobs gateway nodes cancel, running here or about to.
-async fn hear_cancels(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut cancels = match shared
-        .cluster
-        .jetstream
-        .client()
-        .subscribe(jobs::CANCEL_ALL)
-        .await
-    {
-        Ok(cancels) => cancels,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot hear cancellations; cancelled jobs run to their end.");
-            return;
-        }
-    };
-    loop {
-        let message = tokio::select! {
-            message = cancels.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-            () = stop.cancelled() => return,
-        };
-        let Some(id) = message.subject.as_str().strip_prefix("orchestrator.cancel.") else {
-            continue;
-        };
-        let keep = serde_json::from_slice::<Cancel>(&message.payload)
-            .ok()
-            .and_then(|c| c.keep);
-        if keep.as_deref() != Some(shared.cluster.instance.as_str()) {
-            shared.cancels.cancel(id);
-        }
-    }
-}
-
-/// Jobs running here, by id, and jobs cancelled lately that may still come (a cancel can reach
-/// the worker before the job it names).
-#[derive(Default)]
-pub struct Cancels(Mutex<CancelState>);
-
-#[derive(Default)]
-struct CancelState {
-    running: HashMap<String, CancellationToken>,
-    /// Cancelled jobs not running here: looked up by id, forgotten oldest first.
-    recent: HashSet<String>,
-    order: VecDeque<(String, Instant)>,
-}
-
-/// Cancellations remembered for jobs not running here, at most this many and this long.
-const RECENT_MAX: usize = 10_000;
-const RECENT_FOR: Duration = Duration::from_secs(60);
-
-/// A job's place among the running; leaving takes it out.
-pub struct Running<'a> {
-    cancels: &'a Cancels,
-    id: String,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.cancels.lock().running.remove(&self.id);
-    }
-}
-
-impl Cancels {
-    fn lock(&self) -> MutexGuard<'_, CancelState> {
-        // Inserts and removes only: a panic while holding it leaves it whole.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Registers job `id` as running with `token`; `None` if it was cancelled already.
-    pub fn start(&self, id: &str, token: CancellationToken) -> Option<Running<'_>> {
-        let mut state = self.lock();
-        if state.recent.contains(id) {
-            return None;
-        }
-        state.running.insert(id.to_owned(), token);
-        Some(Running {
-            cancels: self,
-            id: id.to_owned(),
-        })
-    }
-
-    /// Cancels job `id` if it runs here, else remembers it for a while.
-    pub fn cancel(&self, id: &str) {
-        let mut state = self.lock();
-        if let Some(token) = state.running.get(id) {
-            token.cancel();
-            return;
-        }
-        let now = Instant::now();
-        while state
-            .order
-            .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) > RECENT_FOR)
-            || state.order.len() >= RECENT_MAX
-        {
-            if let Some((old, _)) = state.order.pop_front() {
-                state.recent.remove(&old);
-            }
-        }
-        if state.recent.insert(id.to_owned()) {
-            state.order.push_back((id.to_owned(), now));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cancel_reaches_a_running_job_and_one_that_comes_later() {
-        let cancels = Cancels::default();
-        let token = CancellationToken::new();
-        let running = cancels.start("a", token.clone()).unwrap();
-        cancels.cancel("a");
-        assert!(token.is_cancelled());
-        drop(running);
-        cancels.cancel("b");
-        assert!(cancels.start("b", CancellationToken::new()).is_none());
-        assert!(cancels.start("c", CancellationToken::new()).is_some());
     }
 }

@@ -8,7 +8,7 @@ use orchestrator_mock::{Behaviour, RunningMock};
 use serde_json::{Value, json};
 
 use super::{ECHO, Nats, cluster_section, cluster_view, eventually, metrics_text, node};
-use crate::binary::{Binary, spawn_command};
+use crate::binary::{Binary, next_log, spawn_command};
 use crate::gateway_mock::mock;
 use crate::sdk::sdk_checks;
 use crate::support::{Frame, SseReader, client, expect_error};
@@ -564,13 +564,22 @@ async fn sigterm_drains_a_worker_it_finishes_its_jobs_takes_no_more_and_exits_0(
     })
     .await;
     let pid = a.child.id().unwrap().to_string();
-    assert!(
+    let signal = |name: &str| {
         std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([name, &pid])
             .status()
             .unwrap()
             .success()
-    );
+    };
+    // SIGHUP neither ends a worker nor reloads it: it says so.
+    assert!(signal("-HUP"));
+    next_log(&mut a.logs, |log| {
+        log["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reads its config at start only"))
+    })
+    .await;
+    assert!(signal("-TERM"));
     eventually("a says it drains", || async {
         let ready = client().get(format!("{}/readyz", a.base)).send().await.unwrap();
         ready.status() == 503 && ready.json::<Value>().await.unwrap()["status"] == "draining"

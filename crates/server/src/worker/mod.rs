@@ -220,9 +220,6 @@ fn worker_problem(config: &Config) -> Option<String> {
             backend.name()
         ));
     }
-    if config.models.is_empty() {
-        return Some("models: a worker needs at least one [[models]] entry to serve".into());
-    }
     None
 }
 

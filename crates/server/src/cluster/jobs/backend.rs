@@ -65,7 +65,7 @@ impl RemoteConfig {
 
 /// A job gives up this long before the request's deadline, so the caller hears that no worker
 /// took it (503) rather than a bare timeout.
-const BEFORE_DEADLINE: Duration = Duration::from_millis(20);
+const BEFORE_DEADLINE: Duration = Duration::from_millis(50);
 
 /// The gateway's side of remote work.
 pub struct RemoteWorker {

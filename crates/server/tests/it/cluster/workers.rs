@@ -241,8 +241,8 @@ async fn a_worker_killed_before_the_first_token_hands_its_jobs_to_another() {
 #[tokio::test]
 async fn a_worker_killed_mid_stream_loses_nothing_and_runs_nothing_twice() {
     let nats = Nats::start().await;
-    // 40 tokens at 10 per second: a stream runs for about four seconds.
-    let slow = streaming_mock(40).await;
+    // A stream runs for ten seconds: a's ten are still running when it is killed.
+    let slow = streaming_mock(100).await;
     let others = [mock(Behaviour::default()).await, mock(Behaviour::default()).await];
     let mut a = worker(&nats, "a", &slow, "slots = 10").await;
     let dir = tempfile::tempdir().unwrap();
@@ -388,9 +388,12 @@ async fn jobs_that_cannot_run_get_clear_errors() {
     let gw = node(
         &nats,
         "gw",
-        "[server]\nmax_body_bytes = 4000000\n\n[[backends]]\nkind = \"cluster\"\nname = \"workers\"\nmodel = \"nope\"\nqueue_timeout_ms = 500\n\n\
+        "[server]\nmax_body_bytes = 4000000\n[pipeline]\ndefault_timeout_ms = 1500\n\n\
+         [[backends]]\nkind = \"cluster\"\nname = \"workers\"\nmodel = \"nope\"\nqueue_timeout_ms = 500\n\n\
+         [[backends]]\nkind = \"cluster\"\nname = \"patient\"\nmodel = \"nope\"\nqueue_timeout_ms = 60000\n\n\
          [[backends]]\nkind = \"cluster\"\nname = \"real\"\nmodel = \"m\"\n\n\
-         [[models]]\nname = \"m\"\nbackends = [\"workers\"]\n\n[[models]]\nname = \"big\"\nbackends = [\"real\"]\n",
+         [[models]]\nname = \"m\"\nbackends = [\"workers\"]\n\n[[models]]\nname = \"late\"\nbackends = [\"patient\"]\n\n\
+         [[models]]\nname = \"big\"\nbackends = [\"real\"]\n",
     )
     .await;
     let response = post(&gw, "s", false).await;
@@ -404,6 +407,17 @@ async fn jobs_that_cannot_run_get_clear_errors() {
         message.contains("model `nope`: no worker serving it took the job"),
         "{message}"
     );
+    // The same when the request's deadline comes first: 503 (not a bare timeout) just before it.
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .json(&json!({"model": "late", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    let body = expect_error(response, 503).await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("no worker serving it took the job"), "{message}");
     // A job over the broker's largest message: 413, naming the limit.
     let huge = json!({"model": "big", "messages": [{"role": "user", "content": "x".repeat(1_200_000)}]});
     let response = client()
@@ -454,87 +468,76 @@ async fn jobs_that_cannot_run_get_clear_errors() {
 #[tokio::test]
 async fn high_priority_jobs_are_pulled_first() {
     let nats = Nats::start().await;
-    let upstream = mock(Behaviour {
-        latency_ms: 700,
-        ..Behaviour::default()
-    })
-    .await;
+    // Streams run for ten seconds; answers not streamed come at once.
+    let upstream = streaming_mock(100).await;
     let _w = worker(&nats, "w", &upstream, "slots = 1").await;
     let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
     workers_listed(&gw, &["w"]).await;
+    // A stream holds the worker's one slot while the others queue up in the broker.
+    let mut holder = SseReader::new(post(&gw, "holder", true).await);
+    holder.next().await.unwrap();
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let send = |priority: &'static str, i: usize| {
-        let (call, order) = (
-            asked(&gw.base, format!("{priority}-{i}"), Some(priority)),
-            order.clone(),
-        );
-        tokio::spawn(async move {
-            assert_eq!(call.await.unwrap().0, 200);
-            order.lock().unwrap().push(priority);
-        })
-    };
-    // The first occupies the worker's one slot; the rest wait in the broker meanwhile.
-    let mut calls = vec![send("normal", 0)];
-    eventually("the first job runs", || async {
-        upstream.handle().stats().chat_completions == 1
-    })
-    .await;
-    for (i, priority) in ["low", "low", "normal", "normal", "high", "high"]
+    let calls: Vec<_> = ["low", "low", "normal", "normal", "high", "high"]
         .into_iter()
         .enumerate()
-    {
-        calls.push(send(priority, i + 1));
-    }
+        .map(|(i, priority)| {
+            let (call, order) = (
+                asked(&gw.base, format!("{priority}-{i}"), Some(priority)),
+                order.clone(),
+            );
+            tokio::spawn(async move {
+                assert_eq!(call.await.unwrap().0, 200);
+                order.lock().unwrap().push(priority);
+            })
+        })
+        .collect();
     eventually("six jobs wait", || async { jobs_held(&nats).await == 6 }).await;
+    // The holder leaves: its job is cancelled, and the slot goes to the waiting jobs one by one.
+    drop(holder);
     for call in calls {
         call.await.unwrap();
     }
     let order = order.lock().unwrap().clone();
-    assert_eq!(
-        order,
-        ["normal", "high", "high", "normal", "normal", "low", "low"]
-    );
+    assert_eq!(order, ["high", "high", "normal", "normal", "low", "low"]);
 }
 
 #[tokio::test]
 async fn a_busy_owner_hands_its_jobs_to_a_free_worker_after_the_wait() {
     let nats = Nats::start().await;
-    let slow = mock(Behaviour {
-        latency_ms: 3_000,
+    // a's one slot stays busy for the whole test: the jobs of its partitions can only be run by
+    // b, once they have waited `handoff_ms`.
+    let stuck = mock(Behaviour {
+        latency_ms: 60_000,
         ..Behaviour::default()
     })
     .await;
     let fast = mock(Behaviour::default()).await;
-    let _a = worker(&nats, "a", &slow, "slots = 1\nhandoff_ms = 200").await;
+    let _a = worker(&nats, "a", &stuck, "slots = 1\nhandoff_ms = 200").await;
     let b = worker(&nats, "b", &fast, "slots = 8\nhandoff_ms = 200").await;
     let gw = gateway(&nats, "queue_timeout_ms = 60000").await;
     workers_listed(&gw, &["a", "b"]).await;
     let calls: Vec<_> = (0..16)
         .map(|i| asked(&gw.base, format!("session-{i}"), None))
         .collect();
-    for call in calls {
-        let (status, body) = call.await.unwrap();
-        assert_eq!(status, 200, "{body}");
-    }
-    let (on_a, on_b) = (
-        slow.handle().stats().chat_completions,
-        fast.handle().stats().chat_completions,
-    );
-    assert_eq!(on_a + on_b, 16, "each job ran once");
-    assert!(
-        on_a <= 2,
-        "a ran {on_a}: its slot was busy, its other jobs went to b"
-    );
+    eventually("b has answered every job but the one a holds", || async {
+        fast.handle().stats().chat_completions == 15
+    })
+    .await;
+    assert_eq!(stuck.handle().stats().chat_completions, 1);
     let handed = metric_sum(&b.base, "orchestrator_worker_handoffs_total{model=\"m\"}").await;
     assert!(handed >= 1.0, "b counted the jobs it took from a: {handed}");
+    // Its one job is still on a: the test ends without it.
+    calls.iter().for_each(tokio::task::JoinHandle::abort);
 }
 
 #[tokio::test]
 async fn sigterm_drains_a_worker_it_finishes_its_jobs_takes_no_more_and_exits_0() {
     let nats = Nats::start().await;
-    let slow = streaming_mock(20).await;
+    let slow = streaming_mock(50).await;
     let other = mock(Behaviour::default()).await;
     let mut a = worker(&nats, "a", &slow, "slots = 2").await;
+    let healthy = client().get(format!("{}/healthz", a.base)).send().await.unwrap();
+    assert_eq!(healthy.status(), 200);
     let ready = client().get(format!("{}/readyz", a.base)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
@@ -606,5 +609,38 @@ async fn sigterm_drains_a_worker_it_finishes_its_jobs_takes_no_more_and_exits_0(
             other.handle().stats().streams_completed
         ),
         (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_serve_is_refused_at_start_naming_why() {
+    let nats = Nats::start().await;
+    let refused = |config: String| async move {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), config).unwrap();
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["worker", "--listen", "127.0.0.1:0", "--config"])
+            .arg(file.path())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let cluster = cluster_section(&nats, "w");
+    let no_models = refused(format!("[worker]\nslots = 2\n\n{cluster}")).await;
+    assert!(
+        no_models.contains("models: declare at least one [[models]] entry"),
+        "{no_models}"
+    );
+    let remote = format!(
+        "[[backends]]\nkind = \"cluster\"\nname = \"workers\"\n\n[[models]]\nname = \"m\"\nbackends = [\"workers\"]\n\n{cluster}"
+    );
+    let loop_back = refused(remote).await;
+    assert!(loop_back.contains("workers is kind = \"cluster\""), "{loop_back}");
+    let no_cluster = refused(ECHO.to_owned()).await;
+    assert!(
+        no_cluster.contains("add [cluster] with nats_url, or start it with --cluster"),
+        "{no_cluster}"
     );
 }

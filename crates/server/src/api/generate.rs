@@ -18,10 +18,11 @@ use super::format::OpenAi;
 use super::middleware::{Authorized, DisconnectGuard};
 use super::timing::{overhead, overhead_value};
 use super::wire::{Endpoint, Header};
-use super::{sources, sse};
+use super::{cached, sources, sse};
 use crate::dlq::entry::unix_ms;
 use crate::gateway::admit::{Origin, admit, draft};
 use crate::gateway::auth::Caller;
+use crate::gateway::cache::Lookup;
 use crate::gateway::outcome::Outcome;
 use crate::gateway::{Format, Gateway, Hints, unix_now};
 
@@ -107,6 +108,21 @@ async fn generate(
         request_id: &ctx.id,
     };
     let (request, delivery) = OpenAi.prepare(&live, endpoint.path(), &bytes, &origin)?;
+    // Answers the request shows its sources in are not kept: the sources are not.
+    let fill = match live.cache.lookup(
+        endpoint.path(),
+        &request,
+        key,
+        hints.no_cache || hints.rag_sources,
+    ) {
+        Lookup::Hit(hit) => {
+            let mut http = cached::respond(endpoint, &delivery, &hit);
+            http.headers_mut().extend(limit_headers);
+            return Ok(http);
+        }
+        Lookup::Miss(fill) => Some(fill),
+        Lookup::Off => None,
+    };
     let prompt = limits
         .as_ref()
         .filter(|l| l.counts_tokens())
@@ -139,16 +155,18 @@ async fn generate(
     };
     if delivery.stream {
         let guard = DisconnectGuard::new(state, "stream");
-        let mut response = sse::respond(
-            handle,
+        let cached = fill.is_some();
+        let plan = sse::Plan {
             header,
-            delivery.include_usage,
-            ctx.start,
-            guard,
-            outcome,
-            hints.rag_sources,
-        )
-        .await?;
+            include_usage: delivery.include_usage,
+            start: ctx.start,
+            show_sources: hints.rag_sources,
+            fill,
+        };
+        let mut response = sse::respond(handle, plan, guard, outcome).await?;
+        if cached {
+            response.headers_mut().insert(cached::CACHE_HEADER, cached::MISS);
+        }
         response.headers_mut().extend(limit_headers);
         return Ok(response);
     }
@@ -158,6 +176,10 @@ async fn generate(
     };
     let completion = response.completion;
     outcome.completed(&completion);
+    let cached = fill.is_some();
+    if let Some(fill) = fill {
+        cached::keep(fill, &header, &response);
+    }
     let mut body = header.complete(
         &response.text,
         completion.finish_reason,
@@ -181,6 +203,9 @@ async fn generate(
         OVERHEAD_HEADER,
         overhead_value(overhead(ctx.start.elapsed(), &completion)),
     );
+    if cached {
+        http.headers_mut().insert(cached::CACHE_HEADER, cached::MISS);
+    }
     http.headers_mut().extend(limit_headers);
     Ok(http)
 }
@@ -234,6 +259,12 @@ pub fn hints(headers: &HeaderMap) -> Result<Hints, ApiError> {
         format_args!("must be `true` or `false`"),
         |text| text.parse::<bool>().ok(),
     )?;
+    let no_cache = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| matches!(d.trim(), "no-cache" | "no-store"));
     // W3C Trace Context: a malformed `traceparent` is ignored, not refused.
     let traceparent = headers
         .get(TRACEPARENT_HEADER)
@@ -247,6 +278,7 @@ pub fn hints(headers: &HeaderMap) -> Result<Hints, ApiError> {
         rag_query,
         rag_sources: rag_sources.unwrap_or(false),
         traceparent,
+        no_cache,
     })
 }
 

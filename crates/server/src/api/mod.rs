@@ -6,10 +6,12 @@
 //! - [`middleware`]: request ids, access log, API keys.
 //! - [`request`] / [`wire`]: the OpenAI request and response bodies; [`body`]: reading them.
 //! - [`sse`]: streaming; [`error`]: every error a client can see, with its status.
+//! - [`cached`]: answers from the response cache, as the client asked for them.
 
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod cached;
 pub mod cluster;
 pub mod dlq;
 mod encoding;

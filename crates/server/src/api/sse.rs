@@ -18,11 +18,25 @@ use super::middleware::DisconnectGuard;
 use super::sources;
 use super::timing::{Millis, overhead};
 use super::wire::Header;
+use crate::gateway::cache::{Cached, Fill};
 use crate::gateway::outcome::Outcome;
 
 /// A comment every so often keeps idle proxies from closing a slow stream and lets the server
 /// notice a client that went away between tokens.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How one stream is written.
+pub struct Plan {
+    pub header: Header,
+    /// The client asked for a last chunk with the usage.
+    pub include_usage: bool,
+    /// When the request arrived, for the overhead comment.
+    pub start: Instant,
+    /// `X-Rag-Sources: true`: the first chunk lists the retrieved context.
+    pub show_sources: bool,
+    /// The response cache's place for this answer, when it is to be kept.
+    pub fill: Option<Fill>,
+}
 
 /// Waits for the first event, then streams the rest.
 ///
@@ -30,13 +44,17 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The request's error, when it fails before producing anything.
 pub async fn respond(
     mut handle: ResponseHandle,
-    header: Header,
-    include_usage: bool,
-    start: Instant,
+    plan: Plan,
     mut guard: DisconnectGuard,
     mut outcome: Outcome,
-    show_sources: bool,
 ) -> Result<Response, ApiError> {
+    let Plan {
+        header,
+        include_usage,
+        start,
+        show_sources,
+        fill,
+    } = plan;
     // The retrieved context comes just before the first output; the status still waits for
     // that output (or the error instead of it).
     let mut found = None;
@@ -55,6 +73,7 @@ pub async fn respond(
     };
     let sources = found.filter(|_| show_sources);
     let mut closing = Closing {
+        keeping: fill.map(|fill| (fill, String::new())),
         include_usage,
         start,
         header,
@@ -118,6 +137,9 @@ struct Closing {
     held: Option<Box<Passthrough>>,
     /// Settled when the stream ends: tokens charged, place given up, a failure kept.
     outcome: Outcome,
+    /// The response cache's place for this answer, and its text so far; dropped when the answer
+    /// carries more than text (tool calls are not kept).
+    keeping: Option<(Fill, String)>,
 }
 
 /// What one event asks of the stream.
@@ -153,6 +175,9 @@ impl Closing {
         match event {
             ResponseEvent::Token(text) => {
                 out.push(data(self.header.text_chunk(&text, self.held.take().as_deref())));
+                if let Some((_, kept)) = &mut self.keeping {
+                    kept.push_str(&text);
+                }
                 Step::More
             }
             ResponseEvent::Passthrough(extra) if extra.message.is_empty() && extra.choice.is_empty() => {
@@ -160,6 +185,7 @@ impl Closing {
                 Step::More
             }
             ResponseEvent::Passthrough(mut extra) => {
+                self.keeping = None;
                 if let Some(held) = self.held.take() {
                     for (key, value) in held.response {
                         extra.response.entry(key).or_insert(value);
@@ -178,6 +204,16 @@ impl Closing {
     fn done(&mut self, completion: &Completion) -> Vec<Event> {
         self.outcome.completed(completion);
         let held = self.held.take();
+        if let Some((fill, text)) = self.keeping.take() {
+            fill.put(Cached {
+                id: self.header.id.clone(),
+                created: self.header.created,
+                text,
+                finish_reason: completion.finish_reason,
+                usage: completion.usage,
+                passthrough: held.clone(),
+            });
+        }
         let finish = self
             .header
             .finish_chunk(completion.finish_reason, held.as_deref());

@@ -34,6 +34,7 @@ pub use self::rag::RagConfig;
 pub use crate::cluster::config::ClusterConfig;
 use crate::cluster::jobs::backend::RemoteConfig;
 use crate::dlq::entry::Reason;
+use crate::gateway::cache::CacheConfig;
 use crate::gateway::limits::RateLimitConfig;
 use crate::post::PostConfig;
 pub use crate::worker::config::WorkerConfig;
@@ -230,6 +231,9 @@ pub struct ModelConfig {
     /// deterministic (temperature 0) or the client sends `X-Dedup: on`.
     #[serde(default = "yes")]
     pub dedup: bool,
+    /// Answers kept and sent again to identical deterministic requests; `None`: not cached.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
 }
 
 fn yes() -> bool {
@@ -246,6 +250,7 @@ impl ModelConfig {
             balancing: Balancing::default(),
             retries: RetryConfig::default(),
             dedup: true,
+            cache: None,
         }
     }
 }

@@ -416,6 +416,20 @@ impl Config {
                     }
                 }
             }
+            if let Some(cache) = model.cache {
+                for (field, value, default) in [
+                    ("ttl_s", cache.ttl_s, "300"),
+                    ("max_entries", cache.max_entries, "10000"),
+                    ("max_bytes", cache.max_bytes, "67108864, 64 MiB"),
+                ] {
+                    if value == 0 {
+                        problems.push(Problem::new(
+                            format!("models[{i}].cache.{field}"),
+                            format!("must be at least 1 (the default is {default}); remove `cache` to keep no answers"),
+                        ));
+                    }
+                }
+            }
         }
     }
 

@@ -74,6 +74,9 @@ pub struct Hints {
     /// The client's W3C `traceparent`, kept in the request's metadata so that it travels with
     /// the request (to remote workers too).
     pub traceparent: Option<String>,
+    /// `Cache-Control: no-cache` (or `no-store`): the answer is neither taken from the cache nor
+    /// kept in it.
+    pub no_cache: bool,
 }
 
 impl Hints {

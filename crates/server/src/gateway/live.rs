@@ -18,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, RagConfig};
 use crate::dlq::DlqStore;
 use crate::gateway::auth::ApiKeys;
+use crate::gateway::cache::ResponseCache;
 
 pub struct Live {
     /// Counts reloads: 0 for the config the server started with.
@@ -34,6 +35,8 @@ pub struct Live {
     pub gate: PriorityGate,
     /// Where failed requests are kept, when `[dlq]` is configured.
     pub dlq: Option<DlqStore>,
+    /// The answers of models with `cache`; started afresh by each reload.
+    pub cache: ResponseCache,
     pub config: Config,
 }
 
@@ -109,6 +112,12 @@ impl Live {
             keys: ApiKeys::from_config(&config.auth, cluster, previous.and_then(|p| p.keys.as_ref())),
             gate: PriorityGate::new(config.admission),
             dlq,
+            cache: ResponseCache::new(
+                config
+                    .models
+                    .iter()
+                    .filter_map(|m| Some((m.name.as_str(), m.cache?))),
+            ),
             config,
         })
     }

@@ -5,7 +5,8 @@
 //! 1. [`Gateway::live`]: the running config ([`live`]), replaced whole by [`reload`];
 //! 2. [`auth`] and [`limits`]: who is calling, and whether its rate limits let it in;
 //! 3. [`budget`]: room for the body's bytes;
-//! 4. a [`Format`] (the edge's own) to check the body and build the pipeline request;
+//! 4. a [`Format`] (the edge's own) to check the body and build the pipeline request, and the
+//!    model's [`cache`], which may hold the answer already;
 //! 5. [`admit::admit`]: the key's [`token_budget`] reserved, a place in the pipeline by priority,
 //!    then submission;
 //! 6. [`outcome`]: when the answer ends, tokens charged, place freed, a failure kept as a dead
@@ -16,6 +17,7 @@
 pub mod admit;
 pub mod auth;
 pub mod budget;
+pub mod cache;
 pub mod error;
 pub mod gcra;
 pub mod limits;

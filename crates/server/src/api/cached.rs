@@ -1,0 +1,74 @@
+//! Answers from the response cache (`crate::gateway::cache`), in the shape the client asked for:
+//! the same body as the first time (same id and creation time), or that answer as a stream.
+
+use std::convert::Infallible;
+
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use tokio_prompt_orchestrator::Response as Answer;
+
+use super::wire::{Endpoint, Header};
+use crate::gateway::Delivery;
+use crate::gateway::cache::{Cached, Fill};
+
+/// `X-Cache: hit` on an answer from the cache, `miss` on one that will be kept.
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-cache");
+pub const HIT: HeaderValue = HeaderValue::from_static("hit");
+pub const MISS: HeaderValue = HeaderValue::from_static("miss");
+
+/// Keeps a completed answer, unless it carries more than text and top-level fields (tool calls
+/// and other message fields are not kept: a stream could not replay them as their deltas).
+pub fn keep(fill: Fill, header: &Header, answer: &Answer) {
+    let passthrough = answer.passthrough.clone();
+    if passthrough
+        .as_ref()
+        .is_some_and(|p| !p.message.is_empty() || !p.choice.is_empty())
+    {
+        return;
+    }
+    fill.put(Cached {
+        id: header.id.clone(),
+        created: header.created,
+        text: answer.text.clone(),
+        finish_reason: answer.completion.finish_reason,
+        usage: answer.completion.usage,
+        passthrough,
+    });
+}
+
+/// The kept answer `hit` to a request on `endpoint`, as the request's `delivery` asks.
+pub fn respond(endpoint: Endpoint, delivery: &Delivery, hit: &Cached) -> Response {
+    let header = Header {
+        endpoint,
+        id: hit.id.clone(),
+        created: hit.created,
+        model: delivery.model.clone(),
+    };
+    let extra = hit.passthrough.as_deref();
+    let mut response = if delivery.stream {
+        let mut events = Vec::new();
+        if let Some(role) = header.role_chunk() {
+            events.push(Event::default().data(role));
+        }
+        if !hit.text.is_empty() {
+            events.push(Event::default().data(header.text_chunk(&hit.text, None)));
+        }
+        events.push(Event::default().data(header.finish_chunk(hit.finish_reason, extra)));
+        if delivery.include_usage {
+            events.push(Event::default().data(header.usage_chunk(hit.usage)));
+        }
+        events.push(Event::default().data("[DONE]"));
+        Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
+    } else {
+        let body = header.complete(&hit.text, hit.finish_reason, hit.usage, extra);
+        (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response()
+    };
+    response.headers_mut().insert(CACHE_HEADER, HIT);
+    response
+}

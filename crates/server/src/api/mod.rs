@@ -1,6 +1,7 @@
 //! The HTTP API: OpenAI-compatible generation endpoints and the operational ones.
 //!
-//! - [`generate`]: `POST /v1/chat/completions`, `POST /v1/completions`.
+//! - [`generate`]: `POST /v1/chat/completions`, `POST /v1/completions`; [`accept`]: what every
+//!   generation endpoint does before it answers; [`hints`]: what request headers add.
 //! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`;
 //!   [`dlq`]: `/admin/dlq` (the dead-letter queue); [`cluster`]: `/admin/cluster`.
 //! - [`middleware`]: request ids, access log, API keys.
@@ -8,6 +9,7 @@
 //! - [`sse`]: streaming; [`error`]: every error a client can see, with its status.
 //! - [`cached`]: answers from the response cache, as the client asked for them.
 
+pub mod accept;
 pub mod access;
 pub mod admin;
 pub mod body;
@@ -19,6 +21,7 @@ pub mod error;
 pub mod format;
 pub mod generate;
 pub mod graft;
+pub mod hints;
 pub mod middleware;
 pub mod ops;
 pub mod request;

@@ -81,8 +81,7 @@ async fn generate(
         let guard = DisconnectGuard::new(state, "stream");
         let cached = fill.is_some();
         let plan = sse::Plan {
-            header,
-            include_usage: delivery.include_usage,
+            writer: sse::OpenAiChunks::new(header, delivery.include_usage),
             start: ctx.start,
             show_sources: hints.rag_sources,
             fill,

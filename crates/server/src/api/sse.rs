@@ -1,17 +1,22 @@
-//! Streaming responses: one request's pipeline events as Server-Sent Events.
+//! Streaming responses: one request's pipeline events as Server-Sent Events, in the shape of the
+//! API the client called (a [`Writer`]: OpenAI's chunks here, Anthropic's events in
+//! `anthropic::stream`).
 //!
 //! The HTTP status is chosen when the first event arrives, so a request that fails before its
 //! first token gets its real status (429, 502, 504, ...). After that, a failure ends the stream
-//! with an `error` event carrying the error object and no `[DONE]`: never a silent truncation.
+//! with an error event in the API's shape: never a silent truncation.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{Completion, Passthrough, PipelineError, ResponseEvent, ResponseHandle};
+use tokio_prompt_orchestrator::{
+    Completion, Passthrough, PipelineError, ResponseEvent, ResponseHandle, RetrievedChunk,
+};
 
 use super::error::ApiError;
 use super::middleware::DisconnectGuard;
@@ -25,14 +30,27 @@ use crate::gateway::outcome::Outcome;
 /// notice a client that went away between tokens.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// One API's stream: the events each pipeline event becomes.
+pub trait Writer: Send + 'static {
+    /// The events before the first output; `sources` when the client asked to see them.
+    fn opening(&mut self, sources: Option<&[RetrievedChunk]>) -> Vec<Event>;
+    fn token(&mut self, text: &str, out: &mut Vec<Event>);
+    /// What the upstream sent besides text (tool calls, top-level fields).
+    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Vec<Event>);
+    /// The closing events of a completed answer; `elapsed` since the request arrived.
+    fn done(&mut self, completion: &Completion, elapsed: Duration, out: &mut Vec<Event>);
+    /// The event that ends a stream failing after its first output.
+    fn failed(&mut self, error: &ApiError) -> Event;
+    /// The answer's id and creation time, for the response cache.
+    fn identity(&self) -> (String, u64);
+}
+
 /// How one stream is written.
-pub struct Plan {
-    pub header: Header,
-    /// The client asked for a last chunk with the usage.
-    pub include_usage: bool,
-    /// When the request arrived, for the overhead comment.
+pub struct Plan<W> {
+    pub writer: W,
+    /// When the request arrived, for the overhead the answer reports.
     pub start: Instant,
-    /// `X-Rag-Sources: true`: the first chunk lists the retrieved context.
+    /// `X-Rag-Sources: true`: the stream's opening lists the retrieved context.
     pub show_sources: bool,
     /// The response cache's place for this answer, when it is to be kept.
     pub fill: Option<Fill>,
@@ -42,19 +60,12 @@ pub struct Plan {
 ///
 /// # Errors
 /// The request's error, when it fails before producing anything.
-pub async fn respond(
+pub async fn respond<W: Writer>(
     mut handle: ResponseHandle,
-    plan: Plan,
+    plan: Plan<W>,
     mut guard: DisconnectGuard,
     mut outcome: Outcome,
 ) -> Result<Response, ApiError> {
-    let Plan {
-        header,
-        include_usage,
-        start,
-        show_sources,
-        fill,
-    } = plan;
     // The retrieved context comes just before the first output; the status still waits for
     // that output (or the error instead of it).
     let mut found = None;
@@ -71,26 +82,20 @@ pub async fn respond(
             }
         }
     };
-    let sources = found.filter(|_| show_sources);
-    let mut closing = Closing {
-        keeping: fill.map(|fill| (fill, String::new())),
-        include_usage,
+    let sources: Option<Arc<[RetrievedChunk]>> = found.filter(|_| plan.show_sources);
+    let Plan {
+        mut writer,
         start,
-        header,
-        held: None,
+        fill,
+        ..
+    } = plan;
+    let mut opening = writer.opening(sources.as_deref());
+    let mut closing = Closing {
+        writer,
+        start,
         outcome,
+        keeping: fill.map(|fill| (fill, String::new(), None)),
     };
-    let mut opening: Vec<Event> = Vec::new();
-    match (closing.header.role_chunk(), &sources) {
-        (Some(role), Some(sources)) => opening.push(data(sources::with_field(role, sources))),
-        (Some(role), None) => opening.push(data(role)),
-        // Completions have no role chunk: the sources go in a chunk of their own.
-        (None, Some(sources)) => {
-            let chunk = closing.header.text_chunk("", None);
-            opening.push(data(sources::with_field(chunk, sources)));
-        }
-        (None, None) => {}
-    }
     let rest = if let Some(events) = closing.settle(first, &mut opening).await {
         // The first event was already the last one.
         opening.extend(events);
@@ -127,107 +132,146 @@ pub async fn respond(
     Ok(response)
 }
 
-/// One stream's chunks, and how it ends.
-struct Closing {
-    include_usage: bool,
+/// One stream's writer, and how it ends.
+struct Closing<W> {
+    writer: W,
     start: Instant,
-    header: Header,
-    /// Top-level fields (`system_fingerprint`) that came alone, to go out with the next chunk
-    /// rather than in an empty chunk of their own.
-    held: Option<Box<Passthrough>>,
     /// Settled when the stream ends: tokens charged, place given up, a failure kept.
     outcome: Outcome,
-    /// The response cache's place for this answer, and its text so far; dropped when the answer
-    /// carries more than text (tool calls are not kept).
-    keeping: Option<(Fill, String)>,
+    /// The response cache's place for this answer, its text so far and its top-level fields;
+    /// dropped when the answer carries more than that (tool calls are not kept).
+    keeping: Option<(Fill, String, Option<Box<Passthrough>>)>,
 }
 
-/// What one event asks of the stream.
-enum Step {
-    /// Its chunk (if any) is in the output; the stream goes on.
-    More,
-    /// The stream ends with these events.
-    Last(Vec<Event>),
-    /// The request failed after its first output.
-    Failed(PipelineError),
-}
-
-impl Closing {
-    /// Puts an event's chunk in `out` and returns `None`, or returns the closing events after a
-    /// final event.
+impl<W: Writer> Closing<W> {
+    /// Puts an event's output in `out` and returns `None`, or returns the closing events after
+    /// a final event.
     async fn settle(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
-        match self.events(event, out) {
-            Step::More => None,
-            Step::Last(events) => Some(events),
-            // Boxed: the failure path's state would otherwise sit in every open stream.
-            Step::Failed(error) => Some(Box::pin(self.failed(error)).await),
-        }
-    }
-
-    /// The error event that ends a stream failing after its first output.
-    async fn failed(&mut self, error: PipelineError) -> Vec<Event> {
-        let error = self.outcome.failed(error).await;
-        vec![Event::default().event("error").data(error.to_json())]
-    }
-
-    /// What `event` asks for; a chunk it makes goes in `out`.
-    fn events(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Step {
         match event {
             ResponseEvent::Token(text) => {
-                out.push(data(self.header.text_chunk(&text, self.held.take().as_deref())));
-                if let Some((_, kept)) = &mut self.keeping {
+                self.writer.token(&text, out);
+                if let Some((_, kept, _)) = &mut self.keeping {
                     kept.push_str(&text);
                 }
-                Step::More
+                None
             }
-            ResponseEvent::Passthrough(extra) if extra.message.is_empty() && extra.choice.is_empty() => {
-                self.held = Some(extra);
-                Step::More
-            }
-            ResponseEvent::Passthrough(mut extra) => {
-                self.keeping = None;
-                if let Some(held) = self.held.take() {
-                    for (key, value) in held.response {
-                        extra.response.entry(key).or_insert(value);
+            ResponseEvent::Passthrough(extra) => {
+                if extra.message.is_empty() && extra.choice.is_empty() {
+                    if let Some((_, _, top)) = &mut self.keeping {
+                        top.get_or_insert_with(Default::default).merge((*extra).clone());
                     }
+                } else {
+                    self.keeping = None;
                 }
-                out.push(data(self.header.passthrough_chunk(&extra)));
-                Step::More
+                self.writer.passthrough(extra, out);
+                None
             }
             // Sent once, before the first output, and read there.
-            ResponseEvent::Sources(_) => Step::More,
-            ResponseEvent::Done(completion) => Step::Last(self.done(&completion)),
-            ResponseEvent::Error(error) => Step::Failed(*error),
+            ResponseEvent::Sources(_) => None,
+            ResponseEvent::Done(completion) => Some(self.done(&completion)),
+            // Boxed: the failure path's state would otherwise sit in every open stream.
+            ResponseEvent::Error(error) => Some(Box::pin(self.failed(*error)).await),
         }
+    }
+
+    async fn failed(&mut self, error: PipelineError) -> Vec<Event> {
+        let error = self.outcome.failed(error).await;
+        vec![self.writer.failed(&error)]
     }
 
     fn done(&mut self, completion: &Completion) -> Vec<Event> {
         self.outcome.completed(completion);
-        let held = self.held.take();
-        if let Some((fill, text)) = self.keeping.take() {
+        if let Some((fill, text, passthrough)) = self.keeping.take() {
+            let (id, created) = self.writer.identity();
             fill.put(Cached {
-                id: self.header.id.clone(),
-                created: self.header.created,
+                id,
+                created,
                 text,
                 finish_reason: completion.finish_reason,
                 usage: completion.usage,
-                passthrough: held.clone(),
+                passthrough,
             });
         }
-        let finish = self
-            .header
-            .finish_chunk(completion.finish_reason, held.as_deref());
-        let mut events = vec![data(finish)];
+        let mut events = Vec::new();
+        self.writer.done(completion, self.start.elapsed(), &mut events);
+        events
+    }
+}
+
+/// OpenAI's chat and completion chunks, ending in `[DONE]`.
+pub struct OpenAiChunks {
+    pub header: Header,
+    /// The client asked for a last chunk with the usage.
+    pub include_usage: bool,
+    /// Top-level fields (`system_fingerprint`) that came alone, to go out with the next chunk
+    /// rather than in an empty chunk of their own.
+    held: Option<Box<Passthrough>>,
+}
+
+impl OpenAiChunks {
+    pub fn new(header: Header, include_usage: bool) -> Self {
+        Self {
+            header,
+            include_usage,
+            held: None,
+        }
+    }
+}
+
+impl Writer for OpenAiChunks {
+    fn opening(&mut self, sources: Option<&[RetrievedChunk]>) -> Vec<Event> {
+        match (self.header.role_chunk(), sources) {
+            (Some(role), Some(sources)) => vec![data(sources::with_field(role, sources))],
+            (Some(role), None) => vec![data(role)],
+            // Completions have no role chunk: the sources go in a chunk of their own.
+            (None, Some(sources)) => {
+                let chunk = self.header.text_chunk("", None);
+                vec![data(sources::with_field(chunk, sources))]
+            }
+            (None, None) => Vec::new(),
+        }
+    }
+
+    fn token(&mut self, text: &str, out: &mut Vec<Event>) {
+        out.push(data(self.header.text_chunk(text, self.held.take().as_deref())));
+    }
+
+    fn passthrough(&mut self, mut extra: Box<Passthrough>, out: &mut Vec<Event>) {
+        if extra.message.is_empty() && extra.choice.is_empty() {
+            self.held = Some(extra);
+            return;
+        }
+        if let Some(held) = self.held.take() {
+            for (key, value) in held.response {
+                extra.response.entry(key).or_insert(value);
+            }
+        }
+        out.push(data(self.header.passthrough_chunk(&extra)));
+    }
+
+    fn done(&mut self, completion: &Completion, elapsed: Duration, out: &mut Vec<Event>) {
+        let held = self.held.take();
+        out.push(data(
+            self.header
+                .finish_chunk(completion.finish_reason, held.as_deref()),
+        ));
         if self.include_usage {
-            events.push(data(self.header.usage_chunk(completion.usage)));
+            out.push(data(self.header.usage_chunk(completion.usage)));
         }
         // Headers left before the stream's cost was known; clients ignore SSE comments.
-        events.push(Event::default().comment(format!(
+        out.push(Event::default().comment(format!(
             "orchestrator-overhead-ms {}",
-            Millis(overhead(self.start.elapsed(), completion))
+            Millis(overhead(elapsed, completion))
         )));
-        events.push(Event::default().data("[DONE]"));
-        events
+        out.push(Event::default().data("[DONE]"));
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Event {
+        Event::default().event("error").data(error.to_json())
+    }
+
+    fn identity(&self) -> (String, u64) {
+        (self.header.id.clone(), self.header.created)
     }
 }
 

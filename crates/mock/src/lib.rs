@@ -8,7 +8,8 @@
 //! - [`config`]: the settings and the command-line flags.
 //! - [`state`]: counters, the runtime handle, the seeded error sequence.
 //! - `openai`, `llamacpp`: the endpoints (llama-server's chat route is the OpenAI one, taking
-//!   llama.cpp's `id_slot` as `/completion` does); `stream`: paced SSE; `reply`: shared pieces.
+//!   llama.cpp's `id_slot` as `/completion` does); `stream`: paced SSE; `reply`: shared pieces;
+//! - [`tools`]: tool calls, when a request offers tools.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -25,6 +26,7 @@ mod openai;
 mod reply;
 pub mod state;
 mod stream;
+pub mod tools;
 
 use std::future::Future;
 use std::io;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::reply::{self, FINGERPRINT, Plan, SlotLease, Usage};
 use super::state::{Shared, unix_now};
 use super::stream::{self, DONE, Frames, data};
+use super::tools;
 
 /// The fields of both request kinds the mock acts on; serde skips the rest.
 #[derive(Deserialize)]
@@ -30,6 +31,8 @@ struct Request<'a> {
     stream_options: Option<StreamOptions>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
+    /// Offered tools: the mock calls the first (see `tools`).
+    tools: Option<Vec<tools::ToolDef>>,
     /// llama-server honours its native fields on the OpenAI routes too (its `kind = "llamacpp"`
     /// backend sends chat there): `id_slot` picks the slot. `cache_prompt` is only recorded with
     /// the body, as on `/completion`: the mock keeps no KV cache.
@@ -38,6 +41,8 @@ struct Request<'a> {
 
 #[derive(Deserialize)]
 struct Message<'a> {
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<Content<'a>>,
 }
@@ -354,6 +359,11 @@ async fn handle(shared: Arc<Shared>, body: Bytes, chat: bool) -> Response {
     };
     let plan = Plan::new(&behaviour, prompt_tokens, request.limit());
     reply::delay(&shared, &behaviour).await;
+    let last_role = request.messages.as_ref().and_then(|m| m.last()?.role.as_deref());
+    if let Some(name) = tools::to_call(request.tools.as_deref(), last_role).filter(|_| chat) {
+        let stream = request.stream.unwrap_or(false);
+        return tools::answer(&api.id, &api.model, api.created, &name, stream, api.include_usage);
+    }
     if request.stream.unwrap_or(false) {
         stream::respond(&shared, plan, api, Some(lease))
     } else {

@@ -49,7 +49,7 @@ async fn run(cli: &Cli) -> ExitCode {
             return orchestrator_server::worker::run(args, shutdown).await;
         }
         Some(Command::Dlq(args)) => {
-            return orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::OpenAi).await;
+            return orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::ByPath).await;
         }
         _ => {}
     }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::body::parse_json;
 use super::error::ApiError;
-use super::format::OpenAi;
+use super::format::ByPath;
 use crate::dlq::cli::parse_since;
 use crate::dlq::entry::unix_ms;
 use crate::dlq::replay::{Selection, replay};
@@ -112,7 +112,7 @@ pub async fn replay_entries(State(state): State<Arc<Gateway>>, body: Bytes) -> R
                 ));
             }
         };
-        let report = replay(&live, &OpenAi, &store, selection).await.map_err(storage)?;
+        let report = replay(&live, &ByPath, &store, selection).await.map_err(storage)?;
         let remaining = store.count().await.map_err(storage)?;
         Ok(Json(json!({
             "replayed": report.replayed,

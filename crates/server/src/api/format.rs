@@ -1,5 +1,5 @@
 //! The OpenAI endpoints as a gateway [`Format`]: a body read as OpenAI's request, an answer
-//! written as OpenAI's response.
+//! written as OpenAI's response; and [`ByPath`], each endpoint's format by its path.
 
 use tokio_prompt_orchestrator::{InferenceRequest, Response};
 
@@ -13,6 +13,42 @@ use crate::gateway::{Delivery, Format, unix_now};
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`.
 pub struct OpenAi;
+
+/// Each endpoint's own format, by the path a request came on: for what handles requests of
+/// every API (replays of dead letters).
+pub struct ByPath;
+
+impl ByPath {
+    fn of(path: &str) -> &'static dyn Format {
+        if path == super::anthropic::MESSAGES {
+            &super::anthropic::Anthropic
+        } else {
+            &OpenAi
+        }
+    }
+}
+
+impl Format for ByPath {
+    fn prepare(
+        &self,
+        live: &Live,
+        path: &str,
+        body: &[u8],
+        origin: &Origin<'_>,
+    ) -> Result<(InferenceRequest, Delivery), ApiError> {
+        Self::of(path).prepare(live, path, body, origin)
+    }
+
+    fn answer(
+        &self,
+        path: &str,
+        request_id: &str,
+        delivery: Delivery,
+        response: &Response,
+    ) -> serde_json::Value {
+        Self::of(path).answer(path, request_id, delivery, response)
+    }
+}
 
 impl Format for OpenAi {
     fn prepare(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -102,14 +102,19 @@ pub async fn require_admin_key(State(state): State<Arc<Gateway>>, request: Reque
 
 /// The caller presenting `headers`, or the 401 to answer with. The key itself never appears in
 /// a message or log.
+const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+
 fn authenticate(keys: &ApiKeys, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    // `x-api-key` is how Anthropic's SDKs send it.
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
+        .and_then(bearer_token)
+        .or_else(|| headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()));
     let Some(presented) = presented else {
         return Err(ApiError::unauthorized(
-            "Missing API key: send it as `Authorization: Bearer KEY` (the OpenAI SDKs do this with api_key).",
+            "Missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY` (the SDKs do \
+             this with api_key).",
         ));
     };
     keys.verify(presented)

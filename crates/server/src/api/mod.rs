@@ -2,6 +2,7 @@
 //!
 //! - [`generate`]: `POST /v1/chat/completions`, `POST /v1/completions`; [`accept`]: what every
 //!   generation endpoint does before it answers; [`hints`]: what request headers add.
+//! - [`anthropic`]: `POST /v1/messages` and `/v1/messages/count_tokens`, Anthropic's API.
 //! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`;
 //!   [`dlq`]: `/admin/dlq` (the dead-letter queue); [`cluster`]: `/admin/cluster`.
 //! - [`middleware`]: request ids, access log, API keys.
@@ -12,6 +13,7 @@
 pub mod accept;
 pub mod access;
 pub mod admin;
+pub mod anthropic;
 pub mod body;
 pub mod cached;
 pub mod cluster;
@@ -46,6 +48,8 @@ pub fn router(state: Arc<Gateway>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/completions", post(generate::completions))
+        .route(anthropic::MESSAGES, post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{*model}", get(ops::get_model));
     // Whether /metrics needs a key is the running config's say, so it is decided per request.

@@ -1,5 +1,6 @@
 //! Integration tests of the `orchestrator` gateway over real HTTP.
 
+mod anthropic;
 mod auth;
 mod binary;
 mod cache;

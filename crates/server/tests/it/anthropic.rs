@@ -1,0 +1,180 @@
+//! The Anthropic Messages API: the official `anthropic` Python SDK against a gateway
+//! (tests/python/anthropic_e2e.py), and the shapes the SDK does not exercise: missing and
+//! mistyped fields, `x-api-key`, errors in Anthropic's shape.
+
+use std::path::PathBuf;
+
+use orchestrator_mock::{Behaviour, RunningMock};
+use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
+use serde_json::{Value, json};
+use tokio::process::Command;
+use tokio_prompt_orchestrator::AdmissionConfig;
+
+use crate::gateway_mock::{mock, openai_backend};
+use crate::support::{client, serve};
+
+/// `echo`, `tools` (a mock that calls tools) and `slow` (an echo at 5 tokens a second), with one
+/// place in the pipeline and none to wait in, so that a second request at once is shed. The
+/// mock must be kept as long as the gateway is used.
+async fn gateway() -> (String, RunningMock) {
+    let upstream = mock(Behaviour::default()).await;
+    let echo = |name: &str, token_delay_ms| BackendConfig::Echo {
+        name: name.into(),
+        token_delay_ms,
+        routing: Default::default(),
+    };
+    let config = Config {
+        backends: vec![
+            echo("e", 0),
+            echo("slow-e", 200),
+            BackendConfig::Openai(openai_backend("up", &upstream)),
+        ],
+        models: vec![
+            ModelConfig::single("echo", "e"),
+            ModelConfig::single("tools", "up"),
+            ModelConfig::single("slow", "slow-e"),
+        ],
+        admission: AdmissionConfig {
+            max_in_flight: std::num::NonZeroUsize::MIN,
+            max_queued: 0,
+            ..AdmissionConfig::default()
+        },
+        ..Config::default()
+    };
+    (serve(config).await, upstream)
+}
+
+#[tokio::test]
+async fn the_official_anthropic_sdk_end_to_end() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Python venv with the anthropic SDK is missing: run scripts/setup-python.sh (scripts/test.sh does)"
+    );
+    let (base, _upstream) = gateway().await;
+    let output = Command::new(&python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/anthropic_e2e.py"))
+        .env("ANTHROPIC_BASE_URL", &base)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all Anthropic SDK checks passed"), "{stdout}");
+}
+
+async fn post(base: &str, body: &str) -> (u16, Value) {
+    let response = client()
+        .post(format!("{base}/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn every_required_field_missing_or_mistyped_is_a_400_in_anthropics_shape_naming_it() {
+    let (base, _upstream) = gateway().await;
+    let cases = [
+        (
+            r#"{"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}"#,
+            "model",
+        ),
+        (
+            r#"{"model": "echo", "messages": [{"role": "user", "content": "x"}]}"#,
+            "max_tokens",
+        ),
+        (r#"{"model": "echo", "max_tokens": 5}"#, "messages"),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": []}"#,
+            "messages",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": "5", "messages": [{"role": "user", "content": "x"}]}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": [{"content": "x"}]}"#,
+            "messages[0].role",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": [{"role": "user"}]}"#,
+            "messages[0].content",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]}"#,
+            "messages[0].role",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}"#,
+            "messages[0].content[0].tool_use_id",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": [{"name": "f"}]}"#,
+            "tools[0].input_schema",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "temperature": 1.5}"#,
+            "temperature",
+        ),
+        (
+            r#"{"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "tool"}}"#,
+            "tool_choice.name",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, error) = post(&base, body).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(field),
+            "{body}: {message} does not name {field}"
+        );
+    }
+    let (status, error) = post(&base, "not json").await;
+    assert_eq!(
+        (status, error["error"]["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
+}
+
+#[tokio::test]
+async fn keys_are_read_from_x_api_key_and_refusals_are_in_anthropics_shape() {
+    let mut config = Config::default();
+    config.auth.keys = vec![
+        serde_json::from_value(json!({
+            "name": "k",
+            "sha256": crate::support::sha256_hex("sk-good"),
+        }))
+        .unwrap(),
+    ];
+    let base = serve(config).await;
+    let ask = |key: &'static str| {
+        let base = base.clone();
+        async move {
+            let response = client()
+                .post(format!("{base}/v1/messages"))
+                .header("x-api-key", key)
+                .json(&json!({"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, body) = ask("sk-good").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "message");
+    let (status, body) = ask("sk-wrong").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+}

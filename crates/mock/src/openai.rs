@@ -31,8 +31,10 @@ struct Request<'a> {
     stream_options: Option<StreamOptions>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
-    /// Offered tools: the mock calls the first (see `tools`).
-    tools: Option<Vec<tools::ToolDef>>,
+    /// Offered tools, read only when the mock may call one (see `tools`): a body full of odd
+    /// `tools` is another test's load, not a mistake.
+    #[serde(borrow)]
+    tools: Option<&'a serde_json::value::RawValue>,
     /// llama-server honours its native fields on the OpenAI routes too (its `kind = "llamacpp"`
     /// backend sends chat there): `id_slot` picks the slot. `cache_prompt` is only recorded with
     /// the body, as on `/completion`: the mock keeps no KV cache.
@@ -360,7 +362,7 @@ async fn handle(shared: Arc<Shared>, body: Bytes, chat: bool) -> Response {
     let plan = Plan::new(&behaviour, prompt_tokens, request.limit());
     reply::delay(&shared, &behaviour).await;
     let last_role = request.messages.as_ref().and_then(|m| m.last()?.role.as_deref());
-    if let Some(name) = tools::to_call(request.tools.as_deref(), last_role).filter(|_| chat) {
+    if let Some(name) = tools::to_call(request.tools, last_role).filter(|_| chat) {
         let stream = request.stream.unwrap_or(false);
         return tools::answer(&api.id, &api.model, api.created, &name, stream, api.include_usage);
     }

@@ -7,6 +7,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::reply;
@@ -25,12 +26,13 @@ struct Function {
     name: Option<String>,
 }
 
-/// The tool to call, if the request offers tools and has no tool result yet.
-pub(crate) fn to_call(tools: Option<&[ToolDef]>, last_role: Option<&str>) -> Option<String> {
+/// The tool to call, if the request offers function tools and has no tool result yet.
+pub(crate) fn to_call(tools: Option<&RawValue>, last_role: Option<&str>) -> Option<String> {
     if last_role == Some("tool") {
         return None;
     }
-    tools?.first()?.function.as_ref()?.name.clone()
+    let tools: Vec<ToolDef> = serde_json::from_str(tools?.get()).ok()?;
+    tools.first()?.function.as_ref()?.name.clone()
 }
 
 /// The answer calling `name`: one body, or a stream.

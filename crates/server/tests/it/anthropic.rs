@@ -6,11 +6,13 @@ use std::path::PathBuf;
 
 use orchestrator_mock::{Behaviour, RunningMock};
 use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
+use orchestrator_server::gateway::cache::CacheConfig;
 use serde_json::{Value, json};
 use tokio::process::Command;
 use tokio_prompt_orchestrator::AdmissionConfig;
 
 use crate::gateway_mock::{mock, openai_backend};
+use crate::sdk::sdk_checks;
 use crate::support::{client, serve};
 
 /// `echo`, `tools` (a mock that calls tools) and `slow` (an echo at 5 tokens a second), with one
@@ -30,7 +32,10 @@ async fn gateway() -> (String, RunningMock) {
             BackendConfig::Openai(openai_backend("up", &upstream)),
         ],
         models: vec![
-            ModelConfig::single("echo", "e"),
+            ModelConfig {
+                cache: Some(CacheConfig::default()),
+                ..ModelConfig::single("echo", "e")
+            },
             ModelConfig::single("tools", "up"),
             ModelConfig::single("slow", "slow-e"),
         ],
@@ -63,6 +68,9 @@ async fn the_official_anthropic_sdk_end_to_end() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all Anthropic SDK checks passed"), "{stdout}");
+    // The same gateway's tool calls reach OpenAI's SDK too.
+    let stdout = sdk_checks(&format!("{base}/v1")).await;
+    assert!(stdout.contains("ok: streamed tool call"), "{stdout}");
 }
 
 async fn post(base: &str, body: &str) -> (u16, Value) {
@@ -177,4 +185,46 @@ async fn keys_are_read_from_x_api_key_and_refusals_are_in_anthropics_shape() {
     let (status, body) = ask("sk-wrong").await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+}
+
+#[tokio::test]
+async fn a_kept_answer_is_sent_again_in_anthropics_shape() {
+    let (base, _upstream) = gateway().await;
+    let ask = |stream: bool| {
+        let base = base.clone();
+        async move {
+            client()
+                .post(format!("{base}/v1/messages"))
+                .json(
+                    &json!({"model": "echo", "max_tokens": 20, "temperature": 0, "stream": stream,
+                    "messages": [{"role": "user", "content": "kept words"}]}),
+                )
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = ask(false).await;
+    assert_eq!(first.headers()["x-cache"], "miss");
+    let first = first.bytes().await.unwrap();
+    let second = ask(false).await;
+    assert_eq!(second.headers()["x-cache"], "hit");
+    assert_eq!(second.bytes().await.unwrap(), first);
+    let streamed = ask(true).await;
+    assert_eq!(streamed.headers()["x-cache"], "hit");
+    let text = streamed.text().await.unwrap();
+    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        events,
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert!(text.contains(r#""text":"kept words""#), "{text}");
 }

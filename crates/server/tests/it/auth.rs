@@ -39,7 +39,7 @@ async fn keys_are_required_on_the_api() {
     let error = expect_error(missing, 401).await;
     assert_eq!(
         error,
-        json!({"message": "Missing API key: send it as `Authorization: Bearer KEY` (the OpenAI SDKs do this with api_key).",
+        json!({"message": "Missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY` (the SDKs do this with api_key).",
                "type": "authentication_error", "param": null, "code": "invalid_api_key"})
     );
 

@@ -1,8 +1,8 @@
 """End-to-end checks of the gateway with the official `openai` Python SDK.
 
 Run by the Rust tests `sdk::openai_python_sdk_end_to_end` (an in-process gateway with failing test
-models) and `cluster::workers` (model `echo` on a remote worker), which start a server and pass its
-address in OPENAI_BASE_URL. Exits non-zero, with the failing check named, on any mismatch.
+models), `anthropic` (with `tools`, a mock upstream that calls tools) and `cluster::workers` (model
+`echo` on a remote worker), which start a server and pass its address in OPENAI_BASE_URL. Exits non-zero, with the failing check named, on any mismatch.
 """
 
 import os
@@ -75,6 +75,32 @@ try:
     check("empty messages raises", False)
 except openai.BadRequestError as e:
     check("empty messages is BadRequestError", e.status_code == 400 and e.param == "messages", repr(e.body))
+
+# Tool calls, where the server has a model on the mock that calls tools (`tools`).
+if "tools" in models:
+    tools = [{"type": "function", "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }}]
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    called = client.chat.completions.create(model="tools", messages=ask, tools=tools)
+    call = called.choices[0].message.tool_calls[0]
+    check("tool call", called.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+          and call.function.arguments == '{"city": "Paris"}', repr(called))
+    streamed_args, streamed_name, finish = "", None, None
+    for chunk in client.chat.completions.create(model="tools", messages=ask, tools=tools, stream=True):
+        if chunk.choices:
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                streamed_name = delta.function.name or streamed_name
+                streamed_args += delta.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+    check("streamed tool call", (streamed_name, streamed_args, finish) == ("get_weather", '{"city": "Paris"}', "tool_calls"),
+          repr((streamed_name, streamed_args, finish)))
+    answer = client.chat.completions.create(model="tools", tools=tools, messages=ask + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny"},
+    ])
+    check("answer after the tool result", answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content, repr(answer))
 
 # Upstream failures, where the server has the failing test models (the in-process gateway).
 if "fail-before" in models:

@@ -18,6 +18,8 @@
 # FORWARDER_BIN [unset: the forwarder is not measured], FORWARDER_PORT [9303],
 # GATEWAY_EXTRA [empty]: TOML added to the gateway's config (an API key, [cluster]),
 # LOAD_HEADER [empty]: a header sent with every request (`authorization: Bearer ...`),
+# MODEL_EXTRA [empty]: TOML added to the model's entry (`cache = { ttl_s = 600 }`),
+# LOAD_PATH [/v1/chat/completions] and LOAD_BODY [a short chat request]: what the load sends,
 # BENCH_LOCK [/tmp/bench.lock]: held (flock) while measuring; the counts do not need it, but a
 # process under callgrind keeps a core busy and would slow another benchmark's run.
 set -euo pipefail
@@ -62,18 +64,20 @@ base_url = "http://127.0.0.1:$mock_port/v1"
 [[models]]
 name = "mock"
 backends = ["mock"]
+${MODEL_EXTRA:-}
 ${GATEWAY_EXTRA:-}
 EOF
 header=()
 [ -z "${LOAD_HEADER:-}" ] || header=(-H "$LOAD_HEADER")
 
-body='{"model":"mock","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"stream":false}'
+body=${LOAD_BODY:-'{"model":"mock","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}],"stream":false}'}
+load_path=${LOAD_PATH:-/v1/chat/completions}
 
 # shellcheck source=lib/callgrind.sh
 source scripts/lib/callgrind.sh
 
 RUST_LOG=warn,orchestrator=info,orchestrator_server=info callgrind_measure gateway \
-    "http://127.0.0.1:$gateway_port/readyz" "http://127.0.0.1:$gateway_port/v1/chat/completions" \
+    "http://127.0.0.1:$gateway_port/readyz" "http://127.0.0.1:$gateway_port$load_path" \
     "$bin" serve --log-format json --config "$out/gateway.toml"
 if [ -n "$forwarder" ]; then
     callgrind_measure forwarder \

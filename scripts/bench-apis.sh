@@ -29,15 +29,19 @@ log() { printf '== %s\n' "$*" >&2; }
 log "building the gateway and the mock (release)"
 cargo build --release --quiet -p orchestrator-server -p orchestrator-mock
 
-chat='{"model":"mock","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}]}'
-messages='{"model":"mock","max_tokens":64,"temperature":0,"system":"You are a helpful assistant.","messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
+# Not deterministic (no temperature): identical requests in flight would otherwise share one
+# upstream call (dedup), which is not what the comparison is about.
+chat='{"model":"mock","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}]}'
+messages='{"model":"mock","max_tokens":64,"system":"You are a helpful assistant.","messages":[{"role":"user","content":"Say hello to the benchmark."}]}'
+# The cache keeps deterministic answers.
+kept='{"model":"mock","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}]}'
 cache='cache = { ttl_s = 3600 }'
 
 log "instructions per request"
 LOAD_BODY="$chat" bash scripts/callgrind-gateway.sh "$bin/orchestrator" | sed 's/^gateway:/chat completions:/' | tee "$out/callgrind.txt"
 LOAD_BODY="$messages" LOAD_PATH=/v1/messages bash scripts/callgrind-gateway.sh "$bin/orchestrator" \
     | sed 's/^gateway:/messages:/' | tee -a "$out/callgrind.txt"
-LOAD_BODY="$chat" MODEL_EXTRA="$cache" bash scripts/callgrind-gateway.sh "$bin/orchestrator" \
+LOAD_BODY="$kept" MODEL_EXTRA="$cache" bash scripts/callgrind-gateway.sh "$bin/orchestrator" \
     | sed 's/^gateway:/cache hit:/' | tee -a "$out/callgrind.txt"
 
 log "throughput and latency at c=32: the model's path against the cache"
@@ -63,7 +67,7 @@ for round in $(seq "$ROUNDS"); do
     for target in model:9342 cached:9343; do
         name=${target%%:*} port=${target##*:}
         oha -z "${DURATION}s" -c 32 --no-tui --output-format json -m POST -H 'content-type: application/json' \
-            -d "$chat" "http://127.0.0.1:$port/v1/chat/completions" >"$out/$name-$round.json"
+            -d "$kept" "http://127.0.0.1:$port/v1/chat/completions" >"$out/$name-$round.json"
         python3 - "$out/$name-$round.json" "$round" "$name" <<'PY' | tee -a "$out/throughput.md"
 import json, sys
 r = json.load(open(sys.argv[1]))

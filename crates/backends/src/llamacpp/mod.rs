@@ -120,7 +120,20 @@ impl ModelWorker for LlamaCppWorker {
                 self.http
                     .encode(&openai::request_body(&call, model, streamed, server))?
             }
-            Route::Native => self.http.encode(&request_body(&call, slot, streamed))?,
+            Route::Native => {
+                if call
+                    .chat_messages()
+                    .is_some_and(|m| m.iter().any(|m| m.extra.contains_key("content")))
+                {
+                    return Err(WorkerError::new(
+                        "this model's prompt template renders text for llama-server's /completion, which \
+                         takes no images: serve images through the chat route (no `prompt` template) \
+                         or a backend of kind openai",
+                    )
+                    .with_status(400));
+                }
+                self.http.encode(&request_body(&call, slot, streamed))?
+            }
         };
         // The call is not needed past here; its request goes before the wait for the upstream.
         drop(call);

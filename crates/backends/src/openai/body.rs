@@ -174,9 +174,16 @@ impl Serialize for Message<'_> {
         let m = self.0;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("role", m.role.as_str())?;
-        // An assistant turn that only called tools has null content upstream, as the client sent it.
-        let content = (!m.content.is_empty() || !m.extra.contains_key("tool_calls")).then_some(&*m.content);
-        map.serialize_entry("content", &content)?;
+        // Content with images is kept whole, as parts, in `extra` (`content` holds its text).
+        if let Some(parts) = m.extra.get("content") {
+            map.serialize_entry("content", parts)?;
+        } else {
+            // An assistant turn that only called tools has null content upstream, as the client
+            // sent it.
+            let content =
+                (!m.content.is_empty() || !m.extra.contains_key("tool_calls")).then_some(&*m.content);
+            map.serialize_entry("content", &content)?;
+        }
         for (name, value) in &m.extra {
             if name != "role" && name != "content" {
                 map.serialize_entry(name, value)?;

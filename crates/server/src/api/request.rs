@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use tokio_prompt_orchestrator::extra::Fields;
 use tokio_prompt_orchestrator::{
     ChatMessage, InferenceRequest, PromptInput, RawExtra, Role, SamplingParams, SessionId,
@@ -141,6 +142,8 @@ struct ContentPart {
     #[serde(rename = "type")]
     kind: String,
     text: Option<String>,
+    /// `{"url": ..., "detail": ...}` of an `image_url` part, passed on as it came.
+    image_url: Option<Box<RawValue>>,
 }
 
 /// `stop`: one string or a list of them.
@@ -296,9 +299,14 @@ impl WireMessage {
                 "is required: one of system, developer, user, assistant, tool",
             ));
         };
+        let mut parts = None;
         let content = match self.content {
             Some(Content::Text(text)) => text,
-            Some(Content::Parts(parts)) => join_parts(parts, index)?,
+            Some(Content::Parts(list)) => {
+                let (text, whole) = join_parts(list, index)?;
+                parts = whole;
+                text
+            }
             // An assistant turn that only called tools has no content.
             None if role == Role::Assistant => String::new(),
             None => {
@@ -310,28 +318,51 @@ impl WireMessage {
         };
         let mut message = ChatMessage::new(role, content);
         message.extra = self.extra;
+        // What `join_parts` wrote is JSON.
+        if let Some(parts) = parts.and_then(|p| RawValue::from_string(p).ok()) {
+            message.extra.insert("content".into(), parts);
+        }
         Ok(message)
     }
 }
 
-fn join_parts(parts: Vec<ContentPart>, index: usize) -> Result<String, ApiError> {
+/// The text of content parts, and the parts themselves when there are images among them (they go
+/// to the backend whole, in the message's `extra["content"]`).
+fn join_parts(parts: Vec<ContentPart>, index: usize) -> Result<(String, Option<String>), ApiError> {
     let mut text = String::new();
+    let mut whole = Vec::new();
+    let mut images = false;
     for (j, part) in parts.into_iter().enumerate() {
-        if part.kind != "text" {
-            return Err(ApiError::invalid(
-                format!("messages[{index}].content[{j}].type"),
-                format!("only text content parts are supported (got `{}`)", part.kind),
-            ));
+        match (part.kind.as_str(), part.text, part.image_url) {
+            ("text", Some(part_text), _) => {
+                whole.push(serde_json::json!({"type": "text", "text": part_text}).to_string());
+                text.push_str(&part_text);
+            }
+            ("text", None, _) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{index}].content[{j}].text"),
+                    "is required for a text part",
+                ));
+            }
+            ("image_url", _, Some(image)) => {
+                images = true;
+                whole.push(format!(r#"{{"type":"image_url","image_url":{}}}"#, image.get()));
+            }
+            ("image_url", _, None) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{index}].content[{j}].image_url"),
+                    "is required for an image_url part: {\"url\": \"https://...\"}",
+                ));
+            }
+            (other, _, _) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{index}].content[{j}].type"),
+                    format!("only text and image_url content parts are supported (got `{other}`)"),
+                ));
+            }
         }
-        let Some(part_text) = part.text else {
-            return Err(ApiError::invalid(
-                format!("messages[{index}].content[{j}].text"),
-                "is required for a text part",
-            ));
-        };
-        text.push_str(&part_text);
     }
-    Ok(text)
+    Ok((text, images.then(|| format!("[{}]", whole.join(",")))))
 }
 
 impl<'de> Deserialize<'de> for Content {
@@ -490,7 +521,11 @@ mod tests {
             ),
             (
                 r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
-                "messages[0].content[0].type: only text content parts are supported (got `image_url`)",
+                "messages[0].content[0].image_url: is required for an image_url part: {\"url\": \"https://...\"}",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}"#,
+                "messages[0].content[0].type: only text and image_url content parts are supported (got `input_audio`)",
             ),
             (
                 r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}"#,

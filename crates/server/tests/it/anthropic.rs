@@ -228,3 +228,60 @@ async fn a_kept_answer_is_sent_again_in_anthropics_shape() {
     );
     assert!(text.contains(r#""text":"kept words""#), "{text}");
 }
+
+#[tokio::test]
+async fn images_reach_the_model_as_image_url_parts_from_either_api() {
+    let (base, upstream) = gateway().await;
+    let seen = |upstream: &RunningMock| {
+        upstream.handle().last_request().unwrap().json()["messages"][0]["content"].clone()
+    };
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(
+            &json!({"model": "tools", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
+            ]}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        seen(&upstream),
+        json!([
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
+        ])
+    );
+    let (status, body) = post(
+        &base,
+        &json!({"model": "tools", "max_tokens": 10, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+            {"type": "text", "text": "Two images."},
+        ]}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        seen(&upstream),
+        json!([
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "text", "text": "Two images."},
+        ])
+    );
+    // A part of another kind is refused, naming it.
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(
+            &json!({"model": "tools", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let error = crate::support::expect_error(response, 400).await;
+    assert_eq!(error["param"], "messages[0].content[0].type", "{error}");
+}

@@ -85,6 +85,17 @@ struct Block {
     tool_use_id: Option<String>,
     content: Option<Content>,
     is_error: Option<bool>,
+    source: Option<ImageSource>,
+}
+
+/// Where an image block's image is: a URL, or the image itself in base64.
+#[derive(Debug, Deserialize)]
+struct ImageSource {
+    #[serde(rename = "type")]
+    kind: String,
+    url: Option<String>,
+    media_type: Option<String>,
+    data: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +255,9 @@ fn translate(message: Message, i: usize, messages: &mut Vec<ChatMessage>) -> Res
         Content::Blocks(blocks) => blocks,
     };
     let mut text = Vec::new();
+    // Text and images in order, for a message with images (sent whole as OpenAI's parts).
+    let mut parts = Vec::new();
+    let mut images = false;
     let mut tool_calls = Vec::new();
     let mut results = Vec::new();
     for (j, block) in blocks.into_iter().enumerate() {
@@ -253,11 +267,13 @@ fn translate(message: Message, i: usize, messages: &mut Vec<ChatMessage>) -> Res
             .as_deref()
             .ok_or_else(|| ApiError::invalid(at("type"), "is required"))?;
         match (kind, role) {
-            ("text", _) => text.push(
-                block
+            ("text", _) => {
+                let block_text = block
                     .text
-                    .ok_or_else(|| ApiError::invalid(at("text"), "is required for a text block"))?,
-            ),
+                    .ok_or_else(|| ApiError::invalid(at("text"), "is required for a text block"))?;
+                parts.push(json!({"type": "text", "text": block_text}));
+                text.push(block_text);
+            }
             ("tool_use", MessageRole::Assistant) => {
                 let id = block
                     .id
@@ -298,15 +314,16 @@ fn translate(message: Message, i: usize, messages: &mut Vec<ChatMessage>) -> Res
                 ));
             }
             ("image", _) => {
-                return Err(ApiError::invalid(
-                    at("type"),
-                    "image blocks are not supported by this gateway yet; send text",
-                ));
+                let source = block
+                    .source
+                    .ok_or_else(|| ApiError::invalid(at("source"), "is required for an image block"))?;
+                parts.push(json!({"type": "image_url", "image_url": {"url": image_url(source, &at)?}}));
+                images = true;
             }
             (other, _) => {
                 return Err(ApiError::invalid(
                     at("type"),
-                    format!("must be `text`, `tool_use` or `tool_result` (got `{other}`)"),
+                    format!("must be `text`, `image`, `tool_use` or `tool_result` (got `{other}`)"),
                 ));
             }
         }
@@ -325,17 +342,41 @@ fn translate(message: Message, i: usize, messages: &mut Vec<ChatMessage>) -> Res
     } else {
         Role::Assistant
     };
-    if !text.is_empty() || !tool_calls.is_empty() {
+    if !text.is_empty() || !tool_calls.is_empty() || images {
         let mut message = ChatMessage::new(role, text.join("\n"));
+        let mut extra = serde_json::Map::new();
         if !tool_calls.is_empty() {
-            message.extra = raw(serde_json::Map::from_iter([(
-                "tool_calls".to_owned(),
-                Value::Array(tool_calls),
-            )]));
+            extra.insert("tool_calls".to_owned(), Value::Array(tool_calls));
         }
+        if images {
+            extra.insert("content".to_owned(), Value::Array(parts));
+        }
+        message.extra = raw(extra);
         messages.push(message);
     }
     Ok(())
+}
+
+/// An image block's source as the URL OpenAI's `image_url` parts take (base64 as a data URL).
+fn image_url(source: ImageSource, at: &dyn Fn(&str) -> String) -> Result<String, ApiError> {
+    match source.kind.as_str() {
+        "url" => source
+            .url
+            .ok_or_else(|| ApiError::invalid(at("source.url"), "is required for a url source")),
+        "base64" => {
+            let media = source.media_type.ok_or_else(|| {
+                ApiError::invalid(at("source.media_type"), "is required for a base64 source")
+            })?;
+            let data = source
+                .data
+                .ok_or_else(|| ApiError::invalid(at("source.data"), "is required for a base64 source"))?;
+            Ok(format!("data:{media};base64,{data}"))
+        }
+        other => Err(ApiError::invalid(
+            at("source.type"),
+            format!("must be `url` or `base64` (got `{other}`)"),
+        )),
+    }
 }
 
 /// Anthropic's tools as OpenAI's function tools.

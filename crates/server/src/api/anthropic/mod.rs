@@ -83,6 +83,14 @@ impl Format for Anthropic {
     }
 }
 
+fn json_response(body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
 fn message_id(request_id: &str) -> String {
     format!("msg_{request_id}")
 }
@@ -153,11 +161,7 @@ async fn answer(state: Arc<Gateway>, ctx: &RequestContext, admitted: Admitted) -
             completion.usage,
             answer.passthrough.as_deref(),
         );
-        (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            body,
-        )
-            .into_response()
+        json_response(body)
     };
     if kept {
         response.headers_mut().insert(CACHE_HEADER, MISS);
@@ -206,11 +210,7 @@ fn from_cache(delivery: &Delivery, hit: &Cached) -> Response {
             hit.usage,
             hit.passthrough.as_deref(),
         );
-        (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            body,
-        )
-            .into_response()
+        json_response(body)
     };
     response.headers_mut().insert(CACHE_HEADER, HIT);
     response

@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_prompt_orchestrator::{FinishReason, Passthrough, Usage};
 
@@ -19,8 +20,22 @@ pub fn stop_reason(reason: FinishReason) -> &'static str {
     }
 }
 
+/// A content block of an answer.
+#[derive(Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a Value,
+        name: &'a Value,
+        input: Value,
+    },
+}
+
 /// The tool calls an OpenAI-shaped answer made, as `tool_use` blocks.
-pub fn tool_uses(extra: Option<&Passthrough>) -> Vec<Value> {
+pub fn tool_uses(extra: Option<&Passthrough>) -> Vec<Block<'_>> {
     let Some(Value::Array(calls)) = extra.and_then(|e| e.message.get("tool_calls")) else {
         return Vec::new();
     };
@@ -28,12 +43,11 @@ pub fn tool_uses(extra: Option<&Passthrough>) -> Vec<Value> {
         .iter()
         .map(|call| {
             let function = &call["function"];
-            json!({
-                "type": "tool_use",
-                "id": call["id"],
-                "name": function["name"],
-                "input": arguments(function["arguments"].as_str().unwrap_or("")),
-            })
+            Block::ToolUse {
+                id: &call["id"],
+                name: &function["name"],
+                input: arguments(function["arguments"].as_str().unwrap_or("")),
+            }
         })
         .collect()
 }
@@ -44,6 +58,36 @@ fn arguments(text: &str) -> Value {
         return json!({});
     }
     serde_json::from_str(text).unwrap_or_else(|_| json!({"arguments": text}))
+}
+
+/// The `message` object; written from typed fields, as every answer is.
+#[derive(Serialize)]
+struct Message<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<Block<'a>>,
+    stop_reason: &'static str,
+    stop_sequence: Option<&'a str>,
+    usage: MessageUsage,
+}
+
+/// Anthropic's usage: the input and output tokens.
+#[derive(Serialize)]
+pub struct MessageUsage {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+}
+
+impl From<Usage> for MessageUsage {
+    fn from(usage: Usage) -> Self {
+        Self {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+        }
+    }
 }
 
 /// The whole answer as a `message` object.
@@ -57,20 +101,21 @@ pub fn message(
 ) -> String {
     let mut content = Vec::new();
     if !text.is_empty() {
-        content.push(json!({"type": "text", "text": text}));
+        content.push(Block::Text { text });
     }
     content.extend(tool_uses(extra));
-    json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason(reason),
-        "stop_sequence": null,
-        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
-    })
-    .to_string()
+    let message = Message {
+        id,
+        kind: "message",
+        role: "assistant",
+        model,
+        content,
+        stop_reason: stop_reason(reason),
+        stop_sequence: None,
+        usage: usage.into(),
+    };
+    // Strings, numbers and JSON values always serialise.
+    serde_json::to_string(&message).unwrap_or_default()
 }
 
 /// `error`'s status and `type` in Anthropic's terms.

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use axum::response::sse::Event;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_prompt_orchestrator::{Completion, Passthrough, RetrievedChunk};
 
@@ -90,7 +91,20 @@ impl Writer for AnthropicEvents {
         if self.open != Open::Text {
             self.start(json!({"type": "text", "text": ""}), Open::Text, out);
         }
-        self.delta(json!({"type": "text_delta", "text": text}), out);
+        // Every token: written from typed fields rather than through a JSON tree.
+        let delta = TextDelta {
+            kind: "content_block_delta",
+            index: self.next_index - 1,
+            delta: Text {
+                kind: "text_delta",
+                text,
+            },
+        };
+        out.push(
+            Event::default()
+                .event("content_block_delta")
+                .data(serde_json::to_string(&delta).unwrap_or_default()),
+        );
     }
 
     /// Tool-call deltas become `tool_use` blocks and their arguments `input_json_delta`s; other
@@ -135,6 +149,22 @@ impl Writer for AnthropicEvents {
     fn identity(&self) -> (String, u64) {
         (self.id.clone(), self.created)
     }
+}
+
+/// A `content_block_delta` with text.
+#[derive(Serialize)]
+struct TextDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u64,
+    delta: Text<'a>,
+}
+
+#[derive(Serialize)]
+struct Text<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
 }
 
 fn event(name: &'static str, data: Value) -> Event {

@@ -7,8 +7,6 @@ use super::body::parse_json;
 use super::error::ApiError;
 use super::request::GenerationRequest;
 use super::wire::{Endpoint, Header};
-use crate::gateway::admit::Origin;
-use crate::gateway::live::Live;
 use crate::gateway::{Delivery, Format, unix_now};
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`.
@@ -29,14 +27,8 @@ impl ByPath {
 }
 
 impl Format for ByPath {
-    fn prepare(
-        &self,
-        live: &Live,
-        path: &str,
-        body: &[u8],
-        origin: &Origin<'_>,
-    ) -> Result<(InferenceRequest, Delivery), ApiError> {
-        Self::of(path).prepare(live, path, body, origin)
+    fn read(&self, path: &str, body: &[u8]) -> Result<(InferenceRequest, Delivery), ApiError> {
+        Self::of(path).read(path, body)
     }
 
     fn answer(
@@ -51,24 +43,13 @@ impl Format for ByPath {
 }
 
 impl Format for OpenAi {
-    fn prepare(
-        &self,
-        live: &Live,
-        path: &str,
-        body: &[u8],
-        origin: &Origin<'_>,
-    ) -> Result<(InferenceRequest, Delivery), ApiError> {
+    fn read(&self, path: &str, body: &[u8]) -> Result<(InferenceRequest, Delivery), ApiError> {
         let endpoint = Endpoint::from_path(path).ok_or_else(|| ApiError::not_found_route(path))?;
         let parsed: GenerationRequest = parse_json(body)?;
-        let (mut request, delivery) = match endpoint {
-            Endpoint::Chat => parsed.into_chat()?,
-            Endpoint::Completion => parsed.into_completion()?,
-        };
-        if !live.models.contains(&delivery.model) {
-            return Err(ApiError::model_not_found(&delivery.model));
+        match endpoint {
+            Endpoint::Chat => parsed.into_chat(),
+            Endpoint::Completion => parsed.into_completion(),
         }
-        origin.hints.apply(&mut request, &delivery, origin);
-        Ok((request, delivery))
     }
 
     fn answer(

@@ -16,7 +16,14 @@ use super::outcome::{Draft, Outcome};
 /// of its paths becomes a pipeline request, and how a whole answer is written. Dead-letter replay
 /// uses it to send a kept request through again exactly as it first came in.
 pub trait Format: Send + Sync {
-    /// Checks `body`, received on `path`, against `live`'s config and builds the pipeline request.
+    /// Checks `body`, received on `path`, and builds the pipeline request (its session is set by
+    /// [`prepare`](Self::prepare)).
+    ///
+    /// # Errors
+    /// What the client is told: the field at fault, a path not served.
+    fn read(&self, path: &str, body: &[u8]) -> Result<(InferenceRequest, Delivery), ApiError>;
+
+    /// [`read`](Self::read), for a model `live` serves, with what the request's headers add.
     ///
     /// # Errors
     /// What the client is told: the field at fault, an unknown model, a path not served.
@@ -26,7 +33,14 @@ pub trait Format: Send + Sync {
         path: &str,
         body: &[u8],
         origin: &Origin<'_>,
-    ) -> Result<(InferenceRequest, Delivery), ApiError>;
+    ) -> Result<(InferenceRequest, Delivery), ApiError> {
+        let (mut request, delivery) = self.read(path, body)?;
+        if !live.models.contains(&delivery.model) {
+            return Err(ApiError::model_not_found(&delivery.model));
+        }
+        origin.hints.apply(&mut request, &delivery, origin);
+        Ok((request, delivery))
+    }
 
     /// The whole answer to a request received on `path`, as JSON.
     fn answer(

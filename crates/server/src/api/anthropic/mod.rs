@@ -36,9 +36,7 @@ use super::cached::{CACHE_HEADER, HIT, MISS};
 use super::error::ApiError;
 use super::middleware::{Authorized, DisconnectGuard};
 use super::sse::{self, Writer};
-use crate::gateway::admit::Origin;
 use crate::gateway::cache::{Cached, Fill};
-use crate::gateway::live::Live;
 use crate::gateway::{Delivery, Format, Gateway, unix_now};
 
 pub const MESSAGES: &str = "/v1/messages";
@@ -47,20 +45,8 @@ pub const MESSAGES: &str = "/v1/messages";
 pub struct Anthropic;
 
 impl Format for Anthropic {
-    fn prepare(
-        &self,
-        live: &Live,
-        _path: &str,
-        body: &[u8],
-        origin: &Origin<'_>,
-    ) -> Result<(InferenceRequest, Delivery), ApiError> {
-        let parsed: MessagesRequest = parse_json(body)?;
-        let (mut request, delivery) = parsed.into_request()?;
-        if !live.models.contains(&delivery.model) {
-            return Err(ApiError::model_not_found(&delivery.model));
-        }
-        origin.hints.apply(&mut request, &delivery, origin);
-        Ok((request, delivery))
+    fn read(&self, _path: &str, body: &[u8]) -> Result<(InferenceRequest, Delivery), ApiError> {
+        parse_json::<MessagesRequest>(body)?.into_request()
     }
 
     fn answer(
@@ -245,12 +231,8 @@ pub async fn count_tokens(
     let counted = async {
         let (bytes, _share) = read_limited(&headers, body, limits, &state.body_budget).await?;
         // The same checks as a message, but `max_tokens` is not needed to count.
-        let mut value: serde_json::Value = parse_json(&bytes)?;
-        if let Some(fields) = value.as_object_mut() {
-            fields.entry("max_tokens").or_insert(json!(1));
-        }
-        let parsed: MessagesRequest = parse_json(value.to_string().as_bytes())?;
-        let (request, delivery) = parsed.into_request()?;
+        let parsed: MessagesRequest = parse_json(&bytes)?;
+        let (request, delivery) = parsed.for_counting().into_request()?;
         if !state.live().models.contains(&delivery.model) {
             return Err(ApiError::model_not_found(&delivery.model));
         }

@@ -113,6 +113,12 @@ struct ToolChoice {
 }
 
 impl MessagesRequest {
+    /// The request as `count_tokens` reads it: `max_tokens` is not needed to count.
+    pub fn for_counting(mut self) -> Self {
+        self.max_tokens.get_or_insert(1);
+        self
+    }
+
     /// Checks every field and builds the pipeline request (its session is set by the caller).
     ///
     /// # Errors

@@ -74,7 +74,7 @@ impl Built {
 }
 
 fn build_backend(config: &BackendConfig, cluster: Option<&Arc<Cluster>>) -> Result<Built, String> {
-    let built = |e: BuildError| e.to_string();
+    let failed = |e: BuildError| e.to_string();
     Ok(match config {
         BackendConfig::Echo { token_delay_ms, .. } => Built {
             worker: Arc::new(if *token_delay_ms == 0 {
@@ -85,13 +85,13 @@ fn build_backend(config: &BackendConfig, cluster: Option<&Arc<Cluster>>) -> Resu
             health: None,
         },
         BackendConfig::Openai(c) => {
-            Built::checked(OpenAiWorker::new(c).map_err(built)?, c.health(Flavor::OpenAi))
+            Built::checked(OpenAiWorker::new(c).map_err(failed)?, c.health(Flavor::OpenAi))
         }
         BackendConfig::Vllm(c) => Built::checked(
-            OpenAiWorker::with_flavor(c, Flavor::Vllm).map_err(built)?,
+            OpenAiWorker::with_flavor(c, Flavor::Vllm).map_err(failed)?,
             c.health(Flavor::Vllm),
         ),
-        BackendConfig::Llamacpp(c) => Built::checked(LlamaCppWorker::new(c).map_err(built)?, c.health_check),
+        BackendConfig::Llamacpp(c) => Built::checked(LlamaCppWorker::new(c).map_err(failed)?, c.health_check),
         BackendConfig::Cluster(c) => {
             let cluster = cluster.ok_or(
                 "kind = \"cluster\" sends jobs to workers through the cluster's broker, and this node \

@@ -21,21 +21,11 @@ pub const MISS: HeaderValue = HeaderValue::from_static("miss");
 /// Keeps a completed answer, unless it carries more than text and top-level fields (tool calls
 /// and other message fields are not kept: a stream could not replay them as their deltas).
 pub fn keep(fill: Fill, header: &Header, answer: &Answer) {
-    let passthrough = answer.passthrough.clone();
-    if passthrough
-        .as_ref()
-        .is_some_and(|p| !p.message.is_empty() || !p.choice.is_empty())
-    {
+    let calls = answer.passthrough.as_ref();
+    if calls.is_some_and(|p| !p.message.is_empty() || !p.choice.is_empty()) {
         return;
     }
-    fill.put(Cached {
-        id: header.id.clone(),
-        created: header.created,
-        text: answer.text.clone(),
-        finish_reason: answer.completion.finish_reason,
-        usage: answer.completion.usage,
-        passthrough,
-    });
+    fill.put(Cached::of(header.id.clone(), header.created, answer));
 }
 
 /// The kept answer `hit` to a request on `endpoint`, as the request's `delivery` asks.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use moka::notification::RemovalCause;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio_prompt_orchestrator::{FinishReason, InferenceRequest, Passthrough, Usage};
+use tokio_prompt_orchestrator::{FinishReason, InferenceRequest, Passthrough, Response, Usage};
 
 /// `cache = { ttl_s = 300, max_entries = 10000, max_bytes = 67108864 }` in a `[[models]]` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -58,6 +58,18 @@ pub struct Cached {
 }
 
 impl Cached {
+    /// `answer`, kept as the answer `id` first sent at `created` (Unix seconds).
+    pub fn of(id: String, created: u64, answer: &Response) -> Self {
+        Self {
+            id,
+            created,
+            text: answer.text.clone(),
+            finish_reason: answer.completion.finish_reason,
+            usage: answer.completion.usage,
+            passthrough: answer.passthrough.clone(),
+        }
+    }
+
     fn bytes(&self) -> u64 {
         let extra = self
             .passthrough

@@ -27,6 +27,8 @@ use crate::dlq::entry::unix_ms;
 
 pub struct Puller {
     shared: Arc<Shared>,
+    /// Each served model's doorbell subject, by the model's index.
+    doorbells: Vec<String>,
     stream: stream::Stream,
     consumers: HashMap<Queue, PullConsumer>,
     pending: Pending,
@@ -36,6 +38,7 @@ pub struct Puller {
 impl Puller {
     pub fn new(shared: Arc<Shared>, owned: watch::Receiver<Owned>, starvation_bound: u32) -> Self {
         Self {
+            doorbells: shared.models.iter().map(|m| jobs::doorbell(m)).collect(),
             stream: shared.cluster.jobs.stream.clone(),
             consumers: HashMap::new(),
             pending: Pending::new(starvation_bound, Duration::from_millis(shared.config.handoff_ms)),
@@ -48,8 +51,8 @@ impl Puller {
     pub async fn run(mut self, stop: CancellationToken) {
         let client = self.shared.cluster.jetstream.client();
         let mut bells = Vec::new();
-        for model in &self.shared.models {
-            match client.subscribe(jobs::doorbell(model)).await {
+        for doorbell in &self.doorbells {
+            match client.subscribe(doorbell.clone()).await {
                 Ok(bell) => bells.push(bell),
                 Err(e) => tracing::warn!(error = %e, "Cannot hear the doorbell; jobs are found by scanning."),
             }
@@ -132,12 +135,7 @@ impl Puller {
 
     /// Notes the queue a doorbell names (`<priority>.<partition>` on a model's bell subject).
     fn ring(&mut self, subject: &str, payload: &[u8]) {
-        let Some(model) = self
-            .shared
-            .models
-            .iter()
-            .position(|m| jobs::doorbell(m) == subject)
-        else {
+        let Some(model) = self.doorbells.iter().position(|d| d == subject) else {
             return;
         };
         let Some((priority, partition)) = std::str::from_utf8(payload)

@@ -36,7 +36,7 @@ use super::cached::{CACHE_HEADER, HIT, MISS};
 use super::error::ApiError;
 use super::middleware::{Authorized, DisconnectGuard};
 use super::sse::{self, Writer};
-use crate::gateway::cache::{Cached, Fill};
+use crate::gateway::cache::Cached;
 use crate::gateway::{Delivery, Format, Gateway, unix_now};
 
 pub const MESSAGES: &str = "/v1/messages";
@@ -135,8 +135,9 @@ async fn answer(state: Arc<Gateway>, ctx: &RequestContext, admitted: Admitted) -
             Err(error) => return error_response(&outcome.failed(error).await, limit_headers),
         };
         outcome.completed(&answer.completion);
+        // Tool calls are kept too: Anthropic's stream replays them as whole blocks.
         if let Some(fill) = fill {
-            keep(fill, &id, &answer);
+            fill.put(Cached::of(id.clone(), unix_now(), &answer));
         }
         let completion = answer.completion;
         let body = message(
@@ -154,19 +155,6 @@ async fn answer(state: Arc<Gateway>, ctx: &RequestContext, admitted: Admitted) -
     }
     response.headers_mut().extend(limit_headers);
     response
-}
-
-/// Keeps a completed answer in the cache (tool calls included: Anthropic's stream replays them
-/// as whole blocks).
-fn keep(fill: Fill, id: &str, answer: &Answer) {
-    fill.put(Cached {
-        id: id.to_owned(),
-        created: unix_now(),
-        text: answer.text.clone(),
-        finish_reason: answer.completion.finish_reason,
-        usage: answer.completion.usage,
-        passthrough: answer.passthrough.clone(),
-    });
 }
 
 /// A kept answer, as a message or as Anthropic's event stream.

@@ -19,12 +19,9 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-export BENCH_LOCK=${BENCH_LOCK:-/tmp/bench.lock}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-bin="$CARGO_TARGET_DIR/release"
-out="bench-results/apis-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$out"
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
+bench_init apis
 
 log "building the gateway and the mock (release)"
 cargo build --release --quiet -p orchestrator-server -p orchestrator-mock
@@ -45,8 +42,6 @@ LOAD_BODY="$kept" MODEL_EXTRA="$cache" bash scripts/callgrind-gateway.sh "$bin/o
     | sed 's/^gateway:/cache hit:/' | tee -a "$out/callgrind.txt"
 
 log "throughput and latency at c=32: the model's path against the cache"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 "$bin/mock-upstream" --listen 127.0.0.1:9341 --model mock >"$out/mock.log" 2>&1 &
 pids+=($!)
 gateway() { # gateway NAME PORT [MODEL_EXTRA]
@@ -54,9 +49,7 @@ gateway() { # gateway NAME PORT [MODEL_EXTRA]
         "$2" "${3:-}" >"$out/$1.toml"
     RUST_LOG=warn "$bin/orchestrator" serve --config "$out/$1.toml" >"$out/$1.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && return; sleep 0.1; done
-    echo "$1 did not start: $(tail -3 "$out/$1.log")" >&2
-    exit 1
+    wait_ready "$2" "$1"
 }
 gateway model 9342
 gateway cached 9343 "$cache"

@@ -23,19 +23,14 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 REPEATS=${REPEATS:-3}
 NATS_PORT=${NATS_PORT:-9320}
-export BENCH_LOCK=${BENCH_LOCK:-/tmp/bench.lock}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-bin="$CARGO_TARGET_DIR/release"
-out="bench-results/cluster-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$out"
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
+bench_init cluster
 
 log "building the gateway, the mock and the harness (release)"
 cargo build --release --quiet -p orchestrator-server -p orchestrator-mock -p orchestrator-bench
 bash scripts/setup-nats.sh >/dev/null
 
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$out/nats" >"$out/nats.log" 2>&1 &
 pids+=($!)
 nats="nats://127.0.0.1:$NATS_PORT"
@@ -65,9 +60,7 @@ node() { # node NAME PORT [cluster]
     [ -z "${3:-}" ] || cluster "$1" >>"$config"
     RUST_LOG=warn "$bin/orchestrator" serve --config "$config" >"$out/$1.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && return; sleep 0.1; done
-    echo "node $1 did not start: $(tail -3 "$out/$1.log")" >&2
-    exit 1
+    wait_ready "$2" "$1"
 }
 node alone 9322
 node a 9323 cluster

@@ -27,19 +27,14 @@ WARMUP=${WARMUP:-2}
 REPEATS=${REPEATS:-3}
 SLOTS=${SLOTS:-4}
 SCALE_LATENCY_MS=${SCALE_LATENCY_MS:-50}
-export BENCH_LOCK=${BENCH_LOCK:-/tmp/bench.lock}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-bin="$CARGO_TARGET_DIR/release"
-out="bench-results/workers-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$out"
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
+bench_init workers
 
 log "building the gateway, the mock and the harness (release)"
 cargo build --release --quiet -p orchestrator-server -p orchestrator-mock -p orchestrator-bench
 bash scripts/setup-nats.sh >/dev/null
 
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 nats-server -js -a 127.0.0.1 -p 9330 -sd "$out/nats" >"$out/nats.log" 2>&1 &
 pids+=($!)
 nats="nats://127.0.0.1:9330"
@@ -58,11 +53,6 @@ name = "workers"
 name = "mock"
 backends = ["workers"]'
 cluster() { printf '[cluster]\nnats_url = "%s"\nnode_name = "%s"\n' "$nats" "$1"; }
-wait_ready() { # wait_ready PORT NAME
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done
-    echo "$2 did not start: $(tail -3 "$out/$2.log")" >&2
-    exit 1
-}
 start() { # start NAME PORT COMMAND CONFIG: a gateway (serve) or a worker, natively
     printf '[server]\nlisten = "127.0.0.1:%s"\n%s\n' "$2" "$4" >"$out/$1.toml"
     RUST_LOG=warn "$bin/orchestrator" "$3" --config "$out/$1.toml" >"$out/$1.log" 2>&1 &

@@ -94,6 +94,16 @@ fn asked(
     })
 }
 
+/// The message of a 503 that asks the client to come back in a second.
+async fn unavailable(response: reqwest::Response) -> String {
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let body = expect_error(response, 503).await;
+    body["message"].as_str().unwrap().to_owned()
+}
+
 /// How a streamed answer ended.
 #[derive(Debug, PartialEq)]
 enum Ending {
@@ -303,12 +313,7 @@ async fn a_full_job_queue_refuses_new_jobs_with_503() {
         .collect();
     eventually("two jobs wait", || async { jobs_held(&nats).await == 2 }).await;
     let response = post(&gw, "s3", false).await;
-    assert_eq!(
-        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
-        Some("1")
-    );
-    let body = expect_error(response, 503).await;
-    let message = body["message"].as_str().unwrap();
+    let message = unavailable(response).await;
     assert!(
         message.contains("cannot queue the job for model `m` in NATS JetStream: the job queue is full"),
         "{message}"
@@ -397,12 +402,7 @@ async fn jobs_that_cannot_run_get_clear_errors() {
     )
     .await;
     let response = post(&gw, "s", false).await;
-    assert_eq!(
-        response.headers().get("retry-after").map(|v| v.to_str().unwrap()),
-        Some("1")
-    );
-    let body = expect_error(response, 503).await;
-    let message = body["message"].as_str().unwrap();
+    let message = unavailable(response).await;
     assert!(
         message.contains("model `nope`: no worker serving it took the job"),
         "{message}"

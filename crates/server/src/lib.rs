@@ -12,6 +12,7 @@
 //!   jobs for workers).
 //! - [`worker`]: `orchestrator worker`, which runs jobs from the broker on its own backends.
 //! - [`dlq`]: the dead-letter queue's file of failed requests, and `orchestrator dlq`.
+//! - [`stored`]: the Responses API's stored answers (a redb file, or the cluster's bucket).
 //! - [`telemetry`]: logs and the Prometheus recorder; [`logsink`]: log lines to stderr, access
 //!   lines batched.
 //! - [`cli`]: the command line.
@@ -28,6 +29,7 @@ pub mod logsink;
 pub mod models;
 pub mod post;
 pub mod server;
+pub mod stored;
 pub mod telemetry;
 mod words;
 pub mod worker;

@@ -33,6 +33,7 @@ use crate::gateway::reload::{self, ReloadError, Reloaded};
 use crate::gateway::{Gateway, Readiness};
 use crate::http1;
 use crate::models::build_router;
+use crate::stored::StoredResponses;
 use crate::telemetry::prometheus;
 
 /// Joins the cluster the config names, if any. First of all: a node that cannot reach the
@@ -132,8 +133,16 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let server_config = config.server.clone();
+        let responses = match &config.responses {
+            Some(wanted) => Some(
+                StoredResponses::open(wanted, cluster.as_deref())
+                    .await
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
         let live = Live::start(config, models, 0, None, cluster.as_deref()).map_err(io::Error::other)?;
-        let state = Arc::new(Gateway::new(live, started_at, cluster));
+        let state = Arc::new(Gateway::new(live, started_at, cluster, responses));
         Ok(Self {
             listener,
             state,

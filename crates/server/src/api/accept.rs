@@ -21,6 +21,7 @@ use crate::gateway::auth::Caller;
 use crate::gateway::cache::{Cached, Fill, Lookup};
 use crate::gateway::outcome::Outcome;
 use crate::gateway::{Delivery, Format, Gateway, Hints};
+use crate::stored::continue_turn;
 
 /// A request the pipeline has taken.
 pub struct Admitted {
@@ -120,7 +121,16 @@ pub async fn accept(
         default_priority: caller.as_ref().map(|c| c.priority).unwrap_or_default(),
         request_id: &ctx.id,
     };
-    let (request, delivery) = format.prepare(&live, path, &bytes, &origin)?;
+    let (mut request, mut delivery) = format.prepare(&live, path, &bytes, &origin)?;
+    let named_session = hints.session.is_some() || delivery.user.is_some();
+    continue_turn(
+        state.responses.as_ref(),
+        key,
+        named_session,
+        &mut delivery,
+        &mut request,
+    )
+    .await?;
     // Answers the request shows its sources in are not kept: the sources are not.
     let fill = match live
         .cache

@@ -7,8 +7,10 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use tokio_prompt_orchestrator::Response as Answer;
+use serde_json::json;
+use tokio_prompt_orchestrator::{Completion, Passthrough, Response as Answer};
 
+use super::sse::Writer;
 use super::wire::{Endpoint, Header};
 use crate::gateway::Delivery;
 use crate::gateway::cache::{Cached, Fill};
@@ -61,4 +63,40 @@ pub fn respond(endpoint: Endpoint, delivery: &Delivery, hit: &Cached) -> Respons
     };
     response.headers_mut().insert(CACHE_HEADER, HIT);
     response
+}
+
+/// The kept answer `hit` as the stream `writer` writes (for the APIs whose streams are written
+/// by a [`Writer`]).
+pub async fn replayed<W: Writer>(mut writer: W, hit: &Cached) -> Response {
+    let mut events = writer.opening(None);
+    if !hit.text.is_empty() {
+        writer.token(&hit.text, &mut events);
+    }
+    if let Some(extra) = hit.passthrough.clone() {
+        writer.passthrough(with_indexes(extra), &mut events);
+    }
+    let completion = Completion {
+        finish_reason: hit.finish_reason,
+        usage: hit.usage,
+        ..Completion::default()
+    };
+    if let Some(work) = writer.finishing(&completion) {
+        work.await;
+    }
+    writer.done(&completion, std::time::Duration::ZERO, &mut events);
+    let mut response = Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response();
+    response.headers_mut().insert(CACHE_HEADER, HIT);
+    response
+}
+
+/// Whole tool calls (of an answer not streamed) numbered as stream deltas are.
+fn with_indexes(mut extra: Box<Passthrough>) -> Box<Passthrough> {
+    if let Some(serde_json::Value::Array(calls)) = extra.message.get_mut("tool_calls") {
+        for (i, call) in calls.iter_mut().enumerate() {
+            if call.get("index").is_none() {
+                call["index"] = json!(i);
+            }
+        }
+    }
+    extra
 }

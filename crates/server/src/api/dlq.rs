@@ -112,7 +112,9 @@ pub async fn replay_entries(State(state): State<Arc<Gateway>>, body: Bytes) -> R
                 ));
             }
         };
-        let report = replay(&live, &ByPath, &store, selection).await.map_err(storage)?;
+        let report = replay(&live, &ByPath, state.responses.as_ref(), &store, selection)
+            .await
+            .map_err(storage)?;
         let remaining = store.count().await.map_err(storage)?;
         Ok(Json(json!({
             "replayed": report.replayed,

@@ -20,6 +20,8 @@ impl ByPath {
     fn of(path: &str) -> &'static dyn Format {
         if path == super::anthropic::MESSAGES {
             &super::anthropic::Anthropic
+        } else if path == super::responses::RESPONSES {
+            &super::responses::Responses
         } else {
             &OpenAi
         }

@@ -3,6 +3,7 @@
 //! - [`generate`]: `POST /v1/chat/completions`, `POST /v1/completions`; [`accept`]: what every
 //!   generation endpoint does before it answers; [`hints`]: what request headers add.
 //! - [`anthropic`]: `POST /v1/messages` and `/v1/messages/count_tokens`, Anthropic's API.
+//! - [`responses`]: `POST /v1/responses` and stored responses, OpenAI's Responses API.
 //! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`;
 //!   [`dlq`]: `/admin/dlq` (the dead-letter queue); [`cluster`]: `/admin/cluster`.
 //! - [`middleware`]: request ids, access log, API keys.
@@ -27,6 +28,7 @@ pub mod hints;
 pub mod middleware;
 pub mod ops;
 pub mod request;
+pub mod responses;
 pub mod sources;
 pub mod sse;
 mod timing;
@@ -50,6 +52,11 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(generate::completions))
         .route(anthropic::MESSAGES, post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route(responses::RESPONSES, post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{*model}", get(ops::get_model));
     // Whether /metrics needs a key is the running config's say, so it is decided per request.

@@ -265,6 +265,7 @@ impl GenerationRequest {
             stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             user: self.user.filter(|u| !u.is_empty()),
+            turn: None,
         };
         // The session is a placeholder until the handler resolves the affinity key.
         let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
@@ -434,6 +435,13 @@ fn number(n: f64) -> String {
     }
 }
 
+/// JSON fields as the pipeline keeps fields it passes on: their text.
+pub fn raw(fields: serde_json::Map<String, serde_json::Value>) -> RawExtra {
+    // A map of JSON values always writes and reads back (through text: a raw value is read from
+    // text only).
+    serde_json::from_str(&serde_json::Value::Object(fields).to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::body::parse_json;
@@ -491,7 +499,8 @@ mod tests {
                 model: "m".into(),
                 stream: true,
                 include_usage: true,
-                user: Some("u1".into())
+                user: Some("u1".into()),
+                turn: None,
             }
         );
     }

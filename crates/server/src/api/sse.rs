@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{
@@ -43,6 +44,11 @@ pub trait Writer: Send + 'static {
     fn failed(&mut self, error: &ApiError) -> Event;
     /// The answer's id and creation time, for the response cache.
     fn identity(&self) -> (String, u64);
+    /// Work to finish once the answer is complete, before its closing events go out: a
+    /// Responses answer is stored first, so that a client continuing it at once finds it.
+    fn finishing(&mut self, _completion: &Completion) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// How one stream is written.
@@ -168,7 +174,7 @@ impl<W: Writer> Closing<W> {
             }
             // Sent once, before the first output, and read there.
             ResponseEvent::Sources(_) => None,
-            ResponseEvent::Done(completion) => Some(self.done(&completion)),
+            ResponseEvent::Done(completion) => Some(self.done(&completion).await),
             // Boxed: the failure path's state would otherwise sit in every open stream.
             ResponseEvent::Error(error) => Some(Box::pin(self.failed(*error)).await),
         }
@@ -179,8 +185,11 @@ impl<W: Writer> Closing<W> {
         vec![self.writer.failed(&error)]
     }
 
-    fn done(&mut self, completion: &Completion) -> Vec<Event> {
+    async fn done(&mut self, completion: &Completion) -> Vec<Event> {
         self.outcome.completed(completion);
+        if let Some(work) = self.writer.finishing(completion) {
+            work.await;
+        }
         if let Some((fill, text, passthrough)) = self.keeping.take() {
             let (id, created) = self.writer.identity();
             fill.put(Cached {

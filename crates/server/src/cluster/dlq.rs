@@ -35,13 +35,12 @@ const SUBJECT: &str = "orchestrator.dlq.entries";
 const LAYOUT: &str = "tokio-prompt-orchestrator dead letters, layout 1";
 
 /// Replay counts and claims, beside the stream.
-pub const REPLAYS: BucketSpec = BucketSpec {
-    name: "orchestrator_dlq_replays",
-    layout: "tokio-prompt-orchestrator dead-letter replays, layout 1",
-    history: 1,
+pub const REPLAYS: BucketSpec = BucketSpec::new(
+    "orchestrator_dlq_replays",
+    "tokio-prompt-orchestrator dead-letter replays, layout 1",
     // Longer than any entry is likely kept; bounds what entries dropped by age leave behind.
-    max_age: Duration::from_secs(90 * 24 * 3600),
-};
+    Duration::from_secs(90 * 24 * 3600),
+);
 
 /// A claim older than this was left by a node that died mid-replay, and may be taken over.
 const CLAIM_EXPIRY_MS: u64 = 10 * 60 * 1000;

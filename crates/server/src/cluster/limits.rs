@@ -35,12 +35,11 @@ use crate::gateway::gcra::{Gcra, now_us};
 
 /// One value per limited key and kind, kept as long as the bucket: a token budget's state must
 /// outlive its period (a day, say) however long the key stays idle.
-pub const LIMITS: BucketSpec = BucketSpec {
-    name: "orchestrator_limits",
-    layout: "tokio-prompt-orchestrator rate-limit buckets, layout 1",
-    history: 1,
-    max_age: Duration::ZERO,
-};
+pub const LIMITS: BucketSpec = BucketSpec::new(
+    "orchestrator_limits",
+    "tokio-prompt-orchestrator rate-limit buckets, layout 1",
+    Duration::ZERO,
+);
 
 /// Leases of cells from the cluster's buckets, by `path` (`request`: a request waited for it;
 /// `background`) and `outcome` (`granted`, `empty`, `unavailable`) (counter).

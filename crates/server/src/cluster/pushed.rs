@@ -21,12 +21,11 @@ use crate::gateway::Gateway;
 use crate::gateway::reload::reload_with;
 
 /// The pushed config; only its latest revision is kept.
-pub const CONFIG: BucketSpec = BucketSpec {
-    name: "orchestrator_config",
-    layout: "tokio-prompt-orchestrator pushed config, layout 1",
-    history: 1,
-    max_age: Duration::ZERO,
-};
+pub const CONFIG: BucketSpec = BucketSpec::new(
+    "orchestrator_config",
+    "tokio-prompt-orchestrator pushed config, layout 1",
+    Duration::ZERO,
+);
 
 /// The one key of the bucket.
 const KEY: &str = "pipeline";

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
+use async_nats::jetstream::stream::DiscardPolicy;
 use async_nats::jetstream::{self, ErrorCode, kv, stream};
 use serde::de::DeserializeOwned;
 
@@ -18,15 +19,33 @@ pub struct BucketSpec {
     pub history: i64,
     /// Values older than this are dropped by the server (zero: never).
     pub max_age: Duration,
+    /// Values kept at most (-1: no bound).
+    pub max_messages: i64,
+    /// What a full bucket does: refuse the new value, or drop the oldest.
+    pub discard: DiscardPolicy,
+}
+
+impl BucketSpec {
+    /// A bucket of current values (one revision per key), unbounded in number, refusing writes
+    /// when the server is out of room rather than dropping what it holds.
+    pub const fn new(name: &'static str, layout: &'static str, max_age: Duration) -> Self {
+        Self {
+            name,
+            layout,
+            history: 1,
+            max_age,
+            max_messages: -1,
+            discard: DiscardPolicy::New,
+        }
+    }
 }
 
 /// Node records (`membership`); a record of a node gone an hour disappears by itself.
-pub const NODES: BucketSpec = BucketSpec {
-    name: "orchestrator_nodes",
-    layout: "tokio-prompt-orchestrator node records, layout 1",
-    history: 1,
-    max_age: Duration::from_secs(3600),
-};
+pub const NODES: BucketSpec = BucketSpec::new(
+    "orchestrator_nodes",
+    "tokio-prompt-orchestrator node records, layout 1",
+    Duration::from_secs(3600),
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,7 +120,8 @@ pub async fn open_bucket(jetstream: &jetstream::Context, spec: &BucketSpec) -> R
                     allow_rollup: true,
                     deny_delete: true,
                     allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
+                    max_messages: spec.max_messages,
+                    discard: spec.discard,
                     num_replicas: 1,
                     ..Default::default()
                 })

@@ -50,6 +50,9 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// Where failed requests are kept for replay; `None`: they are not kept.
     pub dlq: Option<DlqConfig>,
+    /// Where answers of `POST /v1/responses` are kept for `previous_response_id` and
+    /// `GET /v1/responses/{id}`; `None`: they are not kept.
+    pub responses: Option<ResponsesConfig>,
     /// The cluster this node joins over NATS JetStream; `None`: it runs alone.
     pub cluster: Option<ClusterConfig>,
     /// Retrieval from a full-text index in the RAG stage; `None`: requests pass straight through.
@@ -162,6 +165,32 @@ pub struct DlqConfig {
     pub record: Vec<Reason>,
 }
 
+/// `[responses]`: the Responses API's stored answers, bounded and dropped after a time. A node
+/// alone keeps them in a redb file; in cluster mode they go to the JetStream bucket
+/// `orchestrator_responses`, so that any node continues any conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponsesConfig {
+    /// The redb file (a node alone; unused in cluster mode), created on first use.
+    pub path: Option<PathBuf>,
+    /// Seconds a stored answer is kept (default 30 days).
+    #[serde(default = "ResponsesConfig::default_ttl_s")]
+    pub ttl_s: u64,
+    /// Stored answers kept at most; the oldest go first.
+    #[serde(default = "ResponsesConfig::default_max_entries")]
+    pub max_entries: u64,
+}
+
+impl ResponsesConfig {
+    fn default_ttl_s() -> u64 {
+        30 * 24 * 3600
+    }
+
+    fn default_max_entries() -> u64 {
+        100_000
+    }
+}
+
 impl DlqConfig {
     fn default_record() -> Vec<Reason> {
         vec![Reason::Failed, Reason::Timeout]
@@ -264,6 +293,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             admission: AdmissionConfig::default(),
             dlq: None,
+            responses: None,
             cluster: None,
             rag: None,
             assemble: AssembleConfig::default(),

@@ -81,12 +81,13 @@ impl Names {
 }
 
 /// The top-level keys, for the message about one that is not.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "auth",
     "pipeline",
     "admission",
     "dlq",
+    "responses",
     "cluster",
     "rag",
     "assemble",
@@ -134,6 +135,7 @@ pub(super) fn read(text: &str) -> Result<(Config, Unparsed, Vec<Problem>), Vec<P
             "pipeline" => reader.item("pipeline", value, &mut config.pipeline),
             "admission" => reader.item("admission", value, &mut config.admission),
             "dlq" => reader.item("dlq", value, &mut config.dlq),
+            "responses" => reader.item("responses", value, &mut config.responses),
             "cluster" => reader.item("cluster", value, &mut config.cluster),
             "rag" => reader.item("rag", value, &mut config.rag),
             "assemble" => reader.item("assemble", value, &mut config.assemble),
@@ -477,7 +479,7 @@ mod tests {
                 "[servre]\nlisten = \"x\"".into(),
                 vec![
                     "8:2: servre: unknown section `servre`, expected one of `server`, `auth`, \
-                     `pipeline`, `admission`, `dlq`, `cluster`, `rag`, `assemble`, `backends`, `models`, `post`, \
+                     `pipeline`, `admission`, `dlq`, `responses`, `cluster`, `rag`, `assemble`, `backends`, `models`, `post`, \
                      `stages`, `worker`",
                 ],
             ),

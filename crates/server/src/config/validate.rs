@@ -136,6 +136,7 @@ impl Config {
         self.server_problems(&mut problems);
         self.auth_problems(&mut problems);
         self.dlq_problems(&mut problems);
+        self.responses_problems(&mut problems);
         self.cluster_problems(&mut problems);
         if let Some(rag) = &self.rag {
             for (path, message) in rag.problems(|name| self.unknown_model(name, unparsed)) {
@@ -210,6 +211,31 @@ impl Config {
                 "dlq.record",
                 "name at least one of \"failed\", \"timeout\", \"shed\" (or remove [dlq])",
             ));
+        }
+    }
+
+    fn responses_problems(&self, problems: &mut Vec<Problem>) {
+        let Some(responses) = &self.responses else {
+            return;
+        };
+        match &responses.path {
+            None if self.cluster.is_none() => problems.push(Problem::new(
+                "responses.path",
+                "is required for a node alone: name the file, e.g. \"orchestrator-responses.redb\"",
+            )),
+            Some(path) if path.as_os_str().is_empty() || path.is_dir() => problems.push(Problem::new(
+                "responses.path",
+                "must name a file, e.g. \"orchestrator-responses.redb\"",
+            )),
+            _ => {}
+        }
+        for (field, value) in [("ttl_s", responses.ttl_s), ("max_entries", responses.max_entries)] {
+            if value == 0 {
+                problems.push(Problem::new(
+                    format!("responses.{field}"),
+                    "must be at least 1 (remove [responses] to keep no answers)",
+                ));
+            }
         }
     }
 

@@ -306,7 +306,7 @@ async fn replay_entries(
     let models = build_router(&config, None)?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let live = Live::start(config, models, 0, None, None)?;
-    let report = replay(&live, format, &store, args.selection())
+    let report = replay(&live, format, None, &store, args.selection())
         .await
         .map_err(|e| e.to_string());
     live.pipeline.shutdown(grace).await;

@@ -14,6 +14,7 @@ use crate::gateway::admit::{Origin, admit};
 use crate::gateway::live::Live;
 use crate::gateway::outcome::Outcome;
 use crate::gateway::{Format, Hints};
+use crate::stored::{StoredResponses, continue_turn};
 
 /// Counter of replays, by `outcome` (`succeeded`, `failed`).
 pub const DLQ_REPLAYED: &str = "orchestrator_dlq_replayed_total";
@@ -64,6 +65,7 @@ pub struct ReplayFailure {
 pub async fn replay(
     live: &Live,
     format: &dyn Format,
+    responses: Option<&StoredResponses>,
     store: &DeadLetterQueue,
     selection: Selection,
 ) -> Result<ReplayReport, DlqError> {
@@ -77,7 +79,7 @@ pub async fn replay(
                     None => report.missing.push(id),
                 }
             }
-            run_all(live, format, store, found, &mut report).await;
+            run_all(live, format, responses, store, found, &mut report).await;
             return Ok(finish(report));
         }
         Selection::All => None,
@@ -97,7 +99,7 @@ pub async fn replay(
             break;
         };
         after_id = Some(last.id);
-        run_all(live, format, store, page, &mut report).await;
+        run_all(live, format, responses, store, page, &mut report).await;
     }
     Ok(finish(report))
 }
@@ -106,12 +108,13 @@ pub async fn replay(
 async fn run_all(
     live: &Live,
     format: &dyn Format,
+    responses: Option<&StoredResponses>,
     store: &DeadLetterQueue,
     entries: Vec<DeadLetter>,
     report: &mut ReplayReport,
 ) {
     let mut runs = stream::iter(entries)
-        .map(|entry| replay_one(live, format, store, entry))
+        .map(|entry| replay_one(live, format, responses, store, entry))
         .buffer_unordered(CONCURRENCY);
     while let Some(ran) = runs.next().await {
         match ran {
@@ -153,7 +156,13 @@ enum Ran {
 /// One entry: removed when it succeeds, its failure noted in it when not; left alone when
 /// another node of the cluster is replaying it. A failure to read or write the queue is this
 /// entry's failure, not the run's.
-async fn replay_one(live: &Live, format: &dyn Format, store: &DeadLetterQueue, mut entry: DeadLetter) -> Ran {
+async fn replay_one(
+    live: &Live,
+    format: &dyn Format,
+    responses: Option<&StoredResponses>,
+    store: &DeadLetterQueue,
+    mut entry: DeadLetter,
+) -> Ran {
     let id = entry.id;
     let failed = |error: DlqError| {
         Ran::Failed(ReplayFailure {
@@ -178,7 +187,7 @@ async fn replay_one(live: &Live, format: &dyn Format, store: &DeadLetterQueue, m
         Err(e) => return failed(e),
     };
     entry.replays = current.replays;
-    let ran = match run(live, format, &entry).await {
+    let ran = match run(live, format, responses, &entry).await {
         Ok(response) => match store.remove(id).await {
             Ok(_) => {
                 counter!(DLQ_REPLAYED, "outcome" => "succeeded").increment(1);
@@ -227,7 +236,12 @@ impl Drop for Claim<'_> {
 }
 
 /// Sends the entry's request through the pipeline and returns the whole answer.
-async fn run(live: &Live, format: &dyn Format, entry: &DeadLetter) -> Result<serde_json::Value, String> {
+async fn run(
+    live: &Live,
+    format: &dyn Format,
+    responses: Option<&StoredResponses>,
+    entry: &DeadLetter,
+) -> Result<serde_json::Value, String> {
     let body = serde_json::to_vec(&entry.request).map_err(|e| e.to_string())?;
     let hints = Hints {
         session: entry.session.clone(),
@@ -241,8 +255,12 @@ async fn run(live: &Live, format: &dyn Format, entry: &DeadLetter) -> Result<ser
         default_priority: Priority::Normal,
         request_id: &request_id,
     };
-    let (request, delivery) = format
+    let (mut request, mut delivery) = format
         .prepare(live, &entry.endpoint, &body, &origin)
+        .map_err(|e| e.message)?;
+    let named_session = hints.session.is_some() || delivery.user.is_some();
+    continue_turn(responses, origin.key, named_session, &mut delivery, &mut request)
+        .await
         .map_err(|e| e.message)?;
     // A failed replay updates this entry rather than adding another.
     let mut outcome = Outcome::default();

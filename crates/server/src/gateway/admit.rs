@@ -11,6 +11,7 @@ use tokio_prompt_orchestrator::{
 use super::error::ApiError;
 use super::live::Live;
 use super::outcome::{Draft, Outcome};
+use crate::stored::Turn;
 
 /// An API shape an edge serves (the OpenAI endpoints in `api` are one): how a body received on one
 /// of its paths becomes a pipeline request, and how a whole answer is written. Dead-letter replay
@@ -63,13 +64,16 @@ pub struct Origin<'a> {
 }
 
 /// How the answer goes out, as the body asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
     /// The `user` field: a session key when `X-Session-Id` is absent.
     pub user: Option<String>,
+    /// A Responses request's turn of a conversation: what is stored with its answer, and the
+    /// stored answer it continues.
+    pub turn: Option<Box<Turn>>,
 }
 
 /// What a request's headers add to its body.

@@ -160,6 +160,17 @@ impl ApiError {
         .retry_after(1)
     }
 
+    /// 503: the stored responses cannot be read or written now (their file or bucket failed).
+    pub fn store_unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable_error",
+            "store_unavailable",
+            message,
+        )
+        .retry_after(1)
+    }
+
     /// 404: an endpoint of cluster mode on a node that runs alone.
     pub fn not_clustered(what: &str) -> Self {
         Self::new(

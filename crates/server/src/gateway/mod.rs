@@ -37,6 +37,7 @@ pub use self::admit::{Delivery, Format, Hints};
 use self::budget::BodyBudget;
 use self::live::Live;
 use crate::cluster::Cluster;
+use crate::stored::StoredResponses;
 
 /// Where the server is in its life; `/readyz` answers 200 only while `Ready`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,12 +67,20 @@ pub struct Gateway {
     pub body_budget: BodyBudget,
     /// This node's place in a cluster, when `[cluster]` is configured.
     pub cluster: Option<Arc<Cluster>>,
+    /// The Responses API's stored answers, when `[responses]` is configured; opened at start.
+    pub responses: Option<StoredResponses>,
 }
 
 impl Gateway {
-    pub fn new(live: Live, started_at: u64, cluster: Option<Arc<Cluster>>) -> Self {
+    pub fn new(
+        live: Live,
+        started_at: u64,
+        cluster: Option<Arc<Cluster>>,
+        responses: Option<StoredResponses>,
+    ) -> Self {
         Self {
             cluster,
+            responses,
             body_budget: BodyBudget::new(live.config.server.max_body_bytes_in_flight),
             live: ArcSwap::from_pointee(live),
             retired: Mutex::new(Vec::new()),

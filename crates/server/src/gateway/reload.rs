@@ -91,6 +91,12 @@ async fn apply(
         );
     }
     config.cluster.clone_from(&current.config.cluster);
+    if config.responses != current.config.responses {
+        warnings.push(
+            "[responses] differs in the file; stored responses stay where they are until a restart".into(),
+        );
+        config.responses.clone_from(&current.config.responses);
+    }
     // A backend that cannot be built (its key variable vanished since validation) is a problem
     // of the file too.
     let late_problem = |path: &str, message| {

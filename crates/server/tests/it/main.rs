@@ -27,6 +27,7 @@ mod post;
 mod priority;
 mod rag;
 mod reload;
+mod responses;
 mod sdk;
 mod shutdown;
 mod streaming;

@@ -11,20 +11,16 @@ pub mod message;
 pub mod request;
 pub mod stream;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use futures_util::stream as futures_stream;
 use orchestrator_context::assemble::Encoding;
 use serde_json::json;
-use tokio_prompt_orchestrator::{Completion, InferenceRequest, PromptInput, Response as Answer};
+use tokio_prompt_orchestrator::{InferenceRequest, PromptInput, Response as Answer};
 
 use self::message::{error_response, message};
 use self::request::MessagesRequest;
@@ -32,10 +28,10 @@ use self::stream::AnthropicEvents;
 use super::accept::{Accepted, Admitted, Refusal, accept};
 use super::access::RequestContext;
 use super::body::{BodyLimits, parse_json, read_limited};
-use super::cached::{CACHE_HEADER, HIT, MISS};
+use super::cached::{CACHE_HEADER, HIT, MISS, replayed};
 use super::error::ApiError;
 use super::middleware::{Authorized, DisconnectGuard};
-use super::sse::{self, Writer};
+use super::sse;
 use crate::gateway::cache::Cached;
 use crate::gateway::{Delivery, Format, Gateway, unix_now};
 
@@ -96,7 +92,7 @@ pub async fn messages(
     let admitted = match accept(&state, &ctx, caller, headers, body, &Anthropic, MESSAGES).await {
         Ok(Accepted::Admitted(admitted)) => admitted,
         Ok(Accepted::Hit(hit)) => {
-            let mut response = from_cache(&hit.delivery, &hit.answer);
+            let mut response = from_cache(&hit.delivery, &hit.answer).await;
             response.headers_mut().extend(hit.limit_headers);
             return response;
         }
@@ -158,50 +154,22 @@ async fn answer(state: Arc<Gateway>, ctx: &RequestContext, admitted: Admitted) -
 }
 
 /// A kept answer, as a message or as Anthropic's event stream.
-fn from_cache(delivery: &Delivery, hit: &Cached) -> Response {
-    let mut response = if delivery.stream {
-        let mut writer = AnthropicEvents::new(hit.id.clone(), hit.created, delivery.model.clone());
-        let mut events = writer.opening(None);
-        if !hit.text.is_empty() {
-            writer.token(&hit.text, &mut events);
-        }
-        if let Some(extra) = hit.passthrough.clone() {
-            writer.passthrough(with_indexes(extra), &mut events);
-        }
-        let completion = Completion {
-            finish_reason: hit.finish_reason,
-            usage: hit.usage,
-            ..Completion::default()
-        };
-        writer.done(&completion, Duration::ZERO, &mut events);
-        Sse::new(futures_stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
-    } else {
-        let body = message(
-            &hit.id,
-            &delivery.model,
-            &hit.text,
-            hit.finish_reason,
-            hit.usage,
-            hit.passthrough.as_deref(),
-        );
-        json_response(body)
-    };
+async fn from_cache(delivery: &Delivery, hit: &Cached) -> Response {
+    if delivery.stream {
+        let writer = AnthropicEvents::new(hit.id.clone(), hit.created, delivery.model.clone());
+        return replayed(writer, hit).await;
+    }
+    let body = message(
+        &hit.id,
+        &delivery.model,
+        &hit.text,
+        hit.finish_reason,
+        hit.usage,
+        hit.passthrough.as_deref(),
+    );
+    let mut response = json_response(body);
     response.headers_mut().insert(CACHE_HEADER, HIT);
     response
-}
-
-/// Whole tool calls (of an answer not streamed) numbered as stream deltas are.
-fn with_indexes(
-    mut extra: Box<tokio_prompt_orchestrator::Passthrough>,
-) -> Box<tokio_prompt_orchestrator::Passthrough> {
-    if let Some(serde_json::Value::Array(calls)) = extra.message.get_mut("tool_calls") {
-        for (i, call) in calls.iter_mut().enumerate() {
-            if call.get("index").is_none() {
-                call["index"] = json!(i);
-            }
-        }
-    }
-    extra
 }
 
 /// `POST /v1/messages/count_tokens`: the request's input tokens, counted with the o200k_base

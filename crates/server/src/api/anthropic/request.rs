@@ -6,10 +6,11 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_prompt_orchestrator::{
-    ChatMessage, InferenceRequest, PromptInput, RawExtra, Role, SamplingParams, SessionId,
+    ChatMessage, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
 };
 
 use crate::api::error::ApiError;
+use crate::api::request::raw;
 use crate::gateway::Delivery;
 
 /// More stop sequences than this are refused: each one is matched against every token.
@@ -209,6 +210,7 @@ impl MessagesRequest {
             stream,
             include_usage: true,
             user: self.metadata.and_then(|m| m.user_id).filter(|u| !u.is_empty()),
+            turn: None,
         };
         // The session is a placeholder until the handler resolves the affinity key.
         let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
@@ -429,13 +431,6 @@ fn tool_choice_of(choice: ToolChoice) -> Result<Value, ApiError> {
             ));
         }
     })
-}
-
-/// JSON fields as the pipeline keeps fields it passes on: their text.
-fn raw(fields: serde_json::Map<String, Value>) -> RawExtra {
-    // A map of JSON values always writes and reads back (through text: a raw value is read from
-    // text only).
-    serde_json::from_str(&Value::Object(fields).to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,0 +1,231 @@
+//! The Responses API's event stream: `response.created` and `response.in_progress`; per output
+//! item `response.output_item.added`, its deltas (`response.output_text.delta` within a
+//! `content_part`, or `response.function_call_arguments.delta`) and `.done` events; then
+//! `response.completed` (or `response.incomplete`) with the whole response, or
+//! `response.failed` when the answer fails after its first output. Every event carries its
+//! `sequence_number`.
+
+use std::time::Duration;
+
+use axum::response::sse::Event;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_prompt_orchestrator::{Completion, Passthrough, RetrievedChunk};
+
+use super::object::{Call, Head, Output, Status, message_item};
+use crate::api::error::ApiError;
+use crate::api::sse::Writer;
+use crate::stored::StoredResponses;
+
+/// The output item being written.
+#[derive(Debug, PartialEq)]
+enum Open {
+    None,
+    Message,
+    /// A tool call, by its index among the upstream's tool calls.
+    Call(u64),
+}
+
+pub struct ResponseEvents {
+    head: std::sync::Arc<Head>,
+    store: Option<StoredResponses>,
+    message_id: String,
+    sequence: u64,
+    output: Output,
+    /// Output items started so far.
+    items: usize,
+    open: Open,
+    /// The whole response, once complete.
+    last: Option<(Value, &'static str)>,
+}
+
+impl ResponseEvents {
+    pub fn new(head: Head, store: Option<StoredResponses>) -> Self {
+        Self {
+            message_id: head.message_id(),
+            head: std::sync::Arc::new(head),
+            store,
+            sequence: 0,
+            output: Output::default(),
+            items: 0,
+            open: Open::None,
+            last: None,
+        }
+    }
+
+    fn event(&mut self, kind: &'static str, mut data: Value) -> Event {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        Event::default().event(kind).data(data.to_string())
+    }
+
+    /// Starts an output item, closing the one before.
+    fn start(&mut self, item: Value, open: Open, out: &mut Vec<Event>) {
+        self.close(out);
+        let added = json!({"output_index": self.items, "item": item});
+        out.push(self.event("response.output_item.added", added));
+        self.items += 1;
+        self.open = open;
+    }
+
+    fn close(&mut self, out: &mut Vec<Event>) {
+        let index = self.items.saturating_sub(1);
+        match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => {}
+            Open::Message => {
+                let text = &self.output.text;
+                let part = json!({"type": "output_text", "text": text, "annotations": []});
+                let ids = json!({"item_id": self.message_id, "output_index": index, "content_index": 0});
+                let mut done = ids.clone();
+                done["text"] = json!(text);
+                let mut part_done = ids;
+                part_done["part"] = part;
+                let item = message_item(&self.message_id, text, "completed");
+                out.push(self.event("response.output_text.done", done));
+                out.push(self.event("response.content_part.done", part_done));
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+            }
+            Open::Call(_) => {
+                let Some(call) = self.output.calls.last() else {
+                    return;
+                };
+                let (item_id, arguments, item) =
+                    (call.item_id(), call.arguments.clone(), call.item("completed"));
+                out.push(self.event(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item_id, "output_index": index, "arguments": arguments}),
+                ));
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+            }
+        }
+    }
+
+    fn in_progress(&self) -> Value {
+        self.head.object(Status::InProgress, Vec::new(), None)
+    }
+}
+
+impl Writer for ResponseEvents {
+    fn opening(&mut self, _sources: Option<&[RetrievedChunk]>) -> Vec<Event> {
+        let response = self.in_progress();
+        vec![
+            self.event("response.created", json!({"response": response})),
+            self.event("response.in_progress", json!({"response": response})),
+        ]
+    }
+
+    fn token(&mut self, text: &str, out: &mut Vec<Event>) {
+        if self.open != Open::Message {
+            let item = message_item(&self.message_id, "", "in_progress");
+            self.start(item, Open::Message, out);
+            let part = json!({
+                "item_id": self.message_id, "output_index": self.items - 1, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+            });
+            out.push(self.event("response.content_part.added", part));
+        }
+        self.output.text.push_str(text);
+        // Every token: written from typed fields rather than through a JSON tree.
+        let delta = TextDelta {
+            kind: "response.output_text.delta",
+            sequence_number: self.sequence,
+            item_id: &self.message_id,
+            output_index: self.items - 1,
+            content_index: 0,
+            delta: text,
+            logprobs: [],
+        };
+        self.sequence += 1;
+        out.push(
+            Event::default()
+                .event(delta.kind)
+                .data(serde_json::to_string(&delta).unwrap_or_default()),
+        );
+    }
+
+    /// Tool-call deltas become `function_call` items and their arguments' deltas; other fields
+    /// have no place in the Responses events.
+    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Vec<Event>) {
+        let Some(Value::Array(calls)) = extra.message.get("tool_calls") else {
+            return;
+        };
+        for call in calls {
+            let index = call["index"].as_u64().unwrap_or(0);
+            let function = &call["function"];
+            if self.open != Open::Call(index) {
+                self.close(out);
+                self.output.calls.push(Call {
+                    call_id: call["id"].as_str().unwrap_or_default().to_owned(),
+                    name: function["name"].as_str().unwrap_or_default().to_owned(),
+                    arguments: String::new(),
+                });
+                let item = self
+                    .output
+                    .calls
+                    .last()
+                    .map(|c| c.item("in_progress"))
+                    .unwrap_or_default();
+                self.start(item, Open::Call(index), out);
+            }
+            if let Some(arguments) = function["arguments"].as_str().filter(|a| !a.is_empty())
+                && let Some(call) = self.output.calls.last_mut()
+            {
+                call.arguments.push_str(arguments);
+                let delta =
+                    json!({"item_id": call.item_id(), "output_index": self.items - 1, "delta": arguments});
+                out.push(self.event("response.function_call_arguments.delta", delta));
+            }
+        }
+    }
+
+    fn finishing(&mut self, completion: &Completion) -> Option<BoxFuture<'static, ()>> {
+        let status = Status::of(completion.finish_reason);
+        let response = self
+            .head
+            .object(status, self.output.items(&self.message_id), Some(completion));
+        self.last = Some((response.clone(), Status::of(completion.finish_reason).event()));
+        let (head, store, message) = (self.head.clone(), self.store.clone(), self.output.message());
+        Some(Box::pin(async move {
+            head.keep(store.as_ref(), response, message).await
+        }))
+    }
+
+    fn done(&mut self, _completion: &Completion, _elapsed: Duration, out: &mut Vec<Event>) {
+        self.close(out);
+        if let Some((response, event)) = self.last.take() {
+            out.push(self.event(event, json!({"response": response})));
+        }
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Event {
+        let response = self
+            .head
+            .object(Status::Failed(error), self.output.items(&self.message_id), None);
+        self.event("response.failed", json!({"response": response}))
+    }
+
+    fn identity(&self) -> (String, u64) {
+        (self.head.id.clone(), self.head.created)
+    }
+}
+
+/// A `response.output_text.delta`.
+#[derive(Serialize)]
+struct TextDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    item_id: &'a str,
+    output_index: usize,
+    content_index: u32,
+    delta: &'a str,
+    logprobs: [u8; 0],
+}

@@ -1,0 +1,217 @@
+//! Stored responses: the answers of `POST /v1/responses` kept for `previous_response_id` and
+//! `GET /v1/responses/{id}`, bounded in number and dropped after `[responses] ttl_s`.
+//!
+//! Each answer keeps only its own turn (its input without the instructions, and the assistant's
+//! output) and the id of the answer it continued, so a long conversation is stored once, not once
+//! per turn; [`StoredResponses::conversation`] walks the chain back. A node alone keeps them in a
+//! redb file ([`file`]); in cluster mode they go to a JetStream bucket ([`shared`]) that every
+//! node reads.
+
+pub mod file;
+pub mod shared;
+
+use serde::{Deserialize, Serialize};
+use tokio_prompt_orchestrator::{ChatMessage, InferenceRequest, PromptInput, SessionId};
+
+use crate::cluster::Cluster;
+use crate::config::ResponsesConfig;
+use crate::gateway::Delivery;
+use crate::gateway::error::ApiError;
+
+/// Puts that failed (counter): the answer was delivered, but cannot be continued or read back.
+pub const STORE_FAILURES: &str = "orchestrator_responses_store_failures_total";
+
+/// Turns read back at most for one conversation: a bound on the reads one request may cause.
+const MAX_TURNS: usize = 1000;
+
+/// One stored answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// The response object as the client received it, for `GET /v1/responses/{id}`.
+    pub object: serde_json::Value,
+    /// What this answer adds to its conversation: the request's input items and the answer.
+    pub turn: Vec<ChatMessage>,
+    /// The answer this one continued.
+    pub previous: Option<String>,
+    /// The API key's name that asked for it: no other key reads, continues or deletes it.
+    pub owner: Option<String>,
+    /// The session it ran in, which the conversation keeps (and with it its replica's cache).
+    pub session: String,
+    /// When it was stored, in unix milliseconds.
+    pub stored_ms: u64,
+}
+
+impl StoredResponse {
+    /// Whether the key named `owner` may see it.
+    pub fn visible_to(&self, owner: Option<&str>) -> bool {
+        self.owner.as_deref() == owner
+    }
+}
+
+/// A Responses request's turn of a conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Turn {
+    /// The request's input items, in the pipeline's terms: the last messages of its input.
+    pub input: Vec<ChatMessage>,
+    /// The stored answer it continues (`previous_response_id`).
+    pub previous: Option<String>,
+    /// Whether its answer is to be stored (`store`, true unless the client says otherwise).
+    pub store: bool,
+    /// Request fields the response object repeats (`instructions`, `tools`, ...).
+    pub echo: serde_json::Map<String, serde_json::Value>,
+    /// The session it runs in, once admitted.
+    pub session: String,
+}
+
+/// Why a conversation could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("No stored response has the id {0:?} (it may have expired or been deleted).")]
+    Missing(String),
+    #[error("The conversation is longer than {MAX_TURNS} turns; start a new one.")]
+    TooLong,
+    #[error("The stored responses cannot be read: {0}.")]
+    Failed(String),
+}
+
+/// Where this node keeps stored responses.
+#[derive(Clone)]
+pub enum StoredResponses {
+    File(file::FileStore),
+    Shared(shared::SharedStore),
+}
+
+impl StoredResponses {
+    /// Opens the store `config` names: the cluster's bucket when clustered, else the file.
+    ///
+    /// # Errors
+    /// When the file or the bucket cannot be opened, naming it.
+    pub async fn open(config: &ResponsesConfig, cluster: Option<&Cluster>) -> Result<Self, String> {
+        match (cluster, &config.path) {
+            (Some(cluster), _) => Ok(Self::Shared(shared::SharedStore::open(cluster, config).await?)),
+            (None, Some(path)) => Ok(Self::File(file::FileStore::open(path, config)?)),
+            (None, None) => Err("responses.path: is required for a node alone".into()),
+        }
+    }
+
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn put(&self, id: &str, stored: &StoredResponse) -> Result<(), String> {
+        match self {
+            Self::File(file) => file.put(id, stored).await,
+            Self::Shared(shared) => shared.put(id, stored).await,
+        }
+    }
+
+    /// The answer stored as `id`, unless it is gone.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn get(&self, id: &str) -> Result<Option<StoredResponse>, String> {
+        match self {
+            Self::File(file) => file.get(id).await,
+            Self::Shared(shared) => shared.get(id).await,
+        }
+    }
+
+    /// Removes `id`; whether it was there.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn delete(&self, id: &str) -> Result<bool, String> {
+        match self {
+            Self::File(file) => file.delete(id).await,
+            Self::Shared(shared) => shared.delete(id).await,
+        }
+    }
+
+    /// Every turn of the conversation that `id` ends, oldest first, as `owner` may see it; and
+    /// the session it ran in.
+    ///
+    /// # Errors
+    /// A missing answer anywhere in the chain, a chain too long, a store that cannot be read.
+    pub async fn conversation(&self, id: &str, owner: Option<&str>) -> Result<Earlier, ReadError> {
+        let mut turns = Vec::new();
+        let mut session = None;
+        let mut next = Some(id.to_owned());
+        while let Some(id) = next {
+            if turns.len() == MAX_TURNS {
+                return Err(ReadError::TooLong);
+            }
+            let stored = self
+                .get(&id)
+                .await
+                .map_err(ReadError::Failed)?
+                .filter(|s| s.visible_to(owner))
+                .ok_or(ReadError::Missing(id))?;
+            session.get_or_insert(stored.session);
+            next = stored.previous;
+            turns.push(stored.turn);
+        }
+        Ok(Earlier {
+            messages: turns.into_iter().rev().flatten().collect(),
+            session: session.unwrap_or_default(),
+        })
+    }
+}
+
+/// The conversation a request continues.
+pub struct Earlier {
+    pub messages: Vec<ChatMessage>,
+    pub session: String,
+}
+
+/// Puts the earlier turns of the conversation a request continues before its own input, after
+/// its instructions, and runs it in the conversation's session unless it names one
+/// (`named_session`); records the session in the turn. Without a stored answer to continue,
+/// only records the session.
+///
+/// # Errors
+/// 404 when the answer it continues is not stored for this key (or nothing is stored here),
+/// 400 for a chain too long, 503 when the store cannot be read.
+pub async fn continue_turn(
+    store: Option<&StoredResponses>,
+    owner: Option<&str>,
+    named_session: bool,
+    delivery: &mut Delivery,
+    request: &mut InferenceRequest,
+) -> Result<(), ApiError> {
+    let Some(turn) = delivery.turn.as_deref_mut() else {
+        return Ok(());
+    };
+    if let Some(previous) = turn.previous.as_deref() {
+        let Some(store) = store else {
+            return Err(ApiError::not_found(
+                "previous_response_id",
+                "No stored responses are kept here to continue: configure [responses] to store them.",
+            ));
+        };
+        let earlier = store.conversation(previous, owner).await.map_err(|e| match e {
+            ReadError::Missing(_) => ApiError::not_found("previous_response_id", e.to_string()),
+            ReadError::TooLong => ApiError::invalid(
+                "previous_response_id",
+                format!("continues a conversation longer than {MAX_TURNS} turns; start a new one"),
+            ),
+            ReadError::Failed(_) => ApiError::store_unavailable(e.to_string()),
+        })?;
+        if let PromptInput::Chat(messages) = &mut request.input {
+            let at = messages.len().saturating_sub(turn.input.len());
+            messages.splice(at..at, earlier.messages);
+        }
+        if !named_session && !earlier.session.is_empty() {
+            request.session = SessionId::new(&earlier.session);
+        }
+    }
+    turn.session = request.session.as_str().to_owned();
+    Ok(())
+}
+
+/// `stored` as the bytes kept.
+fn encode(stored: &StoredResponse) -> Vec<u8> {
+    // A struct of JSON values and strings always serializes.
+    serde_json::to_vec(stored).unwrap_or_default()
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<StoredResponse, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("the stored response {id:?} is malformed: {e}"))
+}

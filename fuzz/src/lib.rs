@@ -176,6 +176,7 @@ pub fn assert_accepted(request: &InferenceRequest, delivery: &Delivery, chat: bo
             }
         }
         PromptInput::Text(_) => assert!(!chat, "a chat request became a completion"),
+        PromptInput::Embed(_) => panic!("a generation request became an embedding request"),
     }
 }
 

@@ -8,11 +8,15 @@
 //!   prompts a configured template rendered through its native `/completion`.
 //! - [`http`], [`sse`], [`timeouts`]: what the HTTP backends share: the client, error mapping,
 //!   the incremental SSE relay and its time limits.
+//! - [`embeddings`]: embedding calls, for every HTTP backend; [`batch`]: an embedding request's
+//!   inputs split into upstream batches, identical inputs in flight embedded once.
 //! - [`dedup`]: identical in-flight calls sharing one upstream call.
 //! - [`routing`]: the router in front of them: balancing, retries before the first token,
 //!   fallback groups, circuit breakers, per-backend limits.
 
+pub mod batch;
 pub mod dedup;
+mod embeddings;
 pub mod http;
 pub mod llamacpp;
 pub mod openai;

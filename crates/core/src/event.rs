@@ -67,11 +67,25 @@ pub struct Passthrough {
     /// Top-level fields of the answer: `system_fingerprint`.
     #[serde(default, skip_serializing_if = "Extra::is_empty")]
     pub response: Extra,
+    /// An embedding request's vectors, one per input in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<Arc<[Vec<f32>]>>,
 }
 
 impl Passthrough {
+    /// An embedding request's answer.
+    pub fn embeddings(vectors: impl Into<Arc<[Vec<f32>]>>) -> Self {
+        Self {
+            embeddings: Some(vectors.into()),
+            ..Self::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.message.is_empty() && self.choice.is_empty() && self.response.is_empty()
+        self.message.is_empty()
+            && self.choice.is_empty()
+            && self.response.is_empty()
+            && self.embeddings.is_none()
     }
 
     /// Folds a later delta into this one: strings are appended (a tool call's `arguments`
@@ -83,6 +97,9 @@ impl Passthrough {
         merge_fields(&mut self.message, later.message);
         merge_fields(&mut self.choice, later.choice);
         self.response.extend(later.response);
+        if later.embeddings.is_some() {
+            self.embeddings = later.embeddings;
+        }
     }
 }
 
@@ -225,6 +242,7 @@ mod tests {
             message: fields(message),
             choice: fields(choice),
             response: fields(json!({"system_fingerprint": "fp_1"})),
+            embeddings: None,
         }
     }
 

@@ -43,8 +43,8 @@ pub use pipeline::{
     spawn_pipeline,
 };
 pub use request::{
-    ChatMessage, Extra, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RawExtra, RequestId,
-    Role, SamplingParams, SessionId, raw,
+    ChatMessage, EmbedInput, Extra, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RawExtra,
+    RequestId, Role, SamplingParams, SessionId, raw,
 };
 pub use stages::assemble::{Assembled, Assembler};
 pub use stages::post::chain::{PostProcessor, PostStep, Step, StopSequences};

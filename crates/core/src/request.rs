@@ -187,12 +187,24 @@ impl ChatMessage {
     }
 }
 
-/// What the model is asked: a chat conversation, or a raw prompt for completion-style backends.
+/// What the model is asked: a chat conversation, a raw prompt for completion-style backends, or
+/// inputs to embed (answered with one vector each, in [`Passthrough::embeddings`]).
+///
+/// [`Passthrough::embeddings`]: crate::Passthrough::embeddings
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptInput {
     Chat(Vec<ChatMessage>),
     Text(String),
+    Embed(Vec<EmbedInput>),
+}
+
+/// One input to embed: a text, or the model's token ids.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbedInput {
+    Text(String),
+    Tokens(Vec<u32>),
 }
 
 impl PromptInput {
@@ -205,6 +217,7 @@ impl PromptInput {
                 .find(|m| m.role == Role::User)
                 .map(|m| m.content.as_str()),
             PromptInput::Text(text) => Some(text),
+            PromptInput::Embed(_) => None,
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct Behaviour {
     /// Requests waiting in the server's queue, as vLLM reports in `/metrics`
     /// (`vllm:num_requests_waiting`).
     pub queue_waiting: u64,
+    /// Embedding answers wait while this is set: a test holds calls in flight, then lets them
+    /// go by clearing it.
+    pub hold_embeddings: bool,
 }
 
 impl Default for Behaviour {
@@ -90,6 +93,7 @@ impl Default for Behaviour {
             cut_after: None,
             healthy: true,
             queue_waiting: 0,
+            hold_embeddings: false,
         }
     }
 }
@@ -156,6 +160,7 @@ impl From<MockArgs> for MockConfig {
                 cut_after: args.cut_after,
                 healthy: true,
                 queue_waiting: 0,
+                hold_embeddings: false,
             },
         }
     }

@@ -9,7 +9,8 @@
 //! - [`state`]: counters, the runtime handle, the seeded error sequence.
 //! - `openai`, `llamacpp`: the endpoints (llama-server's chat route is the OpenAI one, taking
 //!   llama.cpp's `id_slot` as `/completion` does); `stream`: paced SSE; `reply`: shared pieces;
-//! - [`tools`]: tool calls, when a request offers tools.
+//! - [`tools`]: tool calls, when a request offers tools; `embeddings`: vectors made from each
+//!   input, held while a test says so.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -21,6 +22,7 @@
 //! ```
 
 pub mod config;
+mod embeddings;
 mod llamacpp;
 mod openai;
 mod reply;
@@ -108,6 +110,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/metrics", get(openai::metrics))
         .route("/completion", post(llamacpp::completion))

@@ -76,7 +76,7 @@ struct Part<'a> {
 }
 
 /// A prompt as OpenAI and llama.cpp accept it: text, token ids, or lists of either.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub(crate) enum Prompt {
     Text(String),

@@ -44,6 +44,10 @@ pub struct MockStats {
     pub errors_injected: u64,
     /// Requests rejected as malformed (400).
     pub bad_requests: u64,
+    /// `POST /v1/embeddings` requests received.
+    pub embeddings: u64,
+    /// Inputs those requests carried.
+    pub embedding_inputs: u64,
 }
 
 /// What the last generating request carried.
@@ -78,6 +82,8 @@ pub(crate) struct Counters {
     pub requests_abandoned: AtomicU64,
     pub errors_injected: AtomicU64,
     pub bad_requests: AtomicU64,
+    pub embeddings: AtomicU64,
+    pub embedding_inputs: AtomicU64,
 }
 
 /// One llama.cpp slot.
@@ -110,6 +116,8 @@ pub(crate) struct Shared {
     changed: Notify,
     /// Whether anyone waits on `changed`; spares the hot path a lock when nobody does.
     watched: AtomicBool,
+    /// Wakes held embedding answers when the behaviour changes.
+    released: Notify,
 }
 
 impl Shared {
@@ -141,6 +149,7 @@ impl Shared {
             id_slots_seen: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             watched: AtomicBool::new(false),
+            released: Notify::new(),
         }
     }
 
@@ -174,6 +183,18 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(id_slot)
             .or_default() += 1;
+    }
+
+    /// Waits while the behaviour holds embedding answers.
+    pub async fn hold_embeddings(&self) {
+        loop {
+            // Registered before the check, so a release between the two is not missed.
+            let released = self.released.notified();
+            if !self.behaviour().hold_embeddings {
+                return;
+            }
+            released.await;
+        }
     }
 
     pub fn notify(&self) {
@@ -239,6 +260,7 @@ impl MockHandle {
             .behaviour
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(behaviour);
+        self.shared.released.notify_waiters();
     }
 
     /// Changes part of the behaviour, e.g. `mock.update(|b| b.error_rate = 1.0)`.
@@ -249,6 +271,8 @@ impl MockHandle {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         change(Arc::make_mut(&mut guard));
+        drop(guard);
+        self.shared.released.notify_waiters();
     }
 
     /// A snapshot of the counters.
@@ -270,6 +294,8 @@ impl MockHandle {
             requests_abandoned: get(&c.requests_abandoned),
             errors_injected: get(&c.errors_injected),
             bad_requests: get(&c.bad_requests),
+            embeddings: get(&c.embeddings),
+            embedding_inputs: get(&c.embedding_inputs),
         }
     }
 

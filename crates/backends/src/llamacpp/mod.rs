@@ -10,7 +10,9 @@
 //!   pass-through fields included, with llama.cpp's two fields added;
 //! - a completion request, and a chat request whose prompt a configured `prompt` template
 //!   rendered (a configured template wins over the model's), go to the native `/completion`
-//!   as that text ([`native`]).
+//!   as that text ([`native`]);
+//! - an embedding request goes to `/v1/embeddings` ([`crate::embeddings`]), served when the
+//!   server runs with `--embeddings`.
 //!
 //! - `config`: the `[[backends]]` entry ([`LlamaCppConfig`]).
 //! - [`native`]: the `/completion` body and answers.
@@ -31,6 +33,7 @@ pub use self::config::LlamaCppConfig;
 pub use self::native::{CompletionBody, request_body};
 #[doc(hidden)]
 pub use self::native::{LlamaDialect, answer_stream};
+use crate::embeddings;
 use crate::http::{BuildError, HttpBackend};
 use crate::openai::{self, ServerFields};
 use crate::routing::health::HealthProbe;
@@ -63,9 +66,10 @@ pub struct LlamaCppWorker {
     http: HttpBackend,
     /// Slots sessions are spread over: configured, then as `/slots` reports.
     slots: AtomicUsize,
-    /// `{base_url}/completion` and `{base_url}/v1/chat/completions`, parsed once.
+    /// `{base_url}/completion`, `/v1/chat/completions` and `/v1/embeddings`, parsed once.
     completion_url: Uri,
     chat_url: Uri,
+    embeddings_url: Uri,
 }
 
 impl LlamaCppWorker {
@@ -86,6 +90,7 @@ impl LlamaCppWorker {
         Ok(Self {
             completion_url: http.url("/completion")?,
             chat_url: http.url(&format!("/v1{}", openai::Endpoint::Chat.path()))?,
+            embeddings_url: http.url(&format!("/v1{}", openai::Endpoint::Embeddings.path()))?,
             http,
             slots: AtomicUsize::new(config.slots),
         })
@@ -107,6 +112,10 @@ impl ModelWorker for LlamaCppWorker {
         let deadline = self.http.deadline();
         let slot = shard_for(&call.request.session, self.slots.load(Ordering::Relaxed));
         let streamed = call.request.stream;
+        if let PromptInput::Embed(_) = call.request.input {
+            let model = &call.request.model;
+            return embeddings::embed(&self.http, &self.embeddings_url, model, &call, deadline).await;
+        }
         let route = Route::of(&call);
         let body = match route {
             Route::Chat => {

@@ -10,6 +10,7 @@ use tokio_prompt_orchestrator::{ChatMessage, InferenceCall, PromptInput, RawExtr
 pub enum Endpoint {
     Chat,
     Completions,
+    Embeddings,
 }
 
 impl Endpoint {
@@ -17,6 +18,7 @@ impl Endpoint {
         match call.request.input {
             PromptInput::Chat(_) => Endpoint::Chat,
             PromptInput::Text(_) => Endpoint::Completions,
+            PromptInput::Embed(_) => Endpoint::Embeddings,
         }
     }
 
@@ -24,6 +26,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
         }
     }
 }

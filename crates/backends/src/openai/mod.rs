@@ -5,6 +5,8 @@
 //! (HTTP/2 where the server offers it over TLS). Dropping the token stream drops the upstream
 //! response, which closes its connection: the upstream sees the cancellation.
 //!
+//! Embedding requests go to `/embeddings` ([`crate::embeddings`]).
+//!
 //! `kind = "vllm"` is the same protocol with vLLM's extras ([`vllm`]); llama.cpp's backend
 //! sends its chat calls through `send` too, with its own extras.
 
@@ -29,6 +31,7 @@ pub use self::config::OpenAiConfig;
 /// chunks straight to the readers the worker uses.
 #[doc(hidden)]
 pub use self::stream::{OpenAiDialect, answer_stream};
+use crate::embeddings;
 pub use crate::http::BuildError;
 use crate::http::HttpBackend;
 use crate::routing::health::HealthProbe;
@@ -49,9 +52,10 @@ pub struct OpenAiWorker {
     http: HttpBackend,
     model: Option<String>,
     flavor: Flavor,
-    /// `{base_url}/chat/completions` and `{base_url}/completions`, parsed once.
+    /// `{base_url}/chat/completions`, `/completions` and `/embeddings`, parsed once.
     chat_url: Uri,
     completions_url: Uri,
+    embeddings_url: Uri,
 }
 
 impl OpenAiWorker {
@@ -79,6 +83,7 @@ impl OpenAiWorker {
         Ok(Self {
             chat_url: http.url(Endpoint::Chat.path())?,
             completions_url: http.url(Endpoint::Completions.path())?,
+            embeddings_url: http.url(Endpoint::Embeddings.path())?,
             http,
             model: config.model.clone(),
             flavor,
@@ -147,6 +152,13 @@ impl ModelWorker for OpenAiWorker {
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
         let deadline = self.http.deadline();
         let model = self.model.as_deref().unwrap_or(&call.request.model);
+        let url = match Endpoint::of(&call) {
+            Endpoint::Chat => &self.chat_url,
+            Endpoint::Completions => &self.completions_url,
+            Endpoint::Embeddings => {
+                return embeddings::embed(&self.http, &self.embeddings_url, model, &call, deadline).await;
+            }
+        };
         let streamed = call.request.stream;
         let server = ServerFields {
             priority: match self.flavor {
@@ -156,10 +168,6 @@ impl ModelWorker for OpenAiWorker {
             slot: None,
         };
         let body = self.http.encode(&request_body(&call, model, streamed, server))?;
-        let url = match Endpoint::of(&call) {
-            Endpoint::Chat => &self.chat_url,
-            Endpoint::Completions => &self.completions_url,
-        };
         // The call is not needed past here; its request goes before the wait for the upstream.
         drop(call);
         send(&self.http, url, body, deadline, streamed).await

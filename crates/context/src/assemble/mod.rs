@@ -154,6 +154,10 @@ impl Assembler for TemplateAssembler {
         request: &InferenceRequest,
         context: &[RetrievedChunk],
     ) -> Result<Assembled, PipelineError> {
+        // Inputs to embed are not a prompt: there is nothing to assemble.
+        if matches!(request.input, PromptInput::Embed(_)) {
+            return Ok(plain(request));
+        }
         let profile = self.profile(&request.model);
         let tools = order::tools_block(&request.extra);
         if profile.system.is_none()
@@ -271,6 +275,7 @@ fn plain(request: &InferenceRequest) -> Assembled {
     let prompt = match &request.input {
         PromptInput::Chat(messages) => order::chat_prompt("", messages),
         PromptInput::Text(text) => text.clone(),
+        PromptInput::Embed(_) => String::new(),
     };
     Assembled {
         messages: None,

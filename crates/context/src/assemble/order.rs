@@ -122,6 +122,8 @@ impl<'r> Input<'r> {
         match input {
             PromptInput::Chat(messages) => Input::Chat(Conversation::split(messages)),
             PromptInput::Text(text) => Input::Text(text),
+            // Not assembled (see `assemble`).
+            PromptInput::Embed(_) => Input::Text(""),
         }
     }
 }

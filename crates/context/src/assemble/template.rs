@@ -266,7 +266,7 @@ fn messages_value(input: &PromptInput) -> Value {
             .iter()
             .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
             .collect(),
-        PromptInput::Text(_) => Value::from(Vec::<Value>::new()),
+        PromptInput::Text(_) | PromptInput::Embed(_) => Value::from(Vec::<Value>::new()),
     }
 }
 

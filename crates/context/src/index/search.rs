@@ -256,7 +256,7 @@ fn truncate(query: &str) -> &str {
 
 /// The text a request is searched with: its [`RAG_QUERY_META_KEY`] metadata if set, else the last
 /// user message of a chat, else a completion's prompt. `None` when there is none (a chat with no
-/// user message).
+/// user message, inputs to embed).
 pub fn query_text(request: &InferenceRequest) -> Option<&str> {
     if let Some(query) = request.meta.get(RAG_QUERY_META_KEY) {
         return Some(query);
@@ -268,6 +268,7 @@ pub fn query_text(request: &InferenceRequest) -> Option<&str> {
             .find(|message| message.role == Role::User)
             .map(|message| message.content.as_str()),
         PromptInput::Text(prompt) => Some(prompt),
+        PromptInput::Embed(_) => None,
     }
 }
 

@@ -1,5 +1,7 @@
-//! `EchoWorker`: answers with its prompt, token by token, for demos, tests and benchmarks.
+//! `EchoWorker`: answers with its prompt, token by token, for demos, tests and benchmarks; and
+//! embedding requests with a vector made from each input alone.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -7,7 +9,8 @@ use futures_util::stream::{self, StreamExt};
 
 use super::{InferenceCall, ModelWorker, TokenStream, WorkerChunk};
 use crate::error::WorkerError;
-use crate::event::{FinishReason, Usage};
+use crate::event::{FinishReason, Passthrough, Usage};
+use crate::request::{EmbedInput, PromptInput};
 
 /// Echoes the prompt back, one whitespace-delimited token at a time (each token keeps the
 /// whitespace before it, so joining the tokens gives the prompt back).
@@ -74,6 +77,30 @@ impl ModelWorker for EchoWorker {
     }
 
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+        if let PromptInput::Embed(inputs) = &call.request.input {
+            let dimensions = call
+                .request
+                .extra
+                .parsed("dimensions")
+                .and_then(|d| d.as_u64())
+                .map_or(DIMENSIONS, |d| d as usize);
+            let vectors: Vec<Vec<f32>> = inputs.iter().map(|i| vector(i, dimensions)).collect();
+            let prompt_tokens = inputs
+                .iter()
+                .map(|i| match i {
+                    EmbedInput::Text(text) => count_tokens(text),
+                    EmbedInput::Tokens(ids) => ids.len(),
+                })
+                .sum();
+            let chunks = [
+                WorkerChunk::Passthrough(Box::new(Passthrough::embeddings(vectors))),
+                WorkerChunk::Finish {
+                    reason: FinishReason::Stop,
+                    usage: Some(Usage::new(count_u32(prompt_tokens), 0)),
+                },
+            ];
+            return Ok(stream::iter(chunks.map(Ok)).boxed());
+        }
         let mut tokens = split_tokens(&call.prompt);
         let prompt_tokens = count_u32(tokens.len());
         let limit = call.request.params.max_tokens.map_or(usize::MAX, |m| m as usize);
@@ -104,6 +131,27 @@ impl ModelWorker for EchoWorker {
         };
         Ok(stream)
     }
+}
+
+/// The length of an echo embedding when the request names none.
+const DIMENSIONS: usize = 16;
+
+/// A vector of unit length that depends on `input` alone: the same input always gets the same
+/// vector, different inputs (almost always) different ones.
+fn vector(input: &EmbedInput, dimensions: usize) -> Vec<f32> {
+    let mut vector: Vec<f32> = (0..dimensions)
+        .map(|i| {
+            let mut hasher = DefaultHasher::new();
+            (input, i).hash(&mut hasher);
+            // The hash's top bits as a number in [-1, 1).
+            (hasher.finish() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    }
+    vector
 }
 
 #[cfg(test)]

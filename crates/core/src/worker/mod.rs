@@ -87,7 +87,7 @@ impl InferenceCall {
         match (&self.messages, &self.request.input) {
             (Some(messages), _) => Some(messages),
             (None, PromptInput::Chat(messages)) => Some(messages),
-            (None, PromptInput::Text(_)) => None,
+            (None, PromptInput::Text(_) | PromptInput::Embed(_)) => None,
         }
     }
 }

@@ -22,6 +22,8 @@ impl ByPath {
             &super::anthropic::Anthropic
         } else if path == super::responses::RESPONSES {
             &super::responses::Responses
+        } else if path == super::embeddings::EMBEDDINGS {
+            &super::embeddings::Embeddings
         } else {
             &OpenAi
         }

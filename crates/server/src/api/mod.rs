@@ -4,6 +4,7 @@
 //!   generation endpoint does before it answers; [`hints`]: what request headers add.
 //! - [`anthropic`]: `POST /v1/messages` and `/v1/messages/count_tokens`, Anthropic's API.
 //! - [`responses`]: `POST /v1/responses` and stored responses, OpenAI's Responses API.
+//! - [`embeddings`]: `POST /v1/embeddings`, for models of `kind = "embedding"`.
 //! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`;
 //!   [`dlq`]: `/admin/dlq` (the dead-letter queue); [`cluster`]: `/admin/cluster`.
 //! - [`middleware`]: request ids, access log, API keys.
@@ -19,6 +20,7 @@ pub mod body;
 pub mod cached;
 pub mod cluster;
 pub mod dlq;
+pub mod embeddings;
 mod encoding;
 pub mod error;
 pub mod format;
@@ -53,6 +55,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route(anthropic::MESSAGES, post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route(responses::RESPONSES, post(responses::create))
+        .route(embeddings::EMBEDDINGS, post(embeddings::create))
         .route(
             "/v1/responses/{id}",
             get(responses::get).delete(responses::delete),

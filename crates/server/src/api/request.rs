@@ -266,6 +266,7 @@ impl GenerationRequest {
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             user: self.user.filter(|u| !u.is_empty()),
             turn: None,
+            base64: false,
         };
         // The session is a placeholder until the handler resolves the affinity key.
         let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
@@ -501,6 +502,7 @@ mod tests {
                 include_usage: true,
                 user: Some("u1".into()),
                 turn: None,
+                base64: false,
             }
         );
     }

@@ -263,6 +263,32 @@ pub struct ModelConfig {
     /// Answers kept and sent again to identical deterministic requests; `None`: not cached.
     #[serde(default)]
     pub cache: Option<CacheConfig>,
+    /// What the model does: generate text (`chat`, served by the generation endpoints) or
+    /// embed it (`embedding`, served by `/v1/embeddings`).
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// An embedding model's inputs per upstream call: longer lists are split (default 64).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+}
+
+/// What a model does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    #[default]
+    Chat,
+    Embedding,
+}
+
+impl ModelConfig {
+    /// Inputs per upstream call when the config names no `batch_size`.
+    pub const DEFAULT_BATCH_SIZE: usize = 64;
+
+    /// An embedding model's inputs per upstream call; `None` for a chat model.
+    pub fn embedding_batch(&self) -> Option<usize> {
+        (self.kind == ModelKind::Embedding).then(|| self.batch_size.unwrap_or(Self::DEFAULT_BATCH_SIZE))
+    }
 }
 
 fn yes() -> bool {
@@ -280,6 +306,8 @@ impl ModelConfig {
             retries: RetryConfig::default(),
             dedup: true,
             cache: None,
+            kind: ModelKind::Chat,
+            batch_size: None,
         }
     }
 }

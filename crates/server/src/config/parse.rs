@@ -666,7 +666,7 @@ mod tests {
                  `api_key_env`, `model`, `headers`, `timeouts`, `routing`, `health_check`",
                 "10:18: backends[1].token_delay_ms: must be a whole number, 0 or more (got \"fast\")",
                 "27:1: models[1].backend: unknown field `backend`, expected one of `name`, \
-                 `backends`, `fallback`, `balancing`, `retries`, `dedup`, `cache`",
+                 `backends`, `fallback`, `balancing`, `retries`, `dedup`, `cache`, `kind`, `batch_size`",
                 // Paths are the file's: the second backend that parsed is the file's fourth.
                 "18:8: backends[3].name: must not be empty",
                 "22:23: models[0].backends[1]: no backend named \"vllm-c\" (known: e, ok, vllm-a)",

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use super::parse::Unparsed;
-use super::{BackendConfig, Config, Problem};
+use super::{BackendConfig, Config, ModelConfig, ModelKind, Problem};
 use crate::cluster::config::is_key_char;
 use crate::gateway::limits::RateLimitConfig;
 
@@ -441,6 +441,20 @@ impl Config {
                         ));
                     }
                 }
+            }
+            match (model.kind, model.batch_size) {
+                (ModelKind::Chat, Some(_)) => problems.push(Problem::new(
+                    format!("models[{i}].batch_size"),
+                    "is for embedding models: add kind = \"embedding\", or remove batch_size",
+                )),
+                (ModelKind::Embedding, Some(0)) => problems.push(Problem::new(
+                    format!("models[{i}].batch_size"),
+                    format!(
+                        "must be at least 1 (the default is {})",
+                        ModelConfig::DEFAULT_BATCH_SIZE
+                    ),
+                )),
+                _ => {}
             }
             if let Some(cache) = model.cache {
                 for (field, value, default) in [

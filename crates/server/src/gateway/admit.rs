@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{
-    InferenceRequest, PipelineError, Priority, Response, ResponseHandle, SessionId, Stage,
+    InferenceRequest, PipelineError, Priority, PromptInput, Response, ResponseHandle, SessionId, Stage,
 };
 
 use super::error::ApiError;
@@ -38,6 +38,10 @@ pub trait Format: Send + Sync {
         let (mut request, delivery) = self.read(path, body)?;
         if !live.models.contains(&delivery.model) {
             return Err(ApiError::model_not_found(&delivery.model));
+        }
+        let embedding = !live.embedding_models.is_empty() && live.embedding_models.contains(&delivery.model);
+        if embedding != matches!(request.input, PromptInput::Embed(_)) {
+            return Err(ApiError::wrong_kind(&delivery.model, embedding));
         }
         origin.hints.apply(&mut request, &delivery, origin);
         Ok((request, delivery))
@@ -74,6 +78,8 @@ pub struct Delivery {
     /// A Responses request's turn of a conversation: what is stored with its answer, and the
     /// stored answer it continues.
     pub turn: Option<Box<Turn>>,
+    /// An embedding request's vectors go out as base64 (`encoding_format`), not as numbers.
+    pub base64: bool,
 }
 
 /// What a request's headers add to its body.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use moka::notification::RemovalCause;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio_prompt_orchestrator::{FinishReason, InferenceRequest, Passthrough, Response, Usage};
+use tokio_prompt_orchestrator::{FinishReason, InferenceRequest, Passthrough, PromptInput, Response, Usage};
 
 /// `cache = { ttl_s = 300, max_entries = 10000, max_bytes = 67108864 }` in a `[[models]]` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -148,7 +148,10 @@ impl ResponseCache {
             return Lookup::Off;
         };
         let model = request.model.clone();
-        let deterministic = request.params.temperature == Some(0.0) || request.params.seed.is_some();
+        // An embedding depends on its input alone.
+        let deterministic = request.params.temperature == Some(0.0)
+            || request.params.seed.is_some()
+            || matches!(request.input, PromptInput::Embed(_));
         if bypass || !(deterministic || config.always) {
             metrics::counter!("orchestrator_cache_requests_total", "model" => model, "result" => "bypass")
                 .increment(1);

@@ -253,6 +253,18 @@ impl ApiError {
         )
     }
 
+    /// 400: a generation request for an embedding model, or the other way round.
+    pub fn wrong_kind(model: &str, embedding: bool) -> Self {
+        let message = if embedding {
+            format!("`{model}` is an embedding model: send its requests to POST /v1/embeddings")
+        } else {
+            format!(
+                "`{model}` generates text: POST /v1/embeddings takes models declared with kind = \"embedding\""
+            )
+        };
+        Self::invalid("model", message)
+    }
+
     pub(crate) fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self

@@ -6,16 +6,18 @@
 //! is dropped, its sender with it, which closes that pipeline's intake: everything it admitted
 //! drains there, and nothing is ever submitted to a closed pipeline because of a reload.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use orchestrator_backends::Router;
+use orchestrator_backends::batch::Batcher;
 use orchestrator_backends::dedup::Dedup;
 use orchestrator_context::assemble::{AssembleConfig, Encoding, TemplateAssembler};
 use orchestrator_context::index::{IndexRetriever, ensure_indexed};
 use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, PriorityGate, RequestSender};
 
 use crate::cluster::Cluster;
-use crate::config::{Config, RagConfig};
+use crate::config::{Config, ModelKind, RagConfig};
 use crate::dlq::DlqStore;
 use crate::gateway::auth::ApiKeys;
 use crate::gateway::cache::ResponseCache;
@@ -35,6 +37,8 @@ pub struct Live {
     pub gate: PriorityGate,
     /// Where failed requests are kept, when `[dlq]` is configured.
     pub dlq: Option<DlqStore>,
+    /// The models of `kind = "embedding"`, served by `/v1/embeddings` alone.
+    pub embedding_models: HashSet<String>,
     /// The answers of models with `cache`; started afresh by each reload.
     pub cache: ResponseCache,
     pub config: Config,
@@ -70,7 +74,12 @@ impl Live {
         };
         let models = Arc::new(models);
         let sharing = config.models.iter().filter(|m| m.dedup).map(|m| m.name.clone());
-        let worker = Arc::new(Dedup::new(models.clone(), sharing));
+        let batches = config
+            .models
+            .iter()
+            .filter_map(|m| Some((m.name.clone(), m.embedding_batch()?)));
+        let batcher = Arc::new(Batcher::new(models.clone(), batches));
+        let worker = Arc::new(Dedup::new(batcher, sharing));
         let mut builder = PipelineBuilder::new(worker).config(config.pipeline.clone());
         let graph = config.compile_graph();
         let auth = &config.auth;
@@ -112,6 +121,12 @@ impl Live {
             keys: ApiKeys::from_config(&config.auth, cluster, previous.and_then(|p| p.keys.as_ref())),
             gate: PriorityGate::new(config.admission),
             dlq,
+            embedding_models: config
+                .models
+                .iter()
+                .filter(|m| m.kind == ModelKind::Embedding)
+                .map(|m| m.name.clone())
+                .collect(),
             cache: ResponseCache::new(
                 config
                     .models

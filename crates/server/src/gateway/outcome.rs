@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use orchestrator_context::assemble::{Encoding, MESSAGE_OVERHEAD_TOKENS};
-use tokio_prompt_orchestrator::{Completion, GatePermit, PipelineError, Priority, PromptInput, Stage};
+use tokio_prompt_orchestrator::{
+    Completion, EmbedInput, GatePermit, PipelineError, Priority, PromptInput, Stage,
+};
 
 use super::budget::BodyShare;
 use super::error::ApiError;
@@ -175,7 +177,7 @@ fn classify(error: &PipelineError) -> Option<(Reason, Option<Stage>)> {
     })
 }
 
-/// The tokens of a request's text (messages' contents, or the prompt) by `o200k_base`, the
+/// The tokens of a request's text (messages' contents, the prompt, the inputs to embed) by `o200k_base`, the
 /// encoding of current OpenAI models: an estimate for a budget, not a bill.
 fn estimate_prompt_tokens(input: &PromptInput) -> u32 {
     let count = |text: &str| Encoding::O200kBase.count_tokens(text);
@@ -185,6 +187,13 @@ fn estimate_prompt_tokens(input: &PromptInput) -> u32 {
             .iter()
             .map(|m| count(&m.content) + MESSAGE_OVERHEAD_TOKENS)
             .sum::<usize>(),
+        PromptInput::Embed(inputs) => inputs
+            .iter()
+            .map(|input| match input {
+                EmbedInput::Text(text) => count(text),
+                EmbedInput::Tokens(ids) => ids.len(),
+            })
+            .sum(),
     };
     u32::try_from(tokens).unwrap_or(u32::MAX)
 }

@@ -14,7 +14,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio_prompt_orchestrator::{InferenceRequest, PromptInput};
+use tokio_prompt_orchestrator::{EmbedInput, InferenceRequest, PromptInput};
 
 use super::error::ApiError;
 use super::gcra::{Gcra, now_us};
@@ -185,6 +185,14 @@ fn rough_tokens(input: &PromptInput) -> u64 {
     let bytes = match input {
         PromptInput::Text(text) => text.len(),
         PromptInput::Chat(messages) => messages.iter().map(|m| m.content.len() + 12).sum(),
+        // A token id is about three bytes of text.
+        PromptInput::Embed(inputs) => inputs
+            .iter()
+            .map(|input| match input {
+                EmbedInput::Text(text) => text.len(),
+                EmbedInput::Tokens(ids) => ids.len() * 3,
+            })
+            .sum(),
     };
     (bytes as u64).div_ceil(3)
 }

@@ -10,6 +10,7 @@ mod dead_letters;
 mod dedup;
 mod dlq;
 mod edge;
+mod embeddings;
 mod endpoints;
 mod environment;
 mod errors;

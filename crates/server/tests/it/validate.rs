@@ -212,6 +212,8 @@ fn the_full_example_turns_every_section_on() {
     assert!(config.auth.keys.iter().any(|k| k.admin));
     assert!(config.auth.keys.iter().any(|k| k.rate_limit.is_some()));
     assert!(config.dlq.is_some());
+    assert!(config.responses.is_some());
+    assert!(config.models.iter().any(|m| m.embedding_batch().is_some()));
     let rag = config.rag.as_ref().unwrap();
     assert!(!rag.models.is_empty());
     let assemble = &config.assemble;

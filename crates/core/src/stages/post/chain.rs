@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::stop::StopMatcher;
 use crate::event::FinishReason;
-use crate::request::InferenceRequest;
+use crate::request::{InferenceRequest, PromptInput};
 
 /// One kind of output transform, shared by every request.
 pub trait PostProcessor: Send + Sync + 'static {
@@ -83,7 +83,8 @@ impl PostStep for StopMatcher {
 type Entry = (Option<Arc<dyn PostProcessor>>, Box<dyn PostStep>);
 
 /// The request's stop sequences and the processors that apply to it, in order. Empty (and
-/// allocation-free) for a request with neither.
+/// allocation-free) for a request with neither, and for inputs to embed: processors act on
+/// generated text, which an embedding has none of.
 pub(crate) struct Chain {
     steps: Vec<Entry>,
 }
@@ -94,6 +95,9 @@ pub(crate) type Rejection = (String, String);
 impl Chain {
     pub fn new(processors: &[Arc<dyn PostProcessor>], request: &InferenceRequest) -> Self {
         let mut steps: Vec<Entry> = Vec::new();
+        if matches!(request.input, PromptInput::Embed(_)) {
+            return Self { steps };
+        }
         if request.params.stop.iter().any(|s| !s.is_empty()) {
             steps.push((None, Box::new(StopMatcher::new(&request.params.stop))));
         }

@@ -211,6 +211,7 @@ impl MessagesRequest {
             include_usage: true,
             user: self.metadata.and_then(|m| m.user_id).filter(|u| !u.is_empty()),
             turn: None,
+            base64: false,
         };
         // The session is a placeholder until the handler resolves the affinity key.
         let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())

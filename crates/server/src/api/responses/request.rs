@@ -203,6 +203,7 @@ impl ResponsesRequest {
                 echo,
                 session: String::new(),
             })),
+            base64: false,
         };
         // The session is a placeholder until the handler resolves the affinity key.
         let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())

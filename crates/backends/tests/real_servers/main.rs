@@ -9,6 +9,7 @@
 
 mod llama_cpp_python;
 mod llama_server;
+mod llama_server_apis;
 mod llama_server_chat;
 mod pipeline;
 mod support;

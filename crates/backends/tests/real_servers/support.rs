@@ -172,6 +172,11 @@ impl Server {
     /// run does not require it; a panic when it is required, or when it is there but does not
     /// start.
     pub async fn start(kind: Kind) -> Option<Server> {
+        Self::start_with(kind, &[]).await
+    }
+
+    /// [`start`](Self::start) with `args` added to the server's command line.
+    pub async fn start_with(kind: Kind, args: &[&str]) -> Option<Server> {
         let dir = llm_dir();
         if !kind.present(&dir) {
             let how = format!(
@@ -202,6 +207,7 @@ impl Server {
             let log = File::create(&log_path).expect("cannot create the server log");
             let child = kind
                 .command(&dir, port)
+                .args(args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("cannot share the log file"))
                 .stderr(log)

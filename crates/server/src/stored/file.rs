@@ -1,11 +1,18 @@
 //! Stored responses in a redb file, for a node alone: the answers by id, and their order of
 //! storing, so that the oldest (and the expired) go first when the bound is reached.
+//!
+//! Puts and deletes go to one writer thread that commits what is queued in one transaction: each
+//! commit costs an fsync, so under load many responses share one instead of waiting in turn for
+//! their own. A put returns once its commit is on disk. Reads are direct read transactions.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{StoredResponse, decode, encode};
 use crate::config::ResponsesConfig;
@@ -17,13 +24,34 @@ const ANSWERS: TableDefinition<'static, &'static str, &'static [u8]> = TableDefi
 const ORDER: TableDefinition<'static, (u64, &'static str), ()> = TableDefinition::new("order");
 /// A side file read once per turn: a small page cache is plenty.
 const CACHE_BYTES: usize = 16 << 20;
+/// Changes waiting for the writer; when full, a put waits (the answer is already delivered).
+const QUEUE_CAPACITY: usize = 1024;
+/// Most changes in one commit, which every change in it waits for.
+const MAX_BATCH: usize = 256;
 
 #[derive(Clone)]
 pub struct FileStore {
     db: Arc<Database>,
     path: PathBuf,
     ttl: Duration,
-    max_entries: u64,
+    changes: mpsc::Sender<Change>,
+}
+
+/// One change for the writer, and where its outcome goes.
+struct Change {
+    op: Op,
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+enum Op {
+    Put {
+        id: String,
+        stored_ms: u64,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 impl FileStore {
@@ -44,97 +72,159 @@ impl FileStore {
         txn.open_table(ANSWERS).map_err(|e| failed(&e))?;
         txn.open_table(ORDER).map_err(|e| failed(&e))?;
         txn.commit().map_err(|e| failed(&e))?;
-        Ok(Self {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
+        let db = Arc::new(db);
+        let (changes, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            db: db.clone(),
             ttl: Duration::from_secs(config.ttl_s),
             max_entries: config.max_entries,
+        };
+        // Ends when every handle is gone and the queue is empty.
+        std::thread::Builder::new()
+            .name("responses-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| failed(&e))?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+            ttl: Duration::from_secs(config.ttl_s),
+            changes,
         })
     }
 
     pub async fn put(&self, id: &str, stored: &StoredResponse) -> Result<(), String> {
-        let (store, id, bytes) = (self.clone(), id.to_owned(), encode(stored));
-        let stored_ms = stored.stored_ms;
-        self.blocking(move || {
-            let txn = store.db.begin_write()?;
-            {
-                let mut answers = txn.open_table(ANSWERS)?;
-                let mut order = txn.open_table(ORDER)?;
-                answers.insert(id.as_str(), bytes.as_slice())?;
-                order.insert((stored_ms, id.as_str()), ())?;
-                // The oldest go when over the bound, and the expired whatever the count.
-                let expired_before = store.expired_before();
-                loop {
-                    let over = order.len()? > store.max_entries;
-                    let Some(first) = order.first()? else { break };
-                    let (at, oldest) = first.0.value();
-                    if !over && at >= expired_before {
-                        break;
-                    }
-                    let oldest = oldest.to_owned();
-                    drop(first);
-                    order.remove((at, oldest.as_str()))?;
-                    answers.remove(oldest.as_str())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+        let op = Op::Put {
+            id: id.to_owned(),
+            stored_ms: stored.stored_ms,
+            bytes: encode(stored),
+        };
+        self.change(op).await.map(drop)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<StoredResponse>, String> {
-        let (store, key) = (self.clone(), id.to_owned());
-        let bytes = self
-            .blocking(move || {
-                let txn = store.db.begin_read()?;
-                let answers = txn.open_table(ANSWERS)?;
-                Ok(answers.get(key.as_str())?.map(|v| v.value().to_vec()))
-            })
-            .await?;
+        let (db, key) = (self.db.clone(), id.to_owned());
+        let read = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, redb::Error> {
+            let txn = db.begin_read()?;
+            let answers = txn.open_table(ANSWERS)?;
+            Ok(answers.get(key.as_str())?.map(|v| v.value().to_vec()))
+        });
+        let bytes = match read.await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return Err(format!("{}: {e}", self.path.display())),
+            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+        };
         let Some(bytes) = bytes else { return Ok(None) };
         let stored = decode(id, &bytes)?;
-        // Expired answers are removed by the next put; until then they are not served.
-        Ok((stored.stored_ms >= self.expired_before()).then_some(stored))
+        // Expired answers are removed by a later put; until then they are not served.
+        Ok((stored.stored_ms >= expired_before(self.ttl)).then_some(stored))
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool, String> {
-        let (store, id) = (self.clone(), id.to_owned());
-        self.blocking(move || {
-            let txn = store.db.begin_write()?;
-            let found = {
-                let mut answers = txn.open_table(ANSWERS)?;
-                let removed = answers.remove(id.as_str())?.map(|v| decode(&id, v.value()));
-                match removed {
-                    Some(Ok(stored)) => {
-                        txn.open_table(ORDER)?.remove((stored.stored_ms, id.as_str()))?;
-                        true
-                    }
-                    Some(Err(_)) => true,
-                    None => false,
+        self.change(Op::Delete { id: id.to_owned() }).await
+    }
+
+    async fn change(&self, op: Op) -> Result<bool, String> {
+        let gone = || format!("{}: the writer has stopped", self.path.display());
+        let (reply, outcome) = oneshot::channel();
+        self.changes
+            .send(Change { op, reply })
+            .await
+            .map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?
+    }
+}
+
+/// Answers stored before this unix time in milliseconds have expired.
+fn expired_before(ttl: Duration) -> u64 {
+    unix_ms(SystemTime::now()).saturating_sub(ttl.as_millis() as u64)
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: Arc<Database>,
+    ttl: Duration,
+    max_entries: u64,
+}
+
+impl Writer {
+    /// Takes what is queued, commits it in one transaction, answers each change.
+    fn run(self, mut queue: mpsc::Receiver<Change>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // A plain thread, not a runtime worker, so blocking on the queue is its job.
+        while let Some(change) = queue.blocking_recv() {
+            batch.push(change);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(change) => batch.push(change),
+                    Err(_) => break,
                 }
-            };
-            txn.commit()?;
-            Ok(found)
-        })
-        .await
+            }
+            match self.commit(&batch) {
+                Ok(outcomes) => {
+                    for (change, outcome) in batch.drain(..).zip(outcomes) {
+                        let _ = change.reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for change in batch.drain(..) {
+                        let _ = change.reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
     }
 
-    /// Answers stored before this unix time in milliseconds have expired.
-    fn expired_before(&self) -> u64 {
-        unix_ms(SystemTime::now()).saturating_sub(self.ttl.as_millis() as u64)
+    /// Applies `batch` in one transaction, drops the oldest and the expired, and commits.
+    fn commit(&self, batch: &[Change]) -> Result<Vec<bool>, redb::Error> {
+        let txn = self.db.begin_write()?;
+        let outcomes = batch
+            .iter()
+            .map(|change| apply(&txn, &change.op))
+            .collect::<Result<Vec<bool>, redb::Error>>()?;
+        self.evict(&txn)?;
+        txn.commit()?;
+        Ok(outcomes)
     }
 
-    /// Runs `work` off the runtime's threads: redb reads and commits block.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> Result<T, redb::Error> + Send + 'static,
-    ) -> Result<T, String> {
-        let path = self.path.display().to_string();
-        match tokio::task::spawn_blocking(work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(format!("{path}: {e}")),
-            Err(e) => Err(format!("{path}: {e}")),
+    /// Removes the oldest answers beyond the bound, and the expired whatever the count.
+    fn evict(&self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        let mut answers = txn.open_table(ANSWERS)?;
+        let mut order = txn.open_table(ORDER)?;
+        let expired_before = expired_before(self.ttl);
+        loop {
+            let over = order.len()? > self.max_entries;
+            let Some(first) = order.first()? else { break };
+            let (at, oldest) = first.0.value();
+            if !over && at >= expired_before {
+                break;
+            }
+            let oldest = oldest.to_owned();
+            drop(first);
+            order.remove((at, oldest.as_str()))?;
+            answers.remove(oldest.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// One change; whether it found (for a delete) or wrote (for a put) its answer.
+fn apply(txn: &WriteTransaction, op: &Op) -> Result<bool, redb::Error> {
+    let mut answers = txn.open_table(ANSWERS)?;
+    let mut order = txn.open_table(ORDER)?;
+    match op {
+        Op::Put { id, stored_ms, bytes } => {
+            answers.insert(id.as_str(), bytes.as_slice())?;
+            order.insert((*stored_ms, id.as_str()), ())?;
+            Ok(true)
+        }
+        Op::Delete { id } => {
+            let removed = answers.remove(id.as_str())?.map(|v| v.value().to_vec());
+            let Some(bytes) = removed else { return Ok(false) };
+            // A malformed answer has no readable time: its order entry waits for eviction.
+            if let Ok(stored) = decode(id, &bytes) {
+                order.remove((stored.stored_ms, id.as_str()))?;
+            }
+            Ok(true)
         }
     }
 }

@@ -17,7 +17,7 @@ use futures_util::{FutureExt, StreamExt, stream};
 use metrics::counter;
 use tokio_prompt_orchestrator::{
     EmbedInput, FinishReason, InferenceCall, InferenceRequest, ModelWorker, Passthrough, PromptInput,
-    TokenStream, Usage, WorkerChunk, WorkerError,
+    SessionId, TokenStream, Usage, WorkerChunk, WorkerError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -43,8 +43,14 @@ struct InputKey {
     input: EmbedInput,
 }
 
-/// Inputs being embedded: their batch (by id, to tell it from a later one) and place in it.
-type Flights = Mutex<HashMap<InputKey, (u64, usize, WeakShared<Call>)>>;
+/// An input being embedded: its batch (by id, to tell it from a later one) and its place in it.
+struct Flying {
+    batch: u64,
+    at: usize,
+    call: WeakShared<Call>,
+}
+
+type Flights = Mutex<HashMap<InputKey, Flying>>;
 
 pub struct Batcher {
     inner: Arc<dyn ModelWorker>,
@@ -52,15 +58,6 @@ pub struct Batcher {
     sizes: HashMap<String, usize, foldhash::fast::RandomState>,
     flights: Arc<Flights>,
     next_batch: AtomicU64,
-}
-
-/// Where one input's vector comes from.
-#[derive(Clone, Copy)]
-enum Place {
-    /// Position `1` of batch `0` (an index into the request's batches).
-    In(usize, usize),
-    /// The same as input `0` of this request.
-    Same(usize),
 }
 
 impl Batcher {
@@ -75,9 +72,14 @@ impl Batcher {
         }
     }
 
-    /// The batches `inputs` need, and where each input's vector is in them: inputs in flight
-    /// join their batch, the others are split into new ones of `size`.
-    fn plan(&self, call: &InferenceCall, inputs: &[EmbedInput], size: usize) -> (Vec<Batch>, Vec<Place>) {
+    /// The batches `inputs` need, and where each input's vector is in them (batch, position):
+    /// inputs in flight join their batch, the others are split into new ones of `size`.
+    fn plan(
+        &self,
+        call: &InferenceCall,
+        inputs: &[EmbedInput],
+        size: usize,
+    ) -> (Vec<Batch>, Vec<(usize, usize)>) {
         let model = &call.request.model;
         let extra = serde_json::to_string(&call.request.extra).unwrap_or_default();
         let key = |input: &EmbedInput| InputKey {
@@ -86,30 +88,27 @@ impl Batcher {
             input: input.clone(),
         };
         let mut batches: Vec<(u64, Batch)> = Vec::new();
-        let mut places = Vec::with_capacity(inputs.len());
+        let mut places = vec![None; inputs.len()];
+        // Inputs repeated within this request, and their first occurrence.
+        let mut repeats = Vec::new();
         let mut first_seen: HashMap<&EmbedInput, usize> = HashMap::new();
         let mut pending = Vec::new();
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         for (i, input) in inputs.iter().enumerate() {
             let flying = flights
                 .get(&key(input))
-                .and_then(|(id, at, weak)| Some((*id, *at, weak.upgrade()?)));
+                .and_then(|f| Some((f.batch, f.at, f.call.upgrade()?)));
             if let Some((id, at, batch)) = flying {
                 counter!(EMBEDDING_INPUTS_SHARED).increment(1);
-                let slot = match batches.iter().position(|(b, _)| *b == id) {
-                    Some(slot) => slot,
-                    None => {
-                        batches.push((id, batch));
-                        batches.len() - 1
-                    }
-                };
-                places.push(Place::In(slot, at));
+                let slot = batches.iter().position(|(b, _)| *b == id).unwrap_or_else(|| {
+                    batches.push((id, batch));
+                    batches.len() - 1
+                });
+                places[i] = Some((slot, at));
             } else if let Some(&first) = first_seen.get(input) {
-                places.push(Place::Same(first));
+                repeats.push((i, first));
             } else {
                 first_seen.insert(input, i);
-                // Its place is set once its batch is made, below.
-                places.push(Place::Same(i));
                 pending.push(i);
             }
         }
@@ -124,14 +123,24 @@ impl Batcher {
             );
             if let Some(weak) = batch.downgrade() {
                 for (at, key) in keys.into_iter().enumerate() {
-                    flights.insert(key, (id, at, weak.clone()));
+                    let flying = Flying {
+                        batch: id,
+                        at,
+                        call: weak.clone(),
+                    };
+                    flights.insert(key, flying);
                 }
             }
             batches.push((id, batch));
             for (at, &i) in chunk.iter().enumerate() {
-                places[i] = Place::In(batches.len() - 1, at);
+                places[i] = Some((batches.len() - 1, at));
             }
         }
+        for (i, first) in repeats {
+            places[i] = places[first];
+        }
+        // Every input is placed: in a batch in flight, in a new one, or as its first occurrence.
+        let places = places.into_iter().flatten().collect();
         (batches.into_iter().map(|(_, b)| b).collect(), places)
     }
 
@@ -141,9 +150,14 @@ impl Batcher {
         let count = inputs.len();
         let mut request: InferenceRequest = (*call.request).clone();
         request.input = PromptInput::Embed(inputs);
+        // Each batch is routed on its own: a long list spreads over the replicas.
+        request.session = SessionId::new(format!("embed:{id}"));
         let sub = InferenceCall {
             request: Arc::new(request),
             cancel: CancellationToken::new(),
+            // Each waiting request keeps its own deadline (the pipeline drops it then); the batch
+            // runs while any request still waits, not until the first one's deadline.
+            deadline: None,
             ..call.clone()
         };
         let inner = self.inner.clone();
@@ -191,7 +205,7 @@ impl Drop for Leave {
     fn drop(&mut self) {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         for key in &self.keys {
-            if flights.get(key).is_some_and(|(id, _, _)| *id == self.id) {
+            if flights.get(key).is_some_and(|f| f.batch == self.id) {
                 flights.remove(key);
             }
         }
@@ -215,17 +229,9 @@ impl ModelWorker for Batcher {
         let (batches, places) = self.plan(&call, inputs, size);
         let embedded = try_join_all(batches).await?;
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(places.len());
-        // Each batch's tokens, shared among the inputs that asked for its vectors.
+        // Each batch's tokens, shared evenly among its inputs.
         let mut tokens = 0.0;
-        for place in &places {
-            let (batch, at) = match *place {
-                Place::In(batch, at) => (batch, at),
-                Place::Same(first) => match places[first] {
-                    Place::In(batch, at) => (batch, at),
-                    // A first occurrence always has its batch.
-                    Place::Same(_) => unreachable!("a first occurrence is placed in a batch"),
-                },
-            };
+        for &(batch, at) in &places {
             let batch = &embedded[batch];
             vectors.push(batch.vectors[at].clone());
             tokens += f64::from(batch.prompt_tokens) / batch.vectors.len() as f64;
@@ -238,5 +244,123 @@ impl ModelWorker for Batcher {
             },
         ];
         Ok(stream::iter(chunks.map(Ok)).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures_util::poll;
+    use tokio::sync::Semaphore;
+    use tokio_prompt_orchestrator::RequestId;
+
+    use super::*;
+
+    /// Embeds each input as its length, once a permit is given; records every call it gets.
+    struct Held {
+        calls: AtomicUsize,
+        cancels: Mutex<Vec<CancellationToken>>,
+        release: Semaphore,
+    }
+
+    impl Held {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                calls: AtomicUsize::new(0),
+                cancels: Mutex::default(),
+                release: Semaphore::new(0),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl ModelWorker for Held {
+        async fn infer(&self, _prompt: &str) -> Result<Vec<String>, WorkerError> {
+            Ok(Vec::new())
+        }
+
+        async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.cancels.lock().unwrap().push(call.cancel.clone());
+            let _permit = self.release.acquire().await.unwrap();
+            let PromptInput::Embed(inputs) = &call.request.input else {
+                unreachable!("only embedding calls here");
+            };
+            let vectors: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|i| match i {
+                    EmbedInput::Text(text) => vec![text.len() as f32],
+                    EmbedInput::Tokens(ids) => vec![ids.len() as f32],
+                })
+                .collect();
+            let chunk = WorkerChunk::Passthrough(Box::new(Passthrough::embeddings(vectors)));
+            Ok(stream::iter([Ok(chunk)]).boxed())
+        }
+    }
+
+    fn call(inputs: &[&str]) -> InferenceCall {
+        let mut request = InferenceRequest::chat(SessionId::new("s"), Vec::new()).with_model("m");
+        request.input = PromptInput::Embed(inputs.iter().map(|t| EmbedInput::Text((*t).into())).collect());
+        InferenceCall::new(RequestId(1), request, "")
+    }
+
+    async fn vectors(stream: TokenStream) -> Vec<Vec<f32>> {
+        let chunks: Vec<_> = stream.collect().await;
+        chunks
+            .into_iter()
+            .find_map(|c| match c {
+                Ok(WorkerChunk::Passthrough(p)) => p.embeddings.map(|v| v.to_vec()),
+                _ => None,
+            })
+            .expect("the vectors")
+    }
+
+    #[tokio::test]
+    async fn a_request_that_leaves_does_not_cancel_the_batch_another_waits_for() {
+        let held = Held::new();
+        let batcher = Arc::new(Batcher::new(held.clone(), [("m".to_owned(), 8)]));
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.infer_stream(call(&["one", "three"])).await.map(drop) }
+        });
+        while held.calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Its first poll joins the batch in flight (and adds `fourteen` in a batch of its own).
+        let mut second = Box::pin(batcher.infer_stream(call(&["three", "fourteen", "one"])));
+        assert!(poll!(&mut second).is_pending());
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert!(
+            !held.cancels.lock().unwrap()[0].is_cancelled(),
+            "the shared batch goes on"
+        );
+        held.release.add_permits(2);
+        let stream = second.await.expect("the second request is answered");
+        assert_eq!(vectors(stream).await, [vec![5.0], vec![8.0], vec![3.0]]);
+        // One call for the inputs both requests had, one for the new one.
+        assert_eq!(held.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_last_request_leaving_cancels_its_batch() {
+        let held = Held::new();
+        let batcher = Arc::new(Batcher::new(held.clone(), [("m".to_owned(), 8)]));
+        let only = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.infer_stream(call(&["alone"])).await.map(drop) }
+        });
+        while held.calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        only.abort();
+        let _ = only.await;
+        assert!(held.cancels.lock().unwrap()[0].is_cancelled());
+        // Nothing is left in flight: the same input is sent again.
+        held.release.add_permits(1);
+        let stream = batcher.infer_stream(call(&["alone"])).await.unwrap();
+        assert_eq!(vectors(stream).await, [vec![5.0]]);
+        assert_eq!(held.calls.load(Ordering::SeqCst), 2);
     }
 }

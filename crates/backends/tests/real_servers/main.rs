@@ -9,7 +9,7 @@
 
 mod llama_cpp_python;
 mod llama_server;
-mod llama_server_apis;
 mod llama_server_chat;
+mod llama_server_embeddings;
 mod pipeline;
 mod support;

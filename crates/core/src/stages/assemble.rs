@@ -14,7 +14,7 @@ use super::rag::RetrievedChunk;
 use super::{Place, StageLogic, Start};
 use crate::error::{PipelineError, Stage};
 use crate::pipeline::envelope::Envelope;
-use crate::request::{ChatMessage, EmbedInput, InferenceRequest, PromptInput, Role};
+use crate::request::{ChatMessage, InferenceRequest, PromptInput, Role};
 
 /// What the model is sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,17 +121,8 @@ pub(crate) fn render(input: &PromptInput, context: &[RetrievedChunk]) -> Arc<str
                 }
             }
         },
-        // Nothing is generated from it; the text is what dedup and logs see.
-        PromptInput::Embed(inputs) => {
-            for (i, input) in inputs.iter().enumerate() {
-                if i > 0 {
-                    out.push('\n');
-                }
-                if let EmbedInput::Text(text) = input {
-                    out.push_str(text);
-                }
-            }
-        }
+        // Not a prompt: nothing is generated from it, and dedup keys on the inputs themselves.
+        PromptInput::Embed(_) => {}
     }
     out.into()
 }

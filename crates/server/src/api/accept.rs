@@ -122,15 +122,7 @@ pub async fn accept(
         request_id: &ctx.id,
     };
     let (mut request, mut delivery) = format.prepare(&live, path, &bytes, &origin)?;
-    let named_session = hints.session.is_some() || delivery.user.is_some();
-    continue_turn(
-        state.responses.as_ref(),
-        key,
-        named_session,
-        &mut delivery,
-        &mut request,
-    )
-    .await?;
+    continue_turn(state.responses.as_ref(), key, &hints, &mut delivery, &mut request).await?;
     // Answers the request shows its sources in are not kept: the sources are not.
     let fill = match live
         .cache

@@ -35,6 +35,9 @@ pub const EMBEDDINGS: &str = "/v1/embeddings";
 
 /// Inputs one request may send, as OpenAI allows.
 const MAX_INPUTS: usize = 2048;
+/// The longest vector a request may ask for: beyond any model's, and a bound on what one
+/// request makes a backend (the echo one included) allocate.
+const MAX_DIMENSIONS: u32 = 16_384;
 
 /// `POST /v1/embeddings`.
 pub struct Embeddings;
@@ -75,7 +78,12 @@ impl Format for Embeddings {
         };
         let mut extra = Map::new();
         match parsed.dimensions {
-            Some(0) => return Err(ApiError::invalid("dimensions", "must be at least 1")),
+            Some(d) if d == 0 || d > MAX_DIMENSIONS => {
+                return Err(ApiError::invalid(
+                    "dimensions",
+                    format!("must be from 1 to {MAX_DIMENSIONS} (got {d})"),
+                ));
+            }
             Some(d) => {
                 extra.insert("dimensions".into(), json!(d));
             }
@@ -128,6 +136,10 @@ fn inputs(input: Option<Value>) -> Result<Vec<EmbedInput>, ApiError> {
     if items.is_empty() {
         return Err(ApiError::invalid("input", "must hold at least one input"));
     }
+    // A list of numbers is one input of token ids.
+    if items.iter().all(Value::is_number) {
+        return Ok(vec![EmbedInput::Tokens(token_ids(&items, "input")?)]);
+    }
     if items.len() > MAX_INPUTS {
         return Err(ApiError::invalid(
             "input",
@@ -136,10 +148,6 @@ fn inputs(input: Option<Value>) -> Result<Vec<EmbedInput>, ApiError> {
                 items.len()
             ),
         ));
-    }
-    // A list of numbers is one input of token ids.
-    if items.iter().all(Value::is_number) {
-        return Ok(vec![EmbedInput::Tokens(token_ids(&items, "input")?)]);
     }
     let first_is_text = items[0].is_string();
     items

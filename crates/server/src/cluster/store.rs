@@ -97,13 +97,29 @@ pub async fn open_bucket(jetstream: &jetstream::Context, spec: &BucketSpec) -> R
     let stream_name = format!("KV_{}", spec.name);
     match jetstream.get_stream(&stream_name).await {
         Ok(stream) => {
-            let found = &stream.cached_info().config.description;
-            if found.as_deref() != Some(spec.layout) {
+            let config = &stream.cached_info().config;
+            if config.description.as_deref() != Some(spec.layout) {
                 return Err(StoreError::Layout {
                     bucket: spec.name,
-                    found: found.clone().unwrap_or_default(),
+                    found: config.description.clone().unwrap_or_default(),
                     wanted: spec.layout,
                 });
+            }
+            // Bounds that come from the config (the stored responses' `ttl_s`, `max_entries`)
+            // follow it when a node starts with new ones.
+            if (config.max_age, config.max_messages, config.discard)
+                != (spec.max_age, spec.max_messages, spec.discard)
+            {
+                let bounded = stream::Config {
+                    max_age: spec.max_age,
+                    max_messages: spec.max_messages,
+                    discard: spec.discard,
+                    ..config.clone()
+                };
+                jetstream
+                    .update_stream(bounded)
+                    .await
+                    .map_err(|e| open_error(&e))?;
             }
         }
         Err(e) if is_not_found(&e) => {

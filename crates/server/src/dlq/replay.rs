@@ -258,8 +258,7 @@ async fn run(
     let (mut request, mut delivery) = format
         .prepare(live, &entry.endpoint, &body, &origin)
         .map_err(|e| e.message)?;
-    let named_session = hints.session.is_some() || delivery.user.is_some();
-    continue_turn(responses, origin.key, named_session, &mut delivery, &mut request)
+    continue_turn(responses, origin.key, &hints, &mut delivery, &mut request)
         .await
         .map_err(|e| e.message)?;
     // A failed replay updates this entry rather than adding another.

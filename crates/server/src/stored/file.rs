@@ -14,17 +14,16 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{StoredResponse, decode, encode};
 use crate::config::ResponsesConfig;
 use crate::dlq::entry::unix_ms;
 
-/// Id -> the stored answer as JSON.
-const ANSWERS: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("answers");
+/// Id -> when it was stored (unix milliseconds) and the stored answer as JSON.
+const ANSWERS: TableDefinition<'static, &'static str, (u64, &'static [u8])> = TableDefinition::new("answers");
 /// (stored at, id) -> (): the answers oldest first.
 const ORDER: TableDefinition<'static, (u64, &'static str), ()> = TableDefinition::new("order");
 /// A side file read once per turn: a small page cache is plenty.
 const CACHE_BYTES: usize = 16 << 20;
-/// Changes waiting for the writer; when full, a put waits (the answer is already delivered).
+/// Changes waiting for the writer; when full, a put waits, and with it the end of its answer.
 const QUEUE_CAPACITY: usize = 1024;
 /// Most changes in one commit, which every change in it waits for.
 const MAX_BATCH: usize = 256;
@@ -40,7 +39,7 @@ pub struct FileStore {
 /// One change for the writer, and where its outcome goes.
 struct Change {
     op: Op,
-    reply: oneshot::Sender<Result<bool, String>>,
+    reply: oneshot::Sender<Result<(), String>>,
 }
 
 enum Op {
@@ -92,38 +91,36 @@ impl FileStore {
         })
     }
 
-    pub async fn put(&self, id: &str, stored: &StoredResponse) -> Result<(), String> {
-        let op = Op::Put {
-            id: id.to_owned(),
-            stored_ms: stored.stored_ms,
-            bytes: encode(stored),
-        };
-        self.change(op).await.map(drop)
+    pub async fn put(&self, id: &str, stored_ms: u64, bytes: Vec<u8>) -> Result<(), String> {
+        let id = id.to_owned();
+        self.change(Op::Put { id, stored_ms, bytes }).await
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<StoredResponse>, String> {
+    pub async fn read(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         let (db, key) = (self.db.clone(), id.to_owned());
+        let expired_before = expired_before(self.ttl);
         let read = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, redb::Error> {
             let txn = db.begin_read()?;
             let answers = txn.open_table(ANSWERS)?;
-            Ok(answers.get(key.as_str())?.map(|v| v.value().to_vec()))
+            let Some(found) = answers.get(key.as_str())? else {
+                return Ok(None);
+            };
+            let (stored_ms, bytes) = found.value();
+            // Expired answers are removed by a later put; until then they are not served.
+            Ok((stored_ms >= expired_before).then(|| bytes.to_vec()))
         });
-        let bytes = match read.await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return Err(format!("{}: {e}", self.path.display())),
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
-        };
-        let Some(bytes) = bytes else { return Ok(None) };
-        let stored = decode(id, &bytes)?;
-        // Expired answers are removed by a later put; until then they are not served.
-        Ok((stored.stored_ms >= expired_before(self.ttl)).then_some(stored))
+        match read.await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(format!("{}: {e}", self.path.display())),
+            Err(e) => Err(format!("{}: {e}", self.path.display())),
+        }
     }
 
-    pub async fn delete(&self, id: &str) -> Result<bool, String> {
+    pub async fn delete(&self, id: &str) -> Result<(), String> {
         self.change(Op::Delete { id: id.to_owned() }).await
     }
 
-    async fn change(&self, op: Op) -> Result<bool, String> {
+    async fn change(&self, op: Op) -> Result<(), String> {
         let gone = || format!("{}: the writer has stopped", self.path.display());
         let (reply, outcome) = oneshot::channel();
         self.changes
@@ -159,31 +156,22 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            match self.commit(&batch) {
-                Ok(outcomes) => {
-                    for (change, outcome) in batch.drain(..).zip(outcomes) {
-                        let _ = change.reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    for change in batch.drain(..) {
-                        let _ = change.reply.send(Err(e.to_string()));
-                    }
-                }
+            let outcome = self.commit(&batch).map_err(|e| e.to_string());
+            for change in batch.drain(..) {
+                let _ = change.reply.send(outcome.clone());
             }
         }
     }
 
     /// Applies `batch` in one transaction, drops the oldest and the expired, and commits.
-    fn commit(&self, batch: &[Change]) -> Result<Vec<bool>, redb::Error> {
+    fn commit(&self, batch: &[Change]) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
-        let outcomes = batch
-            .iter()
-            .map(|change| apply(&txn, &change.op))
-            .collect::<Result<Vec<bool>, redb::Error>>()?;
+        for change in batch {
+            apply(&txn, &change.op)?;
+        }
         self.evict(&txn)?;
         txn.commit()?;
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Removes the oldest answers beyond the bound, and the expired whatever the count.
@@ -207,24 +195,21 @@ impl Writer {
     }
 }
 
-/// One change; whether it found (for a delete) or wrote (for a put) its answer.
-fn apply(txn: &WriteTransaction, op: &Op) -> Result<bool, redb::Error> {
+/// One change.
+fn apply(txn: &WriteTransaction, op: &Op) -> Result<(), redb::Error> {
     let mut answers = txn.open_table(ANSWERS)?;
     let mut order = txn.open_table(ORDER)?;
     match op {
         Op::Put { id, stored_ms, bytes } => {
-            answers.insert(id.as_str(), bytes.as_slice())?;
+            answers.insert(id.as_str(), (*stored_ms, bytes.as_slice()))?;
             order.insert((*stored_ms, id.as_str()), ())?;
-            Ok(true)
         }
         Op::Delete { id } => {
-            let removed = answers.remove(id.as_str())?.map(|v| v.value().to_vec());
-            let Some(bytes) = removed else { return Ok(false) };
-            // A malformed answer has no readable time: its order entry waits for eviction.
-            if let Ok(stored) = decode(id, &bytes) {
-                order.remove((stored.stored_ms, id.as_str()))?;
+            let removed = answers.remove(id.as_str())?.map(|v| v.value().0);
+            if let Some(stored_ms) = removed {
+                order.remove((stored_ms, id.as_str()))?;
             }
-            Ok(true)
         }
     }
+    Ok(())
 }

@@ -15,14 +15,16 @@ use tokio_prompt_orchestrator::{ChatMessage, InferenceRequest, PromptInput, Sess
 
 use crate::cluster::Cluster;
 use crate::config::ResponsesConfig;
-use crate::gateway::Delivery;
 use crate::gateway::error::ApiError;
+use crate::gateway::{Delivery, Hints};
 
 /// Puts that failed (counter): the answer was delivered, but cannot be continued or read back.
 pub const STORE_FAILURES: &str = "orchestrator_responses_store_failures_total";
 
-/// Turns read back at most for one conversation: a bound on the reads one request may cause.
+/// Turns read back at most for one conversation, and their bytes: bounds on the reads and the
+/// memory one request may cause.
 const MAX_TURNS: usize = 1000;
+const MAX_BYTES: usize = 32 << 20;
 
 /// One stored answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,12 +65,27 @@ pub struct Turn {
     pub session: String,
 }
 
+/// What a conversation needs of each earlier turn: the stored answer without its object.
+#[derive(Deserialize)]
+struct Link {
+    turn: Vec<ChatMessage>,
+    previous: Option<String>,
+    owner: Option<String>,
+    session: String,
+}
+
 /// Why a conversation could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("No stored response has the id {0:?} (it may have expired or been deleted).")]
     Missing(String),
-    #[error("The conversation is longer than {MAX_TURNS} turns; start a new one.")]
+    #[error(
+        "The conversation's earlier response {0:?} is no longer stored (each response is kept \
+         for [responses] ttl_s after it was made, and the oldest go first beyond max_entries); \
+         start a new conversation."
+    )]
+    EarlierMissing(String),
+    #[error("The conversation is longer than {MAX_TURNS} turns or {} MiB; start a new one.", MAX_BYTES >> 20)]
     TooLong,
     #[error("The stored responses cannot be read: {0}.")]
     Failed(String),
@@ -97,28 +114,37 @@ impl StoredResponses {
     /// # Errors
     /// When the store cannot be written.
     pub async fn put(&self, id: &str, stored: &StoredResponse) -> Result<(), String> {
+        let bytes = encode(stored);
         match self {
-            Self::File(file) => file.put(id, stored).await,
-            Self::Shared(shared) => shared.put(id, stored).await,
+            Self::File(file) => file.put(id, stored.stored_ms, bytes).await,
+            Self::Shared(shared) => shared.put(id, bytes).await,
         }
     }
 
     /// The answer stored as `id`, unless it is gone.
     ///
     /// # Errors
-    /// When the store cannot be read.
+    /// When the store cannot be read, or what it holds is malformed.
     pub async fn get(&self, id: &str) -> Result<Option<StoredResponse>, String> {
+        let Some(bytes) = self.read(id).await? else {
+            return Ok(None);
+        };
+        decode(id, &bytes).map(Some)
+    }
+
+    /// The bytes stored as `id`, unless they are gone (expired, evicted, deleted).
+    async fn read(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
-            Self::File(file) => file.get(id).await,
-            Self::Shared(shared) => shared.get(id).await,
+            Self::File(file) => file.read(id).await,
+            Self::Shared(shared) => shared.read(id).await,
         }
     }
 
-    /// Removes `id`; whether it was there.
+    /// Removes `id`, if it is there.
     ///
     /// # Errors
     /// When the store cannot be written.
-    pub async fn delete(&self, id: &str) -> Result<bool, String> {
+    pub async fn delete(&self, id: &str) -> Result<(), String> {
         match self {
             Self::File(file) => file.delete(id).await,
             Self::Shared(shared) => shared.delete(id).await,
@@ -126,27 +152,40 @@ impl StoredResponses {
     }
 
     /// Every turn of the conversation that `id` ends, oldest first, as `owner` may see it; and
-    /// the session it ran in.
+    /// the session its last turn ran in.
     ///
     /// # Errors
     /// A missing answer anywhere in the chain, a chain too long, a store that cannot be read.
     pub async fn conversation(&self, id: &str, owner: Option<&str>) -> Result<Earlier, ReadError> {
         let mut turns = Vec::new();
         let mut session = None;
+        let mut read = 0;
         let mut next = Some(id.to_owned());
-        while let Some(id) = next {
-            if turns.len() == MAX_TURNS {
-                return Err(ReadError::TooLong);
-            }
-            let stored = self
-                .get(&id)
+        while let Some(at) = next {
+            let missing = || {
+                if at == id {
+                    ReadError::Missing(at.clone())
+                } else {
+                    ReadError::EarlierMissing(at.clone())
+                }
+            };
+            let bytes = self
+                .read(&at)
                 .await
                 .map_err(ReadError::Failed)?
-                .filter(|s| s.visible_to(owner))
-                .ok_or(ReadError::Missing(id))?;
-            session.get_or_insert(stored.session);
-            next = stored.previous;
-            turns.push(stored.turn);
+                .ok_or_else(missing)?;
+            read += bytes.len();
+            if turns.len() == MAX_TURNS || read > MAX_BYTES {
+                return Err(ReadError::TooLong);
+            }
+            let link: Link = serde_json::from_slice(&bytes)
+                .map_err(|e| ReadError::Failed(format!("the stored response {at:?} is malformed: {e}")))?;
+            if link.owner.as_deref() != owner {
+                return Err(missing());
+            }
+            session.get_or_insert(link.session);
+            next = link.previous;
+            turns.push(link.turn);
         }
         Ok(Earlier {
             messages: turns.into_iter().rev().flatten().collect(),
@@ -162,35 +201,39 @@ pub struct Earlier {
 }
 
 /// Puts the earlier turns of the conversation a request continues before its own input, after
-/// its instructions, and runs it in the conversation's session unless it names one
-/// (`named_session`); records the session in the turn. Without a stored answer to continue,
-/// only records the session.
+/// its instructions, and runs it in the session of the turn it continues unless it names one
+/// (`X-Session-Id` or `user`); records the session in the turn. Without a stored answer to
+/// continue, only records the session.
 ///
 /// # Errors
-/// 404 when the answer it continues is not stored for this key (or nothing is stored here),
-/// 400 for a chain too long, 503 when the store cannot be read.
+/// 400 `previous_response_not_found` when the answer it continues is not stored for this key
+/// (or nothing is stored here), 400 for a conversation too long, 503 when the store cannot be
+/// read.
 pub async fn continue_turn(
     store: Option<&StoredResponses>,
     owner: Option<&str>,
-    named_session: bool,
+    hints: &Hints,
     delivery: &mut Delivery,
     request: &mut InferenceRequest,
 ) -> Result<(), ApiError> {
+    let named_session = hints.session.is_some() || delivery.user.is_some();
     let Some(turn) = delivery.turn.as_deref_mut() else {
         return Ok(());
     };
     if let Some(previous) = turn.previous.as_deref() {
         let Some(store) = store else {
-            return Err(ApiError::not_found(
-                "previous_response_id",
+            return Err(not_found(
                 "No stored responses are kept here to continue: configure [responses] to store them.",
             ));
         };
         let earlier = store.conversation(previous, owner).await.map_err(|e| match e {
-            ReadError::Missing(_) => ApiError::not_found("previous_response_id", e.to_string()),
+            ReadError::Missing(_) | ReadError::EarlierMissing(_) => not_found(e.to_string()),
             ReadError::TooLong => ApiError::invalid(
                 "previous_response_id",
-                format!("continues a conversation longer than {MAX_TURNS} turns; start a new one"),
+                format!(
+                    "continues a conversation longer than {MAX_TURNS} turns or {} MiB; start a new one",
+                    MAX_BYTES >> 20
+                ),
             ),
             ReadError::Failed(_) => ApiError::store_unavailable(e.to_string()),
         })?;
@@ -204,6 +247,14 @@ pub async fn continue_turn(
     }
     turn.session = request.session.as_str().to_owned();
     Ok(())
+}
+
+/// 400 `previous_response_not_found`, as OpenAI answers.
+fn not_found(message: impl Into<String>) -> ApiError {
+    let mut error = ApiError::invalid("", message);
+    error.param = Some("previous_response_id".into());
+    error.code = "previous_response_not_found";
+    error
 }
 
 /// `stored` as the bytes kept.

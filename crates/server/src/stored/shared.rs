@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::DiscardPolicy;
 
-use super::{StoredResponse, decode, encode};
 use crate::cluster::Cluster;
 use crate::cluster::store::{BucketSpec, open_bucket};
 use crate::config::ResponsesConfig;
@@ -43,31 +42,20 @@ impl SharedStore {
     }
 
     // Ids are checked at the edge (letters, digits, `_` and `-`), so they are valid keys.
-    pub async fn put(&self, id: &str, stored: &StoredResponse) -> Result<(), String> {
-        self.bucket
-            .put(id, encode(stored).into())
-            .await
-            .map(drop)
-            .map_err(|e| format!("the JetStream bucket {NAME}: {e}"))
+    pub async fn put(&self, id: &str, bytes: Vec<u8>) -> Result<(), String> {
+        self.bucket.put(id, bytes.into()).await.map(drop).map_err(broker)
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<StoredResponse>, String> {
-        let value = self
-            .bucket
-            .get(id)
-            .await
-            .map_err(|e| format!("the JetStream bucket {NAME}: {e}"))?;
-        value.map(|bytes| decode(id, &bytes)).transpose()
+    pub async fn read(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        let value = self.bucket.get(id).await.map_err(broker)?;
+        Ok(value.map(|bytes| bytes.to_vec()))
     }
 
-    pub async fn delete(&self, id: &str) -> Result<bool, String> {
-        let found = self.get(id).await?.is_some();
-        if found {
-            self.bucket
-                .delete(id)
-                .await
-                .map_err(|e| format!("the JetStream bucket {NAME}: {e}"))?;
-        }
-        Ok(found)
+    pub async fn delete(&self, id: &str) -> Result<(), String> {
+        self.bucket.delete(id).await.map_err(broker)
     }
+}
+
+fn broker(error: impl std::fmt::Display) -> String {
+    format!("the JetStream bucket {NAME}: {error}")
 }

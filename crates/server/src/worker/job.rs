@@ -316,9 +316,27 @@ impl Replier {
             event,
         };
         self.seq += 1;
-        let Ok(payload) = serde_json::to_vec(&reply) else {
+        let Ok(mut payload) = serde_json::to_vec(&reply) else {
             return;
         };
+        let max = self.client.server_info().max_payload;
+        if payload.len() > max {
+            // Too large for one message (a batch of long vectors): the gateway gets an error
+            // that says so rather than a reply that never comes.
+            let error = WorkerError::new(format!(
+                "the answer is {} bytes, more than the NATS server takes in one message (max_payload, \
+                 {max} bytes): lower the model's batch_size, or raise max_payload in nats-server's config",
+                payload.len()
+            ));
+            let failed = Reply {
+                event: ReplyEvent::Failed(error),
+                ..reply
+            };
+            let Ok(smaller) = serde_json::to_vec(&failed) else {
+                return;
+            };
+            payload = smaller;
+        }
         if let Err(e) = self
             .client
             .publish(self.subject.clone(), Bytes::from(payload))

@@ -110,7 +110,8 @@ async fn a_node_alone_keeps_responses_in_its_file_across_a_kill_and_apart_per_ke
         json!({"model": "echo", "input": "x", "previous_response_id": id}),
     )
     .await;
-    assert_eq!(status, 404, "{error}");
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["code"], "previous_response_not_found", "{error}");
     assert_eq!(error["error"]["param"], "previous_response_id", "{error}");
 
     // Killed and started again on the same file, the response is still there to continue.
@@ -245,7 +246,7 @@ async fn a_gateway_that_keeps_no_responses_says_so() {
         json!({"model": "echo", "input": "x", "previous_response_id": response["id"]}),
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 400);
     assert!(
         error["error"]["message"]
             .as_str()

@@ -54,9 +54,9 @@ except openai.NotFoundError:
     check("deleted is gone", True)
 try:
     one.responses.create(model="echo", input="x", previous_response_id=third.id)
-    check("continuing a deleted response is a 404", False)
-except openai.NotFoundError as e:
-    check("continuing a deleted response is a 404", e.param == "previous_response_id", repr(e.body))
+    check("continuing a deleted response is refused", False)
+except openai.BadRequestError as e:
+    check("continuing a deleted response is refused", e.code == "previous_response_not_found" and e.param == "previous_response_id", repr(e.body))
 
 # Not stored when the client says so.
 unstored = one.responses.create(model="echo", input="forget me", store=False)

@@ -125,14 +125,7 @@ async fn answer(
             fill.put(Cached::of(head.id.clone(), head.created, &answer));
         }
         let output = Output::of(&answer.text, answer.passthrough.as_deref());
-        let completion = &answer.completion;
-        let object = head.object(
-            Status::of(completion.finish_reason),
-            output.items(&head.message_id()),
-            Some(completion),
-        );
-        head.keep(store.as_ref(), object.clone(), output.message()).await;
-        Json(object).into_response()
+        Json(head.finish(store.as_ref(), &output, &answer.completion).await).into_response()
     } else {
         let plan = sse::Plan {
             writer: ResponseEvents::new(head, store),
@@ -171,13 +164,7 @@ async fn from_cache(state: &Gateway, hit: Hit, owner: Option<String>) -> Respons
             usage: answer.usage,
             ..Default::default()
         };
-        let object = head.object(
-            Status::of(answer.finish_reason),
-            output.items(&head.message_id()),
-            Some(&completion),
-        );
-        head.keep(store.as_ref(), object.clone(), output.message()).await;
-        let mut response = Json(object).into_response();
+        let mut response = Json(head.finish(store.as_ref(), &output, &completion).await).into_response();
         response.headers_mut().insert(CACHE_HEADER, HIT);
         response
     };

@@ -100,11 +100,11 @@ impl Head {
         Value::Object(object)
     }
 
-    /// Keeps the answer when the client asked for that. A store that fails does not fail the
-    /// answer, which the client has; it is logged and counted.
-    pub async fn keep(&self, store: Option<&StoredResponses>, object: Value, answer: ChatMessage) {
+    /// Keeps the answer when the client asked for that; whether it was kept. A store that fails
+    /// does not fail the answer: it is logged and counted.
+    pub async fn keep(&self, store: Option<&StoredResponses>, object: Value, answer: ChatMessage) -> bool {
         let Some(store) = store.filter(|_| self.stored) else {
-            return;
+            return false;
         };
         let mut turn = self.turn.input.clone();
         turn.push(answer);
@@ -116,10 +116,33 @@ impl Head {
             session: self.turn.session.clone(),
             stored_ms: unix_ms(SystemTime::now()),
         };
-        if let Err(error) = store.put(&self.id, &stored).await {
-            metrics::counter!(STORE_FAILURES).increment(1);
-            tracing::warn!(id = %self.id, %error, "A response could not be stored; it cannot be continued.");
+        match store.put(&self.id, &stored).await {
+            Ok(()) => true,
+            Err(error) => {
+                metrics::counter!(STORE_FAILURES).increment(1);
+                tracing::warn!(id = %self.id, %error, "A response could not be stored; it cannot be continued.");
+                false
+            }
         }
+    }
+
+    /// The whole answer's response object, kept when the client asked for that (and saying
+    /// `"store": false` when that failed).
+    pub async fn finish(
+        &self,
+        store: Option<&StoredResponses>,
+        output: &Output,
+        completion: &Completion,
+    ) -> Value {
+        let mut object = self.object(
+            Status::of(completion.finish_reason),
+            output.items(&self.message_id()),
+            Some(completion),
+        );
+        if self.stored && !self.keep(store, object.clone(), output.message()).await {
+            object["store"] = Value::Bool(false);
+        }
+        object
     }
 }
 

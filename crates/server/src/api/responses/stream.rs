@@ -80,6 +80,7 @@ impl ResponseEvents {
                 let ids = json!({"item_id": self.message_id, "output_index": index, "content_index": 0});
                 let mut done = ids.clone();
                 done["text"] = json!(text);
+                done["logprobs"] = json!([]);
                 let mut part_done = ids;
                 part_done["part"] = part;
                 let item = message_item(&self.message_id, text, "completed");
@@ -194,7 +195,7 @@ impl Writer for ResponseEvents {
         self.last = Some((response.clone(), Status::of(completion.finish_reason).event()));
         let (head, store, message) = (self.head.clone(), self.store.clone(), self.output.message());
         Some(Box::pin(async move {
-            head.keep(store.as_ref(), response, message).await
+            head.keep(store.as_ref(), response, message).await;
         }))
     }
 

@@ -3,13 +3,14 @@
 
 use std::convert::Infallible;
 
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde_json::json;
 use tokio_prompt_orchestrator::{Completion, Passthrough, Response as Answer};
 
+use super::json_body;
 use super::sse::Writer;
 use super::wire::{Endpoint, Header};
 use crate::gateway::Delivery;
@@ -55,11 +56,7 @@ pub fn respond(endpoint: Endpoint, delivery: &Delivery, hit: &Cached) -> Respons
         Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
     } else {
         let body = header.complete(&hit.text, hit.finish_reason, hit.usage, extra);
-        (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            body,
-        )
-            .into_response()
+        json_body(body)
     };
     response.headers_mut().insert(CACHE_HEADER, HIT);
     response

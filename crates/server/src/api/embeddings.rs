@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -26,8 +26,9 @@ use super::access::RequestContext;
 use super::body::parse_json;
 use super::cached::{CACHE_HEADER, HIT, MISS};
 use super::error::ApiError;
+use super::json_body;
 use super::middleware::Authorized;
-use super::request::raw;
+use super::request::{raw, required_model};
 use crate::gateway::cache::Cached;
 use crate::gateway::{Delivery, Format, Gateway};
 
@@ -55,16 +56,7 @@ struct EmbeddingsRequest {
 impl Format for Embeddings {
     fn read(&self, _path: &str, body: &[u8]) -> Result<(InferenceRequest, Delivery), ApiError> {
         let parsed: EmbeddingsRequest = parse_json(body)?;
-        let model = match parsed.model {
-            Some(m) if !m.trim().is_empty() => m,
-            Some(_) => return Err(ApiError::invalid("model", "must not be empty")),
-            None => {
-                return Err(ApiError::invalid(
-                    "model",
-                    "is required: name one of the embedding models listed by GET /v1/models",
-                ));
-            }
-        };
+        let model = required_model(parsed.model)?;
         let input = inputs(parsed.input)?;
         let base64 = match parsed.encoding_format.as_deref() {
             None | Some("float") => false,
@@ -243,14 +235,6 @@ fn list(delivery: &Delivery, vectors: &[Vec<f32>], usage: Usage) -> String {
     serde_json::to_string(&list).unwrap_or_default()
 }
 
-fn json_response(body: String) -> Response {
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response()
-}
-
 /// `POST /v1/embeddings`.
 pub async fn create(
     State(state): State<Arc<Gateway>>,
@@ -276,7 +260,7 @@ pub async fn create(
                     .as_ref()
                     .and_then(|p| p.embeddings.as_deref())
                     .unwrap_or_default();
-                let mut response = json_response(list(&delivery, vectors, answer.usage));
+                let mut response = json_body(list(&delivery, vectors, answer.usage));
                 response.headers_mut().insert(CACHE_HEADER, HIT);
                 (response, limit_headers)
             }
@@ -305,7 +289,7 @@ async fn answer(admitted: Admitted) -> (Response, HeaderMap) {
         let error = ApiError::internal("the backend answered no vectors");
         return (error.into_response(), limit_headers);
     };
-    let mut response = json_response(list(&delivery, &vectors, answer.completion.usage));
+    let mut response = json_body(list(&delivery, &vectors, answer.completion.usage));
     if let Some(fill) = fill {
         fill.put(Cached::of(String::new(), 0, &answer));
         response.headers_mut().insert(CACHE_HEADER, MISS);

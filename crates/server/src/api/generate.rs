@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 
 use super::accept::{Accepted, Admitted, accept};
@@ -16,7 +16,7 @@ use super::format::OpenAi;
 use super::middleware::{Authorized, DisconnectGuard};
 use super::timing::{overhead, overhead_value};
 use super::wire::{Endpoint, Header};
-use super::{cached, sources, sse};
+use super::{cached, json_body, sources, sse};
 use crate::gateway::auth::Caller;
 use crate::gateway::{Gateway, unix_now};
 
@@ -113,11 +113,7 @@ async fn generate(
     if let Some(shown) = shown {
         body = sources::with_field(body, shown);
     }
-    let mut http = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response();
+    let mut http = json_body(body);
     if let Some(shown) = shown {
         http.headers_mut()
             .insert(sources::SOURCES_HEADER, sources::header(shown));

@@ -40,8 +40,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
+use axum::http::{HeaderValue, header};
 use axum::middleware::from_fn_with_state;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use self::error::ApiError;
@@ -86,6 +87,15 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(access::AccessLayer::new(state.clone()))
         .with_state(state)
+}
+
+/// A 200 whose body is already written as JSON.
+pub fn json_body(body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found(request: Request) -> impl IntoResponse {

@@ -279,6 +279,15 @@ impl GenerationRequest {
     }
 }
 
+/// The `model` every API requires, checked as [`check_model`] does.
+///
+/// # Errors
+/// 400 naming `model` when it is missing or empty.
+pub fn required_model(model: Option<String>) -> Result<String, ApiError> {
+    check_model(model.as_deref())?;
+    Ok(model.unwrap_or_default())
+}
+
 fn check_model(model: Option<&str>) -> Result<(), ApiError> {
     match model {
         None => Err(ApiError::invalid(

@@ -30,7 +30,7 @@ const MAX_BYTES: usize = 32 << 20;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoredResponse {
     /// The response object as the client received it, for `GET /v1/responses/{id}`.
-    pub object: serde_json::Value,
+    pub object: Box<serde_json::value::RawValue>,
     /// What this answer adds to its conversation: the request's input items and the answer.
     pub turn: Vec<ChatMessage>,
     /// The answer this one continued.
@@ -59,10 +59,24 @@ pub struct Turn {
     pub previous: Option<String>,
     /// Whether its answer is to be stored (`store`, true unless the client says otherwise).
     pub store: bool,
-    /// Request fields the response object repeats (`instructions`, `tools`, ...).
-    pub echo: serde_json::Map<String, serde_json::Value>,
+    /// Request fields the response object repeats.
+    pub echo: Echo,
     /// The session it runs in, once admitted.
     pub session: String,
+}
+
+/// The request fields a Responses answer repeats, as the response object writes them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Echo {
+    pub instructions: Option<String>,
+    pub max_output_tokens: Option<u32>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub parallel_tool_calls: bool,
+    pub metadata: serde_json::Value,
+    pub user: Option<String>,
+    pub tools: serde_json::Value,
+    pub tool_choice: serde_json::Value,
 }
 
 /// What a conversation needs of each earlier turn: the stored answer without its object.

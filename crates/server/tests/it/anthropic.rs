@@ -2,17 +2,14 @@
 //! (tests/python/anthropic_e2e.py), and the shapes the SDK does not exercise: missing and
 //! mistyped fields, `x-api-key`, errors in Anthropic's shape.
 
-use std::path::PathBuf;
-
 use orchestrator_mock::{Behaviour, RunningMock};
 use orchestrator_server::config::{BackendConfig, Config, ModelConfig};
 use orchestrator_server::gateway::cache::CacheConfig;
 use serde_json::{Value, json};
-use tokio::process::Command;
 use tokio_prompt_orchestrator::AdmissionConfig;
 
 use crate::gateway_mock::{mock, openai_backend};
-use crate::sdk::sdk_checks;
+use crate::sdk::{python_checks, sdk_checks};
 use crate::support::{client, serve};
 
 /// `echo`, `tools` (a mock that calls tools) and `slow` (an echo at 5 tokens a second), with one
@@ -51,23 +48,13 @@ async fn gateway() -> (String, RunningMock) {
 
 #[tokio::test]
 async fn the_official_anthropic_sdk_end_to_end() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with the anthropic SDK is missing: run scripts/setup-python.sh (scripts/test.sh does)"
-    );
     let (base, _upstream) = gateway().await;
-    let output = Command::new(&python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/anthropic_e2e.py"))
-        .env("ANTHROPIC_BASE_URL", &base)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("all Anthropic SDK checks passed"), "{stdout}");
+    python_checks(
+        "anthropic_e2e.py",
+        &[("ANTHROPIC_BASE_URL", &base)],
+        "all Anthropic SDK checks passed",
+    )
+    .await;
     // The same gateway's tool calls reach OpenAI's SDK too.
     let stdout = sdk_checks(&format!("{base}/v1")).await;
     assert!(stdout.contains("ok: streamed tool call"), "{stdout}");

@@ -3,15 +3,13 @@
 //! flight embedded once for every request that has them, the cache, the models' kinds, and bad
 //! input named.
 
-use std::path::PathBuf;
-
 use orchestrator_mock::{Behaviour, RunningMock};
 use orchestrator_server::config::{BackendConfig, Config, ModelConfig, ModelKind};
 use orchestrator_server::gateway::cache::CacheConfig;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 use crate::gateway_mock::{mock, openai_backend};
+use crate::sdk::python_checks;
 use crate::support::{client, serve};
 
 /// `echo` (chat), `vectors` (echo's vectors) and `upstream` (`mock`, in batches of 8; kept in
@@ -36,23 +34,15 @@ async fn gateway(upstream: &RunningMock, cached: bool) -> String {
 
 #[tokio::test]
 async fn the_official_openai_sdk_embeds_a_hundred_inputs_in_order() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with the openai SDK is missing: run scripts/setup-python.sh (scripts/test.sh does)"
-    );
     let upstream = mock(Behaviour::default()).await;
     let base = gateway(&upstream, false).await;
-    let output = Command::new(&python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/embeddings_e2e.py"))
-        .env("OPENAI_BASE_URL", format!("{base}/v1"))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("all embeddings SDK checks passed"), "{stdout}");
+    let url = format!("{base}/v1");
+    python_checks(
+        "embeddings_e2e.py",
+        &[("OPENAI_BASE_URL", &url)],
+        "all embeddings SDK checks passed",
+    )
+    .await;
 }
 
 async fn embed(base: &str, body: Value) -> (u16, Value) {

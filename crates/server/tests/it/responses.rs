@@ -3,24 +3,17 @@
 //! responses in a file across a kill, one key not seeing another's, the bound, bad input in
 //! OpenAI's error shape, a gateway that keeps none, and the response cache.
 
-use std::path::PathBuf;
-
 use orchestrator_mock::Behaviour;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 use crate::binary::{Binary, spawn_binary};
 use crate::cluster::{ECHO, Nats, node};
 use crate::gateway_mock::mock;
+use crate::sdk::python_checks;
 use crate::support::{client, sha256_hex};
 
 #[tokio::test]
 async fn the_official_openai_sdk_speaks_responses_across_two_nodes() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        python.exists(),
-        "the Python venv with the openai SDK is missing: run scripts/setup-python.sh (scripts/test.sh does)"
-    );
     let nats = Nats::start().await;
     let upstream = mock(Behaviour::default()).await;
     let config = format!(
@@ -30,17 +23,16 @@ async fn the_official_openai_sdk_speaks_responses_across_two_nodes() {
     );
     let one = node(&nats, "one", &config).await;
     let other = node(&nats, "other", &config).await;
-    let output = Command::new(&python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/responses_e2e.py"))
-        .env("OPENAI_BASE_URL", format!("{}/v1", one.base))
-        .env("OPENAI_BASE_URL_OTHER", format!("{}/v1", other.base))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("all Responses SDK checks passed"), "{stdout}");
+    let (one_url, other_url) = (format!("{}/v1", one.base), format!("{}/v1", other.base));
+    python_checks(
+        "responses_e2e.py",
+        &[
+            ("OPENAI_BASE_URL", &one_url),
+            ("OPENAI_BASE_URL_OTHER", &other_url),
+        ],
+        "all Responses SDK checks passed",
+    )
+    .await;
 }
 
 /// `POST /v1/responses` with `body` (and `key` as the bearer, when set).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use orchestrator_context::assemble::Encoding;
@@ -30,6 +30,7 @@ use super::access::RequestContext;
 use super::body::{BodyLimits, parse_json, read_limited};
 use super::cached::{CACHE_HEADER, HIT, MISS, replayed};
 use super::error::ApiError;
+use super::json_body;
 use super::middleware::{Authorized, DisconnectGuard};
 use super::sse;
 use crate::gateway::cache::Cached;
@@ -63,14 +64,6 @@ impl Format for Anthropic {
         );
         serde_json::from_str(&text).unwrap_or_default()
     }
-}
-
-fn json_response(body: String) -> Response {
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response()
 }
 
 fn message_id(request_id: &str) -> String {
@@ -144,7 +137,7 @@ async fn answer(state: Arc<Gateway>, ctx: &RequestContext, admitted: Admitted) -
             completion.usage,
             answer.passthrough.as_deref(),
         );
-        json_response(body)
+        json_body(body)
     };
     if kept {
         response.headers_mut().insert(CACHE_HEADER, MISS);
@@ -167,7 +160,7 @@ async fn from_cache(delivery: &Delivery, hit: &Cached) -> Response {
         hit.usage,
         hit.passthrough.as_deref(),
     );
-    let mut response = json_response(body);
+    let mut response = json_body(body);
     response.headers_mut().insert(CACHE_HEADER, HIT);
     response
 }

@@ -10,7 +10,7 @@ use tokio_prompt_orchestrator::{
 };
 
 use crate::api::error::ApiError;
-use crate::api::request::raw;
+use crate::api::request::{raw, required_model};
 use crate::gateway::Delivery;
 
 /// More stop sequences than this are refused: each one is matched against every token.
@@ -125,16 +125,7 @@ impl MessagesRequest {
     /// # Errors
     /// 400 naming the first field at fault.
     pub fn into_request(self) -> Result<(InferenceRequest, Delivery), ApiError> {
-        let model = match self.model {
-            Some(m) if !m.trim().is_empty() => m,
-            Some(_) => return Err(ApiError::invalid("model", "must not be empty")),
-            None => {
-                return Err(ApiError::invalid(
-                    "model",
-                    "is required: name one of the models listed by GET /v1/models",
-                ));
-            }
-        };
+        let model = required_model(self.model)?;
         let max_tokens = match self.max_tokens {
             Some(0) => return Err(ApiError::invalid("max_tokens", "must be at least 1")),
             Some(n) => n,

@@ -30,6 +30,7 @@ use super::access::RequestContext;
 use super::body::parse_json;
 use super::cached::{CACHE_HEADER, HIT, MISS, replayed};
 use super::error::ApiError;
+use super::json_body;
 use super::middleware::{Authorized, DisconnectGuard};
 use super::sse;
 use crate::gateway::cache::Cached;
@@ -63,11 +64,8 @@ impl Format for Responses {
         let head = Head::new(format!("resp_{request_id}"), unix_now(), delivery, None, None);
         let output = Output::of(&response.text, response.passthrough.as_deref());
         let completion = &response.completion;
-        head.object(
-            Status::of(completion.finish_reason),
-            output.items(&head.message_id()),
-            Some(completion),
-        )
+        let object = head.object(Status::of(completion.finish_reason), &output, Some(completion));
+        serde_json::to_value(&object).unwrap_or_default()
     }
 }
 
@@ -125,7 +123,7 @@ async fn answer(
             fill.put(Cached::of(head.id.clone(), head.created, &answer));
         }
         let output = Output::of(&answer.text, answer.passthrough.as_deref());
-        Json(head.finish(store.as_ref(), &output, &answer.completion).await).into_response()
+        json_body(head.finish(store.as_ref(), &output, &answer.completion).await)
     } else {
         let plan = sse::Plan {
             writer: ResponseEvents::new(head, store),
@@ -164,7 +162,7 @@ async fn from_cache(state: &Gateway, hit: Hit, owner: Option<String>) -> Respons
             usage: answer.usage,
             ..Default::default()
         };
-        let mut response = Json(head.finish(store.as_ref(), &output, &completion).await).into_response();
+        let mut response = json_body(head.finish(store.as_ref(), &output, &completion).await);
         response.headers_mut().insert(CACHE_HEADER, HIT);
         response
     };
@@ -183,7 +181,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Response {
     match stored(&state, caller, &id).await {
-        Ok(stored) => Json(stored.object).into_response(),
+        Ok(stored) => json_body(stored.object.get().to_owned()),
         Err(error) => error.into_response(),
     }
 }

@@ -1,9 +1,12 @@
 //! The response object of the Responses API: its output items (a `message` with the text, a
-//! `function_call` per tool call), status, usage and the request fields it repeats; and keeping
-//! it in the stored responses when the client asked for that.
+//! `function_call` per tool call), status, usage and the request fields it repeats, written from
+//! typed fields (as every answer is); and keeping it in the stored responses when the client
+//! asked for that.
 
 use std::time::SystemTime;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio_prompt_orchestrator::{ChatMessage, Completion, FinishReason, Passthrough, Role};
 
@@ -11,11 +14,13 @@ use crate::api::error::ApiError;
 use crate::api::request::raw;
 use crate::dlq::entry::unix_ms;
 use crate::gateway::Delivery;
-use crate::stored::{STORE_FAILURES, StoredResponse, StoredResponses, Turn};
+use crate::stored::{Echo, STORE_FAILURES, StoredResponse, StoredResponses, Turn};
 
 /// What a response object says about its request.
 pub struct Head {
     pub id: String,
+    /// The id of the answer's message item.
+    pub message_id: String,
     pub created: u64,
     pub model: String,
     pub turn: Turn,
@@ -37,10 +42,11 @@ impl Head {
             input: Vec::new(),
             previous: None,
             store: false,
-            echo: Map::new(),
+            echo: Echo::default(),
             session: String::new(),
         });
         Self {
+            message_id: format!("msg_{}", id.trim_start_matches("resp_")),
             stored: turn.store && store.is_some(),
             id,
             created,
@@ -50,60 +56,55 @@ impl Head {
         }
     }
 
-    /// The id of the answer's message item.
-    pub fn message_id(&self) -> String {
-        format!("msg_{}", self.id.trim_start_matches("resp_"))
-    }
-
-    /// The response object with `status`, its `output` items, and the usage once known.
-    pub fn object(&self, status: Status<'_>, output: Vec<Value>, completion: Option<&Completion>) -> Value {
-        let mut object = Map::new();
-        object.insert("id".into(), json!(self.id));
-        object.insert("object".into(), json!("response"));
-        object.insert("created_at".into(), json!(self.created));
-        object.insert("status".into(), json!(status.name()));
-        object.insert("error".into(), Value::Null);
-        object.insert("incomplete_details".into(), Value::Null);
-        object.insert("model".into(), json!(self.model));
-        object.insert("output".into(), Value::Array(output));
-        object.insert("previous_response_id".into(), json!(self.turn.previous));
-        object.insert("store".into(), json!(self.stored));
-        object.insert("text".into(), json!({"format": {"type": "text"}}));
-        object.insert("truncation".into(), json!("disabled"));
-        object.insert("usage".into(), Value::Null);
-        object.extend(self.turn.echo.clone());
-        match status {
-            Status::Incomplete(reason) => {
-                object.insert("incomplete_details".into(), json!({"reason": reason}));
-            }
-            Status::Failed(error) => {
-                object.insert(
-                    "error".into(),
-                    json!({"code": error.code, "message": error.message}),
-                );
-            }
-            Status::InProgress | Status::Completed => {}
-        }
-        if let Some(completion) = completion {
-            let usage = completion.usage;
-            object.insert(
-                "usage".into(),
-                json!({
-                    "input_tokens": usage.prompt_tokens,
-                    "input_tokens_details": {"cached_tokens": 0},
-                    "output_tokens": usage.completion_tokens,
-                    "output_tokens_details": {"reasoning_tokens": 0},
-                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    /// The response object with `status`, `output`'s items, and the usage once known.
+    pub fn object<'a>(
+        &'a self,
+        status: Status<'a>,
+        output: &'a Output,
+        completion: Option<&Completion>,
+    ) -> Object<'a> {
+        let (incomplete_details, error) = match status {
+            Status::Incomplete(reason) => (Some(Incomplete { reason }), None),
+            Status::Failed(error) => (
+                None,
+                Some(Failure {
+                    code: error.code,
+                    message: &error.message,
                 }),
-            );
+            ),
+            Status::InProgress | Status::Completed => (None, None),
+        };
+        Object {
+            id: &self.id,
+            object: "response",
+            created_at: self.created,
+            status: status.name(),
+            error,
+            incomplete_details,
+            model: &self.model,
+            // Items are listed once the answer is complete (or failed).
+            output: match status {
+                Status::InProgress => Vec::new(),
+                _ => output.items(&self.message_id),
+            },
+            previous_response_id: self.turn.previous.as_deref(),
+            store: self.stored,
+            text: TextConfig {
+                format: Format { kind: "text" },
+            },
+            truncation: "disabled",
+            usage: completion.map(ObjectUsage::of),
+            echo: &self.turn.echo,
         }
-        Value::Object(object)
     }
 
-    /// Keeps the answer when the client asked for that; whether it was kept. A store that fails
-    /// does not fail the answer: it is logged and counted.
-    pub async fn keep(&self, store: Option<&StoredResponses>, object: Value, answer: ChatMessage) -> bool {
+    /// Keeps the answer, written as `object`, when the client asked for that; whether it was
+    /// kept. A store that fails does not fail the answer: it is logged and counted.
+    pub async fn keep(&self, store: Option<&StoredResponses>, object: &str, answer: ChatMessage) -> bool {
         let Some(store) = store.filter(|_| self.stored) else {
+            return false;
+        };
+        let Ok(object) = RawValue::from_string(object.to_owned()) else {
             return false;
         };
         let mut turn = self.turn.input.clone();
@@ -126,27 +127,26 @@ impl Head {
         }
     }
 
-    /// The whole answer's response object, kept when the client asked for that (and saying
-    /// `"store": false` when that failed).
+    /// The whole answer's response object as JSON, kept when the client asked for that (and
+    /// saying `"store": false` when that failed).
     pub async fn finish(
         &self,
         store: Option<&StoredResponses>,
         output: &Output,
         completion: &Completion,
-    ) -> Value {
-        let mut object = self.object(
-            Status::of(completion.finish_reason),
-            output.items(&self.message_id()),
-            Some(completion),
-        );
-        if self.stored && !self.keep(store, object.clone(), output.message()).await {
-            object["store"] = Value::Bool(false);
+    ) -> String {
+        let mut object = self.object(Status::of(completion.finish_reason), output, Some(completion));
+        let text = object.to_json();
+        if !self.stored || self.keep(store, &text, output.message()).await {
+            return text;
         }
-        object
+        object.store = false;
+        object.to_json()
     }
 }
 
 /// A response's status.
+#[derive(Clone, Copy)]
 pub enum Status<'a> {
     InProgress,
     Completed,
@@ -184,6 +184,139 @@ impl Status<'_> {
     }
 }
 
+/// The response object.
+#[derive(Serialize)]
+pub struct Object<'a> {
+    id: &'a str,
+    object: &'static str,
+    created_at: u64,
+    status: &'static str,
+    error: Option<Failure<'a>>,
+    incomplete_details: Option<Incomplete>,
+    model: &'a str,
+    output: Vec<Item<'a>>,
+    previous_response_id: Option<&'a str>,
+    pub store: bool,
+    text: TextConfig,
+    truncation: &'static str,
+    usage: Option<ObjectUsage>,
+    #[serde(flatten)]
+    echo: &'a Echo,
+}
+
+impl Object<'_> {
+    pub fn to_json(&self) -> String {
+        // Strings, numbers and JSON values always serialize.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct Incomplete {
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct TextConfig {
+    format: Format,
+}
+
+#[derive(Serialize)]
+struct Format {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct ObjectUsage {
+    input_tokens: u32,
+    input_tokens_details: CachedTokens,
+    output_tokens: u32,
+    output_tokens_details: ReasoningTokens,
+    total_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u32,
+}
+
+impl ObjectUsage {
+    fn of(completion: &Completion) -> Self {
+        let usage = completion.usage;
+        Self {
+            input_tokens: usage.prompt_tokens,
+            input_tokens_details: CachedTokens { cached_tokens: 0 },
+            output_tokens: usage.completion_tokens,
+            output_tokens_details: ReasoningTokens { reasoning_tokens: 0 },
+            total_tokens: usage.prompt_tokens + usage.completion_tokens,
+        }
+    }
+}
+
+/// An output item.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Item<'a> {
+    Message {
+        id: &'a str,
+        status: &'static str,
+        role: &'static str,
+        content: Vec<OutputText<'a>>,
+    },
+    FunctionCall {
+        id: String,
+        call_id: &'a str,
+        name: &'a str,
+        arguments: &'a str,
+        status: &'static str,
+    },
+}
+
+#[derive(Serialize)]
+pub struct OutputText<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+    annotations: [u8; 0],
+}
+
+impl<'a> OutputText<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            kind: "output_text",
+            text,
+            annotations: [],
+        }
+    }
+}
+
+/// The `message` item with `text` (no content yet while `in_progress`).
+pub fn message_item<'a>(id: &'a str, text: &'a str, status: &'static str) -> Item<'a> {
+    let content = if status == "in_progress" {
+        Vec::new()
+    } else {
+        vec![OutputText::new(text)]
+    };
+    Item::Message {
+        id,
+        status,
+        role: "assistant",
+        content,
+    }
+}
+
 /// What the model answered: its text and its tool calls.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -204,11 +337,14 @@ impl Call {
     }
 
     /// The `function_call` item, `status` `in_progress` or `completed`.
-    pub fn item(&self, status: &str) -> Value {
-        json!({
-            "type": "function_call", "id": self.item_id(), "call_id": self.call_id,
-            "name": self.name, "arguments": self.arguments, "status": status,
-        })
+    pub fn item(&self, status: &'static str) -> Item<'_> {
+        Item::FunctionCall {
+            id: self.item_id(),
+            call_id: &self.call_id,
+            name: &self.name,
+            arguments: &self.arguments,
+            status,
+        }
     }
 }
 
@@ -235,7 +371,7 @@ impl Output {
     }
 
     /// The output items: the message (when there is text, or nothing else) and the calls.
-    pub fn items(&self, message_id: &str) -> Vec<Value> {
+    pub fn items<'a>(&'a self, message_id: &'a str) -> Vec<Item<'a>> {
         let mut items = Vec::with_capacity(1 + self.calls.len());
         if !self.text.is_empty() || self.calls.is_empty() {
             items.push(message_item(message_id, &self.text, "completed"));
@@ -260,14 +396,4 @@ impl Output {
         }
         message
     }
-}
-
-/// A `message` item with `text` (none yet while `in_progress`).
-pub fn message_item(id: &str, text: &str, status: &str) -> Value {
-    let content = if status == "in_progress" {
-        json!([])
-    } else {
-        json!([{"type": "output_text", "text": text, "annotations": []}])
-    };
-    json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
 }

@@ -12,9 +12,9 @@ use tokio_prompt_orchestrator::{
 
 use super::valid_id;
 use crate::api::error::ApiError;
-use crate::api::request::raw;
+use crate::api::request::{raw, required_model};
 use crate::gateway::Delivery;
-use crate::stored::Turn;
+use crate::stored::{Echo, Turn};
 
 /// What `POST /v1/responses` reads; other fields are ignored, as they say nothing the backends
 /// act on.
@@ -99,16 +99,7 @@ impl ResponsesRequest {
     /// # Errors
     /// 400 naming the first field at fault.
     pub fn into_request(self) -> Result<(InferenceRequest, Delivery), ApiError> {
-        let model = match self.model {
-            Some(m) if !m.trim().is_empty() => m,
-            Some(_) => return Err(ApiError::invalid("model", "must not be empty")),
-            None => {
-                return Err(ApiError::invalid(
-                    "model",
-                    "is required: name one of the models listed by GET /v1/models",
-                ));
-            }
-        };
+        let model = required_model(self.model)?;
         let input = match self.input {
             None => {
                 return Err(ApiError::invalid(
@@ -143,30 +134,13 @@ impl ResponsesRequest {
                 ));
             }
         }
-        let mut echo = Map::new();
-        echo.insert("instructions".into(), json!(self.instructions));
-        echo.insert("max_output_tokens".into(), json!(self.max_output_tokens));
-        echo.insert("temperature".into(), json!(self.temperature.unwrap_or(1.0)));
-        echo.insert("top_p".into(), json!(self.top_p.unwrap_or(1.0)));
-        echo.insert(
-            "parallel_tool_calls".into(),
-            json!(self.parallel_tool_calls.unwrap_or(true)),
-        );
-        echo.insert(
-            "metadata".into(),
-            Value::Object(self.metadata.unwrap_or_default()),
-        );
-        echo.insert("user".into(), json!(self.user));
         let mut extra = Map::new();
         let tools = self.tools.unwrap_or_default();
-        echo.insert(
-            "tools".into(),
-            Value::Array(tools.iter().map(Tool::echoed).collect()),
-        );
+        let echoed_tools = Value::Array(tools.iter().map(Tool::echoed).collect());
         if !tools.is_empty() {
             extra.insert("tools".into(), Value::Array(tools_of(tools)?));
         }
-        let choice = match self.tool_choice {
+        let tool_choice = match self.tool_choice {
             None => json!("auto"),
             Some(choice) => {
                 let (chat, echoed) = tool_choice_of(choice)?;
@@ -174,10 +148,20 @@ impl ResponsesRequest {
                 echoed
             }
         };
-        echo.insert("tool_choice".into(), choice);
         if let Some(parallel) = self.parallel_tool_calls {
             extra.insert("parallel_tool_calls".into(), json!(parallel));
         }
+        let echo = Echo {
+            instructions: self.instructions.clone(),
+            max_output_tokens: self.max_output_tokens,
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            parallel_tool_calls: self.parallel_tool_calls.unwrap_or(true),
+            metadata: Value::Object(self.metadata.unwrap_or_default()),
+            user: self.user.clone(),
+            tools: echoed_tools,
+            tool_choice,
+        };
         let stream = self.stream.unwrap_or(false);
         let params = SamplingParams {
             temperature: self.temperature.map(|t| t as f32),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::response::sse::Event;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio_prompt_orchestrator::{Completion, Passthrough, RetrievedChunk};
 
@@ -30,20 +31,18 @@ enum Open {
 pub struct ResponseEvents {
     head: std::sync::Arc<Head>,
     store: Option<StoredResponses>,
-    message_id: String,
     sequence: u64,
     output: Output,
     /// Output items started so far.
     items: usize,
     open: Open,
-    /// The whole response, once complete.
-    last: Option<(Value, &'static str)>,
+    /// The whole response as JSON, once complete, and the event that ends the stream with it.
+    last: Option<(String, &'static str)>,
 }
 
 impl ResponseEvents {
     pub fn new(head: Head, store: Option<StoredResponses>) -> Self {
         Self {
-            message_id: head.message_id(),
             head: std::sync::Arc::new(head),
             store,
             sequence: 0,
@@ -59,6 +58,19 @@ impl ResponseEvents {
         data["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
         Event::default().event(kind).data(data.to_string())
+    }
+
+    /// An event carrying the whole response.
+    fn response_event<R: Serialize + ?Sized>(&mut self, kind: &'static str, response: &R) -> Event {
+        let envelope = WithResponse {
+            kind,
+            sequence_number: self.sequence,
+            response,
+        };
+        self.sequence += 1;
+        Event::default()
+            .event(kind)
+            .data(serde_json::to_string(&envelope).unwrap_or_default())
     }
 
     /// Starts an output item, closing the one before.
@@ -77,13 +89,13 @@ impl ResponseEvents {
             Open::Message => {
                 let text = &self.output.text;
                 let part = json!({"type": "output_text", "text": text, "annotations": []});
-                let ids = json!({"item_id": self.message_id, "output_index": index, "content_index": 0});
+                let ids = json!({"item_id": self.head.message_id, "output_index": index, "content_index": 0});
                 let mut done = ids.clone();
                 done["text"] = json!(text);
                 done["logprobs"] = json!([]);
                 let mut part_done = ids;
                 part_done["part"] = part;
-                let item = message_item(&self.message_id, text, "completed");
+                let item = json!(message_item(&self.head.message_id, text, "completed"));
                 out.push(self.event("response.output_text.done", done));
                 out.push(self.event("response.content_part.done", part_done));
                 out.push(self.event(
@@ -95,8 +107,11 @@ impl ResponseEvents {
                 let Some(call) = self.output.calls.last() else {
                     return;
                 };
-                let (item_id, arguments, item) =
-                    (call.item_id(), call.arguments.clone(), call.item("completed"));
+                let (item_id, arguments, item) = (
+                    call.item_id(),
+                    call.arguments.clone(),
+                    json!(call.item("completed")),
+                );
                 out.push(self.event(
                     "response.function_call_arguments.done",
                     json!({"item_id": item_id, "output_index": index, "arguments": arguments}),
@@ -108,27 +123,25 @@ impl ResponseEvents {
             }
         }
     }
-
-    fn in_progress(&self) -> Value {
-        self.head.object(Status::InProgress, Vec::new(), None)
-    }
 }
 
 impl Writer for ResponseEvents {
     fn opening(&mut self, _sources: Option<&[RetrievedChunk]>) -> Vec<Event> {
-        let response = self.in_progress();
+        let head = self.head.clone();
+        let nothing = Output::default();
+        let response = head.object(Status::InProgress, &nothing, None);
         vec![
-            self.event("response.created", json!({"response": response})),
-            self.event("response.in_progress", json!({"response": response})),
+            self.response_event("response.created", &response),
+            self.response_event("response.in_progress", &response),
         ]
     }
 
     fn token(&mut self, text: &str, out: &mut Vec<Event>) {
         if self.open != Open::Message {
-            let item = message_item(&self.message_id, "", "in_progress");
+            let item = json!(message_item(&self.head.message_id, "", "in_progress"));
             self.start(item, Open::Message, out);
             let part = json!({
-                "item_id": self.message_id, "output_index": self.items - 1, "content_index": 0,
+                "item_id": self.head.message_id, "output_index": self.items - 1, "content_index": 0,
                 "part": {"type": "output_text", "text": "", "annotations": []},
             });
             out.push(self.event("response.content_part.added", part));
@@ -138,7 +151,7 @@ impl Writer for ResponseEvents {
         let delta = TextDelta {
             kind: "response.output_text.delta",
             sequence_number: self.sequence,
-            item_id: &self.message_id,
+            item_id: &self.head.message_id,
             output_index: self.items - 1,
             content_index: 0,
             delta: text,
@@ -172,7 +185,7 @@ impl Writer for ResponseEvents {
                     .output
                     .calls
                     .last()
-                    .map(|c| c.item("in_progress"))
+                    .map(|c| json!(c.item("in_progress")))
                     .unwrap_or_default();
                 self.start(item, Open::Call(index), out);
             }
@@ -189,33 +202,42 @@ impl Writer for ResponseEvents {
 
     fn finishing(&mut self, completion: &Completion) -> Option<BoxFuture<'static, ()>> {
         let status = Status::of(completion.finish_reason);
-        let response = self
-            .head
-            .object(status, self.output.items(&self.message_id), Some(completion));
-        self.last = Some((response.clone(), Status::of(completion.finish_reason).event()));
+        let response = self.head.object(status, &self.output, Some(completion)).to_json();
+        self.last = Some((response.clone(), status.event()));
         let (head, store, message) = (self.head.clone(), self.store.clone(), self.output.message());
         Some(Box::pin(async move {
-            head.keep(store.as_ref(), response, message).await;
+            head.keep(store.as_ref(), &response, message).await;
         }))
     }
 
     fn done(&mut self, _completion: &Completion, _elapsed: Duration, out: &mut Vec<Event>) {
         self.close(out);
-        if let Some((response, event)) = self.last.take() {
-            out.push(self.event(event, json!({"response": response})));
+        if let Some((response, event)) = self.last.take()
+            && let Ok(response) = RawValue::from_string(response)
+        {
+            out.push(self.response_event(event, &*response));
         }
     }
 
     fn failed(&mut self, error: &ApiError) -> Event {
-        let response = self
-            .head
-            .object(Status::Failed(error), self.output.items(&self.message_id), None);
-        self.event("response.failed", json!({"response": response}))
+        let head = self.head.clone();
+        let output = std::mem::take(&mut self.output);
+        let response = head.object(Status::Failed(error), &output, None);
+        self.response_event("response.failed", &response)
     }
 
     fn identity(&self) -> (String, u64) {
         (self.head.id.clone(), self.head.created)
     }
+}
+
+/// An event carrying the whole response.
+#[derive(Serialize)]
+struct WithResponse<'a, R: ?Sized> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    response: &'a R,
 }
 
 /// A `response.output_text.delta`.

@@ -89,7 +89,7 @@ impl Passthrough {
     }
 
     /// Folds a later delta into this one: strings are appended (a tool call's `arguments`
-    /// arrive in pieces), lists of objects with an `index` are merged by index (each tool call
+    /// arrive in pieces) except the ones that name things (`id`, `name`, `type`, `index`), lists of objects with an `index` are merged by index (each tool call
     /// is its own entry), other lists are appended (logprobs), objects are merged field by field,
     /// and other values are replaced. Top-level fields are not deltas (every chunk repeats its
     /// `system_fingerprint`): the latest wins.
@@ -106,9 +106,14 @@ impl Passthrough {
 fn merge_fields(into: &mut Extra, later: Extra) {
     for (key, value) in later {
         match into.get_mut(&key) {
-            // `index` places an entry in a list and `type` names its kind: both are repeated,
-            // never pieces.
-            Some(existing) if key == "index" || key == "type" || existing.is_null() => *existing = value,
+            // `index` places an entry in a list, `type` names its kind, and a tool call's `id` and
+            // `name` name it: they come whole (OpenAI sends them once; some servers, such as
+            // llama-cpp-python, repeat them in every delta), never in pieces.
+            Some(existing)
+                if matches!(key.as_str(), "index" | "type" | "id" | "name") || existing.is_null() =>
+            {
+                *existing = value;
+            }
             Some(existing) => merge_value(existing, value),
             None => {
                 into.insert(key, value);
@@ -262,6 +267,12 @@ mod tests {
             delta(
                 json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
                                        "function": {"name": "get_time", "arguments": "{}"}}]}),
+                json!({}),
+            ),
+            // A server that repeats a call's id and name in every delta (llama-cpp-python).
+            delta(
+                json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                                       "function": {"name": "get_time", "arguments": ""}}]}),
                 json!({}),
             ),
             // The same piece twice in a row is two pieces, not one.

@@ -9,7 +9,7 @@ use tokio_prompt_orchestrator::{ChatMessage, FinishReason, InferenceRequest, Sam
 use crate::support::{self, Kind, Server};
 
 /// The worker as the gateway builds it from a `kind = "openai"` entry.
-fn openai(server: &Server) -> OpenAiWorker {
+pub fn openai(server: &Server) -> OpenAiWorker {
     let config: OpenAiConfig = serde_json::from_value(json!({
         "name": "llama-cpp-python",
         "base_url": format!("{}/v1", server.url),
@@ -18,7 +18,7 @@ fn openai(server: &Server) -> OpenAiWorker {
     OpenAiWorker::new(&config).expect("the worker builds")
 }
 
-fn greedy(max_tokens: u32) -> SamplingParams {
+pub fn greedy(max_tokens: u32) -> SamplingParams {
     SamplingParams {
         temperature: Some(0.0),
         max_tokens: Some(max_tokens),

@@ -8,6 +8,7 @@
 //! missing server is a failure. CI does not (see docs/operations.md).
 
 mod llama_cpp_python;
+mod llama_cpp_python_tools;
 mod llama_server;
 mod llama_server_chat;
 mod llama_server_embeddings;

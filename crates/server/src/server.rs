@@ -34,7 +34,7 @@ use crate::gateway::{Gateway, Readiness};
 use crate::http1;
 use crate::models::build_router;
 use crate::stored::StoredResponses;
-use crate::telemetry::prometheus;
+use crate::telemetry::install_metrics;
 
 /// Joins the cluster the config names, if any. First of all: a node that cannot reach the
 /// cluster it is configured for must not start serving alone as if it were a single node, and
@@ -109,7 +109,7 @@ impl Server {
     /// When a backend cannot be built or the address cannot be bound.
     pub async fn bind(config: Config) -> io::Result<Self> {
         // Building the backends sets gauges (health), which a recorder installed later would miss.
-        prometheus();
+        install_metrics(&config.telemetry).map_err(io::Error::other)?;
         let cluster = join(&config).await?;
         let models = build_router(&config, cluster.as_ref()).map_err(io::Error::other)?;
         Self::start(config, models, cluster).await
@@ -121,14 +121,13 @@ impl Server {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn bind_with_models(config: Config, models: Router) -> io::Result<Self> {
+        install_metrics(&config.telemetry).map_err(io::Error::other)?;
         let cluster = join(&config).await?;
         Self::start(config, models, cluster).await
     }
 
     async fn start(config: Config, models: Router, cluster: Option<Arc<Cluster>>) -> io::Result<Self> {
         let listener = TcpListener::bind(config.server.listen).await?;
-        // The recorder must exist before the pipeline registers its metrics.
-        prometheus();
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

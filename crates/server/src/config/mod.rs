@@ -37,6 +37,7 @@ use crate::dlq::entry::Reason;
 use crate::gateway::cache::CacheConfig;
 use crate::gateway::limits::RateLimitConfig;
 use crate::post::PostConfig;
+pub use crate::telemetry::TelemetryConfig;
 pub use crate::worker::config::WorkerConfig;
 
 /// The whole file. Unknown keys are errors, so a typo never silently falls back to a default.
@@ -73,6 +74,8 @@ pub struct Config {
     pub stages: Vec<StageDecl>,
     /// What `orchestrator worker` reads of this file beside the backends and models.
     pub worker: WorkerConfig,
+    /// Where metrics go besides `/metrics` (StatsD).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[server]`: the listener and HTTP limits.
@@ -334,6 +337,7 @@ impl Default for Config {
             post: Vec::new(),
             stages: Vec::new(),
             worker: WorkerConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

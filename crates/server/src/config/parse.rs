@@ -81,7 +81,7 @@ impl Names {
 }
 
 /// The top-level keys, for the message about one that is not.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "server",
     "auth",
     "pipeline",
@@ -96,6 +96,7 @@ const SECTIONS: [&str; 14] = [
     "post",
     "stages",
     "worker",
+    "telemetry",
 ];
 
 /// What of `text` parsed, the names of the entries that did not, and the problems that stopped
@@ -144,6 +145,7 @@ pub(super) fn read(text: &str) -> Result<(Config, Unparsed, Vec<Problem>), Vec<P
             "post" => config.post = reader.list("post", value, &mut Names::default(), accept),
             "stages" => config.stages = reader.list("stages", value, &mut unparsed.stages, accept),
             "worker" => reader.item("worker", value, &mut config.worker),
+            "telemetry" => reader.item("telemetry", value, &mut config.telemetry),
             other => reader.problems.push(Problem {
                 path: other.to_owned(),
                 message: format!(
@@ -480,7 +482,7 @@ mod tests {
                 vec![
                     "8:2: servre: unknown section `servre`, expected one of `server`, `auth`, \
                      `pipeline`, `admission`, `dlq`, `responses`, `cluster`, `rag`, `assemble`, `backends`, `models`, `post`, \
-                     `stages`, `worker`",
+                     `stages`, `worker`, `telemetry`",
                 ],
             ),
             (

@@ -137,6 +137,7 @@ impl Config {
         self.auth_problems(&mut problems);
         self.dlq_problems(&mut problems);
         self.responses_problems(&mut problems);
+        self.telemetry_problems(&mut problems);
         self.cluster_problems(&mut problems);
         if let Some(rag) = &self.rag {
             for (path, message) in rag.problems(|name| self.unknown_model(name, unparsed)) {
@@ -210,6 +211,27 @@ impl Config {
             problems.push(Problem::new(
                 "dlq.record",
                 "name at least one of \"failed\", \"timeout\", \"shed\" (or remove [dlq])",
+            ));
+        }
+    }
+
+    fn telemetry_problems(&self, problems: &mut Vec<Problem>) {
+        let Some(statsd) = &self.telemetry.statsd else {
+            return;
+        };
+        if statsd.host_port().is_none() {
+            problems.push(Problem::new(
+                "telemetry.statsd.address",
+                format!(
+                    "must be the agent's host:port, e.g. \"127.0.0.1:8125\" (got {:?})",
+                    statsd.address
+                ),
+            ));
+        }
+        if statsd.flush_ms == 0 {
+            problems.push(Problem::new(
+                "telemetry.statsd.flush_ms",
+                "must be at least 1 (the default is 1000)",
             ));
         }
     }

@@ -91,6 +91,10 @@ async fn apply(
         );
     }
     config.cluster.clone_from(&current.config.cluster);
+    if config.telemetry != current.config.telemetry {
+        warnings.push("[telemetry] differs in the file; metrics go where they went until a restart".into());
+        config.telemetry.clone_from(&current.config.telemetry);
+    }
     if config.responses != current.config.responses {
         warnings.push(
             "[responses] differs in the file; stored responses stay where they are until a restart".into(),

@@ -39,7 +39,7 @@ use crate::cluster::membership::{self, NodeRecord, Role};
 use crate::config::{BackendConfig, ClusterConfig, Config};
 use crate::dlq::entry::unix_ms;
 use crate::models::build_router;
-use crate::telemetry::prometheus;
+use crate::telemetry::install_metrics;
 
 /// `orchestrator worker --config FILE [--cluster URL] [--listen ADDR]`.
 #[derive(Debug, Clone, Args)]
@@ -91,7 +91,10 @@ pub async fn run(args: &WorkerArgs, shutdown: impl Future<Output = ()>) -> ExitC
     };
     let listen = args.listen.unwrap_or(config.server.listen);
     // The recorder must exist before the backends set their gauges.
-    prometheus();
+    if let Err(problem) = install_metrics(&config.telemetry) {
+        eprintln!("{problem}");
+        return ExitCode::from(INVALID_CONFIG);
+    }
     let router = match build_router(&config, None) {
         Ok(router) => Arc::new(router),
         Err(e) => {

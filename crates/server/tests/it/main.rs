@@ -31,6 +31,7 @@ mod reload;
 mod responses;
 mod sdk;
 mod shutdown;
+mod statsd;
 mod streaming;
 mod support;
 mod validate;

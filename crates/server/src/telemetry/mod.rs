@@ -1,12 +1,19 @@
-//! Logs (tracing to stderr, text or JSON) and the process-wide Prometheus recorder.
+//! Logs (tracing to stderr, text or JSON) and the process-wide metrics recorder: Prometheus, and
+//! StatsD beside it when `[telemetry.statsd]` says where to send ([`statsd`]).
+
+pub mod statsd;
 
 use std::fmt;
 use std::io::IsTerminal;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::FanoutBuilder;
+use serde::Deserialize;
+
+use self::statsd::StatsdConfig;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -85,35 +92,77 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// The Prometheus recorder, installed as the global `metrics` recorder on first use.
-///
-/// Global because the `metrics` facade has one recorder per process; every server in the
-/// process (tests run several) renders the same registry.
+/// `[telemetry]`: where metrics go besides `/metrics`. Read at start only: the process has one
+/// recorder.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Every metric also sent to a StatsD or DogStatsD agent; `None`: not sent.
+    pub statsd: Option<StatsdConfig>,
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The Prometheus recorder's handle, for `/metrics`; the recorders are installed on first use
+/// without StatsD (see [`install_metrics`]).
 pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(LATENCY_BUCKETS)
-            // Only fails for an empty bucket list, and the list above is not empty.
-            .expect("non-empty bucket list")
-            .build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("A metrics recorder was already installed; /metrics shows only its own figures.");
+    match install_metrics(&TelemetryConfig::default()) {
+        Ok(handle) => handle,
+        // Only StatsD can fail, and it is not asked for here.
+        Err(_) => unreachable!("a Prometheus recorder alone always installs"),
+    }
+}
+
+/// Installs the process's metrics recorder as `config` says, the first time it is called: the
+/// Prometheus recorder, and StatsD beside it when configured. Later calls return the handle of
+/// the first: the `metrics` facade has one recorder per process, which every server in it (tests
+/// run several) shares.
+///
+/// # Errors
+/// When StatsD is configured but cannot be set up (its address is not `host:port`).
+pub fn install_metrics(config: &TelemetryConfig) -> Result<&'static PrometheusHandle, String> {
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = HANDLE.get() {
+        if config.statsd.is_some() {
+            tracing::warn!(
+                "The metrics recorder was installed before [telemetry.statsd] was read; metrics are not sent to StatsD."
+            );
         }
-        // Histograms keep raw samples until upkeep folds them into buckets.
-        let upkeep = handle.clone();
-        std::thread::Builder::new()
-            .name("metrics-upkeep".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    upkeep.run_upkeep();
-                }
-            })
-            .ok();
-        handle
-    })
+        return Ok(handle);
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        // Only fails for an empty bucket list, and the list above is not empty.
+        .expect("non-empty bucket list")
+        .build_recorder();
+    let handle = recorder.handle();
+    let installed = match &config.statsd {
+        None => metrics::set_global_recorder(recorder).is_ok(),
+        Some(statsd) => {
+            let statsd = statsd::recorder(statsd)?;
+            let both = FanoutBuilder::default()
+                .add_recorder(recorder)
+                .add_recorder(statsd)
+                .build();
+            metrics::set_global_recorder(both).is_ok()
+        }
+    };
+    if !installed {
+        tracing::warn!("A metrics recorder was already installed; /metrics shows only its own figures.");
+    }
+    // Histograms keep raw samples until upkeep folds them into buckets.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })
+        .ok();
+    Ok(HANDLE.get_or_init(|| handle))
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use serde_json::json;
-use tokio_prompt_orchestrator::{Completion, Passthrough, Response as Answer};
+use tokio_prompt_orchestrator::{Completion, Response as Answer};
 
 use super::json_body;
 use super::sse::Writer;
@@ -70,7 +69,7 @@ pub async fn replayed<W: Writer>(mut writer: W, hit: &Cached) -> Response {
         writer.token(&hit.text, &mut events);
     }
     if let Some(extra) = hit.passthrough.clone() {
-        writer.passthrough(with_indexes(extra), &mut events);
+        writer.passthrough(extra, &mut events);
     }
     let completion = Completion {
         finish_reason: hit.finish_reason,
@@ -84,16 +83,4 @@ pub async fn replayed<W: Writer>(mut writer: W, hit: &Cached) -> Response {
     let mut response = Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response();
     response.headers_mut().insert(CACHE_HEADER, HIT);
     response
-}
-
-/// Whole tool calls (of an answer not streamed) numbered as stream deltas are.
-fn with_indexes(mut extra: Box<Passthrough>) -> Box<Passthrough> {
-    if let Some(serde_json::Value::Array(calls)) = extra.message.get_mut("tool_calls") {
-        for (i, call) in calls.iter_mut().enumerate() {
-            if call.get("index").is_none() {
-                call["index"] = json!(i);
-            }
-        }
-    }
-    extra
 }

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio_prompt_orchestrator::{
-    EmbedInput, InferenceRequest, PromptInput, Response as Answer, SessionId, Usage,
+    EmbedInput, InferenceRequest, PromptInput, Response as Answer, SamplingParams, Usage,
 };
 
 use super::accept::{Accepted, Admitted, Hit, accept};
@@ -28,7 +28,7 @@ use super::cached::{CACHE_HEADER, HIT, MISS};
 use super::error::ApiError;
 use super::json_body;
 use super::middleware::Authorized;
-use super::request::{raw, required_model};
+use super::request::{pipeline_request, raw, required_model};
 use crate::gateway::cache::Cached;
 use crate::gateway::{Delivery, Format, Gateway};
 
@@ -93,12 +93,8 @@ impl Format for Embeddings {
             turn: None,
             base64,
         };
-        // The session is a placeholder until the handler resolves the affinity key.
-        let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
-            .with_model(model)
-            .with_stream(false);
-        request.input = PromptInput::Embed(input);
-        request.extra = raw(extra);
+        let params = SamplingParams::default();
+        let request = pipeline_request(model, PromptInput::Embed(input), params, false, raw(extra));
         Ok((request, delivery))
     }
 

@@ -208,22 +208,8 @@ impl GenerationRequest {
                 format!("only n = 1 is supported (got {n}); send separate requests for more choices"),
             ));
         }
-        if let Some(t) = self.temperature
-            && !(0.0..=2.0).contains(&t)
-        {
-            return Err(ApiError::invalid(
-                "temperature",
-                format!("must be between 0 and 2 (got {})", number(t)),
-            ));
-        }
-        if let Some(p) = self.top_p
-            && !(0.0..=1.0).contains(&p)
-        {
-            return Err(ApiError::invalid(
-                "top_p",
-                format!("must be between 0 and 1 (got {})", number(p)),
-            ));
-        }
+        check_range("temperature", self.temperature, 2.0)?;
+        check_range("top_p", self.top_p, 1.0)?;
         for (field, value) in [
             ("max_tokens", self.max_tokens),
             ("max_completion_tokens", self.max_completion_tokens),
@@ -268,14 +254,42 @@ impl GenerationRequest {
             turn: None,
             base64: false,
         };
-        // The session is a placeholder until the handler resolves the affinity key.
-        let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
-            .with_model(model)
-            .with_params(params)
-            .with_stream(stream);
-        request.input = input;
-        request.extra = self.extra;
-        Ok((request, delivery))
+        Ok((
+            pipeline_request(model, input, params, stream, self.extra),
+            delivery,
+        ))
+    }
+}
+
+/// The pipeline request an API's body becomes. Its session is a placeholder until
+/// `Format::prepare` resolves the affinity key.
+pub fn pipeline_request(
+    model: String,
+    input: PromptInput,
+    params: SamplingParams,
+    stream: bool,
+    extra: RawExtra,
+) -> InferenceRequest {
+    let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
+        .with_model(model)
+        .with_params(params)
+        .with_stream(stream);
+    request.input = input;
+    request.extra = extra;
+    request
+}
+
+/// A sampling field, when sent, from 0 to `most`.
+///
+/// # Errors
+/// 400 naming `field` otherwise.
+pub fn check_range(field: &str, value: Option<f64>, most: f64) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !(0.0..=most).contains(&v) => Err(ApiError::invalid(
+            field,
+            format!("must be between 0 and {most} (got {})", number(v)),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -51,6 +51,33 @@ pub trait Writer: Send + 'static {
     }
 }
 
+/// A tool call as an OpenAI-shaped answer carries it: whole, or one streamed delta of it (whose
+/// `id` and `name` may be empty after the first).
+pub struct ToolCall<'a> {
+    /// Its place among the answer's calls (its position, when the upstream numbers none).
+    pub index: u64,
+    pub id: &'a str,
+    pub name: &'a str,
+    pub arguments: &'a str,
+}
+
+/// The tool calls `extra` carries, in order.
+pub fn tool_calls(extra: &Passthrough) -> impl Iterator<Item = ToolCall<'_>> {
+    let calls = match extra.message.get("tool_calls") {
+        Some(serde_json::Value::Array(calls)) => calls.as_slice(),
+        _ => &[],
+    };
+    calls.iter().enumerate().map(|(i, call)| {
+        let function = &call["function"];
+        ToolCall {
+            index: call["index"].as_u64().unwrap_or(i as u64),
+            id: call["id"].as_str().unwrap_or_default(),
+            name: function["name"].as_str().unwrap_or_default(),
+            arguments: function["arguments"].as_str().unwrap_or_default(),
+        }
+    })
+}
+
 /// How one stream is written.
 pub struct Plan<W> {
     pub writer: W,

@@ -5,12 +5,10 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_prompt_orchestrator::{
-    ChatMessage, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
-};
+use tokio_prompt_orchestrator::{ChatMessage, InferenceRequest, PromptInput, Role, SamplingParams};
 
 use crate::api::error::ApiError;
-use crate::api::request::{raw, required_model};
+use crate::api::request::{check_range, pipeline_request, raw, required_model};
 use crate::gateway::Delivery;
 
 /// More stop sequences than this are refused: each one is matched against every token.
@@ -149,22 +147,8 @@ impl MessagesRequest {
         for (i, message) in wire.into_iter().enumerate() {
             translate(message, i, &mut messages)?;
         }
-        if let Some(t) = self.temperature
-            && !(0.0..=1.0).contains(&t)
-        {
-            return Err(ApiError::invalid(
-                "temperature",
-                format!("must be between 0 and 1 (got {t})"),
-            ));
-        }
-        if let Some(p) = self.top_p
-            && !(0.0..=1.0).contains(&p)
-        {
-            return Err(ApiError::invalid(
-                "top_p",
-                format!("must be between 0 and 1 (got {p})"),
-            ));
-        }
+        check_range("temperature", self.temperature, 1.0)?;
+        check_range("top_p", self.top_p, 1.0)?;
         let stop = self.stop_sequences.unwrap_or_default();
         if stop.len() > MAX_STOP_SEQUENCES {
             return Err(ApiError::invalid(
@@ -204,13 +188,7 @@ impl MessagesRequest {
             turn: None,
             base64: false,
         };
-        // The session is a placeholder until the handler resolves the affinity key.
-        let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
-            .with_model(model)
-            .with_params(params)
-            .with_stream(stream);
-        request.input = PromptInput::Chat(messages);
-        request.extra = raw(extra);
+        let request = pipeline_request(model, PromptInput::Chat(messages), params, stream, raw(extra));
         Ok((request, delivery))
     }
 }

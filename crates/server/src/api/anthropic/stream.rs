@@ -12,7 +12,7 @@ use tokio_prompt_orchestrator::{Completion, Passthrough, RetrievedChunk};
 
 use super::message::{error_body, stop_reason};
 use crate::api::error::ApiError;
-use crate::api::sse::Writer;
+use crate::api::sse::{Writer, tool_calls};
 
 /// The content block being written.
 #[derive(Debug, PartialEq)]
@@ -110,20 +110,14 @@ impl Writer for AnthropicEvents {
     /// Tool-call deltas become `tool_use` blocks and their arguments `input_json_delta`s; other
     /// fields have no place in Anthropic's events.
     fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Vec<Event>) {
-        let Some(Value::Array(calls)) = extra.message.get("tool_calls") else {
-            return;
-        };
-        for call in calls {
-            let index = call["index"].as_u64().unwrap_or(0);
-            let function = &call["function"];
-            if self.open != Open::Tool(index) {
-                let block =
-                    json!({"type": "tool_use", "id": call["id"], "name": function["name"], "input": {}});
-                self.start(block, Open::Tool(index), out);
+        for call in tool_calls(&extra) {
+            if self.open != Open::Tool(call.index) {
+                let block = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+                self.start(block, Open::Tool(call.index), out);
             }
-            if let Some(arguments) = function["arguments"].as_str().filter(|a| !a.is_empty()) {
+            if !call.arguments.is_empty() {
                 self.delta(
-                    json!({"type": "input_json_delta", "partial_json": arguments}),
+                    json!({"type": "input_json_delta", "partial_json": call.arguments}),
                     out,
                 );
             }

@@ -12,6 +12,7 @@ use tokio_prompt_orchestrator::{ChatMessage, Completion, FinishReason, Passthrou
 
 use crate::api::error::ApiError;
 use crate::api::request::raw;
+use crate::api::sse::tool_calls;
 use crate::dlq::entry::unix_ms;
 use crate::gateway::Delivery;
 use crate::stored::{Echo, STORE_FAILURES, StoredResponse, StoredResponses, Turn};
@@ -355,17 +356,14 @@ impl Output {
             text: text.to_owned(),
             calls: Vec::new(),
         };
-        if let Some(Value::Array(calls)) = extra.and_then(|e| e.message.get("tool_calls")) {
-            for call in calls {
-                output.calls.push(Call {
-                    call_id: call["id"].as_str().unwrap_or_default().to_owned(),
-                    name: call["function"]["name"].as_str().unwrap_or_default().to_owned(),
-                    arguments: call["function"]["arguments"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                });
-            }
+        if let Some(extra) = extra {
+            output.calls = tool_calls(extra)
+                .map(|call| Call {
+                    call_id: call.id.to_owned(),
+                    name: call.name.to_owned(),
+                    arguments: call.arguments.to_owned(),
+                })
+                .collect();
         }
         output
     }

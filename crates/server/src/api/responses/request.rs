@@ -6,13 +6,11 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio_prompt_orchestrator::{
-    ChatMessage, InferenceRequest, PromptInput, Role, SamplingParams, SessionId,
-};
+use tokio_prompt_orchestrator::{ChatMessage, InferenceRequest, PromptInput, Role, SamplingParams};
 
 use super::valid_id;
 use crate::api::error::ApiError;
-use crate::api::request::{raw, required_model};
+use crate::api::request::{check_range, pipeline_request, raw, required_model};
 use crate::gateway::Delivery;
 use crate::stored::{Echo, Turn};
 
@@ -124,16 +122,8 @@ impl ResponsesRequest {
         if self.max_output_tokens == Some(0) {
             return Err(ApiError::invalid("max_output_tokens", "must be at least 1"));
         }
-        for (field, value, most) in [("temperature", self.temperature, 2.0), ("top_p", self.top_p, 1.0)] {
-            if let Some(v) = value
-                && !(0.0..=most).contains(&v)
-            {
-                return Err(ApiError::invalid(
-                    field,
-                    format!("must be between 0 and {most} (got {v})"),
-                ));
-            }
-        }
+        check_range("temperature", self.temperature, 2.0)?;
+        check_range("top_p", self.top_p, 1.0)?;
         let mut extra = Map::new();
         let tools = self.tools.unwrap_or_default();
         let echoed_tools = Value::Array(tools.iter().map(Tool::echoed).collect());
@@ -189,13 +179,7 @@ impl ResponsesRequest {
             })),
             base64: false,
         };
-        // The session is a placeholder until the handler resolves the affinity key.
-        let mut request = InferenceRequest::chat(SessionId::new(""), Vec::new())
-            .with_model(model)
-            .with_params(params)
-            .with_stream(stream);
-        request.input = PromptInput::Chat(messages);
-        request.extra = raw(extra);
+        let request = pipeline_request(model, PromptInput::Chat(messages), params, stream, raw(extra));
         Ok((request, delivery))
     }
 }

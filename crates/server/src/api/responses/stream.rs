@@ -16,7 +16,7 @@ use tokio_prompt_orchestrator::{Completion, Passthrough, RetrievedChunk};
 
 use super::object::{Call, Head, Output, Status, message_item};
 use crate::api::error::ApiError;
-use crate::api::sse::Writer;
+use crate::api::sse::{Writer, tool_calls};
 use crate::stored::StoredResponses;
 
 /// The output item being written.
@@ -168,17 +168,12 @@ impl Writer for ResponseEvents {
     /// Tool-call deltas become `function_call` items and their arguments' deltas; other fields
     /// have no place in the Responses events.
     fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Vec<Event>) {
-        let Some(Value::Array(calls)) = extra.message.get("tool_calls") else {
-            return;
-        };
-        for call in calls {
-            let index = call["index"].as_u64().unwrap_or(0);
-            let function = &call["function"];
-            if self.open != Open::Call(index) {
+        for delta in tool_calls(&extra) {
+            if self.open != Open::Call(delta.index) {
                 self.close(out);
                 self.output.calls.push(Call {
-                    call_id: call["id"].as_str().unwrap_or_default().to_owned(),
-                    name: function["name"].as_str().unwrap_or_default().to_owned(),
+                    call_id: delta.id.to_owned(),
+                    name: delta.name.to_owned(),
                     arguments: String::new(),
                 });
                 let item = self
@@ -187,14 +182,13 @@ impl Writer for ResponseEvents {
                     .last()
                     .map(|c| json!(c.item("in_progress")))
                     .unwrap_or_default();
-                self.start(item, Open::Call(index), out);
+                self.start(item, Open::Call(delta.index), out);
             }
-            if let Some(arguments) = function["arguments"].as_str().filter(|a| !a.is_empty())
+            if !delta.arguments.is_empty()
                 && let Some(call) = self.output.calls.last_mut()
             {
-                call.arguments.push_str(arguments);
-                let delta =
-                    json!({"item_id": call.item_id(), "output_index": self.items - 1, "delta": arguments});
+                call.arguments.push_str(delta.arguments);
+                let delta = json!({"item_id": call.item_id(), "output_index": self.items - 1, "delta": delta.arguments});
                 out.push(self.event("response.function_call_arguments.delta", delta));
             }
         }

@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-python.sh
 bash scripts/setup-nats.sh
+bash scripts/setup-ui.sh
 case "${ORCHESTRATOR_REAL_LLM:-}" in
     "" | 0 | false) ;;
     *) bash scripts/setup-llm.sh all ;;

@@ -78,7 +78,7 @@ pub(crate) async fn embed(
         input,
         extra: &call.request.extra,
     })?;
-    let response = http.post(url, body, deadline, false).await?;
+    let response = http.post(url, body, deadline, false, call.traceparent()).await?;
     let bytes = http.read_all(response, deadline).await?;
     let answer: Answer = serde_json::from_slice(&bytes)
         .map_err(|e| http.error(&format!("the answer is not an OpenAI embedding list ({e})"), true))?;

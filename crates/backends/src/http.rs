@@ -36,6 +36,8 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 /// Longest answer to a health probe (vLLM's `/metrics`, llama.cpp's `/slots` with its slots'
 /// prompts): a longer one is a failed probe rather than memory without bound.
 const MAX_PROBE_BODY: usize = 1024 * 1024;
+/// The W3C trace context header sent with a traced call.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Why a backend could not be built from its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +159,12 @@ impl Client {
 }
 
 impl HttpBackend {
+    /// The upstream's `host:port`.
+    pub fn address(&self) -> Option<String> {
+        let url: Uri = self.base_url.parse().ok()?;
+        url.authority().map(|a| a.as_str().to_string())
+    }
+
     /// A client for `base_url`, with the key from the variable `api_key_env` (read now) and
     /// `headers` on every request. Connections are pooled and kept alive. A proxy named by the
     /// environment for this URL (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, read now,
@@ -281,10 +289,15 @@ impl HttpBackend {
         body: Bytes,
         deadline: Option<Instant>,
         streamed: bool,
+        traceparent: Option<String>,
     ) -> Result<Response, WorkerError> {
         let mut post = request(Method::POST, url, body);
-        post.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let headers = post.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // W3C trace context: the upstream's own spans join the request's trace.
+        if let Some(value) = traceparent.and_then(|t| HeaderValue::try_from(t).ok()) {
+            headers.insert(TRACEPARENT, value);
+        }
         let sent = self.client.send(post);
         let first_token = self
             .timeouts
@@ -488,7 +501,7 @@ mod tests {
     async fn post(backend: &HttpBackend) -> Result<Bytes, WorkerError> {
         let url = backend.url("/x").unwrap();
         let body = backend.encode(&serde_json::json!({"a": 1}))?;
-        let answer = backend.post(&url, body, None, false).await?;
+        let answer = backend.post(&url, body, None, false, None).await?;
         backend.read_all(answer, None).await
     }
 

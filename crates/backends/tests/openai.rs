@@ -146,6 +146,7 @@ async fn completions_go_to_their_endpoint() {
         messages: None,
         prefix_key: None,
         deadline: None,
+        traceparent: None,
     };
     let chunks = collect(&worker, call).await;
     assert_eq!(chunks[0], Ok(WorkerChunk::Token(" upon".into())));

@@ -17,12 +17,12 @@ use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Gauge, counter, gauge};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::{PipelineError, Stage};
-use crate::metrics::{ADMISSION_QUEUED, ADMISSION_REQUESTS};
+use crate::metrics::{ADMISSION_QUEUED, ADMISSION_REQUESTS, Tally};
 use crate::request::Priority;
 
 /// How many requests are let in at once, how many may wait, and how far priority may starve.
@@ -105,8 +105,8 @@ struct Inner {
 
 /// Registered metric handles of one priority level.
 struct LevelMetrics {
-    admitted: Counter,
-    shed: Counter,
+    admitted: Tally,
+    shed: Tally,
     queued: Gauge,
 }
 
@@ -114,8 +114,8 @@ impl LevelMetrics {
     fn register(priority: Priority) -> Self {
         let p = priority.as_str();
         Self {
-            admitted: counter!(ADMISSION_REQUESTS, "priority" => p, "outcome" => "admitted"),
-            shed: counter!(ADMISSION_REQUESTS, "priority" => p, "outcome" => "shed"),
+            admitted: Tally::register(counter!(ADMISSION_REQUESTS, "priority" => p, "outcome" => "admitted")),
+            shed: Tally::register(counter!(ADMISSION_REQUESTS, "priority" => p, "outcome" => "shed")),
             queued: gauge!(ADMISSION_QUEUED, "priority" => p),
         }
     }
@@ -202,6 +202,23 @@ impl PriorityGate {
         (state.in_flight, state.queued())
     }
 
+    /// Each priority, highest first: requests waiting now, and let in or shed so far.
+    pub fn levels(&self) -> Vec<LevelStats> {
+        let queued: Vec<usize> = self.inner.lock().queues.iter().map(VecDeque::len).collect();
+        (0..LEVELS)
+            .rev()
+            .map(|l| {
+                let metrics = &self.inner.metrics[l];
+                LevelStats {
+                    priority: BY_RANK[l],
+                    queued: queued[l],
+                    admitted: metrics.admitted.get(),
+                    shed: metrics.shed.get(),
+                }
+            })
+            .collect()
+    }
+
     /// A permit was given back: it goes to the next waiter, or is freed.
     fn release(&self) {
         loop {
@@ -248,6 +265,16 @@ impl Inner {
 
 fn overloaded() -> PipelineError {
     PipelineError::Overloaded { stage: Stage::Rag }
+}
+
+/// One priority level of a [`PriorityGate`], as [`PriorityGate::levels`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelStats {
+    pub priority: Priority,
+    pub queued: usize,
+    pub admitted: u64,
+    /// Refused, or displaced from the queue by a request of higher priority.
+    pub shed: u64,
 }
 
 /// A place inside the pipeline; dropping it lets the next waiter in.

@@ -15,7 +15,9 @@
 //! - [`stages`]: what each stage does; [`Retriever`] plugs into RAG.
 //! - `pipeline`: lanes, admission, shutdown ([`spawn_pipeline`], [`Pipeline`]).
 //! - [`shard`]: session -> shard hashing.
-//! - [`metrics`]: metric names and the recording functions.
+//! - [`trace`]: W3C trace context, and the backend calls recorded for a traced request.
+//! - [`metrics`]: metric names and the recording functions; [`latency`]: the latency histograms
+//!   the pipeline keeps for [`Pipeline::stage_stats`].
 //!
 //! See ARCHITECTURE.md for how backpressure, ordering, cancellation and shutdown fit together.
 
@@ -24,23 +26,26 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod extra;
+pub mod latency;
 pub mod metrics;
 mod pipeline;
 pub mod request;
 pub mod shard;
 pub mod stages;
+pub mod trace;
 pub mod worker;
 
-pub use admission::{AdmissionConfig, GatePermit, PriorityGate};
+pub use admission::{AdmissionConfig, GatePermit, LevelStats, PriorityGate};
 pub use config::{PipelineConfig, QueueConfig, StageConfig, WhenFull};
 pub use error::{BackendAttempt, PipelineError, Stage, WorkerError};
 pub use event::{
     Completion, FinishReason, Passthrough, PromptOutput, Response, ResponseEvent, StageTiming, StageTimings,
     Usage,
 };
+pub use latency::LatencyCounts;
 pub use pipeline::{
     Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender, ResponseHandle, ShutdownReport,
-    spawn_pipeline,
+    StageStats, spawn_pipeline,
 };
 pub use request::{
     ChatMessage, EmbedInput, Extra, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RawExtra,

@@ -14,13 +14,18 @@
 //! - `orchestrator_admission_queued{priority}` (gauge): requests waiting at the gate.
 //!
 //! The stages hold registered handles (made when the pipeline is spawned, so install the
-//! exporter first): a handle update is an atomic add, not a registry lookup per request.
+//! exporter first): a handle update is an atomic add, not a registry lookup per request. Each
+//! stage's counts and latencies are also kept by the pipeline itself
+//! ([`Pipeline::stage_stats`](crate::Pipeline::stage_stats)), for live views.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 
 use crate::error::{PipelineError, Stage};
+use crate::latency::{LatencyCounts, LatencyHistogram};
 
 pub const STAGE_LATENCY: &str = "orchestrator_stage_latency_seconds";
 pub const QUEUE_WAIT: &str = "orchestrator_queue_wait_seconds";
@@ -41,26 +46,77 @@ pub fn record_queue_depth(stage: Stage, depth: usize) {
     gauge!(QUEUE_DEPTH, "stage" => stage.as_str()).set(depth as f64);
 }
 
+/// A counter exported through the facade and kept by the pipeline as well.
+#[derive(Clone)]
+pub(crate) struct Tally {
+    exported: Counter,
+    kept: Arc<AtomicU64>,
+}
+
+impl Tally {
+    pub fn register(exported: Counter) -> Self {
+        Self {
+            exported,
+            kept: Arc::default(),
+        }
+    }
+
+    pub fn increment(&self, n: u64) {
+        self.exported.increment(n);
+        self.kept.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.kept.load(Ordering::Relaxed)
+    }
+}
+
+/// A latency histogram exported through the facade and kept by the pipeline as well.
+#[derive(Clone)]
+pub(crate) struct Timer {
+    exported: Histogram,
+    kept: Arc<LatencyHistogram>,
+}
+
+impl Timer {
+    fn register(exported: Histogram) -> Self {
+        Self {
+            exported,
+            kept: Arc::default(),
+        }
+    }
+
+    pub fn record(&self, duration: Duration) {
+        self.exported.record(duration.as_secs_f64());
+        self.kept.record(duration);
+    }
+
+    pub fn counts(&self) -> LatencyCounts {
+        self.kept.counts()
+    }
+}
+
 /// Registered handles for one stage.
 #[derive(Clone)]
 pub(crate) struct StageMetrics {
-    pub latency: Histogram,
-    pub queue_wait: Histogram,
-    pub admitted: Counter,
-    pub completed: Counter,
-    pub failed: Counter,
+    pub latency: Timer,
+    pub queue_wait: Timer,
+    pub admitted: Tally,
+    pub completed: Tally,
+    pub failed: Tally,
     /// Ended because its caller went away.
-    pub cancelled: Counter,
-    pub shed: Counter,
+    pub cancelled: Tally,
+    pub shed: Tally,
 }
 
 impl StageMetrics {
     fn register(stage: Stage) -> Self {
         let s = stage.as_str();
-        let outcome = |o: &'static str| counter!(STAGE_REQUESTS, "stage" => s, "outcome" => o);
+        let outcome =
+            |o: &'static str| Tally::register(counter!(STAGE_REQUESTS, "stage" => s, "outcome" => o));
         Self {
-            latency: histogram!(STAGE_LATENCY, "stage" => s),
-            queue_wait: histogram!(QUEUE_WAIT, "stage" => s),
+            latency: Timer::register(histogram!(STAGE_LATENCY, "stage" => s)),
+            queue_wait: Timer::register(histogram!(QUEUE_WAIT, "stage" => s)),
             admitted: outcome("admitted"),
             completed: outcome("completed"),
             failed: outcome("failed"),
@@ -74,7 +130,7 @@ impl StageMetrics {
 pub(crate) struct PipelineMetrics {
     stages: [StageMetrics; 5],
     pub completed: Counter,
-    pub time_to_first_token: Histogram,
+    pub time_to_first_token: Timer,
 }
 
 impl PipelineMetrics {
@@ -82,7 +138,7 @@ impl PipelineMetrics {
         Self {
             stages: Stage::ALL.map(StageMetrics::register),
             completed: counter!(REQUESTS, "outcome" => "completed", "kind" => "ok"),
-            time_to_first_token: histogram!(TIME_TO_FIRST_TOKEN),
+            time_to_first_token: Timer::register(histogram!(TIME_TO_FIRST_TOKEN)),
         }
     }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::trace::RequestTrace;
+
 /// Free-form key/value metadata that travels with a request and comes back with its output.
 pub type Meta = BTreeMap<String, String>;
 
@@ -298,6 +300,10 @@ pub struct InferenceRequest {
     /// Request fields for the backend that the pipeline does not act on.
     #[serde(default, skip_serializing_if = "RawExtra::is_empty")]
     pub extra: RawExtra,
+    /// Set when the edge traces this request: routers record each backend call in it. It stays
+    /// in this process (a remote worker continues the trace from `meta["traceparent"]`).
+    #[serde(skip)]
+    pub trace: Option<Arc<RequestTrace>>,
 }
 
 impl InferenceRequest {
@@ -313,6 +319,7 @@ impl InferenceRequest {
             timeout: None,
             meta: Meta::new(),
             extra: RawExtra::new(),
+            trace: None,
         }
     }
 

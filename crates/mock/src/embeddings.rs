@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -51,7 +51,11 @@ struct Usage {
 }
 
 /// `POST /v1/embeddings`.
-pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(crate) async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     shared.counters.embeddings.fetch_add(1, Ordering::Relaxed);
     let request = serde_json::from_slice::<Request>(&body).ok();
     let inputs: Option<Vec<Prompt>> = match request.as_ref().and_then(|r| r.input.clone()) {
@@ -69,7 +73,7 @@ pub(crate) async fn embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -
         .embedding_inputs
         .fetch_add(count, Ordering::Relaxed);
     let behaviour = shared.behaviour();
-    let admission = shared.admit("/v1/embeddings", &body, &behaviour);
+    let admission = shared.admit("/v1/embeddings", &headers, &body, &behaviour);
     if admission.fail {
         return reply::injected(&behaviour);
     }

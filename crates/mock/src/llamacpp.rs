@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -132,11 +132,15 @@ impl Frames for Llama {
 }
 
 /// `POST /completion`.
-pub(crate) async fn completion(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(crate) async fn completion(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let counters = &shared.counters;
     counters.llama_completions.fetch_add(1, Ordering::Relaxed);
     let behaviour = shared.behaviour();
-    let admission = shared.admit("/completion", &body, &behaviour);
+    let admission = shared.admit("/completion", &headers, &body, &behaviour);
     if admission.fail {
         return reply::injected(&behaviour);
     }

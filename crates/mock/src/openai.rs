@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -308,25 +308,29 @@ impl Frames for Openai {
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(crate) async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.counters.chat_completions.fetch_add(1, Ordering::Relaxed);
-    handle(shared, body, true).await
+    handle(shared, &headers, body, true).await
 }
 
 /// `POST /v1/completions`.
-pub(crate) async fn completions(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(crate) async fn completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     shared.counters.completions.fetch_add(1, Ordering::Relaxed);
-    handle(shared, body, false).await
+    handle(shared, &headers, body, false).await
 }
 
-async fn handle(shared: Arc<Shared>, body: Bytes, chat: bool) -> Response {
+async fn handle(shared: Arc<Shared>, headers: &HeaderMap, body: Bytes, chat: bool) -> Response {
     let behaviour = shared.behaviour();
     let path = if chat {
         "/v1/chat/completions"
     } else {
         "/v1/completions"
     };
-    let admission = shared.admit(path, &body, &behaviour);
+    let admission = shared.admit(path, headers, &body, &behaviour);
     if admission.fail {
         return reply::injected(&behaviour);
     }

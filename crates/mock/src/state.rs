@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
@@ -57,6 +58,8 @@ pub struct RecordedRequest {
     pub path: &'static str,
     /// The body as received.
     pub body: Bytes,
+    /// The W3C `traceparent` header, when the request carried one.
+    pub traceparent: Option<String>,
 }
 
 impl RecordedRequest {
@@ -162,11 +165,22 @@ impl Shared {
     }
 
     /// Numbers a generating request, records its body, and decides whether it gets an error.
-    pub fn admit(&self, path: &'static str, body: &Bytes, behaviour: &Behaviour) -> Admission {
+    pub fn admit(
+        &self,
+        path: &'static str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        behaviour: &Behaviour,
+    ) -> Admission {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         *self.last_request.lock().unwrap_or_else(PoisonError::into_inner) = Some(RecordedRequest {
             path,
             body: body.clone(),
+            traceparent,
         });
         let fail = inject(self.seed, n, behaviour.error_rate);
         if fail {

@@ -1,7 +1,7 @@
 //! The command line: `orchestrator [serve] [--listen ADDR] [--config FILE] [--log-format FORMAT]`,
 //! `orchestrator validate [FILE]`, `orchestrator ingest`, `orchestrator dlq [--file FILE]
-//! list|show|purge|replay`, the dead-letter queue, `orchestrator cluster status`, and
-//! `orchestrator worker`.
+//! list|show|purge|replay`, the dead-letter queue, `orchestrator cluster status`,
+//! `orchestrator worker`, and `orchestrator top [--url URL] [--key KEY]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::cli::ClusterArgs;
 use crate::dlq::cli::DlqArgs;
+use crate::stats::top::TopArgs;
 use crate::telemetry::LogFormat;
 use crate::worker::WorkerArgs;
 
@@ -44,6 +45,9 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// Run inference jobs from the cluster's broker on this machine's model servers.
     Worker(WorkerArgs),
+    /// Watch a running gateway live in the terminal: requests, stages, backends, admission and
+    /// the cluster, from its /admin/stats/stream (q quits).
+    Top(TopArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -91,7 +95,8 @@ impl Cli {
                 | Command::Ingest(_)
                 | Command::Dlq(_)
                 | Command::Cluster(_)
-                | Command::Worker(_),
+                | Command::Worker(_)
+                | Command::Top(_),
             ) => None,
         }
     }

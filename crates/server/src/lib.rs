@@ -13,8 +13,10 @@
 //! - [`worker`]: `orchestrator worker`, which runs jobs from the broker on its own backends.
 //! - [`dlq`]: the dead-letter queue's file of failed requests, and `orchestrator dlq`.
 //! - [`stored`]: the Responses API's stored answers (a redb file, or the cluster's bucket).
-//! - [`telemetry`]: logs and the Prometheus recorder; [`logsink`]: log lines to stderr, access
-//!   lines batched.
+//! - [`telemetry`]: logs, the Prometheus recorder and StatsD; [`logsink`]: log lines to stderr,
+//!   access lines batched.
+//! - [`stats`]: the live stats feed behind `/admin/stats/stream`, the dashboard and
+//!   `orchestrator top`.
 //! - [`cli`]: the command line.
 //! - [`mock`]: a fake OpenAI-compatible and llama.cpp model server for tests and benchmarks.
 
@@ -29,6 +31,7 @@ pub mod logsink;
 pub mod models;
 pub mod post;
 pub mod server;
+pub mod stats;
 pub mod stored;
 pub mod telemetry;
 mod words;

@@ -2,7 +2,7 @@
 //! the config on SIGHUP), drain;
 //! or check a config (`orchestrator validate`), fill the retrieval index (`orchestrator ingest`),
 //! or inspect the dead-letter queue (`orchestrator dlq`); or run jobs from the cluster
-//! (`orchestrator worker`).
+//! (`orchestrator worker`); or watch a running gateway (`orchestrator top`).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -43,6 +43,7 @@ async fn run(cli: &Cli) -> ExitCode {
         Some(Command::Validate(args)) => return validate(args),
         Some(Command::Ingest(args)) => return ingest(args),
         Some(Command::Cluster(args)) => return orchestrator_server::cluster::cli::run(args).await,
+        Some(Command::Top(args)) => return orchestrator_server::stats::top::run(args).await,
         Some(Command::Worker(args)) => {
             let shutdown = shutdown_signal();
             tokio::spawn(refuse_sighup(signal(SignalKind::hangup())));

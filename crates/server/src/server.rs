@@ -33,8 +33,10 @@ use crate::gateway::reload::{self, ReloadError, Reloaded};
 use crate::gateway::{Gateway, Readiness};
 use crate::http1;
 use crate::models::build_router;
+use crate::stats;
 use crate::stored::StoredResponses;
 use crate::telemetry::install_metrics;
+use crate::telemetry::otlp::Tracing;
 
 /// Joins the cluster the config names, if any. First of all: a node that cannot reach the
 /// cluster it is configured for must not start serving alone as if it were a single node, and
@@ -140,8 +142,12 @@ impl Server {
             ),
             None => None,
         };
+        let tracing = config.telemetry.otlp.as_ref().map(Tracing::start).transpose();
+        let tracing = tracing.map_err(io::Error::other)?;
         let live = Live::start(config, models, 0, None, cluster.as_deref()).map_err(io::Error::other)?;
-        let state = Arc::new(Gateway::new(live, started_at, cluster, responses));
+        let mut gateway = Gateway::new(live, started_at, cluster, responses);
+        gateway.tracing = tracing;
+        let state = Arc::new(gateway);
         Ok(Self {
             listener,
             state,
@@ -188,6 +194,13 @@ impl Server {
         });
         let mut serving = tokio::spawn(serve);
         let leave = CancellationToken::new();
+        // The feed's viewers are told the node is going as soon as it drains.
+        let draining = CancellationToken::new();
+        let node = match &state.cluster {
+            Some(cluster) => cluster.node.clone(),
+            None => listener_address.clone(),
+        };
+        let sampler = tokio::spawn(stats::run_sampler(Arc::downgrade(&state), node, draining.clone()));
         // The node's part in the cluster: its record, the pushed config, its dead letters.
         let in_cluster = state.cluster.clone().map(|cluster| {
             let address = listener_address.clone();
@@ -224,6 +237,8 @@ impl Server {
             "Draining: no new requests; in-flight ones may finish."
         );
         state.set_readiness(Readiness::Draining);
+        draining.cancel();
+        let _ = sampler.await;
         // Holding the reload lock keeps the pipelines as they are from here on.
         let _no_more_reloads = state.reload_lock.lock().await;
         let current = state.live().pipeline.clone();
@@ -246,6 +261,9 @@ impl Server {
         // The node leaves the cluster once it serves nothing more, its last dead letters shared.
         leave.cancel();
         join_all(in_cluster.into_iter().flatten()).await;
+        if let Some(tracing) = state.tracing.clone() {
+            let _ = tokio::task::spawn_blocking(move || tracing.flush_blocking()).await;
+        }
         tracing::info!(
             drained = report.drained,
             aborted = report.aborted,

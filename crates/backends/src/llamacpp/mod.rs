@@ -144,12 +144,29 @@ impl ModelWorker for LlamaCppWorker {
                 self.http.encode(&request_body(&call, slot, streamed))?
             }
         };
+        let traceparent = call.traceparent();
         // The call is not needed past here; its request goes before the wait for the upstream.
         drop(call);
         match route {
-            Route::Chat => openai::send(&self.http, &self.chat_url, body, deadline, streamed).await,
-            Route::Native => native::send(&self.http, &self.completion_url, body, deadline, streamed).await,
+            Route::Chat => {
+                openai::send(&self.http, &self.chat_url, body, deadline, streamed, traceparent).await
+            }
+            Route::Native => {
+                native::send(
+                    &self.http,
+                    &self.completion_url,
+                    body,
+                    deadline,
+                    streamed,
+                    traceparent,
+                )
+                .await
+            }
         }
+    }
+
+    fn address(&self) -> Option<String> {
+        self.http.address()
     }
 }
 

@@ -122,8 +122,9 @@ pub(super) async fn send(
     body: Bytes,
     deadline: Option<Instant>,
     streamed: bool,
+    traceparent: Option<String>,
 ) -> Result<TokenStream, WorkerError> {
-    let response = http.post(url, body, deadline, streamed).await?;
+    let response = http.post(url, body, deadline, streamed, traceparent).await?;
     if streamed {
         return Ok(sse::relay(
             response,

@@ -108,8 +108,9 @@ pub(crate) async fn send(
     body: Bytes,
     deadline: Option<Instant>,
     streamed: bool,
+    traceparent: Option<String>,
 ) -> Result<TokenStream, WorkerError> {
-    let response = http.post(url, body, deadline, streamed).await?;
+    let response = http.post(url, body, deadline, streamed, traceparent).await?;
     if streamed {
         let dialect = stream::OpenAiDialect::default();
         return Ok(sse::relay(
@@ -168,9 +169,14 @@ impl ModelWorker for OpenAiWorker {
             slot: None,
         };
         let body = self.http.encode(&request_body(&call, model, streamed, server))?;
+        let traceparent = call.traceparent();
         // The call is not needed past here; its request goes before the wait for the upstream.
         drop(call);
-        send(&self.http, url, body, deadline, streamed).await
+        send(&self.http, url, body, deadline, streamed, traceparent).await
+    }
+
+    fn address(&self) -> Option<String> {
+        self.http.address()
     }
 }
 

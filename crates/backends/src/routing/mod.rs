@@ -111,6 +111,16 @@ impl Router {
         &self.names
     }
 
+    /// The backends of `model`: its first group's, then each fallback group's, in config order.
+    pub fn model_replicas(&self, model: &str) -> Vec<Arc<Replica>> {
+        self.routes
+            .get(model)
+            .into_iter()
+            .flat_map(|r| &r.groups)
+            .flat_map(|g| g.replicas.iter().cloned())
+            .collect()
+    }
+
     /// Every backend of every model, once each (a backend serving several models is one
     /// replica), in the order models were added.
     pub fn replicas(&self) -> Vec<Arc<Replica>> {

@@ -3,13 +3,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{self, StreamExt};
 use metrics::{Counter, counter};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_prompt_orchestrator::trace::{RequestTrace, SpanRecord, SpanValue, new_span_id};
 use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerError};
 use tokio_util::sync::CancellationToken;
 
@@ -144,6 +145,11 @@ impl Replica {
         &self.health
     }
 
+    /// This node's calls in flight there now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
@@ -224,11 +230,16 @@ impl Replica {
     /// deadline); running out of it is a retryable failure of this backend.
     pub async fn call(
         self: &Arc<Self>,
-        call: InferenceCall,
+        mut call: InferenceCall,
         admission: Admission,
         budget: Option<Budget>,
     ) -> Result<TokenStream, WorkerError> {
-        let tracker = InFlight::new(self.clone(), admission, call.cancel.clone());
+        let mut tracker = InFlight::new(self.clone(), admission, call.cancel.clone());
+        if let Some(trace) = &call.request.trace {
+            let attempt = AttemptSpan::begin(trace.clone(), self, &call.request.model);
+            call.traceparent = Some(trace.parent.child(attempt.span_id));
+            tracker.span = Some(attempt);
+        }
         let first = async {
             let mut upstream = self.worker.infer_stream(call).await?;
             let first = upstream.next().await;
@@ -313,6 +324,8 @@ struct InFlight {
     /// side (caller gone, deadline, shutdown), not because the backend finished.
     cancel: CancellationToken,
     settled: bool,
+    /// The call's span, when the request is traced; recorded when the call ends.
+    span: Option<AttemptSpan>,
 }
 
 impl InFlight {
@@ -323,13 +336,22 @@ impl InFlight {
             _admission: admission,
             cancel,
             settled: false,
+            span: None,
+        }
+    }
+
+    /// Counts the call's outcome, and records its span with `error` when it is traced.
+    fn settle(&mut self, outcome: Outcome, error: Option<&WorkerError>) {
+        self.settled = true;
+        self.replica.count(outcome);
+        if let Some(span) = self.span.take() {
+            span.end(outcome, error);
         }
     }
 
     fn fail(mut self, error: WorkerError) -> WorkerError {
-        self.settled = true;
         self.replica.breaker.record(false);
-        self.replica.count(Outcome::Failure);
+        self.settle(Outcome::Failure, Some(&error));
         if let Some(wait) = error.retry_after {
             let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
             *self
@@ -342,16 +364,14 @@ impl InFlight {
     }
 
     fn succeed(mut self) {
-        self.settled = true;
         self.replica.breaker.record(true);
-        self.replica.count(Outcome::Success);
+        self.settle(Outcome::Success, None);
     }
 
     /// The stream failed after its first token.
-    fn cut(mut self, _error: &WorkerError) {
-        self.settled = true;
+    fn cut(mut self, error: &WorkerError) {
         self.replica.breaker.record(false);
-        self.replica.count(Outcome::Cut);
+        self.settle(Outcome::Cut, Some(error));
     }
 }
 
@@ -363,12 +383,62 @@ impl Drop for InFlight {
         }
         if self.cancel.is_cancelled() {
             // Ended by our side: says nothing about the backend's health either way.
-            self.replica.count(Outcome::Cancelled);
+            self.settle(Outcome::Cancelled, None);
         } else {
             // The stream ended cleanly, or a stage downstream ended it early (a stop sequence):
             // the backend did its part.
             self.replica.breaker.record(true);
-            self.replica.count(Outcome::Success);
+            self.settle(Outcome::Success, None);
         }
+    }
+}
+
+/// One call to a backend of a traced request: a span under the request's Inference span, named
+/// as the OpenTelemetry GenAI conventions name a client's call (`chat {model}`).
+struct AttemptSpan {
+    trace: Arc<RequestTrace>,
+    span_id: [u8; 8],
+    start: SystemTime,
+    model: String,
+    backend: Arc<str>,
+    address: Option<String>,
+}
+
+impl AttemptSpan {
+    fn begin(trace: Arc<RequestTrace>, replica: &Replica, model: &str) -> Self {
+        Self {
+            trace,
+            span_id: new_span_id(),
+            start: SystemTime::now(),
+            model: model.to_owned(),
+            backend: replica.name.clone(),
+            address: replica.worker.address(),
+        }
+    }
+
+    fn end(self, outcome: Outcome, error: Option<&WorkerError>) {
+        let mut attributes = vec![
+            ("gen_ai.operation.name", SpanValue::Str("chat".into())),
+            ("gen_ai.request.model", SpanValue::Str(self.model.clone())),
+            ("orchestrator.backend", SpanValue::Str(self.backend.to_string())),
+            (
+                "orchestrator.attempt.outcome",
+                SpanValue::Str(outcome.label().into()),
+            ),
+        ];
+        if let Some(address) = self.address {
+            attributes.push(("server.address", SpanValue::Str(address)));
+        }
+        if let Some(status) = error.and_then(|e| e.status) {
+            attributes.push(("error.type", SpanValue::Str(status.to_string())));
+        }
+        self.trace.record(SpanRecord {
+            span_id: self.span_id,
+            name: format!("chat {}", self.model),
+            start: self.start,
+            end: SystemTime::now(),
+            attributes,
+            error: error.map(|e| e.message.clone()),
+        });
     }
 }

@@ -181,7 +181,7 @@ impl<L: StageLogic> StartCtx<'_, L> {
         let now = Instant::now();
         let queued = now - env.enqueued_at;
         env.timings.stage_mut(stage).queued = queued;
-        metrics.queue_wait.record(queued.as_secs_f64());
+        metrics.queue_wait.record(queued);
         metrics.admitted.increment(1);
         if let Some(cause) = env.abort_cause() {
             metrics.failed.increment(1);
@@ -195,7 +195,7 @@ impl<L: StageLogic> StartCtx<'_, L> {
                 let done = Instant::now();
                 let active = done - now;
                 out.envelope_mut().timings.stage_mut(stage).active = active;
-                metrics.latency.record(active.as_secs_f64());
+                metrics.latency.record(active);
                 metrics.completed.increment(1);
                 self.forward(out, done, s);
             }

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 /// Free places under one stage's concurrency limit.
 pub(crate) struct Limit {
+    places: usize,
     free: AtomicUsize,
     /// Wakes a lane waiting for a place when one is given back.
     released: Notify,
@@ -23,6 +24,7 @@ pub(crate) struct Limit {
 impl Limit {
     pub fn new(places: usize) -> Arc<Self> {
         Arc::new(Self {
+            places,
             free: AtomicUsize::new(places),
             released: Notify::new(),
         })
@@ -54,6 +56,12 @@ impl Limit {
             }
             released.await;
         }
+    }
+
+    /// Places taken now: the stage's requests in flight. Only a limit that binds (see
+    /// `StageLogic::synchronous`) is taken from; the others read 0.
+    pub fn in_use(&self) -> usize {
+        self.places.saturating_sub(self.free.load(Ordering::Relaxed))
     }
 
     #[cfg(test)]

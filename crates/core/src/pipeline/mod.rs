@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 pub use handle::ResponseHandle;
 pub use sender::RequestSender;
-pub use stats::{PipelineStats, ShutdownReport};
+pub use stats::{PipelineStats, ShutdownReport, StageStats};
 
 use self::edge::Edge;
 use self::envelope::Envelope;
@@ -36,6 +36,7 @@ use self::stats::Stats;
 use crate::config::PipelineConfig;
 use crate::error::Stage;
 use crate::event::PromptOutput;
+use crate::latency::LatencyCounts;
 use crate::metrics::{PipelineMetrics, record_queue_depth};
 use crate::stages::assemble::{AssembleStage, Assembler};
 use crate::stages::inference::InferenceStage;
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     pub next_id: AtomicU64,
     /// Weak senders of every lane queue, to read depths without keeping queues open.
     depth_probes: Vec<(Stage, DepthProbe)>,
+    /// Each stage's concurrency limit, shared by its lanes; `in_use` is its requests in flight.
+    limits: [Arc<Limit>; 5],
 }
 
 impl Shared {
@@ -175,10 +178,10 @@ impl PipelineBuilder {
             order: OrderRegistry::new(shards),
             next_id: AtomicU64::new(0),
             depth_probes: probes,
+            limits: Stage::ALL.map(|s| Limit::new(config.stage(s).concurrency.get())),
             config,
         });
-
-        let limits = Stage::ALL.map(|s| Limit::new(shared.config.stage(s).concurrency.get()));
+        let limits = shared.limits.clone();
         let spawner = LaneSpawner {
             shared: &shared,
             limits: &limits,
@@ -316,6 +319,38 @@ impl Pipeline {
     /// Requests waiting in each stage's queue (summed over shards), in stage order.
     pub fn queue_depths(&self) -> Vec<(Stage, usize)> {
         self.shared.queue_depths()
+    }
+
+    /// Each stage's counts, queue, requests in flight and latencies so far, in stage order.
+    pub fn stage_stats(&self) -> Vec<StageStats> {
+        let shared = &self.shared;
+        shared
+            .queue_depths()
+            .into_iter()
+            .map(|(stage, queued)| {
+                let metrics = shared.metrics.stage(stage);
+                let config = shared.config.stage(stage);
+                StageStats {
+                    stage,
+                    admitted: metrics.admitted.get(),
+                    completed: metrics.completed.get(),
+                    failed: metrics.failed.get(),
+                    cancelled: metrics.cancelled.get(),
+                    shed: metrics.shed.get(),
+                    in_flight: shared.limits[stage.index()].in_use(),
+                    concurrency: config.concurrency.get(),
+                    queued,
+                    capacity: shared.config.lane_capacity(stage) * shared.config.shards.get(),
+                    queue_wait: metrics.queue_wait.counts(),
+                    work: metrics.latency.counts(),
+                }
+            })
+            .collect()
+    }
+
+    /// Times to first token so far (from admission to the first token reaching the caller).
+    pub fn time_to_first_token(&self) -> LatencyCounts {
+        self.shared.metrics.time_to_first_token.counts()
     }
 
     /// Sessions with fire-and-forget outputs still in flight: the only per-session state kept.

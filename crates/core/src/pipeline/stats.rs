@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::PipelineError;
+use crate::error::{PipelineError, Stage};
+use crate::latency::LatencyCounts;
 
 /// Counts since the pipeline started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,6 +20,33 @@ pub struct PipelineStats {
     pub cancelled: u64,
     /// Admitted requests without their final event yet.
     pub in_flight: u64,
+}
+
+/// One stage as [`Pipeline::stage_stats`](crate::Pipeline::stage_stats) reads it. The counts are
+/// since the pipeline started (as `orchestrator_stage_requests_total` counts them); a live view
+/// takes differences of two readings for rates and windows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageStats {
+    pub stage: Stage,
+    /// Started by the stage.
+    pub admitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Ended because the caller went away.
+    pub cancelled: u64,
+    /// Refused at the stage's full queue.
+    pub shed: u64,
+    /// Holding a place under the stage's concurrency limit now. Stages that finish a request in
+    /// one step (RAG without a retriever, Assemble) never hold one and read 0.
+    pub in_flight: usize,
+    /// The stage's concurrency limit.
+    pub concurrency: usize,
+    /// Waiting in the stage's queues now, and what they hold at most (over all shards).
+    pub queued: usize,
+    pub capacity: usize,
+    /// Time spent waiting in the stage's queue, and working in the stage.
+    pub queue_wait: LatencyCounts,
+    pub work: LatencyCounts,
 }
 
 #[derive(Default)]

@@ -47,6 +47,7 @@ impl StageLogic for InferenceStage {
             prefix_key: assembled.prefix_key,
             cancel: env.cancel.clone(),
             deadline: env.deadline,
+            traceparent: env.request.trace.as_ref().map(|t| t.parent),
         };
         let job = run(self.worker.clone(), call, tx, env.abort(), shared, permit, now);
         Start::Stream(Handoff { env, pieces: rx }, job.boxed())
@@ -76,7 +77,7 @@ async fn run(
         relayed = relay(worker, call, &mut tx) => relayed,
     };
     let active = started.elapsed();
-    metrics.latency.record(active.as_secs_f64());
+    metrics.latency.record(active);
     let result = match relayed {
         // Downstream stopped reading: the request ended there (a stop sequence, a length cap).
         Ok(None) => {

@@ -71,7 +71,7 @@ async fn retrieve(
     let active = started.elapsed();
     env.timings.stage_mut(Stage::Rag).active = active;
     let metrics = env.shared.metrics.stage(Stage::Rag);
-    metrics.latency.record(active.as_secs_f64());
+    metrics.latency.record(active);
     match result {
         Ok(chunks) => {
             metrics.completed.increment(1);

@@ -38,7 +38,7 @@ async fn run(handoff: Handoff, _permit: Place, started: Instant) {
     body.return_events(events);
     let active = started.elapsed();
     let metrics = body.shared.metrics.stage(Stage::Stream);
-    metrics.latency.record(active.as_secs_f64());
+    metrics.latency.record(active);
     body.timings.stage_mut(Stage::Stream).active = active;
     match relayed {
         Ok(finished) => {
@@ -116,7 +116,7 @@ async fn relay(
         if env.timings.first_token.is_none() {
             let ttft = env.admitted_at.elapsed();
             env.timings.first_token = Some(ttft);
-            env.shared.metrics.time_to_first_token.record(ttft.as_secs_f64());
+            env.shared.metrics.time_to_first_token.record(ttft);
         }
         let Some(events) = events.as_deref_mut() else {
             match event {

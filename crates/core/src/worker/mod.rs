@@ -19,6 +19,7 @@ pub(crate) use echo::count_tokens;
 use crate::error::WorkerError;
 use crate::event::{FinishReason, Passthrough, Usage};
 use crate::request::{ChatMessage, InferenceRequest, PromptInput, RequestId};
+use crate::trace::TraceParent;
 
 /// One item of a worker's token stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +63,9 @@ pub struct InferenceCall {
     /// When the request's deadline passes, if it has one; a router shares the time left among
     /// its attempts, so a fallback is tried before the request runs out of time.
     pub deadline: Option<Instant>,
+    /// The W3C trace context of this call, when the request is traced: a router sets it for
+    /// each attempt, whose span the upstream's work then hangs under.
+    pub traceparent: Option<TraceParent>,
 }
 
 impl InferenceCall {
@@ -78,6 +82,16 @@ impl InferenceCall {
             prefix_key: None,
             cancel: CancellationToken::new(),
             deadline: None,
+            traceparent: None,
+        }
+    }
+
+    /// The `traceparent` to send upstream: this attempt's when the request is traced, else the
+    /// client's own, passed on unchanged.
+    pub fn traceparent(&self) -> Option<String> {
+        match self.traceparent {
+            Some(parent) => Some(parent.to_string()),
+            None => self.request.meta.get("traceparent").cloned(),
         }
     }
 
@@ -111,5 +125,11 @@ pub trait ModelWorker: Send + Sync + 'static {
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
         let tokens = self.infer(&call.prompt).await?;
         Ok(stream::iter(tokens.into_iter().map(|t| Ok(WorkerChunk::Token(t)))).boxed())
+    }
+
+    /// Where the upstream is (`host:port`), for a trace's `server.address`; `None` when the
+    /// worker has no one address.
+    fn address(&self) -> Option<String> {
+        None
     }
 }

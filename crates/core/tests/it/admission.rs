@@ -138,6 +138,19 @@ async fn a_full_queue_sheds_its_newest_lowest_priority_waiter_for_a_higher_one()
     assert_eq!(gate.acquire(Priority::Low).await.unwrap_err(), OVERLOADED);
     assert_eq!(gate.acquire(Priority::Normal).await.unwrap_err(), OVERLOADED);
     assert_eq!(gate.load(), (1, 2));
+    let levels: Vec<_> = gate
+        .levels()
+        .iter()
+        .map(|l| (l.priority, l.queued, l.admitted, l.shed))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            (Priority::High, 1, 0, 0),
+            (Priority::Normal, 1, 1, 1),
+            (Priority::Low, 0, 0, 3)
+        ]
+    );
 
     drop(holder);
     assert_eq!(drain(&mut rx, 2).await, ["high", "normal"]);

@@ -68,3 +68,69 @@ async fn every_stage_counts_admitted_and_completed_and_records_latency() {
         Some(DebugValue::Counter(10)).as_ref()
     );
 }
+
+/// What `Pipeline::stage_stats` reads while requests are held in Inference, and once they have
+/// all ended (completed, failed and cancelled): nothing stays counted in flight.
+#[tokio::test]
+async fn stage_stats_count_requests_in_flight_and_after_they_end() {
+    let (worker, gate) = ProbeWorker::gated(1);
+    let probe = worker.probe.clone();
+    let handles = PipelineBuilder::new(Arc::new(worker))
+        .config(small_config(2, 8, 8))
+        .spawn();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut handle = handles
+            .input_tx
+            .submit(chat(&format!("s{i}"), "one two three"))
+            .await
+            .expect("admitted");
+        // The first token is free; the rest wait for the gate.
+        assert!(handle.recv().await.is_some(), "first token");
+        held.push(handle);
+    }
+    let stats = handles.pipeline.stage_stats();
+    let inference = &stats[Stage::Inference.index()];
+    assert_eq!(inference.stage, Stage::Inference);
+    assert_eq!((inference.admitted, inference.in_flight), (3, 3));
+    assert_eq!(inference.concurrency, 8);
+    assert_eq!(inference.capacity, 8);
+
+    // One is cancelled by its caller, one fails before its first token, the rest complete.
+    drop(held.pop());
+    probe.cancelled.wait_for(1).await;
+    let failed = handles
+        .input_tx
+        .submit(chat("f", "fail now"))
+        .await
+        .expect("admitted")
+        .into_response()
+        .await;
+    assert!(failed.is_err());
+    gate.add_permits(100);
+    for handle in held {
+        handle.into_response().await.expect("completes");
+    }
+
+    let stats = handles.pipeline.stage_stats();
+    for s in &stats {
+        assert_eq!((s.in_flight, s.queued), (0, 0), "{}", s.stage);
+        assert_eq!(s.queue_wait.count(), s.admitted, "{}", s.stage);
+    }
+    let inference = &stats[Stage::Inference.index()];
+    assert_eq!(
+        (
+            inference.admitted,
+            inference.completed,
+            inference.failed,
+            inference.cancelled
+        ),
+        (4, 2, 1, 1)
+    );
+    assert_eq!(inference.work.count(), 4);
+    assert_eq!(
+        handles.pipeline.time_to_first_token().count(),
+        3,
+        "one first token each"
+    );
+}

@@ -142,6 +142,11 @@ pub async fn accept(
         .as_ref()
         .filter(|l| l.counts_tokens())
         .map(|_| request.input.clone());
+    let trace = state
+        .tracing
+        .as_ref()
+        .and_then(|tracing| tracing.begin(hints.traceparent.as_deref(), path, &request));
+    request.trace = trace.as_ref().map(|t| t.trace.clone());
     let mut outcome = Outcome {
         limits,
         prompt,
@@ -150,6 +155,7 @@ pub async fn accept(
         default_timeout: None,
         body_share: Some(body_share),
         reservation: None,
+        trace,
     };
     let handle = admit(&live, request, &mut outcome).await?;
     // Admitted: a replaced pipeline may now close its intake once nobody else is being admitted.

@@ -6,7 +6,8 @@
 //! - [`responses`]: `POST /v1/responses` and stored responses, OpenAI's Responses API.
 //! - [`embeddings`]: `POST /v1/embeddings`, for models of `kind = "embedding"`.
 //! - [`ops`]: `/v1/models`, `/healthz`, `/readyz`, `/metrics`; [`admin`]: `POST /admin/reload`;
-//!   [`dlq`]: `/admin/dlq` (the dead-letter queue); [`cluster`]: `/admin/cluster`.
+//!   [`dlq`]: `/admin/dlq` (the dead-letter queue); [`cluster`]: `/admin/cluster`; [`stats`]:
+//!   `/admin/stats`, its live feed `/admin/stats/stream`, and `/dashboard`.
 //! - [`middleware`]: request ids, access log, API keys.
 //! - [`request`] / [`wire`]: the OpenAI request and response bodies; [`body`]: reading them.
 //! - [`sse`]: streaming; [`error`]: every error a client can see, with its status.
@@ -33,6 +34,7 @@ pub mod request;
 pub mod responses;
 pub mod sources;
 pub mod sse;
+pub mod stats;
 mod timing;
 pub mod wire;
 
@@ -76,6 +78,8 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route("/admin/dlq", get(dlq::list).delete(dlq::purge))
         .route("/admin/dlq/replay", post(dlq::replay_entries))
         .route("/admin/dlq/{id}", get(dlq::show))
+        .route("/admin/stats", get(stats::latest))
+        .route("/admin/stats/stream", get(stats::stream))
         .route_layer(from_fn_with_state(state.clone(), middleware::require_admin_key));
     Router::new()
         .merge(api)
@@ -83,6 +87,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .merge(admin)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/dashboard", get(stats::dashboard))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(access::AccessLayer::new(state.clone()))

@@ -216,6 +216,11 @@ impl Config {
     }
 
     fn telemetry_problems(&self, problems: &mut Vec<Problem>) {
+        if let Some(otlp) = &self.telemetry.otlp {
+            for (field, problem) in otlp.problems() {
+                problems.push(Problem::new(format!("telemetry.otlp.{field}"), problem));
+            }
+        }
         let Some(statsd) = &self.telemetry.statsd else {
             return;
         };

@@ -152,6 +152,9 @@ pub async fn admit(
         Err(error) => return Err(outcome.failed(error).await),
     }
     request.timeout = deadline.map(|d| d.saturating_sub(waited.elapsed()));
+    if let Some(trace) = &mut outcome.trace {
+        trace.submitted();
+    }
     // Boxed: the submission's state (under a kilobyte, most of it the request, moved at each
     // level) is only needed for a moment, and inline it would size the handler's future for the
     // whole wait for the first token.

@@ -160,6 +160,17 @@ impl ApiError {
         .retry_after(1)
     }
 
+    /// 503: the node has not taken its first stats snapshot yet (it has just started).
+    pub fn stats_not_ready() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable_error",
+            "stats_not_ready",
+            "The first stats snapshot has not been taken yet; retry in a second.",
+        )
+        .retry_after(1)
+    }
+
     /// 503: the stored responses cannot be read or written now (their file or bucket failed).
     pub fn store_unavailable(message: impl Into<String>) -> Self {
         Self::new(

@@ -37,7 +37,9 @@ pub use self::admit::{Delivery, Format, Hints};
 use self::budget::BodyBudget;
 use self::live::Live;
 use crate::cluster::Cluster;
+use crate::stats::StatsFeed;
 use crate::stored::StoredResponses;
+use crate::telemetry::otlp::Tracing;
 
 /// Where the server is in its life; `/readyz` answers 200 only while `Ready`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,10 @@ pub struct Gateway {
     pub cluster: Option<Arc<Cluster>>,
     /// The Responses API's stored answers, when `[responses]` is configured; opened at start.
     pub responses: Option<StoredResponses>,
+    /// Snapshots for the dashboard, `orchestrator top` and `/admin/stats`.
+    pub stats: StatsFeed,
+    /// Where traces go, when `[telemetry.otlp]` is configured; started with the server.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 impl Gateway {
@@ -89,6 +95,8 @@ impl Gateway {
             started_at,
             readiness: AtomicU8::new(Readiness::Starting as u8),
             client_disconnects: AtomicU64::new(0),
+            stats: StatsFeed::default(),
+            tracing: None,
         }
     }
 

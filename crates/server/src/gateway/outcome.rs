@@ -17,6 +17,7 @@ use crate::dlq::entry::unix_ms;
 use crate::dlq::{Attempt, DeadLetter, DlqStore, Reason};
 use crate::gateway::limits::KeyLimits;
 use crate::gateway::token_budget::Reservation;
+use crate::telemetry::otlp::TracedRequest;
 
 /// What is settled when one request ends.
 #[derive(Default)]
@@ -36,6 +37,8 @@ pub struct Outcome {
     pub body_share: Option<BodyShare>,
     /// The tokens the key's token budget holds for it, settled when it ends.
     pub reservation: Option<Reservation>,
+    /// The request's trace, when it is traced; exported when it ends.
+    pub trace: Option<Box<TracedRequest>>,
 }
 
 impl Outcome {
@@ -57,11 +60,17 @@ impl Outcome {
         self.permit = None;
         self.dead_letter = None;
         self.body_share = None;
+        if let Some(mut trace) = self.trace.take() {
+            trace.completed(completion);
+        }
     }
 
     /// Keeps the failure when the config says so, and returns what the caller is told.
     pub async fn failed(&mut self, error: PipelineError) -> ApiError {
         self.permit = None;
+        if let Some(mut trace) = self.trace.take() {
+            trace.failed(&error);
+        }
         // A failed request is not charged to the key's budget.
         if let Some(reservation) = self.reservation.take() {
             reservation.release();

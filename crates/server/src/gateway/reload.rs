@@ -92,7 +92,9 @@ async fn apply(
     }
     config.cluster.clone_from(&current.config.cluster);
     if config.telemetry != current.config.telemetry {
-        warnings.push("[telemetry] differs in the file; metrics go where they went until a restart".into());
+        warnings.push(
+            "[telemetry] differs in the file; metrics and traces go where they went until a restart".into(),
+        );
         config.telemetry.clone_from(&current.config.telemetry);
     }
     if config.responses != current.config.responses {

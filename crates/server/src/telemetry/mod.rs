@@ -1,6 +1,8 @@
 //! Logs (tracing to stderr, text or JSON) and the process-wide metrics recorder: Prometheus, and
-//! StatsD beside it when `[telemetry.statsd]` says where to send ([`statsd`]).
+//! StatsD beside it when `[telemetry.statsd]` says where to send ([`statsd`]); traces over OTLP
+//! when `[telemetry.otlp]` does ([`otlp`]).
 
+pub mod otlp;
 pub mod statsd;
 
 use std::fmt;
@@ -92,13 +94,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// `[telemetry]`: where metrics go besides `/metrics`. Read at start only: the process has one
-/// recorder.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// `[telemetry]`: where metrics go besides `/metrics`, and where traces go. Read at start only:
+/// the process has one recorder, and a server one exporter.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Every metric also sent to a StatsD or DogStatsD agent; `None`: not sent.
     pub statsd: Option<StatsdConfig>,
+    /// Traces exported over OTLP; `None`: no request is traced.
+    pub otlp: Option<otlp::OtlpConfig>,
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -134,6 +134,8 @@ async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
         prefix_key: job.prefix_key,
         cancel: cancel.clone(),
         deadline,
+        // The gateway's context travels in the request's metadata, and is passed on from there.
+        traceparent: None,
     };
     stream(shared, message, replier, call, cancel).await
 }

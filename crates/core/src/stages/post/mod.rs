@@ -237,7 +237,7 @@ async fn run(
         return;
     }
     let post_active = started.elapsed();
-    metrics.latency.record(post_active.as_secs_f64());
+    metrics.latency.record(post_active);
     metrics.completed.increment(1);
     let end = StreamEnd {
         result,

@@ -439,6 +439,11 @@ fn job(
 ) -> Job {
     let (now, give_up) = times;
     let wall = |at: Instant| unix_ms(SystemTime::now() + at.saturating_duration_since(now));
+    let mut request = (*call.request).clone();
+    // The worker's own calls hang under this one's span when the request is traced.
+    if let Some(traceparent) = call.traceparent {
+        request.meta.insert("traceparent".into(), traceparent.to_string());
+    }
     Job {
         protocol: PROTOCOL,
         id: id.to_owned(),
@@ -446,7 +451,7 @@ fn job(
         request_id: call.id.0,
         reply_to: reply_to.to_owned(),
         model: model.to_owned(),
-        request: (*call.request).clone(),
+        request,
         prompt: call.prompt.to_string(),
         prompt_templated: call.prompt_templated,
         messages: call.messages.as_deref().map(<[_]>::to_vec),

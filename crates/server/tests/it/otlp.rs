@@ -32,7 +32,7 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 /// Spans a collector received, whichever way they came.
 #[derive(Clone, Default)]
-struct Received {
+pub struct Received {
     spans: Arc<Mutex<Vec<Span>>>,
     arrived: Arc<Notify>,
 }
@@ -49,7 +49,7 @@ impl Received {
     }
 
     /// Waits until `n` spans have arrived (bounded by the test's own timeout).
-    async fn at_least(&self, n: usize) -> Vec<Span> {
+    pub async fn at_least(&self, n: usize) -> Vec<Span> {
         loop {
             let arrived = self.arrived.notified();
             {
@@ -89,7 +89,7 @@ async fn grpc_collector() -> (String, Received) {
 }
 
 /// An OTLP/HTTP collector (protobuf bodies at `/v1/traces`) on a free port.
-async fn http_collector() -> (String, Received) {
+pub async fn http_collector() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let received = Received::default();
@@ -165,7 +165,7 @@ impl Stop {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -176,7 +176,7 @@ fn attribute(span: &Span, key: &str) -> Option<Value> {
         .and_then(|a| a.value.clone()?.value)
 }
 
-fn text(span: &Span, key: &str) -> String {
+pub fn text(span: &Span, key: &str) -> String {
     match attribute(span, key) {
         Some(Value::StringValue(s)) => s,
         other => panic!("{}: {key} is {other:?}", span.name),

@@ -153,7 +153,7 @@ async fn send_with_ids(base: &str, ids: &[String]) {
 }
 
 /// Stops `binary` with SIGTERM and returns every line it logged.
-async fn terminate(binary: Binary) -> Vec<Value> {
+pub async fn terminate(binary: Binary) -> Vec<Value> {
     let Binary {
         mut child, mut logs, ..
     } = binary;

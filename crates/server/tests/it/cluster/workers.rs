@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use super::{ECHO, Nats, cluster_section, cluster_view, eventually, metrics_text, node};
 use crate::binary::{Binary, next_log, spawn_command};
 use crate::gateway_mock::mock;
+use crate::otlp::{hex, http_collector, text};
 use crate::sdk::sdk_checks;
+use crate::shutdown::terminate;
 use crate::support::{Frame, SseReader, client, expect_error};
 
 /// Worker `name` serving model `m` from `mock`, with `[worker]` settings `worker`.
@@ -643,4 +645,36 @@ async fn a_worker_that_cannot_serve_is_refused_at_start_naming_why() {
         no_cluster.contains("add [cluster] with nats_url, or start it with --cluster"),
         "{no_cluster}"
     );
+}
+
+#[tokio::test]
+async fn a_traced_request_carries_its_context_through_the_worker_to_the_upstream() {
+    let nats = Nats::start().await;
+    let upstream = mock(Behaviour::default()).await;
+    let _w = worker(&nats, "w", &upstream, "slots = 2").await;
+    let (collector, received) = http_collector().await;
+    let otlp = format!("[telemetry.otlp]\nendpoint = \"{collector}\"\nprotocol = \"http\"\n");
+    let gw = gateway_with(&nats, &otlp, "").await;
+    workers_listed(&gw, &["w"]).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&chat("traced", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The gateway exports what it holds as it stops.
+    terminate(gw).await;
+    let spans = received.at_least(7).await;
+    let call = spans
+        .iter()
+        .find(|s| s.kind == 3)
+        .expect("the call to the workers");
+    assert_eq!(text(call, "orchestrator.backend"), "workers");
+    // The worker passed the gateway's call span on to its model server.
+    let seen = upstream.handle().last_request().unwrap().traceparent;
+    let expected = format!("00-{trace_id}-{}-01", hex(&call.span_id));
+    assert_eq!(seen.as_deref(), Some(expected.as_str()));
 }

@@ -10,7 +10,8 @@
 #   bash scripts/bench-observability.sh [ORCHESTRATOR_BIN]
 #
 # Needs what callgrind-gateway.sh needs (valgrind, oha) and python3. Settings: REQUESTS [2000],
-# VIEWERS [10], SECONDS_EACH [60], SINK_PORT [9311], GATEWAY_PORT [9312].
+# VIEWERS [10], SECONDS_EACH [60], SINK_PORT [9311], GATEWAY_PORT [9312], BEFORE_BIN [unset]: an
+# earlier build's binary (with mock-upstream beside it), measured first the same way, tracing off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/orchestrator}
@@ -28,6 +29,10 @@ otlp() {
     printf '[telemetry.otlp]\nendpoint = "http://127.0.0.1:%s"\nprotocol = "http"\nsampling_ratio = %s\n' \
         "$sink_port" "$1"
 }
+if [ -n "${BEFORE_BIN:-}" ]; then
+    echo "== the earlier build $BEFORE_BIN"
+    bash scripts/callgrind-gateway.sh "$BEFORE_BIN"
+fi
 echo "== tracing off"
 bash scripts/callgrind-gateway.sh "$bin"
 for ratio in 0.01 1.0; do
@@ -37,7 +42,8 @@ done
 
 echo "== the stats feed: CPU of an idle gateway, no viewer and $viewers viewers, ${seconds} s each"
 config=$(mktemp)
-printf '[server]\nlisten = "127.0.0.1:%s"\n' "$gateway_port" >"$config"
+printf '[server]\nlisten = "127.0.0.1:%s"\n[[backends]]\nkind = "echo"\nname = "echo"\n[[models]]\nname = "echo"\nbackends = ["echo"]\n' \
+    "$gateway_port" >"$config"
 RUST_LOG=warn "$bin" serve --config "$config" >/dev/null 2>&1 &
 gateway=$!
 pids+=("$gateway")

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use orchestrator_backends::routing::breaker::BreakerState;
 use orchestrator_backends::routing::replica::Replica;
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{LatencyCounts, PipelineStats, StageStats};
+use tokio_prompt_orchestrator::{LatencyCounts, LevelStats, PipelineStats, PriorityGate, StageStats};
 
 use super::INTERVAL;
 use super::snapshot::{
@@ -126,18 +126,13 @@ impl Sampler {
                 let (done, failed, shed) = counts.stages[i];
                 let (done_then, failed_then, shed_then) = earlier.stages[i];
                 let (wait_then, work_then) = &window.stages[i];
-                stage_view(
-                    s,
-                    [
-                        per_second(done, done_then),
-                        per_second(failed, failed_then),
-                        per_second(shed, shed_then),
-                    ],
-                )
-                .with_latencies(
-                    latency(&s.queue_wait.since(wait_then)),
-                    latency(&s.work.since(work_then)),
-                )
+                let rates = [
+                    per_second(done, done_then),
+                    per_second(failed, failed_then),
+                    per_second(shed, shed_then),
+                ];
+                let latencies = [s.queue_wait.since(wait_then), s.work.since(work_then)];
+                stage_view(s, rates, latencies)
             })
             .collect();
         let ttft = latency(&readings.ttft.since(&window.ttft));
@@ -153,23 +148,7 @@ impl Sampler {
             failed_rate: per_second(requests.failed, earlier.requests.failed),
             shed_rate: per_second(shed, earlier.requests.shed + earlier.gate_shed),
         };
-        let (gate_in_flight, gate_queued) = live.gate.load();
-        let gate = live.gate.config();
-        let admission = Admission {
-            in_flight: gate_in_flight,
-            max_in_flight: gate.max_in_flight.get(),
-            queued: gate_queued,
-            max_queued: gate.max_queued,
-            priorities: levels
-                .iter()
-                .map(|l| PriorityView {
-                    priority: l.priority.as_str().to_string(),
-                    queued: l.queued,
-                    admitted: l.admitted,
-                    shed: l.shed,
-                })
-                .collect(),
-        };
+        let admission = admission(&live.gate, &levels);
 
         if self.ticks.is_multiple_of(WINDOW_STEP) {
             self.readings.push_back(readings);
@@ -186,7 +165,7 @@ impl Sampler {
             failed_rate: requests.failed_rate,
             shed_rate: requests.shed_rate,
             in_flight: requests.in_flight,
-            queued: stages.iter().map(|s| s.queued).sum::<usize>() + gate_queued,
+            queued: stages.iter().map(|s| s.queued).sum::<usize>() + admission.queued,
             ttft_p50_ms: ttft.p50_ms,
             ttft_p99_ms: ttft.p99_ms,
         };
@@ -266,7 +245,34 @@ impl Sampler {
     }
 }
 
-fn stage_view(s: &StageStats, [rate, failed_rate, shed_rate]: [f64; 3]) -> StageView {
+/// The priority gate now, and each level's counts.
+fn admission(gate: &PriorityGate, levels: &[LevelStats]) -> Admission {
+    let (in_flight, queued) = gate.load();
+    let config = gate.config();
+    Admission {
+        in_flight,
+        max_in_flight: config.max_in_flight.get(),
+        queued,
+        max_queued: config.max_queued,
+        priorities: levels
+            .iter()
+            .map(|l| PriorityView {
+                priority: l.priority.as_str().to_string(),
+                queued: l.queued,
+                admitted: l.admitted,
+                shed: l.shed,
+            })
+            .collect(),
+    }
+}
+
+/// A stage as it is now, with its rates (completed, failed, shed) and the latencies of the window
+/// (queue wait, work).
+fn stage_view(
+    s: &StageStats,
+    [rate, failed_rate, shed_rate]: [f64; 3],
+    [wait, work]: [LatencyCounts; 2],
+) -> StageView {
     StageView {
         name: s.stage.as_str().to_string(),
         queued: s.queued,
@@ -281,16 +287,8 @@ fn stage_view(s: &StageStats, [rate, failed_rate, shed_rate]: [f64; 3]) -> Stage
         rate,
         failed_rate,
         shed_rate,
-        queue_wait: Latency::default(),
-        work: Latency::default(),
-    }
-}
-
-impl StageView {
-    fn with_latencies(mut self, queue_wait: Latency, work: Latency) -> Self {
-        self.queue_wait = queue_wait;
-        self.work = work;
-        self
+        queue_wait: latency(&wait),
+        work: latency(&work),
     }
 }
 

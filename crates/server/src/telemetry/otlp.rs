@@ -93,6 +93,14 @@ impl OtlpConfig {
                 ),
             ));
         }
+        if self.protocol == OtlpProtocol::Grpc && self.endpoint.starts_with("https://") {
+            problems.push((
+                "endpoint",
+                "OTLP/gRPC is sent in plain text here: for a collector behind TLS use protocol = \"http\" \
+                 (OTLP/HTTP, https works), or a collector on this host"
+                    .to_string(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.sampling_ratio) {
             problems.push((
                 "sampling_ratio",
@@ -489,4 +497,60 @@ fn finish_reason(completion: &Completion) -> &'static str {
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: &str) -> OtlpConfig {
+        toml::from_str(&format!("endpoint = {endpoint:?}")).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_the_traces_url() {
+        let grpc = config("http://127.0.0.1:4317");
+        assert_eq!(grpc.protocol, OtlpProtocol::Grpc);
+        assert_eq!(
+            (grpc.sampling_ratio, grpc.service_name.as_str()),
+            (1.0, "orchestrator")
+        );
+        assert!(!grpc.capture_content);
+        assert!(grpc.problems().is_empty());
+        assert_eq!(config("http://c:4318").traces_url(), "http://c:4318/v1/traces");
+        assert_eq!(config("http://c:4318/").traces_url(), "http://c:4318/v1/traces");
+        assert_eq!(
+            config("https://c/otlp/v1/traces").traces_url(),
+            "https://c/otlp/v1/traces"
+        );
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let mut bad = config("127.0.0.1:4317");
+        bad.sampling_ratio = 1.5;
+        bad.timeout_ms = 0;
+        bad.headers_env = [
+            ("bad header".to_string(), "X".to_string()),
+            (
+                "x-key".to_string(),
+                "ORCHESTRATOR_TEST_VARIABLE_NEVER_SET".to_string(),
+            ),
+        ]
+        .into();
+        let named: Vec<&str> = bad.problems().iter().map(|(field, _)| *field).collect();
+        assert_eq!(
+            named,
+            [
+                "endpoint",
+                "sampling_ratio",
+                "headers_env",
+                "headers_env",
+                "timeout_ms"
+            ]
+        );
+        let tls = config("https://collector:4317");
+        assert_eq!(tls.problems()[0].0, "endpoint");
+        assert!(tls.problems()[0].1.contains("protocol = \"http\""));
+    }
 }

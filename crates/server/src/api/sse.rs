@@ -23,7 +23,7 @@ use super::error::ApiError;
 use super::middleware::DisconnectGuard;
 use super::sources;
 use super::timing::{Millis, overhead};
-use super::wire::Header;
+use super::wire::{Header, TextChunks};
 use crate::gateway::cache::{Cached, Fill};
 use crate::gateway::outcome::Outcome;
 
@@ -242,6 +242,8 @@ pub struct OpenAiChunks {
     /// Top-level fields (`system_fingerprint`) that came alone, to go out with the next chunk
     /// rather than in an empty chunk of their own.
     held: Option<Box<Passthrough>>,
+    /// Chunks of text alone, from a template made at the first.
+    text: Option<TextChunks>,
 }
 
 impl OpenAiChunks {
@@ -250,6 +252,7 @@ impl OpenAiChunks {
             header,
             include_usage,
             held: None,
+            text: None,
         }
     }
 }
@@ -269,7 +272,14 @@ impl Writer for OpenAiChunks {
     }
 
     fn token(&mut self, text: &str, out: &mut Vec<Event>) {
-        out.push(data(self.header.text_chunk(text, self.held.take().as_deref())));
+        let chunk = match self.held.take() {
+            Some(held) => self.header.text_chunk(text, Some(&held)),
+            None => {
+                let header = &self.header;
+                self.text.get_or_insert_with(|| header.text_chunks()).chunk(text)
+            }
+        };
+        out.push(data(chunk));
     }
 
     fn passthrough(&mut self, mut extra: Box<Passthrough>, out: &mut Vec<Event>) {

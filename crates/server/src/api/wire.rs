@@ -206,6 +206,25 @@ impl Header {
         }
     }
 
+    /// The stream's plain text chunks, written from a template made once (see [`TextChunks`]).
+    pub fn text_chunks(&self) -> TextChunks {
+        let quoted = serde_json::to_string(TEMPLATE_SLOT).unwrap_or_default();
+        let chunk = self.text_chunk(TEMPLATE_SLOT, None);
+        // The slot's quoted form appears once: every other string in the chunk is quoted too,
+        // so a model name or id holding the same letters shows them with quotes escaped.
+        let key = match self.endpoint {
+            Endpoint::Chat => "\"content\":",
+            Endpoint::Completion => "\"text\":",
+        };
+        let at = chunk
+            .find(&format!("{key}{quoted}"))
+            .map_or(0, |at| at + key.len());
+        TextChunks {
+            prefix: chunk[..at].to_string(),
+            suffix: chunk[at + quoted.len()..].to_string(),
+        }
+    }
+
     /// A chunk carrying what the upstream streamed besides text: a tool-call delta, logprobs.
     pub fn passthrough_chunk(&self, extra: &Passthrough) -> String {
         match self.endpoint {
@@ -283,6 +302,29 @@ impl Header {
     }
 }
 
+/// What a text chunk's text is put in place of to make [`TextChunks`]' template.
+const TEMPLATE_SLOT: &str = "orchestrator-text-slot";
+
+/// A stream's chunks that carry text and nothing else (most of a stream): the same bytes as
+/// [`Header::text_chunk`] without extras, from the chunk's JSON before and after its text,
+/// written once, so that a token costs the escaping of its own text and two copies.
+pub struct TextChunks {
+    prefix: String,
+    suffix: String,
+}
+
+impl TextChunks {
+    pub fn chunk(&self, text: &str) -> String {
+        let mut out = Vec::with_capacity(self.prefix.len() + text.len() + 2 + self.suffix.len());
+        out.extend_from_slice(self.prefix.as_bytes());
+        // Writing a string into a vector cannot fail.
+        let _ = serde_json::to_writer(&mut out, text);
+        out.extend_from_slice(self.suffix.as_bytes());
+        // UTF-8: pieces of a UTF-8 string and serde_json's output.
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
 /// `GET /v1/models`.
 #[derive(Serialize)]
 pub struct ModelList<'a> {
@@ -310,6 +352,30 @@ mod tests {
             id: "chatcmpl-1".into(),
             created: 7,
             model: "echo".into(),
+        }
+    }
+
+    /// The template writes what the serializer writes, for awkward text and headers too.
+    #[test]
+    fn text_chunks_from_the_template_are_the_text_chunks() {
+        let texts = [
+            "",
+            "tok0",
+            " \"quoted\" \\ back\nline\t\u{1}",
+            "héllo ✓",
+            "orchestrator-text-slot",
+        ];
+        for endpoint in [Endpoint::Chat, Endpoint::Completion] {
+            for model in ["echo", "orchestrator-text-slot", "m\"content\":\"x"] {
+                let h = Header {
+                    model: model.into(),
+                    ..header(endpoint)
+                };
+                let chunks = h.text_chunks();
+                for text in texts {
+                    assert_eq!(chunks.chunk(text), h.text_chunk(text, None), "{model:?} {text:?}");
+                }
+            }
         }
     }
 

@@ -13,7 +13,8 @@
 //! - [`admission`]: priority admission in front of the pipeline ([`PriorityGate`]).
 //! - [`config`]: queue capacities, full-queue policies, concurrency, shards.
 //! - [`stages`]: what each stage does; [`Retriever`] plugs into RAG.
-//! - `pipeline`: lanes, admission, shutdown ([`spawn_pipeline`], [`Pipeline`]).
+//! - `pipeline`: lanes, admission, shutdown ([`spawn_pipeline`], [`Pipeline`]); where the lanes
+//!   run ([`Layout`]: the spawning runtime, or a current-thread runtime per core).
 //! - [`shard`]: session -> shard hashing.
 //! - [`trace`]: W3C trace context, and the backend calls recorded for a traced request.
 //! - [`metrics`]: metric names and the recording functions; [`latency`]: the latency histograms
@@ -44,8 +45,8 @@ pub use event::{
 };
 pub use latency::LatencyCounts;
 pub use pipeline::{
-    Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender, ResponseHandle, ShutdownReport,
-    StageStats, spawn_pipeline,
+    Layout, LayoutError, Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender,
+    ResponseHandle, ShutdownReport, StageStats, spawn_pipeline,
 };
 pub use request::{
     ChatMessage, EmbedInput, Extra, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RawExtra,

@@ -5,6 +5,7 @@
 //! starts at the input: closing it lets every admitted request drain, and each lane ends when its
 //! queue is closed and empty.
 
+mod cores;
 pub(crate) mod edge;
 pub(crate) mod envelope;
 mod handle;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use cores::{Layout, LayoutError};
 pub use handle::ResponseHandle;
 pub use sender::RequestSender;
 pub use stats::{PipelineStats, ShutdownReport, StageStats};
@@ -115,6 +117,7 @@ pub struct PipelineBuilder {
     assembler: Option<Arc<dyn Assembler>>,
     post_processors: Vec<Arc<dyn PostProcessor>>,
     config: PipelineConfig,
+    layout: Layout,
 }
 
 impl PipelineBuilder {
@@ -125,7 +128,15 @@ impl PipelineBuilder {
             assembler: None,
             post_processors: Vec::new(),
             config: PipelineConfig::default(),
+            layout: Layout::default(),
         }
+    }
+
+    /// Where the lanes run: on the spawning runtime (the default), or on threads of the
+    /// pipeline's own, one current-thread runtime per core ([`Layout::PerCore`]).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
     }
 
     pub fn config(mut self, config: PipelineConfig) -> Self {
@@ -157,8 +168,24 @@ impl PipelineBuilder {
     /// Install a metrics exporter before this: the stages register their metrics here.
     ///
     /// # Panics
-    /// When called outside a tokio runtime.
+    /// When called outside a tokio runtime with the work-stealing layout, or when a per-core
+    /// layout cannot start ([`try_spawn`](Self::try_spawn) says why instead).
     pub fn spawn(self) -> PipelineHandles {
+        match self.try_spawn() {
+            Ok(handles) => handles,
+            Err(e) => panic!("the pipeline cannot start: {e}"),
+        }
+    }
+
+    /// [`spawn`](Self::spawn), saying why a per-core layout cannot start.
+    ///
+    /// # Errors
+    /// More pinned threads than the cores this process may run on; a thread or runtime that
+    /// cannot start.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime with the work-stealing layout.
+    pub fn try_spawn(self) -> Result<PipelineHandles, LayoutError> {
         let config = self.config;
         let shards = config.shards.get();
         let mut probes = Vec::new();
@@ -182,9 +209,21 @@ impl PipelineBuilder {
             config,
         });
         let limits = shared.limits.clone();
+        let cores = match self.layout {
+            Layout::WorkStealing => None,
+            Layout::PerCore { threads, pin } => match cores::start(threads, pin, &shared.tracker) {
+                Ok(handles) => Some(handles),
+                Err(e) => {
+                    // Ends the threads already started: they wait for a closed, empty tracker.
+                    shared.tracker.close();
+                    return Err(e);
+                }
+            },
+        };
         let spawner = LaneSpawner {
             shared: &shared,
             limits: &limits,
+            cores: cores.as_deref(),
         };
         let rag = Arc::new(RagStage {
             retriever: self.retriever,
@@ -206,14 +245,18 @@ impl PipelineBuilder {
         }
         // Closing lets `wait` finish once every task has ended; later delivery tasks still count.
         shared.tracker.close();
-        tokio::spawn(sample_queue_depths(shared.clone()));
+        let sampler = sample_queue_depths(shared.clone());
+        match cores.as_deref() {
+            Some([first, ..]) => drop(first.spawn(sampler)),
+            _ => drop(tokio::spawn(sampler)),
+        }
 
         let (output_tx, output_rx) = mpsc::channel(shared.config.output_capacity.get());
-        PipelineHandles {
+        Ok(PipelineHandles {
             input_tx: RequestSender::new(shared.clone(), inputs.into(), output_tx),
             output_rx,
             pipeline: Pipeline { shared },
-        }
+        })
     }
 }
 
@@ -259,6 +302,8 @@ fn queue<T: Send + 'static>(
 struct LaneSpawner<'a> {
     shared: &'a Arc<Shared>,
     limits: &'a [Arc<Limit>; 5],
+    /// The per-core layout's runtimes; shard `s` runs on `s % len`.
+    cores: Option<&'a [tokio::runtime::Handle]>,
 }
 
 impl LaneSpawner<'_> {
@@ -283,7 +328,14 @@ impl LaneSpawner<'_> {
             shard,
             metrics: self.shared.metrics.stage(L::STAGE).clone(),
         };
-        self.shared.tracker.spawn(lane.run());
+        match self.cores {
+            Some(cores) => drop(
+                self.shared
+                    .tracker
+                    .spawn_on(lane.run(), &cores[shard % cores.len()]),
+            ),
+            None => drop(self.shared.tracker.spawn(lane.run())),
+        }
     }
 }
 

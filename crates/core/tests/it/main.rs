@@ -7,6 +7,7 @@ mod cancellation;
 mod deadline;
 mod metrics;
 mod ordering;
+mod per_core;
 mod properties;
 mod shards;
 mod shutdown;

@@ -1,0 +1,90 @@
+//! Requests a second through the five stages with each layout at 1 and 2 threads (criterion):
+//! `work_stealing/N`, a multi-thread runtime of N workers running the lanes and the callers;
+//! `per_core/N`, N pipeline threads of a current-thread runtime each (pinned when the process
+//! may run on N cores), the callers on a current-thread runtime of their own. EchoWorker without
+//! delay, 64 requests in flight, one shard a thread. The scaling factor is N=2 over N=1 within a
+//! layout; a machine with more cores shows more with `LAYOUT_THREADS=1,2,4,8`.
+//!
+//! `cargo bench --bench layout`
+
+mod common;
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+use tokio_prompt_orchestrator::{EchoWorker, Layout, PipelineBuilder, PipelineHandles};
+
+use common::{bench_config, drive_untimed};
+
+const IN_FLIGHT: usize = 64;
+const TOTAL: usize = 8192;
+
+fn thread_counts() -> Vec<usize> {
+    std::env::var("LAYOUT_THREADS")
+        .ok()
+        .map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2])
+}
+
+/// The callers' runtime and the pipeline, for `threads` in `layout`.
+fn setup(threads: usize, per_core: bool) -> (Runtime, PipelineHandles) {
+    let n = NonZeroUsize::new(threads).expect("at least one thread");
+    let config = bench_config().with_shards(n);
+    let builder = PipelineBuilder::new(Arc::new(EchoWorker::new())).config(config);
+    if per_core {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let pin = Layout::PerCore {
+            threads: n,
+            pin: true,
+        }
+        .check()
+        .is_ok();
+        let handles = rt.block_on(async {
+            builder
+                .layout(Layout::PerCore { threads: n, pin })
+                .try_spawn()
+                .expect("per-core layout")
+        });
+        (rt, handles)
+    } else {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handles = rt.block_on(async { builder.spawn() });
+        (rt, handles)
+    }
+}
+
+fn layouts(c: &mut Criterion) {
+    for (name, per_core) in [("work_stealing", false), ("per_core", true)] {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(TOTAL as u64));
+        for threads in thread_counts() {
+            let (rt, handles) = setup(threads, per_core);
+            group.bench_function(BenchmarkId::from_parameter(threads), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let sender = handles.input_tx.clone();
+                    async move {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            drive_untimed(&sender, IN_FLIGHT, TOTAL).await;
+                        }
+                        start.elapsed()
+                    }
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, layouts);
+criterion_main!(benches);

@@ -208,7 +208,6 @@ impl PipelineBuilder {
             limits: Stage::ALL.map(|s| Limit::new(config.stage(s).concurrency.get())),
             config,
         });
-        let limits = shared.limits.clone();
         let cores = match self.layout {
             Layout::WorkStealing => None,
             Layout::PerCore { threads, pin } => match cores::start(threads, pin, &shared.tracker) {
@@ -222,7 +221,6 @@ impl PipelineBuilder {
         };
         let spawner = LaneSpawner {
             shared: &shared,
-            limits: &limits,
             cores: cores.as_deref(),
         };
         let rag = Arc::new(RagStage {
@@ -301,7 +299,6 @@ fn queue<T: Send + 'static>(
 
 struct LaneSpawner<'a> {
     shared: &'a Arc<Shared>,
-    limits: &'a [Arc<Limit>; 5],
     /// The per-core layout's runtimes; shard `s` runs on `s % len`.
     cores: Option<&'a [tokio::runtime::Handle]>,
 }
@@ -322,7 +319,7 @@ impl LaneSpawner<'_> {
             logic: logic.clone(),
             rx,
             next,
-            limit: binds.then(|| self.limits[L::STAGE.index()].clone()),
+            limit: binds.then(|| self.shared.limits[L::STAGE.index()].clone()),
             concurrency,
             intake: (L::STAGE == Stage::Rag).then(|| self.shared.intake.clone()),
             shard,

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_prompt_orchestrator::{PipelineBuilder, PromptRequest, SessionId};
+use tokio_prompt_orchestrator::PipelineBuilder;
 
-use crate::support::{ProbeWorker, blocking_config, outputs};
+use crate::support::{ProbeWorker, blocking_config, outputs, send_numbered, sequence};
 
 #[tokio::test(start_paused = true)]
 async fn each_session_keeps_its_order_at_the_model_and_at_the_output() {
@@ -19,21 +19,7 @@ async fn each_session_keeps_its_order_at_the_model_and_at_the_output() {
         .config(blocking_config(4, 64, 16))
         .spawn();
 
-    let sender = handles.input_tx.clone();
-    let producer = tokio::spawn(async move {
-        for i in 0..PER_SESSION {
-            for s in 0..SESSIONS {
-                // Length varies with i and s: "n<i> x x x ..."
-                let filler = " x".repeat((s * 7 + i * 3) % 11);
-                let request = PromptRequest {
-                    session: SessionId::new(format!("session-{s}")),
-                    input: format!("n{i}{filler}"),
-                    meta: Default::default(),
-                };
-                sender.send(request).await.expect("admitted");
-            }
-        }
-    });
+    let producer = tokio::spawn(send_numbered(handles.input_tx.clone(), SESSIONS, PER_SESSION));
     drop(handles.input_tx);
     let got = outputs(&mut handles.output_rx, SESSIONS * PER_SESSION + 1).await;
     producer.await.expect("producer");
@@ -44,12 +30,6 @@ async fn each_session_keeps_its_order_at_the_model_and_at_the_output() {
         "every request has exactly one output"
     );
 
-    let sequence = |text: &str| -> usize {
-        text.split(' ')
-            .next()
-            .and_then(|w| w[1..].parse().ok())
-            .expect("n<i> prefix")
-    };
     let mut at_output: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for o in got {
         let text = o.result.expect("completes").text;

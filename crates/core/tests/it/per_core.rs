@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio_prompt_orchestrator::{
-    EchoWorker, InferenceCall, Layout, LayoutError, ModelWorker, PipelineBuilder, PromptRequest, SessionId,
-    TokenStream, WorkerError,
+    EchoWorker, InferenceCall, Layout, LayoutError, ModelWorker, PipelineBuilder, TokenStream, WorkerError,
 };
 
-use crate::support::{blocking_config, chat, outputs};
+use crate::support::{blocking_config, chat, outputs, send_numbered, sequence};
 
 /// Echoes, noting which thread ran each session's calls.
 #[derive(Default)]
@@ -51,21 +50,7 @@ async fn sessions_keep_their_order_and_each_runs_on_one_core_thread() {
         .layout(per_core(2, false))
         .try_spawn()
         .expect("starts");
-    let sender = handles.input_tx.clone();
-    let producer = tokio::spawn(async move {
-        for i in 0..PER_SESSION {
-            for s in 0..SESSIONS {
-                // Lengths differ, so later requests could finish first if order were not kept.
-                let filler = " x".repeat((s * 7 + i * 3) % 11);
-                let request = PromptRequest {
-                    session: SessionId::new(format!("session-{s}")),
-                    input: format!("n{i}{filler}"),
-                    meta: Default::default(),
-                };
-                sender.send(request).await.expect("admitted");
-            }
-        }
-    });
+    let producer = tokio::spawn(send_numbered(handles.input_tx.clone(), SESSIONS, PER_SESSION));
     drop(handles.input_tx);
     let got = outputs(&mut handles.output_rx, SESSIONS * PER_SESSION + 1).await;
     producer.await.unwrap();
@@ -75,8 +60,10 @@ async fn sessions_keep_their_order_and_each_runs_on_one_core_thread() {
     let mut order: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for output in got {
         let text = output.result.expect("completes").text;
-        let n = text.split(' ').next().unwrap()[1..].parse().unwrap();
-        order.entry(output.session.to_string()).or_default().push(n);
+        order
+            .entry(output.session.to_string())
+            .or_default()
+            .push(sequence(&text));
     }
     for (session, seen) in &order {
         assert_eq!(seen, &(0..PER_SESSION).collect::<Vec<_>>(), "{session}");

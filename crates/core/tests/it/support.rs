@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use tokio::sync::{Semaphore, watch};
 use tokio_prompt_orchestrator::{
-    InferenceCall, InferenceRequest, ModelWorker, PipelineConfig, PromptOutput, SessionId, Stage,
-    TokenStream, WhenFull, WorkerChunk, WorkerError,
+    InferenceCall, InferenceRequest, ModelWorker, PipelineConfig, PromptOutput, PromptRequest, RequestSender,
+    SessionId, Stage, TokenStream, WhenFull, WorkerChunk, WorkerError,
 };
 
 pub fn nz(n: usize) -> NonZeroUsize {
@@ -216,4 +216,29 @@ pub async fn outputs(rx: &mut tokio::sync::mpsc::Receiver<PromptOutput>, n: usiz
         }
     }
     out
+}
+
+/// Sends `per_session` requests for each of `sessions` sessions (`session-<s>`), interleaved:
+/// request `i` says `n<i>` followed by a filler whose length varies with `i` and `s`, so later
+/// requests often finish first unless order is kept.
+pub async fn send_numbered(sender: RequestSender, sessions: usize, per_session: usize) {
+    for i in 0..per_session {
+        for s in 0..sessions {
+            let filler = " x".repeat((s * 7 + i * 3) % 11);
+            let request = PromptRequest {
+                session: SessionId::new(format!("session-{s}")),
+                input: format!("n{i}{filler}"),
+                meta: Default::default(),
+            };
+            sender.send(request).await.expect("admitted");
+        }
+    }
+}
+
+/// The `<i>` of a text `send_numbered` made (or its echo).
+pub fn sequence(text: &str) -> usize {
+    text.split(' ')
+        .next()
+        .and_then(|w| w[1..].parse().ok())
+        .expect("n<i> prefix")
 }

@@ -32,10 +32,11 @@ pub async fn stream(State(state): State<Arc<Gateway>>) -> Response {
     let events = stream::unfold((rx, state, true), |(mut rx, state, first)| async move {
         rx.changed().await.ok()?;
         let latest = rx.borrow_and_update().clone()?;
-        let data = if first {
-            state.stats.with_history(&latest)
+        // Every viewer's event is copied from the one JSON text of the snapshot.
+        let data: Arc<str> = if first {
+            state.stats.with_history(&latest).into()
         } else {
-            latest.json().to_string()
+            latest.json()
         };
         Some((
             Ok::<_, Infallible>(Event::default().data(data)),

@@ -309,7 +309,6 @@ impl TracedRequest {
     fn end(&mut self, result: Result<&Completion, &PipelineError>) {
         self.ended = true;
         let end = SystemTime::now();
-        let trace_id = self.trace.parent.trace_id;
         let submitted = self.submitted.unwrap_or(end);
         let mut root = self.span(
             self.root,
@@ -380,14 +379,7 @@ impl TracedRequest {
             spans.push(self.call_span(call));
         }
         spans.push(root);
-        for mut span in spans {
-            span.span_context = SpanContext::new(
-                TraceId::from_bytes(trace_id),
-                span.span_context.span_id(),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            );
+        for span in spans {
             self.tracing.export(span);
         }
     }

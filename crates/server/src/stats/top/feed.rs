@@ -5,9 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use eventsource_stream::{EventStreamError, Eventsource};
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
+use orchestrator_backends::sse::decode::Decoder;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Client, Response, StatusCode, Url};
 use tokio::sync::watch;
@@ -158,30 +157,27 @@ async fn follow(client: &Client, url: &Url, key: Option<&str>, tx: &watch::Sende
     }
     // `Connected` waits for the first snapshot: a gateway (or a proxy) that answers and then
     // sends nothing is no better than one that does not answer.
-    // An empty line first: eventsource-stream takes a leading byte order mark off by slicing one
-    // byte of it, which panics (jpopesculian/eventsource-stream#10), and after an empty line it
-    // no longer looks for one (as `orchestrator_backends::sse` does for upstreams).
-    let body = stream::iter([Ok(Bytes::from_static(b"\n"))]).chain(response.bytes_stream());
-    let mut events = body.eventsource();
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(EventStreamError::Transport(e)) => return Link::Reconnecting(describe(&e)),
+    let mut body = response.bytes_stream();
+    let mut events = Decoder::default();
+    loop {
+        match events.next_event() {
+            Ok(true) if events.data().is_empty() => continue,
+            Ok(true) => match serde_json::from_str::<Snapshot>(events.data()) {
+                Ok(snapshot) => tx.send_modify(|view| view.absorb(snapshot)),
+                Err(e) => {
+                    return Link::Reconnecting(format!(
+                        "a snapshot this top cannot read ({e}): is the gateway a matching version?"
+                    ));
+                }
+            },
+            Ok(false) => match body.next().await {
+                Some(Ok(bytes)) => events.push(&bytes),
+                Some(Err(e)) => return Link::Reconnecting(describe(&e)),
+                None => return Link::Reconnecting("the gateway ended the feed".into()),
+            },
             Err(e) => return Link::Reconnecting(format!("the feed is not valid SSE ({e})")),
-        };
-        if event.data.is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Snapshot>(&event.data) {
-            Ok(snapshot) => tx.send_modify(|view| view.absorb(snapshot)),
-            Err(e) => {
-                return Link::Reconnecting(format!(
-                    "a snapshot this top cannot read ({e}): is the gateway a matching version?"
-                ));
-            }
         }
     }
-    Link::Reconnecting("the gateway ended the feed".into())
 }
 
 /// `: MESSAGE` from an error response's body (the API's `{"error": {"message"}}`, or its first

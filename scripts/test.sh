@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: every unit, integration, property and doc test in the workspace,
 # including the gateway's end-to-end test with the official openai Python SDK and the cluster's
-# tests against a real nats-server.
+# tests against a real nats-server; the gateway's suite runs twice, the second time per-core.
 # README.md names this script; .ci/run calls it after the format and lint checks.
 #
 # ORCHESTRATOR_REAL_LLM=1 adds the backends against real model servers: it prepares llama-server
@@ -19,6 +19,8 @@ case "${ORCHESTRATOR_REAL_LLM:-}" in
     *) bash scripts/setup-llm.sh all ;;
 esac
 cargo test --workspace --all-targets
+# The gateway's suite once more with every gateway in `[runtime] mode = "per_core"`.
+ORCHESTRATOR_TEST_RUNTIME=per_core cargo test -p orchestrator-server --test it
 case "${ORCHESTRATOR_REAL_LLM:-}" in
     "" | 0 | false) ;;
     *) cargo test -p orchestrator-backends --test real_servers -- --ignored ;;

@@ -3,7 +3,7 @@
 //! backend, its status and its own words.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::WorkerError;
+use tokio_prompt_orchestrator::{Cores, WorkerError};
 
 use crate::timeouts::{Timeouts, earliest};
 use crate::transport;
@@ -76,12 +76,19 @@ pub struct HttpBackend {
     pub timeouts: Timeouts,
 }
 
+type Pooled = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// How requests reach the upstream.
 enum Client {
     /// Straight to the server, on hyper's pooled client (HTTP/2 when TLS offers it): reqwest's
     /// layers over the same client cost CPU on every request (docs/benchmarks/history.md).
     Direct {
-        client: Box<hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
+        client: Box<Pooled>,
+        /// On the core threads of a per-core runtime, a pool of each core's own: a connection
+        /// is driven by the thread that opened it, so one shared pool would send a request's
+        /// bytes across threads. Made on the first call from a core thread.
+        per_core: OnceLock<Box<[Pooled]>>,
+        connector: HttpsConnector<HttpConnector>,
         /// On every request: the key and the configured headers.
         headers: HeaderMap,
     },
@@ -127,20 +134,30 @@ impl Client {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(1024)
-            .build(https);
         Ok(Client::Direct {
-            client: Box::new(client),
+            client: Box::new(pool(https.clone())),
+            per_core: OnceLock::new(),
+            connector: https,
             headers: with_host(headers, base_url),
         })
     }
 
     async fn send(&self, request: Request<Bytes>) -> Result<Response, BoxError> {
         match self {
-            Client::Direct { client, headers } => {
+            Client::Direct {
+                client,
+                per_core,
+                connector,
+                headers,
+            } => {
+                let client = match Cores::current() {
+                    Some((core, cores)) => {
+                        let pools =
+                            per_core.get_or_init(|| (0..cores).map(|_| pool(connector.clone())).collect());
+                        &pools[core % pools.len()]
+                    }
+                    None => client,
+                };
                 let (mut parts, body) = request.into_parts();
                 for (name, value) in headers {
                     parts.headers.entry(name).or_insert_with(|| value.clone());
@@ -156,6 +173,15 @@ impl Client {
             }
         }
     }
+}
+
+/// A pool of kept-alive connections through `connector`.
+fn pool(connector: HttpsConnector<HttpConnector>) -> Pooled {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(1024)
+        .build(connector)
 }
 
 impl HttpBackend {

@@ -45,7 +45,7 @@ pub use event::{
 };
 pub use latency::LatencyCounts;
 pub use pipeline::{
-    Layout, LayoutError, Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender,
+    Cores, Layout, LayoutError, Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender,
     ResponseHandle, ShutdownReport, StageStats, spawn_pipeline,
 };
 pub use request::{

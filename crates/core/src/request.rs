@@ -89,29 +89,52 @@ pub fn raw(value: &serde_json::Value) -> Box<RawValue> {
 /// Cheap to clone (a shared string), so it can be copied into every stage and event.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SessionId(Arc<str>);
+pub struct SessionId {
+    key: Arc<str>,
+    /// A key of one request alone ([`per_request`](Self::per_request)).
+    #[serde(skip)]
+    alone: bool,
+}
 
 impl SessionId {
     /// Wraps any string as a session key.
     pub fn new(id: impl AsRef<str>) -> Self {
-        Self(Arc::from(id.as_ref()))
+        Self {
+            key: Arc::from(id.as_ref()),
+            alone: false,
+        }
+    }
+
+    /// The key of a request with no session: no order to keep with other requests, so in a
+    /// per-core layout it runs on the shard of the core that submits it (no thread to cross);
+    /// elsewhere it lands on the shard its key hashes to, as any key does.
+    pub fn per_request(id: impl AsRef<str>) -> Self {
+        Self {
+            alone: true,
+            ..Self::new(id)
+        }
+    }
+
+    /// Whether this is the key of a request alone ([`per_request`](Self::per_request)).
+    pub fn is_per_request(&self) -> bool {
+        self.alone
     }
 
     /// The key as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
     }
 }
 
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.key, f)
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.key)
     }
 }
 

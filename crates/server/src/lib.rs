@@ -2,7 +2,8 @@
 //! tokio-prompt-orchestrator pipeline.
 //!
 //! - [`config`]: `pipeline.toml`, read and validated.
-//! - [`server`]: binding, serving, draining on shutdown; `http1`: the accept loop.
+//! - [`server`]: binding, serving, draining on shutdown; `http1`: the accept loop; [`runtime`]:
+//!   work-stealing or a thread per core.
 //! - [`live`], [`reload`]: the running config's pipeline, and swapping it for a new one.
 //! - [`api`]: the routes, request parsing, responses and error mapping.
 //! - [`models`]: the config's backends and models built into the router the pipeline calls.
@@ -30,6 +31,7 @@ mod http1;
 pub mod logsink;
 pub mod models;
 pub mod post;
+pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod stored;

@@ -23,8 +23,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     // Access-log lines wait in a buffer: write them out before a panic's message and on exit.
@@ -33,30 +32,37 @@ async fn main() -> ExitCode {
         logsink::flush();
         report_panic(info);
     }));
-    let code = run(&cli).await;
+    let code = match cli.serve_args() {
+        // The gateway's runtime is the config's `[runtime]`: read the config first.
+        Some(args) => serve(args),
+        None => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(run(&cli)),
+            Err(e) => {
+                eprintln!("cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    };
     logsink::flush();
     code
 }
 
 async fn run(cli: &Cli) -> ExitCode {
     match &cli.command {
-        Some(Command::Validate(args)) => return validate(args),
-        Some(Command::Ingest(args)) => return ingest(args),
-        Some(Command::Cluster(args)) => return orchestrator_server::cluster::cli::run(args).await,
-        Some(Command::Top(args)) => return orchestrator_server::stats::top::run(args).await,
+        Some(Command::Validate(args)) => validate(args),
+        Some(Command::Ingest(args)) => ingest(args),
+        Some(Command::Cluster(args)) => orchestrator_server::cluster::cli::run(args).await,
+        Some(Command::Top(args)) => orchestrator_server::stats::top::run(args).await,
         Some(Command::Worker(args)) => {
             let shutdown = shutdown_signal();
             tokio::spawn(refuse_sighup(signal(SignalKind::hangup())));
-            return orchestrator_server::worker::run(args, shutdown).await;
+            orchestrator_server::worker::run(args, shutdown).await
         }
         Some(Command::Dlq(args)) => {
-            return orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::ByPath).await;
+            orchestrator_server::dlq::cli::run(args, &orchestrator_server::api::format::ByPath).await
         }
-        _ => {}
-    }
-    match cli.serve_args() {
-        Some(args) => serve(args).await,
-        None => ExitCode::SUCCESS,
+        // `main` serves on the runtime the config asks for, not on this one.
+        None | Some(Command::Serve(_)) => ExitCode::SUCCESS,
     }
 }
 
@@ -110,8 +116,9 @@ fn ingest(args: &IngestArgs) -> ExitCode {
     }
 }
 
-async fn serve(args: &ServeArgs) -> ExitCode {
-    let mut config = match &args.config {
+/// Loads the config, then serves it on the runtime its `[runtime]` asks for.
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
             Err(e) => {
@@ -121,6 +128,16 @@ async fn serve(args: &ServeArgs) -> ExitCode {
         },
         None => Config::builtin(),
     };
+    match config.runtime.build() {
+        Ok(runtime) => runtime.block_on(serve_config(args, config)),
+        Err(e) => {
+            eprintln!("runtime: cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_config(args: &ServeArgs, mut config: Config) -> ExitCode {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }

@@ -21,8 +21,8 @@ use futures_util::future::join_all;
 use orchestrator_backends::Router;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{PipelineStats, ShutdownReport};
-use tokio_util::sync::CancellationToken;
+use tokio_prompt_orchestrator::{Cores, Layout, PipelineStats, ShutdownReport};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::api;
 use crate::cluster::{Cluster, dlq, jobs, limits, membership, pushed, verdicts};
@@ -102,6 +102,10 @@ pub struct Server {
     listener: TcpListener,
     state: Arc<Gateway>,
     config: ServerConfig,
+    /// Per-core: the core threads connections are handed to and the pipelines run on.
+    cores: Option<Cores>,
+    /// Ends the core threads when the server is done (or dropped).
+    _stop_cores: Option<DropGuard>,
 }
 
 impl Server {
@@ -130,6 +134,9 @@ impl Server {
 
     async fn start(config: Config, models: Router, cluster: Option<Arc<Cluster>>) -> io::Result<Self> {
         let listener = TcpListener::bind(config.server.listen).await?;
+        let cores = config.runtime.start_cores()?;
+        let stop_cores = cores.as_ref().map(Cores::stop_on_drop);
+        let layout = cores.clone().map_or(Layout::WorkStealing, Layout::On);
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -144,7 +151,8 @@ impl Server {
         };
         let tracing = config.telemetry.otlp.as_ref().map(Tracing::start).transpose();
         let tracing = tracing.map_err(io::Error::other)?;
-        let live = Live::start(config, models, 0, None, cluster.as_deref()).map_err(io::Error::other)?;
+        let live = Live::start(config, models, 0, None, cluster.as_deref(), layout);
+        let live = live.map_err(io::Error::other)?;
         let mut gateway = Gateway::new(live, started_at, cluster, responses);
         gateway.tracing = tracing;
         let state = Arc::new(gateway);
@@ -152,6 +160,8 @@ impl Server {
             listener,
             state,
             config: server_config,
+            cores,
+            _stop_cores: stop_cores,
         })
     }
 
@@ -185,11 +195,13 @@ impl Server {
             listener,
             state,
             config,
+            cores,
+            _stop_cores,
         } = self;
         let listener_address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let app = api::router(state.clone());
         let (close_listener, listener_closed) = tokio::sync::oneshot::channel::<()>();
-        let serve = http1::serve(listener, app, http1::Edge::from(&config), async {
+        let serve = http1::serve(listener, app, http1::Edge::from(&config), cores, async {
             let _ = listener_closed.await;
         });
         let mut serving = tokio::spawn(serve);

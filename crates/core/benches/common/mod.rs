@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 use tokio_prompt_orchestrator::{
-    ChatMessage, InferenceRequest, PipelineConfig, PipelineError, PipelineHandles, PromptRequest,
+    ChatMessage, Cores, InferenceRequest, PipelineConfig, PipelineError, PipelineHandles, PromptRequest,
     RequestSender, RetrievedChunk, Retriever, SessionId, Stage, WhenFull,
 };
 
@@ -71,6 +71,28 @@ async fn closed_loop(sender: &RequestSender, clients: usize, total: usize, timed
 }
 
 /// A caller's `i`th request: one short user message, streamed every other time.
+/// As [`drive_untimed`], with caller `c` on core thread `c % cores.len()` and a session of its
+/// own that keeps it there ([`SessionId::per_request`]): the gateway's per-core path, where a
+/// request never leaves the core its connection is on.
+pub async fn drive_on_cores(sender: &RequestSender, cores: &Cores, clients: usize, total: usize) {
+    let per_client = total.div_ceil(clients);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let sender = sender.clone();
+            cores.handles()[c % cores.len()].spawn(async move {
+                let session = SessionId::per_request(format!("client-{c}"));
+                for i in 0..per_client {
+                    let handle = sender.submit(request(&session, i)).await.expect("admitted");
+                    handle.into_response().await.expect("completes");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+}
+
 fn request(session: &SessionId, i: usize) -> InferenceRequest {
     InferenceRequest::chat(session.clone(), vec![ChatMessage::user("Hello!")])
         .with_stream(i.is_multiple_of(2))

@@ -1,23 +1,31 @@
 //! The per-core layout: a thread per core, each running a current-thread runtime of its own
 //! (pinned to its core when asked), and each shard's five lanes on one of them. A request's
 //! stages then run on one thread, in one core's caches; only the hand-over into its shard's first
-//! queue, and its events back to the caller, cross threads.
+//! queue, and its events back to the caller, cross threads (and not even those when the caller
+//! runs on the shard's core thread, as the gateway's connections do in its per-core mode).
 
+use std::cell::Cell;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::runtime::Handle;
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Where a pipeline's lanes run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum Layout {
     /// On the runtime that spawns the pipeline (tokio's work-stealing runtime, usually).
     #[default]
     WorkStealing,
     /// On `threads` threads of the pipeline's own, a current-thread runtime each; shard `s` on
     /// thread `s % threads`. With `pin`, thread `i` is pinned to the `i`-th core the process may
-    /// run on.
+    /// run on. The threads end when the pipeline has drained.
     PerCore { threads: NonZeroUsize, pin: bool },
+    /// On core threads the caller started and keeps ([`Cores::start`]), shard `s` on thread
+    /// `s % len`: several pipelines in turn (a gateway's reloads), and the caller's own tasks,
+    /// can share them.
+    On(Cores),
 }
 
 /// Why a per-core layout cannot start.
@@ -36,18 +44,20 @@ impl Layout {
     ///
     /// # Errors
     /// More pinned threads than allowed cores.
-    pub fn check(self) -> Result<(), LayoutError> {
-        if let Layout::PerCore { threads, pin: true } = self {
-            let allowed = allowed_cores().len();
-            if threads.get() > allowed {
-                return Err(LayoutError::MoreThreadsThanCores {
-                    threads: threads.get(),
-                    allowed,
-                });
-            }
+    pub fn check(&self) -> Result<(), LayoutError> {
+        match *self {
+            Layout::PerCore { threads, pin: true } => check_pinned(threads.get()),
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+fn check_pinned(threads: usize) -> Result<(), LayoutError> {
+    let allowed = allowed_cores().len();
+    if threads > allowed {
+        return Err(LayoutError::MoreThreadsThanCores { threads, allowed });
+    }
+    Ok(())
 }
 
 /// The cores this process may run on (its affinity mask), in order.
@@ -55,44 +65,116 @@ fn allowed_cores() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
 }
 
-/// Starts the threads of a per-core layout and returns their runtimes' handles. Each thread runs
-/// until every task of `tracker` has ended (so its runtime outlives the lanes and the deliveries
-/// spawned on it), then ends by itself.
-///
-/// # Errors
-/// More pinned threads than allowed cores, or a runtime or thread that cannot start (then the
-/// caller closes `tracker`, which ends the threads already started).
-pub(crate) fn start(
-    threads: NonZeroUsize,
-    pin: bool,
-    tracker: &TaskTracker,
-) -> Result<Vec<Handle>, LayoutError> {
-    Layout::PerCore { threads, pin }.check()?;
-    // Pinned: the first `threads` cores allowed (`check` made sure there are enough).
-    let mut cores = allowed_cores()
-        .into_iter()
-        .take(threads.get())
-        .map(|core| pin.then_some(core));
-    let mut handles = Vec::with_capacity(threads.get());
-    for i in 0..threads.get() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| LayoutError::Runtime(e.to_string()))?;
-        handles.push(runtime.handle().clone());
-        let core = cores.next().flatten();
-        let tracker = tracker.clone();
-        std::thread::Builder::new()
-            .name(format!("orchestrator-core-{i}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    // A core the mask allows; if the kernel refuses anyway, the thread runs
-                    // unpinned, which is slower, not wrong.
-                    core_affinity::set_for_current(core);
-                }
-                runtime.block_on(tracker.wait());
-            })
-            .map_err(|e| LayoutError::Runtime(e.to_string()))?;
+/// A set of core threads, each running a current-thread runtime; cheap to clone. The threads
+/// run until [`stop`](Self::stop) (or the guard of [`stop_on_drop`](Self::stop_on_drop)); tasks
+/// still on them then are dropped.
+#[derive(Clone, Debug)]
+pub struct Cores {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Tells the threads of this set from those of any other, in [`Cores::current`].
+    set: u64,
+    handles: Box<[Handle]>,
+    stop: CancellationToken,
+}
+
+thread_local! {
+    /// On a core thread: its set and its index in the set.
+    static CURRENT: Cell<Option<(u64, usize, usize)>> = const { Cell::new(None) };
+}
+
+static NEXT_SET: AtomicU64 = AtomicU64::new(0);
+
+impl Cores {
+    /// Starts `threads` threads named `orchestrator-core-N`, thread `i` pinned to the `i`-th
+    /// core the process may run on when `pin` is set.
+    ///
+    /// # Errors
+    /// More pinned threads than allowed cores, or a runtime or thread that cannot start (the
+    /// threads already started then end).
+    pub fn start(threads: NonZeroUsize, pin: bool) -> Result<Self, LayoutError> {
+        if pin {
+            check_pinned(threads.get())?;
+        }
+        let set = NEXT_SET.fetch_add(1, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        // Ends the threads already started if a later one cannot start.
+        let failed = stop.clone().drop_guard();
+        let mut cores = allowed_cores()
+            .into_iter()
+            .take(threads.get())
+            .map(|core| pin.then_some(core));
+        let mut handles = Vec::with_capacity(threads.get());
+        for i in 0..threads.get() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| LayoutError::Runtime(e.to_string()))?;
+            handles.push(runtime.handle().clone());
+            let core = cores.next().flatten();
+            let stop = stop.clone();
+            let count = threads.get();
+            std::thread::Builder::new()
+                .name(format!("orchestrator-core-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        // A core the mask allows; if the kernel refuses anyway, the thread runs
+                        // unpinned, which is slower, not wrong.
+                        core_affinity::set_for_current(core);
+                    }
+                    CURRENT.set(Some((set, i, count)));
+                    runtime.block_on(stop.cancelled());
+                })
+                .map_err(|e| LayoutError::Runtime(e.to_string()))?;
+        }
+        failed.disarm();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                set,
+                handles: handles.into(),
+                stop,
+            }),
+        })
     }
-    Ok(handles)
+
+    /// The runtimes of the threads, by index.
+    pub fn handles(&self) -> &[Handle] {
+        &self.inner.handles
+    }
+
+    /// How many threads the set has.
+    pub fn len(&self) -> usize {
+        self.inner.handles.len()
+    }
+
+    /// Never true: a set has at least one thread.
+    pub fn is_empty(&self) -> bool {
+        self.inner.handles.is_empty()
+    }
+
+    /// The index of the calling thread in this set, when it is one of its threads.
+    pub fn index_of_current(&self) -> Option<usize> {
+        CURRENT
+            .get()
+            .and_then(|(set, index, _)| (set == self.inner.set).then_some(index))
+    }
+
+    /// When called on a core thread of any set: its index and the size of its set. For state
+    /// kept per core, such as connection pools.
+    pub fn current() -> Option<(usize, usize)> {
+        CURRENT.get().map(|(_, index, count)| (index, count))
+    }
+
+    /// Ends the threads; tasks still on them are dropped.
+    pub fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// A guard that ends the threads when dropped.
+    pub fn stop_on_drop(&self) -> DropGuard {
+        self.inner.stop.clone().drop_guard()
+    }
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use cores::{Layout, LayoutError};
+pub use cores::{Cores, Layout, LayoutError};
 pub use handle::ResponseHandle;
 pub use sender::RequestSender;
 pub use stats::{PipelineStats, ShutdownReport, StageStats};
@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     depth_probes: Vec<(Stage, DepthProbe)>,
     /// Each stage's concurrency limit, shared by its lanes; `in_use` is its requests in flight.
     limits: [Arc<Limit>; 5],
+    /// The core threads the lanes run on, in a per-core layout.
+    pub cores: Option<Cores>,
 }
 
 impl Shared {
@@ -193,6 +195,11 @@ impl PipelineBuilder {
             .map(|_| ShardQueues::new(&config, &mut probes))
             .collect();
 
+        let (cores, owned) = match self.layout {
+            Layout::WorkStealing => (None, false),
+            Layout::PerCore { threads, pin } => (Some(Cores::start(threads, pin)?), true),
+            Layout::On(cores) => (Some(cores), false),
+        };
         let root = CancellationToken::new();
         let shared = Arc::new(Shared {
             post_processors: self.post_processors,
@@ -206,22 +213,12 @@ impl PipelineBuilder {
             next_id: AtomicU64::new(0),
             depth_probes: probes,
             limits: Stage::ALL.map(|s| Limit::new(config.stage(s).concurrency.get())),
+            cores,
             config,
         });
-        let cores = match self.layout {
-            Layout::WorkStealing => None,
-            Layout::PerCore { threads, pin } => match cores::start(threads, pin, &shared.tracker) {
-                Ok(handles) => Some(handles),
-                Err(e) => {
-                    // Ends the threads already started: they wait for a closed, empty tracker.
-                    shared.tracker.close();
-                    return Err(e);
-                }
-            },
-        };
         let spawner = LaneSpawner {
             shared: &shared,
-            cores: cores.as_deref(),
+            cores: shared.cores.as_ref().map(Cores::handles),
         };
         let rag = Arc::new(RagStage {
             retriever: self.retriever,
@@ -244,9 +241,20 @@ impl PipelineBuilder {
         // Closing lets `wait` finish once every task has ended; later delivery tasks still count.
         shared.tracker.close();
         let sampler = sample_queue_depths(shared.clone());
-        match cores.as_deref() {
-            Some([first, ..]) => drop(first.spawn(sampler)),
-            _ => drop(tokio::spawn(sampler)),
+        match &shared.cores {
+            Some(cores) => {
+                let first = &cores.handles()[0];
+                drop(first.spawn(sampler));
+                if owned {
+                    // The pipeline's own threads end once it has drained.
+                    let (tracker, cores) = (shared.tracker.clone(), cores.clone());
+                    drop(first.spawn(async move {
+                        tracker.wait().await;
+                        cores.stop();
+                    }));
+                }
+            }
+            None => drop(tokio::spawn(sampler)),
         }
 
         let (output_tx, output_rx) = mpsc::channel(shared.config.output_capacity.get());

@@ -15,7 +15,7 @@ use super::handle::ResponseHandle;
 use super::pipe::pipe;
 use crate::error::{PipelineError, Stage};
 use crate::event::PromptOutput;
-use crate::request::{InferenceRequest, RequestId};
+use crate::request::{InferenceRequest, RequestId, SessionId};
 use crate::shard::shard_for;
 
 /// A request with its place in the input queue, about to be admitted.
@@ -106,7 +106,7 @@ impl RequestSender {
 
     /// Reserves a place in the request's shard's input queue, under the input's policy.
     async fn admit(&self, request: InferenceRequest) -> Result<Admission<'_>, PipelineError> {
-        let shard = shard_for(&request.session, self.lanes.len());
+        let shard = self.shard_of(&request.session);
         let slot = self.lanes[shard]
             .reserve_with_shed()
             .await
@@ -119,6 +119,23 @@ impl RequestSender {
             slot,
             shared: &self.shared,
         })
+    }
+
+    /// The shard a request of `session` goes to: the one its key hashes to; but a request alone,
+    /// submitted from one of the pipeline's core threads, stays on a shard of that core.
+    fn shard_of(&self, session: &SessionId) -> usize {
+        let shards = self.lanes.len();
+        if session.is_per_request()
+            && let Some(cores) = &self.shared.cores
+            && let Some(core) = cores.index_of_current()
+        {
+            // The shards on this core: core, core + threads, core + 2 * threads, ...
+            let on_core = shards.saturating_sub(core).div_ceil(cores.len());
+            if on_core > 0 {
+                return core + cores.len() * shard_for(session, on_core);
+            }
+        }
+        shard_for(session, shards)
     }
 
     /// Whether intake is still open.

@@ -37,6 +37,7 @@ use crate::dlq::entry::Reason;
 use crate::gateway::cache::CacheConfig;
 use crate::gateway::limits::RateLimitConfig;
 use crate::post::PostConfig;
+pub use crate::runtime::{RuntimeConfig, RuntimeMode};
 pub use crate::telemetry::TelemetryConfig;
 pub use crate::worker::config::WorkerConfig;
 
@@ -76,6 +77,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Where metrics go besides `/metrics` (StatsD).
     pub telemetry: TelemetryConfig,
+    /// Work-stealing or per-core, and how many threads.
+    pub runtime: RuntimeConfig,
 }
 
 /// `[server]`: the listener and HTTP limits.
@@ -338,6 +341,7 @@ impl Default for Config {
             stages: Vec::new(),
             worker: WorkerConfig::default(),
             telemetry: TelemetryConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }

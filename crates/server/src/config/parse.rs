@@ -81,7 +81,7 @@ impl Names {
 }
 
 /// The top-level keys, for the message about one that is not.
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
     "server",
     "auth",
     "pipeline",
@@ -97,6 +97,7 @@ const SECTIONS: [&str; 15] = [
     "stages",
     "worker",
     "telemetry",
+    "runtime",
 ];
 
 /// What of `text` parsed, the names of the entries that did not, and the problems that stopped
@@ -146,6 +147,7 @@ pub(super) fn read(text: &str) -> Result<(Config, Unparsed, Vec<Problem>), Vec<P
             "stages" => config.stages = reader.list("stages", value, &mut unparsed.stages, accept),
             "worker" => reader.item("worker", value, &mut config.worker),
             "telemetry" => reader.item("telemetry", value, &mut config.telemetry),
+            "runtime" => reader.item("runtime", value, &mut config.runtime),
             other => reader.problems.push(Problem {
                 path: other.to_owned(),
                 message: format!(
@@ -482,7 +484,7 @@ mod tests {
                 vec![
                     "8:2: servre: unknown section `servre`, expected one of `server`, `auth`, \
                      `pipeline`, `admission`, `dlq`, `responses`, `cluster`, `rag`, `assemble`, `backends`, `models`, `post`, \
-                     `stages`, `worker`, `telemetry`",
+                     `stages`, `worker`, `telemetry`, `runtime`",
                 ],
             ),
             (

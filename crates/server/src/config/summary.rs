@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use tokio_prompt_orchestrator::{Stage, WhenFull};
 
-use super::{BackendConfig, Config};
+use super::{BackendConfig, Config, RuntimeMode};
 
 impl Config {
     /// What this config runs, in a few lines.
@@ -64,6 +64,18 @@ impl Config {
                 cluster.heartbeat_ms,
                 cluster.node_timeout_ms
             )?;
+        }
+        let runtime = &self.runtime;
+        match runtime.mode {
+            RuntimeMode::WorkStealing => {
+                writeln!(out, "runtime: work-stealing, {} thread(s)", runtime.threads())?
+            }
+            RuntimeMode::PerCore => writeln!(
+                out,
+                "runtime: per-core, {} core thread(s){}",
+                runtime.threads(),
+                if runtime.pin { ", pinned" } else { "" }
+            )?,
         }
         let pipeline = &self.pipeline;
         writeln!(out, "pipeline: {} shard(s)", pipeline.shards)?;

@@ -138,6 +138,9 @@ impl Config {
         self.dlq_problems(&mut problems);
         self.responses_problems(&mut problems);
         self.telemetry_problems(&mut problems);
+        for (field, problem) in self.runtime.problems(self.pipeline.shards.get()) {
+            problems.push(Problem::new(format!("runtime.{field}"), problem));
+        }
         self.cluster_problems(&mut problems);
         if let Some(rag) = &self.rag {
             for (path, message) in rag.problems(|name| self.unknown_model(name, unparsed)) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
+use tokio_prompt_orchestrator::Layout;
 
 use super::entry::{DeadLetter, unix_ms};
 use super::queue::DeadLetterQueue;
@@ -305,7 +306,7 @@ async fn replay_entries(
     // through a running node, `POST /admin/dlq/replay`, reaches the workers).
     let models = build_router(&config, None)?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let live = Live::start(config, models, 0, None, None)?;
+    let live = Live::start(config, models, 0, None, None, Layout::WorkStealing)?;
     let report = replay(&live, format, None, &store, args.selection())
         .await
         .map_err(|e| e.to_string());

@@ -205,6 +205,6 @@ pub fn session_key(
     match (&delivery.user, key) {
         (Some(user), _) => SessionId::new(["user:", user].concat()),
         (None, Some(key)) => SessionId::new(["key:", key].concat()),
-        (None, None) => SessionId::new(["req:", request_id].concat()),
+        (None, None) => SessionId::per_request(["req:", request_id].concat()),
     }
 }

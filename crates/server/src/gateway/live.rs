@@ -14,7 +14,9 @@ use orchestrator_backends::batch::Batcher;
 use orchestrator_backends::dedup::Dedup;
 use orchestrator_context::assemble::{AssembleConfig, Encoding, TemplateAssembler};
 use orchestrator_context::index::{IndexRetriever, ensure_indexed};
-use tokio_prompt_orchestrator::{Pipeline, PipelineBuilder, PostProcessor, PriorityGate, RequestSender};
+use tokio_prompt_orchestrator::{
+    Layout, Pipeline, PipelineBuilder, PostProcessor, PriorityGate, RequestSender,
+};
 
 use crate::cluster::Cluster;
 use crate::config::{Config, ModelKind, RagConfig};
@@ -41,12 +43,14 @@ pub struct Live {
     pub embedding_models: HashSet<String>,
     /// The answers of models with `cache`; started afresh by each reload.
     pub cache: ResponseCache,
+    /// Where the pipeline's lanes run; a reload's pipeline runs there too.
+    pub layout: Layout,
     pub config: Config,
 }
 
 impl Live {
-    /// Starts `config`'s pipeline, with its post-processors, in front of `models`. Must be called
-    /// inside a tokio runtime. In cluster mode (`cluster`), the keys' limits count across nodes.
+    /// Starts `config`'s pipeline, with its post-processors, in front of `models`, its lanes
+    /// where `layout` says. Must be called inside a tokio runtime. In cluster mode (`cluster`), the keys' limits count across nodes.
     /// The dead-letter file stays open across reloads that keep its path
     /// (`previous` is the running `Live`); a file can be open in one place only.
     ///
@@ -59,6 +63,7 @@ impl Live {
         generation: u64,
         previous: Option<&Live>,
         cluster: Option<&Cluster>,
+        layout: Layout,
     ) -> Result<Self, String> {
         let dlq = match (&config.dlq, previous) {
             (None, _) => None,
@@ -80,7 +85,9 @@ impl Live {
             .filter_map(|m| Some((m.name.clone(), m.embedding_batch()?)));
         let batcher = Arc::new(Batcher::new(models.clone(), batches));
         let worker = Arc::new(Dedup::new(batcher, sharing));
-        let mut builder = PipelineBuilder::new(worker).config(config.pipeline.clone());
+        let mut builder = PipelineBuilder::new(worker)
+            .config(config.pipeline.clone())
+            .layout(layout.clone());
         let graph = config.compile_graph();
         let auth = &config.auth;
         let budgets = auth
@@ -109,7 +116,7 @@ impl Live {
             let processor: Arc<dyn PostProcessor> = post.build_for(&models)?;
             builder = builder.post_processor(processor);
         }
-        let handles = builder.spawn();
+        let handles = builder.try_spawn().map_err(|e| format!("runtime: {e}"))?;
         // The HTTP API only submits (handles); fire-and-forget outputs are not used.
         drop(handles.output_rx);
         Ok(Self {
@@ -133,6 +140,7 @@ impl Live {
                     .iter()
                     .filter_map(|m| Some((m.name.as_str(), m.cache?))),
             ),
+            layout,
             config,
         })
     }

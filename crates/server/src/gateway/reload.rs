@@ -97,6 +97,10 @@ async fn apply(
         );
         config.telemetry.clone_from(&current.config.telemetry);
     }
+    if config.runtime != current.config.runtime {
+        warnings.push("[runtime] differs in the file; the gateway keeps its threads until a restart".into());
+        config.runtime = current.config.runtime;
+    }
     if config.responses != current.config.responses {
         warnings.push(
             "[responses] differs in the file; stored responses stay where they are until a restart".into(),
@@ -122,7 +126,15 @@ async fn apply(
     // Starting may open (and on its first start, fill) the index and warm the tokenizer: file
     // work that must not hold up the requests this thread serves meanwhile.
     let mut live = tokio::task::spawn_blocking(move || {
-        Live::start(config, models, generation, Some(&current), cluster.as_deref())
+        let layout = current.layout.clone();
+        Live::start(
+            config,
+            models,
+            generation,
+            Some(&current),
+            cluster.as_deref(),
+            layout,
+        )
     })
     .await
     .map_err(|e| late_problem(&source, format!("starting the new config failed: {e}")))?

@@ -24,13 +24,14 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use metrics::{counter, gauge};
+use metrics::{Gauge, counter, gauge};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_prompt_orchestrator::Cores;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::idle::{Watch, Watched};
+use self::idle::{Connection, Watch, Watched};
 use self::refusal::{Refusals, WithRefusals};
 use crate::config::ServerConfig;
 
@@ -77,7 +78,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Serves `app` on `listener` until `stop` completes; then stops accepting, lets each connection
 /// finish the response it is writing, and returns when every connection has closed. Dropping the
 /// future (aborting its task) closes every connection at once.
-pub async fn serve(listener: TcpListener, app: axum::Router, edge: Edge, stop: impl Future<Output = ()>) {
+///
+/// With `cores`, each connection is handed to the next core thread in turn and served there
+/// (round-robin spreads even a few long-lived connections evenly, which the kernel's hash of
+/// `SO_REUSEPORT` listeners does not, and one listening socket cannot be shared by mistake with
+/// another process); without, on the runtime this runs on.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    edge: Edge,
+    cores: Option<Cores>,
+    stop: impl Future<Output = ()>,
+) {
     // Cancelled when this future ends or is dropped: connections still open then are cut.
     let cut = CancellationToken::new();
     let _cut_on_drop = cut.clone().drop_guard();
@@ -87,11 +99,17 @@ pub async fn serve(listener: TcpListener, app: axum::Router, edge: Edge, stop: i
     let closing = cut.child_token();
     let connections = TaskTracker::new();
     let places = Arc::new(Semaphore::new(edge.max_connections));
-    let builder = edge.builder();
     let refusals = Arc::new(Refusals::new(edge.max_header_bytes));
     let watch = Watch::new(edge.header_read_timeout);
     tokio::spawn(watch.clone().run(cut.clone()));
-    let open = gauge!(HTTP_CONNECTIONS_OPEN);
+    let each = Connections {
+        app,
+        builder: edge.builder(),
+        refusals: refusals.clone(),
+        cut: cut.clone(),
+        open: gauge!(HTTP_CONNECTIONS_OPEN),
+    };
+    let mut next_core = 0;
     let mut stop = pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -108,48 +126,87 @@ pub async fn serve(listener: TcpListener, app: axum::Router, edge: Edge, stop: i
             refuse(&stream, &refusals);
             continue;
         };
-        // Small SSE frames must leave at once, not wait for Nagle's algorithm.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::warn!(%error, "Could not set TCP_NODELAY on a connection.");
-        }
-        let io = TokioIo::new(WithRefusals::new(stream, refusals.clone()));
         let watched = watch.open(&closing);
-        let service = Watched::new(TowerToHyperService::new(app.clone()), watched.clone());
-        let connection = builder.serve_connection(io, service);
-        let (cut, open) = (cut.clone(), open.clone());
-        open.increment(1.0);
-        connections.spawn(async move {
-            let _place = place;
-            let mut connection = pin!(connection);
-            let result = tokio::select! {
-                biased;
-                result = connection.as_mut() => result,
-                () = watched.cut.cancelled() => {
-                    // Cut: waited too long for a head, or the server is going away at once.
-                    if watched.expired() || cut.is_cancelled() {
-                        open.decrement(1.0);
-                        return;
-                    }
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = connection => result,
-                        () = cut.cancelled() => {
-                            open.decrement(1.0);
-                            return;
-                        }
-                    }
-                }
-            };
-            open.decrement(1.0);
-            if let Err(error) = result {
-                tracing::debug!(%error, "A connection ended with an error.");
+        let Some(cores) = &cores else {
+            connections.spawn(each.clone().serve(stream, watched, place));
+            continue;
+        };
+        // Out of this runtime's reactor, into the chosen core's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "Could not hand a connection to a core thread.");
+                continue;
             }
-        });
+        };
+        let each = each.clone();
+        let core = &cores.handles()[next_core % cores.len()];
+        next_core = next_core.wrapping_add(1);
+        connections.spawn_on(
+            async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => each.serve(stream, watched, place).await,
+                    Err(error) => tracing::warn!(%error, "A core thread could not take a connection."),
+                }
+            },
+            core,
+        );
     }
     drop(listener);
     closing.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// What serving one connection needs, shared by all of them.
+#[derive(Clone)]
+struct Connections {
+    app: axum::Router,
+    builder: http1::Builder,
+    refusals: Arc<Refusals>,
+    /// Cancelled when the server cuts every connection at once.
+    cut: CancellationToken,
+    open: Gauge,
+}
+
+impl Connections {
+    /// Serves `stream` as HTTP/1.1 until it closes, is closed gracefully on shutdown, or is cut.
+    async fn serve(self, stream: TcpStream, watched: Arc<Connection>, place: OwnedSemaphorePermit) {
+        let _place = place;
+        // Small SSE frames must leave at once, not wait for Nagle's algorithm.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "Could not set TCP_NODELAY on a connection.");
+        }
+        let io = TokioIo::new(WithRefusals::new(stream, self.refusals));
+        let service = Watched::new(TowerToHyperService::new(self.app), watched.clone());
+        let (cut, open) = (self.cut, self.open);
+        let connection = self.builder.serve_connection(io, service);
+        open.increment(1.0);
+        let mut connection = pin!(connection);
+        let result = tokio::select! {
+            biased;
+            result = connection.as_mut() => result,
+            () = watched.cut.cancelled() => {
+                // Cut: waited too long for a head, or the server is going away at once.
+                if watched.expired() || cut.is_cancelled() {
+                    open.decrement(1.0);
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection => result,
+                    () = cut.cancelled() => {
+                        open.decrement(1.0);
+                        return;
+                    }
+                }
+            }
+        };
+        open.decrement(1.0);
+        if let Err(error) = result {
+            tracing::debug!(%error, "A connection ended with an error.");
+        }
+    }
 }
 
 /// Answers a connection over `max_connections` with 503 and closes it, without waiting: a
@@ -197,7 +254,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let edge = Edge::from(&ServerConfig::default());
-        let server = tokio::spawn(serve(listener, app, edge, std::future::pending()));
+        let server = tokio::spawn(serve(listener, app, edge, None, std::future::pending()));
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
             .write_all(b"GET /hang HTTP/1.1\r\nhost: test\r\n\r\n")

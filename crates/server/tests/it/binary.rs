@@ -34,7 +34,7 @@ pub async fn spawn_binary_with(config: &str, args: &[&str], env: &[(&str, &str)]
 /// must log the address it listens on (`addr`).
 pub async fn spawn_command(command: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Binary {
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), config).unwrap();
+    std::fs::write(file.path(), crate::support::toml_in_suite_runtime(config)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .arg(command)
         .args(args)

@@ -5,6 +5,7 @@
 //!
 //! Time is paused: the runtime jumps to the next timer whenever every task waits, so a timeout
 //! fires as soon as nothing else can happen, and a missing one fails at the test's own bound.
+//! (So the gateway runs on the test's runtime, whatever the suite's runtime mode.)
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::serve;
+use crate::support::serve_here;
 
 /// A gateway with an echo model and the given `[server]` lines.
 async fn gateway(server: &str) -> String {
@@ -21,7 +22,7 @@ async fn gateway(server: &str) -> String {
         "[server]\n{server}\n[[backends]]\nkind = \"echo\"\nname = \"echo\"\n\
          [[models]]\nname = \"echo\"\nbackends = [\"echo\"]\n"
     );
-    let base = serve(Config::parse(&toml, "edge.toml").unwrap()).await;
+    let base = serve_here(Config::parse(&toml, "edge.toml").unwrap()).await;
     base.trim_start_matches("http://").to_string()
 }
 
@@ -117,7 +118,7 @@ async fn the_head_timeout_spares_a_long_answer_and_counts_from_its_end() {
     let toml = "[server]\nheader_read_timeout_ms = 1000\n[[backends]]\nkind = \"echo\"\n\
                 name = \"echo\"\ntoken_delay_ms = 500\n[[models]]\nname = \"echo\"\n\
                 backends = [\"echo\"]\n";
-    let base = serve(Config::parse(toml, "edge.toml").unwrap()).await;
+    let base = serve_here(Config::parse(toml, "edge.toml").unwrap()).await;
     let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
         .await
         .unwrap();

@@ -26,6 +26,7 @@ mod otlp;
 mod overload;
 mod parser;
 mod passthrough;
+mod per_core;
 mod post;
 mod priority;
 mod rag;

@@ -35,6 +35,7 @@ async fn front(upstream: &TestServer) -> String {
             std::sync::Arc::new(orchestrator_backends::OpenAiWorker::new(&backend).unwrap());
         registry.insert_worker(&format!("up-{model}"), worker);
     }
+    let config = crate::support::in_suite_runtime(config);
     let server = Server::bind_with_models(config, registry).await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());
     tokio::spawn(server.run(std::future::pending()));

@@ -133,6 +133,7 @@ async fn gateway(primary: &RunningMock, fallback: &RunningMock, otlp: OtlpConfig
         BackendConfig::Openai(openai_backend("fallback", fallback)),
     ];
     config.telemetry.otlp = Some(otlp);
+    let mut config = crate::support::in_suite_runtime(config);
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     let server = Server::bind(config).await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());

@@ -44,7 +44,7 @@ async fn ten_times_capacity_loses_nothing_and_high_priority_always_succeeds() {
         "{CONFIG}\n[dlq]\npath = {:?}\nrecord = [\"failed\", \"timeout\", \"shed\"]\n",
         dlq.display().to_string()
     );
-    let mut config = Config::parse(&text, "overload.toml").unwrap();
+    let mut config = crate::support::in_suite_runtime(Config::parse(&text, "overload.toml").unwrap());
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     let server = Server::bind(config).await.unwrap();
     let url = format!("http://{}/v1/chat/completions", server.local_addr().unwrap());

@@ -12,7 +12,9 @@ use tokio::process::Child;
 
 use crate::binary::{Binary, next_log, spawn_binary};
 use crate::gateway_mock::mock;
-use crate::support::{Frame, SseReader, chat_body, client, expect_error, serve, streamed_text};
+use crate::support::{
+    Frame, SseReader, chat_body, client, expect_error, serve, streamed_text, toml_in_suite_runtime,
+};
 
 /// A config serving `models`, each from its own echo backend with `delay_ms` per token.
 fn config_text(models: &[&str], delay_ms: u64) -> String {
@@ -23,12 +25,12 @@ fn config_text(models: &[&str], delay_ms: u64) -> String {
              [[models]]\nname = \"{model}\"\nbackends = [\"{model}-backend\"]\n\n"
         ));
     }
-    text
+    toml_in_suite_runtime(&text)
 }
 
 /// A server on port 0 running the config in `file`, reloadable from it.
 async fn start(file: &Path, extra: &str) -> (String, ServerHandle) {
-    let text = std::fs::read_to_string(file).unwrap() + extra;
+    let text = toml_in_suite_runtime(&(std::fs::read_to_string(file).unwrap() + extra));
     std::fs::write(file, &text).unwrap();
     let mut config = Config::load(file).unwrap();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -76,7 +78,7 @@ fn mock_config_text(models: &[&str], mock: &RunningMock) -> String {
             "[[models]]\nname = \"{model}\"\nbackends = [\"up\"]\n\n"
         ));
     }
-    text
+    toml_in_suite_runtime(&text)
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream;
 use orchestrator_backends::Router;
-use orchestrator_server::config::Config;
+use orchestrator_server::config::{Config, RuntimeMode};
 use orchestrator_server::{Server, ServerHandle};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
@@ -27,8 +27,18 @@ pub struct Counters {
     pub finished: AtomicUsize,
     /// Streams dropped before their end: the upstream call was cancelled.
     pub abandoned: AtomicUsize,
-    /// The `X-Session-Id` of every call, in the order the calls reached the worker.
-    pub sessions: std::sync::Mutex<Vec<String>>,
+    /// Every call, in the order the calls reached the worker.
+    pub calls: std::sync::Mutex<Vec<Seen>>,
+}
+
+/// One call the test worker saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub session: String,
+    /// The last user message.
+    pub text: String,
+    /// The name of the thread the call ran on.
+    pub thread: String,
 }
 
 /// Model names select behaviour:
@@ -70,7 +80,12 @@ impl TestWorker {
 
     /// The sessions of the calls so far, in the order they reached the worker.
     pub fn sessions(&self) -> Vec<String> {
-        self.counters.sessions.lock().unwrap().clone()
+        self.calls().into_iter().map(|c| c.session).collect()
+    }
+
+    /// The calls so far, in the order they reached the worker.
+    pub fn calls(&self) -> Vec<Seen> {
+        self.counters.calls.lock().unwrap().clone()
     }
 
     pub fn abandoned(&self) -> usize {
@@ -113,11 +128,16 @@ impl ModelWorker for TestWorker {
     }
 
     async fn infer_stream(&self, call: InferenceCall) -> Result<TokenStream, WorkerError> {
-        self.counters
-            .sessions
-            .lock()
-            .unwrap()
-            .push(call.request.session.to_string());
+        self.counters.calls.lock().unwrap().push(Seen {
+            session: call.request.session.to_string(),
+            text: call
+                .request
+                .input
+                .last_user_text()
+                .unwrap_or_default()
+                .to_string(),
+            thread: std::thread::current().name().unwrap_or_default().to_string(),
+        });
         self.counters.started.fetch_add(1, Ordering::SeqCst);
         let mut watch = Watch {
             counters: self.counters.clone(),
@@ -192,7 +212,8 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server on port 0 with `config` (its models are replaced by the test worker's).
-    pub async fn start(mut config: Config) -> Self {
+    pub async fn start(config: Config) -> Self {
+        let mut config = in_suite_runtime(config);
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         let worker = TestWorker::default();
         let server = Server::bind_with_models(config, worker.registry()).await.unwrap();
@@ -360,7 +381,13 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
 
 /// Serves `config` (its listen address replaced by port 0) on a background task; returns
 /// `http://ADDR`. The server runs until the test's runtime ends.
-pub async fn serve(mut config: Config) -> String {
+pub async fn serve(config: Config) -> String {
+    serve_here(in_suite_runtime(config)).await
+}
+
+/// [`serve`] in `config`'s own runtime mode: for tests on paused time, which reaches the test's
+/// own runtime only (a per-core gateway's threads keep real time).
+pub async fn serve_here(mut config: Config) -> String {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     let server = Server::bind(config).await.unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());
@@ -379,4 +406,33 @@ pub fn streamed_text(frames: &[Frame]) -> String {
                 .map(String::from)
         })
         .collect()
+}
+
+/// The runtime mode the suite runs its gateways in: `ORCHESTRATOR_TEST_RUNTIME=per_core` runs
+/// every gateway of the suite with `[runtime] mode = "per_core"` (the test command runs the
+/// suite both ways); unset, each config's own.
+pub fn suite_runtime() -> Option<&'static str> {
+    match std::env::var("ORCHESTRATOR_TEST_RUNTIME").ok()?.as_str() {
+        "per_core" => Some("per_core"),
+        "" | "work_stealing" => None,
+        other => panic!("ORCHESTRATOR_TEST_RUNTIME={other}: expected per_core or work_stealing"),
+    }
+}
+
+/// `config` in the suite's runtime mode ([`suite_runtime`]); per-core, with no more core threads
+/// than the config has shards (a test of one shard keeps its one queue).
+pub fn in_suite_runtime(mut config: Config) -> Config {
+    if suite_runtime() == Some("per_core") {
+        config.runtime.mode = RuntimeMode::PerCore;
+        config.runtime.threads = Some(config.runtime.threads().min(config.pipeline.shards));
+    }
+    config
+}
+
+/// The TOML of `config` in the suite's runtime mode, for gateways started as a process.
+pub fn toml_in_suite_runtime(config: &str) -> String {
+    match suite_runtime() {
+        Some(mode) if !config.contains("[runtime]") => format!("{config}\n[runtime]\nmode = \"{mode}\"\n"),
+        _ => config.to_string(),
+    }
 }

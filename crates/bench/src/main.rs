@@ -33,7 +33,28 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Open files the harness asks for: 10,000 streams through a gateway hold 10,000 sockets here,
+/// 20,000 in the gateway (client and upstream sides) and 10,000 in the mock, which inherit this
+/// process's limits.
+const WANTED_OPEN_FILES: u64 = 65_536;
+
+/// Raises the open files limit to [`WANTED_OPEN_FILES`] (the hard limit too when privileged,
+/// else as far as the hard limit); returns the soft limit now.
+fn raise_file_limit() -> u64 {
+    use rlimit::Resource;
+    if let Ok((soft, hard)) = Resource::NOFILE.get()
+        && Resource::NOFILE
+            .set(soft.max(WANTED_OPEN_FILES), hard.max(WANTED_OPEN_FILES))
+            .is_err()
+    {
+        let _ = rlimit::increase_nofile_limit(WANTED_OPEN_FILES);
+    }
+    Resource::NOFILE.get().map_or(0, |(soft, _)| soft)
+}
+
 async fn run(args: Args) -> Result<()> {
+    let open_files = raise_file_limit();
+    eprintln!("== open files limit: {open_files}");
     let out = args.out.clone().unwrap_or_else(cli::default_out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let needs_bin = args.upstream_url.is_none() || args.gateway_url.is_empty();

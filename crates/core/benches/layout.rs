@@ -1,7 +1,7 @@
 //! Requests a second through the five stages with each layout at 1 and 2 threads (criterion):
 //! - `work_stealing/N`: a multi-thread runtime of N workers running the lanes and the callers;
-//! - `per_core/N`: N pipeline threads of a current-thread runtime each (pinned when the process
-//!   may run on N cores), the callers on a current-thread runtime of their own, so every request
+//! - `per_core/N`: N core threads, each the one worker of a runtime (pinned when the process
+//!   may run on N cores), the callers on a runtime of their own, so every request
 //!   crosses threads on its way in and on its way out;
 //! - `per_core_local/N`: the same threads, each also running its share of the callers, whose
 //!   requests stay on their core's shard (the gateway's per-core path).

@@ -14,7 +14,7 @@
 //! - [`config`]: queue capacities, full-queue policies, concurrency, shards.
 //! - [`stages`]: what each stage does; [`Retriever`] plugs into RAG.
 //! - `pipeline`: lanes, admission, shutdown ([`spawn_pipeline`], [`Pipeline`]); where the lanes
-//!   run ([`Layout`]: the spawning runtime, or a current-thread runtime per core).
+//!   run ([`Layout`]: the spawning runtime, or a thread per core).
 //! - [`shard`]: session -> shard hashing.
 //! - [`trace`]: W3C trace context, and the backend calls recorded for a traced request.
 //! - [`metrics`]: metric names and the recording functions; [`latency`]: the latency histograms
@@ -46,7 +46,7 @@ pub use event::{
 pub use latency::LatencyCounts;
 pub use pipeline::{
     Cores, Layout, LayoutError, Pipeline, PipelineBuilder, PipelineHandles, PipelineStats, RequestSender,
-    ResponseHandle, ShutdownReport, StageStats, spawn_pipeline,
+    ResponseHandle, ShutdownReport, StageStats, StopOnDrop, spawn_pipeline,
 };
 pub use request::{
     ChatMessage, EmbedInput, Extra, InferenceRequest, Meta, Priority, PromptInput, PromptRequest, RawExtra,

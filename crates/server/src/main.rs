@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         logsink::flush();
         report_panic(info);
     }));
+    raise_file_limit();
     let code = match cli.serve_args() {
         // The gateway's runtime is the config's `[runtime]`: read the config first.
         Some(args) => serve(args),
@@ -45,6 +46,15 @@ fn main() -> ExitCode {
     };
     logsink::flush();
     code
+}
+
+/// Every open connection is a file descriptor, and a proxied stream holds two: the usual soft
+/// limit (1,024) would refuse connections long before `server.max_connections`. Raised to the
+/// hard limit, as far as the system allows.
+fn raise_file_limit() {
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "Could not raise the open files limit; `ulimit -n` bounds the connections.");
+    }
 }
 
 async fn run(cli: &Cli) -> ExitCode {

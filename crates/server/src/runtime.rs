@@ -1,6 +1,6 @@
 //! `[runtime]`: how the gateway uses the cores it may run on. Work-stealing (the default): one
 //! tokio runtime whose worker threads share every task. Per-core: a thread per core, each with a
-//! current-thread runtime of its own, running the connections handed to it and the pipeline
+//! runtime of its own (its one worker), running the connections handed to it and the pipeline
 //! shards of its core, so a request stays on one core from its first byte to its last; the
 //! process's main thread keeps a small runtime for what is not a request's (signals, reloads,
 //! the cluster's tasks, the stats sampler, accepting connections).

@@ -21,8 +21,8 @@ use futures_util::future::join_all;
 use orchestrator_backends::Router;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_prompt_orchestrator::{Cores, Layout, PipelineStats, ShutdownReport};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_prompt_orchestrator::{Cores, Layout, PipelineStats, ShutdownReport, StopOnDrop};
+use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::cluster::{Cluster, dlq, jobs, limits, membership, pushed, verdicts};
@@ -105,7 +105,7 @@ pub struct Server {
     /// Per-core: the core threads connections are handed to and the pipelines run on.
     cores: Option<Cores>,
     /// Ends the core threads when the server is done (or dropped).
-    _stop_cores: Option<DropGuard>,
+    _stop_cores: Option<StopOnDrop>,
 }
 
 impl Server {

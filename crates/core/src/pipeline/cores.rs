@@ -1,16 +1,15 @@
-//! The per-core layout: a thread per core, each running a current-thread runtime of its own
-//! (pinned to its core when asked), and each shard's five lanes on one of them. A request's
+//! The per-core layout: a thread per core, each the one worker of a runtime of its own (pinned to
+//! its core when asked), and each shard's five lanes on one of them. A request's
 //! stages then run on one thread, in one core's caches; only the hand-over into its shard's first
 //! queue, and its events back to the caller, cross threads (and not even those when the caller
 //! runs on the shard's core thread, as the gateway's connections do in its per-core mode).
 
 use std::cell::Cell;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::runtime::Handle;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio::runtime::{Handle, Runtime};
 
 /// Where a pipeline's lanes run.
 #[derive(Clone, Debug, Default)]
@@ -18,7 +17,7 @@ pub enum Layout {
     /// On the runtime that spawns the pipeline (tokio's work-stealing runtime, usually).
     #[default]
     WorkStealing,
-    /// On `threads` threads of the pipeline's own, a current-thread runtime each; shard `s` on
+    /// On `threads` core threads of the pipeline's own ([`Cores`]); shard `s` on
     /// thread `s % threads`. With `pin`, thread `i` is pinned to the `i`-th core the process may
     /// run on. The threads end when the pipeline has drained.
     PerCore { threads: NonZeroUsize, pin: bool },
@@ -65,9 +64,14 @@ fn allowed_cores() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
 }
 
-/// A set of core threads, each running a current-thread runtime; cheap to clone. The threads
-/// run until [`stop`](Self::stop) (or the guard of [`stop_on_drop`](Self::stop_on_drop)); tasks
-/// still on them then are dropped.
+/// A set of core threads, each the one worker of a tokio runtime of its own; cheap to clone. The
+/// threads run until [`stop`](Self::stop) (or the guard of [`stop_on_drop`](Self::stop_on_drop));
+/// tasks still on them then are dropped.
+///
+/// A runtime of one worker rather than a current-thread runtime: its scheduler runs the task a
+/// task has just woken next (the LIFO slot), so a token goes from the upstream's connection
+/// through the streaming stages to the client's connection in one go, where a current-thread
+/// runtime queues every hop behind all other ready tasks (BENCHMARKS.md, "Runtime modes").
 #[derive(Clone, Debug)]
 pub struct Cores {
     inner: Arc<Inner>,
@@ -78,11 +82,12 @@ struct Inner {
     /// Tells the threads of this set from those of any other, in [`Cores::current`].
     set: u64,
     handles: Box<[Handle]>,
-    stop: CancellationToken,
+    /// Taken by `stop`.
+    runtimes: Mutex<Option<Vec<Runtime>>>,
 }
 
 thread_local! {
-    /// On a core thread: its set and its index in the set.
+    /// On a core thread: its set, its index in the set and the set's size.
     static CURRENT: Cell<Option<(u64, usize, usize)>> = const { Cell::new(None) };
 }
 
@@ -93,49 +98,44 @@ impl Cores {
     /// core the process may run on when `pin` is set.
     ///
     /// # Errors
-    /// More pinned threads than allowed cores, or a runtime or thread that cannot start (the
-    /// threads already started then end).
+    /// More pinned threads than allowed cores, or a runtime that cannot start.
     pub fn start(threads: NonZeroUsize, pin: bool) -> Result<Self, LayoutError> {
         if pin {
             check_pinned(threads.get())?;
         }
         let set = NEXT_SET.fetch_add(1, Ordering::Relaxed);
-        let stop = CancellationToken::new();
-        // Ends the threads already started if a later one cannot start.
-        let failed = stop.clone().drop_guard();
-        let mut cores = allowed_cores()
-            .into_iter()
-            .take(threads.get())
-            .map(|core| pin.then_some(core));
-        let mut handles = Vec::with_capacity(threads.get());
-        for i in 0..threads.get() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+        let count = threads.get();
+        let mut cores = allowed_cores().into_iter().map(|core| pin.then_some(core));
+        let mut runtimes = Vec::with_capacity(count);
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(format!("orchestrator-core-{i}"))
                 .enable_all()
                 .build()
                 .map_err(|e| LayoutError::Runtime(e.to_string()))?;
-            handles.push(runtime.handle().clone());
+            // The worker marks (and pins) itself in its first task, before any other can run:
+            // the runtime's other threads (its blocking pool) are not core threads.
             let core = cores.next().flatten();
-            let stop = stop.clone();
-            let count = threads.get();
-            std::thread::Builder::new()
-                .name(format!("orchestrator-core-{i}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        // A core the mask allows; if the kernel refuses anyway, the thread runs
-                        // unpinned, which is slower, not wrong.
-                        core_affinity::set_for_current(core);
-                    }
-                    CURRENT.set(Some((set, i, count)));
-                    runtime.block_on(stop.cancelled());
-                })
-                .map_err(|e| LayoutError::Runtime(e.to_string()))?;
+            let (marked, wait) = std::sync::mpsc::channel();
+            runtime.spawn(async move {
+                if let Some(core) = core {
+                    // A core the mask allows; if the kernel refuses anyway, the thread runs
+                    // unpinned, which is slower, not wrong.
+                    core_affinity::set_for_current(core);
+                }
+                CURRENT.set(Some((set, i, count)));
+                let _ = marked.send(());
+            });
+            wait.recv()
+                .map_err(|_| LayoutError::Runtime(format!("core thread {i} did not start")))?;
+            runtimes.push(runtime);
         }
-        failed.disarm();
         Ok(Self {
             inner: Arc::new(Inner {
                 set,
-                handles: handles.into(),
-                stop,
+                handles: runtimes.iter().map(|r| r.handle().clone()).collect(),
+                runtimes: Mutex::new(Some(runtimes)),
             }),
         })
     }
@@ -168,13 +168,34 @@ impl Cores {
         CURRENT.get().map(|(_, index, count)| (index, count))
     }
 
-    /// Ends the threads; tasks still on them are dropped.
+    /// Ends the threads; tasks still on them are dropped. Callable from anywhere, a core thread
+    /// included: the runtimes are shut down from a thread of their own.
     pub fn stop(&self) {
-        self.inner.stop.cancel();
+        let taken = self
+            .inner
+            .runtimes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(runtimes) = taken {
+            for runtime in runtimes {
+                runtime.shutdown_background();
+            }
+        }
     }
 
     /// A guard that ends the threads when dropped.
-    pub fn stop_on_drop(&self) -> DropGuard {
-        self.inner.stop.clone().drop_guard()
+    pub fn stop_on_drop(&self) -> StopOnDrop {
+        StopOnDrop(self.clone())
+    }
+}
+
+/// Ends a set's threads when dropped ([`Cores::stop_on_drop`]).
+#[derive(Debug)]
+pub struct StopOnDrop(Cores);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use cores::{Cores, Layout, LayoutError};
+pub use cores::{Cores, Layout, LayoutError, StopOnDrop};
 pub use handle::ResponseHandle;
 pub use sender::RequestSender;
 pub use stats::{PipelineStats, ShutdownReport, StageStats};
@@ -135,7 +135,8 @@ impl PipelineBuilder {
     }
 
     /// Where the lanes run: on the spawning runtime (the default), or on threads of the
-    /// pipeline's own, one current-thread runtime per core ([`Layout::PerCore`]).
+    /// pipeline's own, one per core ([`Layout::PerCore`]), or on core threads shared with the
+    /// caller ([`Layout::On`]).
     pub fn layout(mut self, layout: Layout) -> Self {
         self.layout = layout;
         self

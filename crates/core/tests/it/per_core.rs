@@ -1,4 +1,4 @@
-//! The per-core layout: each shard's lanes on a thread of the pipeline's own (a current-thread
+//! The per-core layout: each shard's lanes on a thread of the pipeline's own (the one worker of a
 //! runtime each), callers on any other runtime; sessions keep their order, and a pinned layout
 //! larger than the cores allowed is refused.
 

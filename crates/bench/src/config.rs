@@ -3,9 +3,9 @@
 //! mock), the headers that route Portkey's requests to the mock, and the request bodies it sends.
 
 /// The gateway's config: the mock upstream at `mock_base` (`http://host:port`) as its only
-/// backend, serving `model`; with `capacity`, room for that many requests at once (admission,
-/// and the Inference, Post and Stream stages' queues and concurrency). The listen address is
-/// given on the command line.
+/// backend, serving `model`; with `capacity`, room for that many requests at once (connections,
+/// admission, and the Inference, Post and Stream stages' queues and concurrency). The listen
+/// address is given on the command line.
 pub fn gateway_toml(mock_base: &str, model: &str, capacity: Option<usize>) -> String {
     let limits = match capacity {
         None => String::new(),
@@ -16,7 +16,7 @@ pub fn gateway_toml(mock_base: &str, model: &str, capacity: Option<usize>) -> St
                 )
             };
             format!(
-                "\n[admission]\nmax_in_flight = {n}\nmax_queued = {n}\n{}{}{}",
+                "max_connections = {n}\n\n[admission]\nmax_in_flight = {n}\nmax_queued = {n}\n{}{}{}",
                 stage("inference"),
                 stage("post"),
                 stage("stream")
@@ -94,9 +94,10 @@ mod tests {
     }
 
     #[test]
-    fn a_capacity_raises_admission_and_the_streaming_stages() {
+    fn a_capacity_raises_connections_admission_and_the_streaming_stages() {
         let toml = gateway_toml("http://127.0.0.1:9000", "mock", Some(2048));
         let value: toml::Value = toml::from_str(&toml).unwrap();
+        assert_eq!(value["server"]["max_connections"].as_integer(), Some(2048));
         assert_eq!(value["admission"]["max_in_flight"].as_integer(), Some(2048));
         assert_eq!(value["admission"]["max_queued"].as_integer(), Some(2048));
         for stage in ["inference", "post", "stream"] {

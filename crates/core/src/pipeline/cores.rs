@@ -9,6 +9,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use core_affinity::CoreId;
 use tokio::runtime::{Handle, Runtime};
 
 /// Where a pipeline's lanes run.
@@ -60,13 +61,13 @@ fn check_pinned(threads: usize) -> Result<(), LayoutError> {
 }
 
 /// The cores this process may run on (its affinity mask), in order.
-fn allowed_cores() -> Vec<core_affinity::CoreId> {
+fn allowed_cores() -> Vec<CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
 }
 
 /// A set of core threads, each the one worker of a tokio runtime of its own; cheap to clone. The
-/// threads run until [`stop`](Self::stop) (or the guard of [`stop_on_drop`](Self::stop_on_drop));
-/// tasks still on them then are dropped.
+/// threads run until [`stop`](Self::stop) (or the guard of [`stop_on_drop`](Self::stop_on_drop)),
+/// or the last clone is dropped; tasks still on them then are dropped.
 ///
 /// A runtime of one worker rather than a current-thread runtime: its scheduler runs the task a
 /// task has just woken next (the LIFO slot), so a token goes from the upstream's connection
@@ -108,28 +109,13 @@ impl Cores {
         let mut cores = allowed_cores().into_iter().map(|core| pin.then_some(core));
         let mut runtimes = Vec::with_capacity(count);
         for i in 0..count {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name(format!("orchestrator-core-{i}"))
-                .enable_all()
-                .build()
-                .map_err(|e| LayoutError::Runtime(e.to_string()))?;
-            // The worker marks (and pins) itself in its first task, before any other can run:
-            // the runtime's other threads (its blocking pool) are not core threads.
-            let core = cores.next().flatten();
-            let (marked, wait) = std::sync::mpsc::channel();
-            runtime.spawn(async move {
-                if let Some(core) = core {
-                    // A core the mask allows; if the kernel refuses anyway, the thread runs
-                    // unpinned, which is slower, not wrong.
-                    core_affinity::set_for_current(core);
+            match start_one(set, i, count, cores.next().flatten()) {
+                Ok(runtime) => runtimes.push(runtime),
+                Err(e) => {
+                    shut_down(runtimes);
+                    return Err(e);
                 }
-                CURRENT.set(Some((set, i, count)));
-                let _ = marked.send(());
-            });
-            wait.recv()
-                .map_err(|_| LayoutError::Runtime(format!("core thread {i} did not start")))?;
-            runtimes.push(runtime);
+            }
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -169,24 +155,66 @@ impl Cores {
     }
 
     /// Ends the threads; tasks still on them are dropped. Callable from anywhere, a core thread
-    /// included: the runtimes are shut down from a thread of their own.
+    /// included (nothing waits for the threads to end).
     pub fn stop(&self) {
-        let taken = self
-            .inner
-            .runtimes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(runtimes) = taken {
-            for runtime in runtimes {
-                runtime.shutdown_background();
-            }
-        }
+        self.inner.stop();
     }
 
     /// A guard that ends the threads when dropped.
     pub fn stop_on_drop(&self) -> StopOnDrop {
         StopOnDrop(self.clone())
+    }
+}
+
+/// Starts core thread `index` of `set` (of `count`): a runtime of one worker, which marks itself
+/// (and pins itself to `core`) in its first task, before any other can run; the runtime's other
+/// threads (its blocking pool) are not core threads.
+fn start_one(set: u64, index: usize, count: usize, core: Option<CoreId>) -> Result<Runtime, LayoutError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("orchestrator-core-{index}"))
+        .enable_all()
+        .build()
+        .map_err(|e| LayoutError::Runtime(e.to_string()))?;
+    let (marked, wait) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        if let Some(core) = core {
+            // A core the mask allows; if the kernel refuses anyway, the thread runs unpinned,
+            // which is slower, not wrong.
+            core_affinity::set_for_current(core);
+        }
+        CURRENT.set(Some((set, index, count)));
+        let _ = marked.send(());
+    });
+    if wait.recv().is_err() {
+        shut_down(vec![runtime]);
+        return Err(LayoutError::Runtime(format!("core thread {index} did not start")));
+    }
+    Ok(runtime)
+}
+
+/// Shuts `runtimes` down without waiting: dropping one would wait for its threads, which a
+/// caller on a runtime (or on one of these threads) must not.
+fn shut_down(runtimes: Vec<Runtime>) {
+    for runtime in runtimes {
+        runtime.shutdown_background();
+    }
+}
+
+impl Inner {
+    fn stop(&self) {
+        let taken = self
+            .runtimes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        shut_down(taken.unwrap_or_default());
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -39,19 +39,22 @@ cargo build --release --quiet -p orchestrator-bench --bin orchestrator-forwarder
 
 plain='{"model":"mock","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}]}'
 streamed='{"model":"mock","stream":true,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello to the benchmark."}]}'
-runtime() { printf '[runtime]\nmode = "%s"\nthreads = %s\npin = %s\n' "$1" "$2" "$3"; }
+# runtime MODE THREADS: the [runtime] section; per-core threads are pinned.
+runtime() {
+    local pin=false
+    [ "$1" = per_core ] && pin=true
+    printf '[runtime]\nmode = "%s"\nthreads = %s\npin = %s\n' "$1" "$2" "$pin"
+}
 
 if [ "$CALLGRIND" != 0 ]; then
     log "instructions per request"
     for mode in work_stealing per_core; do
-        pin=false
-        [ "$mode" = per_core ] && pin=true
         for kind in plain streamed; do
             body=$plain
             [ "$kind" = streamed ] && body=$streamed
             forwarder=()
             [ "$mode" = work_stealing ] && forwarder=(FORWARDER_BIN="$bin/orchestrator-forwarder")
-            env "${forwarder[@]}" LOAD_BODY="$body" GATEWAY_EXTRA="$(runtime "$mode" 2 "$pin")" \
+            env "${forwarder[@]}" LOAD_BODY="$body" GATEWAY_EXTRA="$(runtime "$mode" 2)" \
                 bash scripts/callgrind-gateway.sh "$bin/orchestrator" \
                 | sed "s/^gateway:/$mode, $kind:/; s/^forwarder:/forwarder, $kind:/" | tee -a "$out/callgrind.txt"
         done
@@ -82,11 +85,9 @@ stop_all_but_mock() {
     done
     pids=("$keep")
 }
-gateway_config() { # gateway_config MODE THREADS
-    local pin=false
-    [ "$1" = per_core ] && pin=true
+gateway_config() { # gateway_config MODE THREADS PORT
     printf '[server]\nlisten = "127.0.0.1:%s"\n[[backends]]\nkind = "openai"\nname = "mock"\nbase_url = "http://127.0.0.1:9351/v1"\n[[models]]\nname = "mock"\nbackends = ["mock"]\n[pipeline]\nshards = %s\n%s\n' \
-        "$3" "$2" "$(runtime "$1" "$2" "$pin")"
+        "$3" "$2" "$(runtime "$1" "$2")"
 }
 
 exec 9>"$BENCH_LOCK"

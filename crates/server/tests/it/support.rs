@@ -408,21 +408,21 @@ pub fn streamed_text(frames: &[Frame]) -> String {
         .collect()
 }
 
-/// The runtime mode the suite runs its gateways in: `ORCHESTRATOR_TEST_RUNTIME=per_core` runs
-/// every gateway of the suite with `[runtime] mode = "per_core"` (the test command runs the
-/// suite both ways); unset, each config's own.
-pub fn suite_runtime() -> Option<&'static str> {
-    match std::env::var("ORCHESTRATOR_TEST_RUNTIME").ok()?.as_str() {
-        "per_core" => Some("per_core"),
-        "" | "work_stealing" => None,
-        other => panic!("ORCHESTRATOR_TEST_RUNTIME={other}: expected per_core or work_stealing"),
+/// Whether the suite runs its gateways per-core: `ORCHESTRATOR_TEST_RUNTIME=per_core` runs every
+/// gateway of the suite with `[runtime] mode = "per_core"` (the test command runs the suite both
+/// ways); unset, each config's own.
+pub fn per_core_suite() -> bool {
+    match std::env::var("ORCHESTRATOR_TEST_RUNTIME").as_deref() {
+        Ok("per_core") => true,
+        Err(_) | Ok("" | "work_stealing") => false,
+        Ok(other) => panic!("ORCHESTRATOR_TEST_RUNTIME={other}: expected per_core or work_stealing"),
     }
 }
 
-/// `config` in the suite's runtime mode ([`suite_runtime`]); per-core, with no more core threads
+/// `config` in the suite's runtime mode ([`per_core_suite`]); per-core, with no more core threads
 /// than the config has shards (a test of one shard keeps its one queue).
 pub fn in_suite_runtime(mut config: Config) -> Config {
-    if suite_runtime() == Some("per_core") {
+    if per_core_suite() {
         config.runtime.mode = RuntimeMode::PerCore;
         config.runtime.threads = Some(config.runtime.threads().min(config.pipeline.shards));
     }
@@ -431,8 +431,8 @@ pub fn in_suite_runtime(mut config: Config) -> Config {
 
 /// The TOML of `config` in the suite's runtime mode, for gateways started as a process.
 pub fn toml_in_suite_runtime(config: &str) -> String {
-    match suite_runtime() {
-        Some(mode) if !config.contains("[runtime]") => format!("{config}\n[runtime]\nmode = \"{mode}\"\n"),
-        _ => config.to_string(),
+    if per_core_suite() && !config.contains("[runtime]") {
+        return format!("{config}\n[runtime]\nmode = \"per_core\"\n");
     }
+    config.to_string()
 }

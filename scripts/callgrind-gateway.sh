@@ -19,6 +19,8 @@
 # GATEWAY_EXTRA [empty]: TOML added to the gateway's config (an API key, [cluster]),
 # LOAD_HEADER [empty]: a header sent with every request (`authorization: Bearer ...`),
 # MODEL_EXTRA [empty]: TOML added to the model's entry (`cache = { ttl_s = 600 }`),
+# MOCK_ARGS [empty]: the mock's options (`--tokens-per-second 100`: tokens spaced out, as a model
+# sends them, instead of back to back),
 # LOAD_PATH [/v1/chat/completions] and LOAD_BODY [a short chat request]: what the load sends,
 # BENCH_LOCK [/tmp/bench.lock]: held (flock) while measuring; the counts do not need it, but a
 # process under callgrind keeps a core busy and would slow another benchmark's run.
@@ -52,7 +54,8 @@ echo "== waiting for $lock (held while measuring)" >&2
 exec 9>"$lock"
 flock 9
 
-"$(dirname "$bin")/mock-upstream" --listen "127.0.0.1:$mock_port" --model mock >"$out/mock.log" 2>&1 &
+# shellcheck disable=SC2086 # MOCK_ARGS is a list of options
+"$(dirname "$bin")/mock-upstream" --listen "127.0.0.1:$mock_port" --model mock ${MOCK_ARGS:-} >"$out/mock.log" 2>&1 &
 pids+=($!)
 cat >"$out/gateway.toml" <<EOF
 [server]

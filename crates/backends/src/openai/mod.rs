@@ -13,6 +13,7 @@
 mod body;
 mod config;
 pub(crate) mod stream;
+mod template;
 pub mod vllm;
 
 use async_trait::async_trait;

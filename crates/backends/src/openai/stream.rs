@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_prompt_orchestrator::extra::Fields;
 use tokio_prompt_orchestrator::{Extra, FinishReason, Passthrough, TokenStream, Usage, WorkerError};
 
+use super::template::TextTemplate;
 use crate::sse::{Dialect, Parsed};
 
 #[derive(Deserialize)]
@@ -174,10 +175,58 @@ pub struct OpenAiDialect {
     /// The top-level fields last passed on, as a list: a stream keeps them for its whole life,
     /// and a map's first node alone takes over half a kilobyte.
     last_response: Option<Box<[(String, Value)]>>,
+    /// The bytes around the text of the stream's text-only chunks.
+    text: Option<TextTemplate>,
+    /// Whether [`text`](Self::text) has read a chunk. One that never did means this stream's
+    /// chunks differ in more than their text (a count or time in each), and no other is learnt.
+    text_used: bool,
 }
 
 impl Dialect for OpenAiDialect {
     fn parse(&mut self, data: &str) -> Result<Parsed, String> {
+        if let Some(token) = self.text.as_ref().and_then(|t| t.read(data)) {
+            self.text_used = true;
+            return Ok(text_only(token));
+        }
+        let parsed = self.whole(data)?;
+        if let Some(token) = &parsed.token
+            && is_text_only(&parsed)
+            && (self.text.is_none() || self.text_used)
+        {
+            // A text chunk the template did not read: the bytes around the text have changed
+            // (a new creation time), so learn them again.
+            self.text = TextTemplate::learn(data, token, |probe, text| {
+                let read = Self::default().whole(probe);
+                read.is_ok_and(|p| is_text_only(&p) && p.token.as_deref() == Some(text))
+            });
+            self.text_used = false;
+        }
+        Ok(parsed)
+    }
+}
+
+/// Whether a chunk carried text and nothing else.
+fn is_text_only(parsed: &Parsed) -> bool {
+    let Parsed {
+        token,
+        extra,
+        finish,
+        usage,
+        done,
+    } = parsed;
+    token.is_some() && extra.is_none() && finish.is_none() && usage.is_none() && !done
+}
+
+fn text_only(token: String) -> Parsed {
+    Parsed {
+        token: Some(token),
+        ..Parsed::default()
+    }
+}
+
+impl OpenAiDialect {
+    /// Reads a chunk by parsing all of it.
+    fn whole(&mut self, data: &str) -> Result<Parsed, String> {
         if data.trim() == "[DONE]" {
             return Ok(Parsed {
                 done: true,
@@ -226,6 +275,58 @@ mod tests {
 
     fn parse(data: &str) -> Result<Parsed, String> {
         OpenAiDialect::default().parse(data)
+    }
+
+    #[test]
+    fn text_chunks_read_from_the_template_are_read_as_a_whole_parse_reads_them() {
+        let chunk = |created: u64, delta: Value, finish: Value| {
+            json!({
+                "id": "c1", "object": "chat.completion.chunk", "created": created, "model": "m",
+                "system_fingerprint": "fp",
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+            })
+            .to_string()
+        };
+        let text = |t: &str| chunk(1, json!({"content": t}), Value::Null);
+        let mut stream = vec![
+            chunk(1, json!({"role": "assistant", "content": ""}), Value::Null),
+            text("Hello"),
+            text(" \"quoted\" \\ back\nline\t\u{1} héllo ✓"),
+            text(r#"","content":""#),
+            text("a"),
+            text(""),
+            chunk(1, json!({"content": "x", "refusal": "no"}), Value::Null),
+            // The creation time moves on: the template is learnt again.
+            chunk(2, json!({"content": " later"}), Value::Null),
+            chunk(2, json!({"content": " again"}), Value::Null),
+            chunk(
+                2,
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+                Value::Null,
+            ),
+            chunk(2, json!({"content": "b"}), json!("stop")),
+            r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}"#.into(),
+            "[DONE]".into(),
+        ];
+        // Hand-written spacing differs from serde's, and is still read from its template.
+        stream.push(r#"{"choices": [{"delta": {"content" : "s1"}}]}"#.into());
+        stream.push(r#"{"choices": [{"delta": {"content" : "s2"}}]}"#.into());
+        let mut dialect = OpenAiDialect::default();
+        let mut whole = OpenAiDialect::default();
+        for data in &stream {
+            assert_eq!(dialect.parse(data), whole.whole(data), "{data}");
+        }
+        assert!(dialect.text_used, "the template read the last chunk");
+    }
+
+    #[test]
+    fn a_stream_whose_chunks_differ_in_more_than_their_text_stops_learning() {
+        let mut dialect = OpenAiDialect::default();
+        for n in 0..4 {
+            let data = json!({"created": n, "choices": [{"delta": {"content": "t"}}]}).to_string();
+            assert_eq!(dialect.parse(&data).unwrap().token.as_deref(), Some("t"));
+            assert!(!dialect.text_used);
+        }
     }
 
     #[test]

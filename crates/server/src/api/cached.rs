@@ -1,14 +1,11 @@
 //! Answers from the response cache (`crate::gateway::cache`), in the shape the client asked for:
 //! the same body as the first time (same id and creation time), or that answer as a stream.
 
-use std::convert::Infallible;
-
 use axum::http::{HeaderName, HeaderValue};
-use axum::response::sse::{Event, Sse};
-use axum::response::{IntoResponse, Response};
-use futures_util::stream;
+use axum::response::Response;
 use tokio_prompt_orchestrator::{Completion, Response as Answer};
 
+use super::frames::{self, Frames};
 use super::json_body;
 use super::sse::Writer;
 use super::wire::{Endpoint, Header};
@@ -40,19 +37,19 @@ pub fn respond(endpoint: Endpoint, delivery: &Delivery, hit: &Cached) -> Respons
     };
     let extra = hit.passthrough.as_deref();
     let mut response = if delivery.stream {
-        let mut events = Vec::new();
+        let mut frames = Frames::default();
         if let Some(role) = header.role_chunk() {
-            events.push(Event::default().data(role));
+            frames.data(&role);
         }
         if !hit.text.is_empty() {
-            events.push(Event::default().data(header.text_chunk(&hit.text, None)));
+            frames.data(&header.text_chunk(&hit.text, None));
         }
-        events.push(Event::default().data(header.finish_chunk(hit.finish_reason, extra)));
+        frames.data(&header.finish_chunk(hit.finish_reason, extra));
         if delivery.include_usage {
-            events.push(Event::default().data(header.usage_chunk(hit.usage)));
+            frames.data(&header.usage_chunk(hit.usage));
         }
-        events.push(Event::default().data("[DONE]"));
-        Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response()
+        frames.data("[DONE]");
+        frames::whole(frames)
     } else {
         let body = header.complete(&hit.text, hit.finish_reason, hit.usage, extra);
         json_body(body)
@@ -64,12 +61,13 @@ pub fn respond(endpoint: Endpoint, delivery: &Delivery, hit: &Cached) -> Respons
 /// The kept answer `hit` as the stream `writer` writes (for the APIs whose streams are written
 /// by a [`Writer`]).
 pub async fn replayed<W: Writer>(mut writer: W, hit: &Cached) -> Response {
-    let mut events = writer.opening(None);
+    let mut frames = Frames::default();
+    writer.opening(None, &mut frames);
     if !hit.text.is_empty() {
-        writer.token(&hit.text, &mut events);
+        writer.token(&hit.text, &mut frames);
     }
     if let Some(extra) = hit.passthrough.clone() {
-        writer.passthrough(extra, &mut events);
+        writer.passthrough(extra, &mut frames);
     }
     let completion = Completion {
         finish_reason: hit.finish_reason,
@@ -79,8 +77,8 @@ pub async fn replayed<W: Writer>(mut writer: W, hit: &Cached) -> Response {
     if let Some(work) = writer.finishing(&completion) {
         work.await;
     }
-    writer.done(&completion, std::time::Duration::ZERO, &mut events);
-    let mut response = Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response();
+    writer.done(&completion, std::time::Duration::ZERO, &mut frames);
+    let mut response = frames::whole(frames);
     response.headers_mut().insert(CACHE_HEADER, HIT);
     response
 }

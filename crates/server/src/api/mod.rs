@@ -10,7 +10,7 @@
 //!   `/admin/stats`, its live feed `/admin/stats/stream`, and `/dashboard`.
 //! - [`middleware`]: request ids, access log, API keys.
 //! - [`request`] / [`wire`]: the OpenAI request and response bodies; [`body`]: reading them.
-//! - [`sse`]: streaming; [`error`]: every error a client can see, with its status.
+//! - [`sse`]: streaming, written as [`frames`]; [`error`]: every error a client can see, with its status.
 //! - [`cached`]: answers from the response cache, as the client asked for them.
 
 pub mod accept;
@@ -25,6 +25,7 @@ pub mod embeddings;
 mod encoding;
 pub mod error;
 pub mod format;
+pub mod frames;
 pub mod generate;
 pub mod graft;
 pub mod hints;

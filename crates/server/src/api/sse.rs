@@ -5,21 +5,26 @@
 //! The HTTP status is chosen when the first event arrives, so a request that fails before its
 //! first token gets its real status (429, 502, 504, ...). After that, a failure ends the stream
 //! with an error event in the API's shape: never a silent truncation.
+//!
+//! The events ready when the connection can take more are written together ([`frames`]): a
+//! burst of tokens costs one write, and a lone token is never held back for company.
 
-use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::stream::{self, StreamExt};
+use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_prompt_orchestrator::{
     Completion, Passthrough, PipelineError, ResponseEvent, ResponseHandle, RetrievedChunk,
 };
 
 use super::error::ApiError;
+use super::frames::{self, Frames};
 use super::middleware::DisconnectGuard;
 use super::sources;
 use super::timing::{Millis, overhead};
@@ -32,16 +37,16 @@ use crate::gateway::outcome::Outcome;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// One API's stream: the events each pipeline event becomes.
-pub trait Writer: Send + 'static {
+pub trait Writer: Send + Unpin + 'static {
     /// The events before the first output; `sources` when the client asked to see them.
-    fn opening(&mut self, sources: Option<&[RetrievedChunk]>) -> Vec<Event>;
-    fn token(&mut self, text: &str, out: &mut Vec<Event>);
+    fn opening(&mut self, sources: Option<&[RetrievedChunk]>, out: &mut Frames);
+    fn token(&mut self, text: &str, out: &mut Frames);
     /// What the upstream sent besides text (tool calls, top-level fields).
-    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Vec<Event>);
+    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Frames);
     /// The closing events of a completed answer; `elapsed` since the request arrived.
-    fn done(&mut self, completion: &Completion, elapsed: Duration, out: &mut Vec<Event>);
+    fn done(&mut self, completion: &Completion, elapsed: Duration, out: &mut Frames);
     /// The event that ends a stream failing after its first output.
-    fn failed(&mut self, error: &ApiError) -> Event;
+    fn failed(&mut self, error: &ApiError, out: &mut Frames);
     /// The answer's id and creation time, for the response cache.
     fn identity(&self) -> (String, u64);
     /// Work to finish once the answer is complete, before its closing events go out: a
@@ -122,47 +127,118 @@ pub async fn respond<W: Writer>(
         fill,
         ..
     } = plan;
-    let mut opening = writer.opening(sources.as_deref());
+    let mut frames = Frames::default();
+    writer.opening(sources.as_deref(), &mut frames);
     let mut closing = Closing {
         writer,
         start,
         outcome,
         keeping: fill.map(|fill| (fill, String::new(), None)),
     };
-    let rest = if let Some(events) = closing.settle(first, &mut opening).await {
+    let mut response = match closing.write(first, &mut frames) {
         // The first event was already the last one.
-        opening.extend(events);
-        guard.disarm();
-        None
-    } else {
-        Some((handle, closing, guard))
-    };
-    // Dropping this stream (the client went away) drops the handle, which cancels the request.
-    let rest = stream::unfold(rest, move |state| async move {
-        let (mut handle, mut closing, mut guard) = state?;
-        let event = handle.recv().await?;
-        let mut out = Vec::new();
-        match closing.settle(event, &mut out).await {
-            Some(last) => {
-                out.extend(last);
-                guard.disarm();
-                Some((out, None))
-            }
-            None => Some((out, Some((handle, closing, guard)))),
+        Some(ending) => {
+            closing.end(ending, &mut frames).await;
+            guard.disarm();
+            frames::whole(frames)
         }
-    });
-    let events = stream::iter(opening)
-        .chain(rest.flat_map(stream::iter))
-        .map(Ok::<_, Infallible>);
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response();
+        None => {
+            let open = Open {
+                handle,
+                closing,
+                guard,
+                frames,
+            };
+            let rest = Rest {
+                open: Some(open),
+                ending: None,
+            };
+            frames::live(rest, KEEP_ALIVE)
+        }
+    };
     if let Some(sources) = &sources {
         response
             .headers_mut()
             .insert(sources::SOURCES_HEADER, sources::header(sources));
     }
     Ok(response)
+}
+
+/// The rest of a stream after its first output, as writes. Dropping it (the client went away)
+/// drops the handle, which cancels the request.
+struct Rest<W> {
+    open: Option<Open<W>>,
+    /// The closing events being written, after the final event.
+    ending: Option<BoxFuture<'static, Bytes>>,
+}
+
+struct Open<W> {
+    handle: ResponseHandle,
+    closing: Closing<W>,
+    guard: DisconnectGuard,
+    /// Written, not yet sent: the opening, then whatever a poll finds ready.
+    frames: Frames,
+}
+
+impl<W: Writer> Stream for Rest<W> {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = &mut *self;
+        if let Some(ending) = &mut this.ending {
+            let last = ready!(ending.as_mut().poll(cx));
+            this.ending = None;
+            return Poll::Ready(Some(last));
+        }
+        let Some(open) = &mut this.open else {
+            return Poll::Ready(None);
+        };
+        // Every event that is ready goes into this write.
+        let ending = loop {
+            match open.handle.poll_next_unpin(cx) {
+                Poll::Ready(Some(event)) => {
+                    if let Some(ending) = open.closing.write(event, &mut open.frames) {
+                        break ending;
+                    }
+                }
+                // Only after the final event, which ends this loop.
+                Poll::Ready(None) => {
+                    let last = open.frames.take();
+                    this.open = None;
+                    return Poll::Ready((!last.is_empty()).then_some(last));
+                }
+                Poll::Pending if open.frames.is_empty() => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(Some(open.frames.take())),
+            }
+        };
+        let Some(Open {
+            mut closing,
+            mut guard,
+            mut frames,
+            ..
+        }) = this.open.take()
+        else {
+            return Poll::Ready(None);
+        };
+        let mut last = Box::pin(async move {
+            closing.end(ending, &mut frames).await;
+            guard.disarm();
+            frames.take()
+        });
+        match last.as_mut().poll(cx) {
+            Poll::Ready(last) => Poll::Ready(Some(last)),
+            Poll::Pending => {
+                this.ending = Some(last);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// How a stream ends: its final event.
+enum Ending {
+    Done(Box<Completion>),
+    Failed(Box<PipelineError>),
 }
 
 /// One stream's writer, and how it ends.
@@ -177,9 +253,8 @@ struct Closing<W> {
 }
 
 impl<W: Writer> Closing<W> {
-    /// Puts an event's output in `out` and returns `None`, or returns the closing events after
-    /// a final event.
-    async fn settle(&mut self, event: ResponseEvent, out: &mut Vec<Event>) -> Option<Vec<Event>> {
+    /// Writes an event's output, or returns the final event for [`end`](Closing::end).
+    fn write(&mut self, event: ResponseEvent, out: &mut Frames) -> Option<Ending> {
         match event {
             ResponseEvent::Token(text) => {
                 self.writer.token(&text, out);
@@ -201,18 +276,24 @@ impl<W: Writer> Closing<W> {
             }
             // Sent once, before the first output, and read there.
             ResponseEvent::Sources(_) => None,
-            ResponseEvent::Done(completion) => Some(self.done(&completion).await),
-            // Boxed: the failure path's state would otherwise sit in every open stream.
-            ResponseEvent::Error(error) => Some(Box::pin(self.failed(*error)).await),
+            ResponseEvent::Done(completion) => Some(Ending::Done(completion)),
+            ResponseEvent::Error(error) => Some(Ending::Failed(error)),
         }
     }
 
-    async fn failed(&mut self, error: PipelineError) -> Vec<Event> {
-        let error = self.outcome.failed(error).await;
-        vec![self.writer.failed(&error)]
+    /// Settles the request and writes the closing events.
+    async fn end(&mut self, ending: Ending, out: &mut Frames) {
+        match ending {
+            Ending::Done(completion) => self.done(&completion, out).await,
+            Ending::Failed(error) => {
+                // Boxed: the failure path's state would otherwise size every handler's future.
+                let error = Box::pin(self.outcome.failed(*error)).await;
+                self.writer.failed(&error, out);
+            }
+        }
     }
 
-    async fn done(&mut self, completion: &Completion) -> Vec<Event> {
+    async fn done(&mut self, completion: &Completion, out: &mut Frames) {
         self.outcome.completed(completion);
         if let Some(work) = self.writer.finishing(completion) {
             work.await;
@@ -228,9 +309,7 @@ impl<W: Writer> Closing<W> {
                 passthrough,
             });
         }
-        let mut events = Vec::new();
-        self.writer.done(completion, self.start.elapsed(), &mut events);
-        events
+        self.writer.done(completion, self.start.elapsed(), out);
     }
 }
 
@@ -258,31 +337,31 @@ impl OpenAiChunks {
 }
 
 impl Writer for OpenAiChunks {
-    fn opening(&mut self, sources: Option<&[RetrievedChunk]>) -> Vec<Event> {
+    fn opening(&mut self, sources: Option<&[RetrievedChunk]>, out: &mut Frames) {
         match (self.header.role_chunk(), sources) {
-            (Some(role), Some(sources)) => vec![data(sources::with_field(role, sources))],
-            (Some(role), None) => vec![data(role)],
+            (Some(role), Some(sources)) => out.data(&sources::with_field(role, sources)),
+            (Some(role), None) => out.data(&role),
             // Completions have no role chunk: the sources go in a chunk of their own.
             (None, Some(sources)) => {
                 let chunk = self.header.text_chunk("", None);
-                vec![data(sources::with_field(chunk, sources))]
+                out.data(&sources::with_field(chunk, sources));
             }
-            (None, None) => Vec::new(),
+            (None, None) => {}
         }
     }
 
-    fn token(&mut self, text: &str, out: &mut Vec<Event>) {
-        let chunk = match self.held.take() {
-            Some(held) => self.header.text_chunk(text, Some(&held)),
+    fn token(&mut self, text: &str, out: &mut Frames) {
+        match self.held.take() {
+            Some(held) => out.data(&self.header.text_chunk(text, Some(&held))),
             None => {
                 let header = &self.header;
-                self.text.get_or_insert_with(|| header.text_chunks()).chunk(text)
+                let chunks = self.text.get_or_insert_with(|| header.text_chunks());
+                out.data_line(|buf| chunks.write(text, buf));
             }
-        };
-        out.push(data(chunk));
+        }
     }
 
-    fn passthrough(&mut self, mut extra: Box<Passthrough>, out: &mut Vec<Event>) {
+    fn passthrough(&mut self, mut extra: Box<Passthrough>, out: &mut Frames) {
         if extra.message.is_empty() && extra.choice.is_empty() {
             self.held = Some(extra);
             return;
@@ -292,35 +371,32 @@ impl Writer for OpenAiChunks {
                 extra.response.entry(key).or_insert(value);
             }
         }
-        out.push(data(self.header.passthrough_chunk(&extra)));
+        out.data(&self.header.passthrough_chunk(&extra));
     }
 
-    fn done(&mut self, completion: &Completion, elapsed: Duration, out: &mut Vec<Event>) {
+    fn done(&mut self, completion: &Completion, elapsed: Duration, out: &mut Frames) {
         let held = self.held.take();
-        out.push(data(
-            self.header
+        out.data(
+            &self
+                .header
                 .finish_chunk(completion.finish_reason, held.as_deref()),
-        ));
+        );
         if self.include_usage {
-            out.push(data(self.header.usage_chunk(completion.usage)));
+            out.data(&self.header.usage_chunk(completion.usage));
         }
         // Headers left before the stream's cost was known; clients ignore SSE comments.
-        out.push(Event::default().comment(format!(
+        out.comment(&format!(
             "orchestrator-overhead-ms {}",
             Millis(overhead(elapsed, completion))
-        )));
-        out.push(Event::default().data("[DONE]"));
+        ));
+        out.data("[DONE]");
     }
 
-    fn failed(&mut self, error: &ApiError) -> Event {
-        Event::default().event("error").data(error.to_json())
+    fn failed(&mut self, error: &ApiError, out: &mut Frames) {
+        out.event("error", &error.to_json());
     }
 
     fn identity(&self) -> (String, u64) {
         (self.header.id.clone(), self.header.created)
     }
-}
-
-fn data(json: String) -> Event {
-    Event::default().data(json)
 }

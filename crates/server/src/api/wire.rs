@@ -3,6 +3,7 @@
 //! Bodies are typed structs; what an upstream answered besides text (tool calls, logprobs,
 //! `system_fingerprint`: a [`Passthrough`]) is merged in as they are written ([`Grafted`]).
 
+use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use tokio_prompt_orchestrator::{Extra, FinishReason, Passthrough, Usage};
 
@@ -314,14 +315,12 @@ pub struct TextChunks {
 }
 
 impl TextChunks {
-    pub fn chunk(&self, text: &str) -> String {
-        let mut out = Vec::with_capacity(self.prefix.len() + text.len() + 2 + self.suffix.len());
-        out.extend_from_slice(self.prefix.as_bytes());
-        // Writing a string into a vector cannot fail.
-        let _ = serde_json::to_writer(&mut out, text);
-        out.extend_from_slice(self.suffix.as_bytes());
-        // UTF-8: pieces of a UTF-8 string and serde_json's output.
-        String::from_utf8(out).unwrap_or_default()
+    /// Writes the chunk that carries `text`.
+    pub fn write(&self, text: &str, out: &mut BytesMut) {
+        out.put_slice(self.prefix.as_bytes());
+        // Writing a string into memory cannot fail.
+        let _ = serde_json::to_writer(out.writer(), text);
+        out.put_slice(self.suffix.as_bytes());
     }
 }
 
@@ -373,7 +372,13 @@ mod tests {
                 };
                 let chunks = h.text_chunks();
                 for text in texts {
-                    assert_eq!(chunks.chunk(text), h.text_chunk(text, None), "{model:?} {text:?}");
+                    let mut written = BytesMut::new();
+                    chunks.write(text, &mut written);
+                    assert_eq!(
+                        &written[..],
+                        h.text_chunk(text, None).as_bytes(),
+                        "{model:?} {text:?}"
+                    );
                 }
             }
         }

@@ -1,9 +1,14 @@
 //! SSE streams: chunk order, `[DONE]`, usage, tokens before the model finishes, and the error
 //! event that ends a stream cut after its first token.
 
-use serde_json::{Value, json};
+use std::time::Duration;
 
-use crate::support::{Frame, SseReader, TestServer, chat_body, client, expect_error, json};
+use orchestrator_server::Config;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Frame, SseReader, TestServer, chat_body, client, expect_error, json, serve_here};
 
 fn streaming(model: &str, content: &str) -> Value {
     let mut body = chat_body(model, content);
@@ -150,4 +155,37 @@ async fn completion_streams_carry_text_chunks() {
     assert_eq!(chunks[1]["choices"][0]["text"], " upon");
     assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
     assert_eq!(frames.last(), Some(&Frame::Data("[DONE]".into())));
+}
+
+/// A model silent for longer than the keep-alive interval: the stream carries a comment for
+/// every 15 s without an event, so idle proxies keep it open. Time is paused (the gateway runs
+/// on the test's runtime), and the client reads raw HTTP, as it would wait out any timeout.
+#[tokio::test(start_paused = true)]
+async fn a_silent_stream_carries_a_keep_alive_comment_every_15_s() {
+    let toml = "[pipeline]\ndefault_timeout_ms = 0\n[[backends]]\nkind = \"echo\"\nname = \"slow\"\ntoken_delay_ms = 40000\n\
+                [[models]]\nname = \"slow\"\nbackends = [\"slow\"]\n";
+    let base = serve_here(Config::parse(toml, "keep-alive.toml").unwrap()).await;
+    let body = streaming("slow", "one two").to_string();
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut read = String::new();
+    tokio::time::timeout(Duration::from_secs(24 * 3600), stream.read_to_string(&mut read))
+        .await
+        .expect("the stream ended")
+        .unwrap();
+
+    // The tokens come 40 s apart: comments 15 s and 30 s after the first, none before it (the
+    // stream starts with its first token).
+    let first = read.find(r#""content":"one""#).expect(&read);
+    let second = read.find(r#""content":" two""#).expect(&read);
+    assert_eq!(read[first..second].matches(":\n\n").count(), 2, "{read}");
+    assert!(!read[..first].contains(":\n\n"), "{read}");
+    assert!(read[second..].contains("data: [DONE]\n\n"), "{read}");
 }

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_prompt_orchestrator::{Completion, Passthrough, RetrievedChunk};
 
 use super::message::{error_body, stop_reason};
 use crate::api::error::ApiError;
+use crate::api::frames::Frames;
 use crate::api::sse::{Writer, tool_calls};
 
 /// The content block being written.
@@ -44,50 +44,48 @@ impl AnthropicEvents {
     }
 
     /// Starts a block of `block`'s kind, closing the one before.
-    fn start(&mut self, block: Value, open: Open, out: &mut Vec<Event>) {
+    fn start(&mut self, block: Value, open: Open, out: &mut Frames) {
         self.close(out);
-        out.push(event(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": self.next_index, "content_block": block}),
-        ));
+        out.json(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": self.next_index, "content_block": block}),
+        );
         self.open = open;
         self.next_index += 1;
     }
 
-    fn close(&mut self, out: &mut Vec<Event>) {
+    fn close(&mut self, out: &mut Frames) {
         if self.open != Open::None {
-            out.push(event(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": self.next_index - 1}),
-            ));
+            out.json(
+                Some("content_block_stop"),
+                &json!({"type": "content_block_stop", "index": self.next_index - 1}),
+            );
             self.open = Open::None;
         }
     }
 
-    fn delta(&self, delta: Value, out: &mut Vec<Event>) {
-        out.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": self.next_index - 1, "delta": delta}),
-        ));
+    fn delta(&self, delta: Value, out: &mut Frames) {
+        out.json(
+            Some("content_block_delta"),
+            &json!({"type": "content_block_delta", "index": self.next_index - 1, "delta": delta}),
+        );
     }
 }
 
 impl Writer for AnthropicEvents {
-    fn opening(&mut self, _sources: Option<&[RetrievedChunk]>) -> Vec<Event> {
-        vec![
-            event(
-                "message_start",
-                json!({"type": "message_start", "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                }}),
-            ),
-            event("ping", json!({"type": "ping"})),
-        ]
+    fn opening(&mut self, _sources: Option<&[RetrievedChunk]>, out: &mut Frames) {
+        out.json(
+            Some("message_start"),
+            &json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }}),
+        );
+        out.json(Some("ping"), &json!({"type": "ping"}));
     }
 
-    fn token(&mut self, text: &str, out: &mut Vec<Event>) {
+    fn token(&mut self, text: &str, out: &mut Frames) {
         if self.open != Open::Text {
             self.start(json!({"type": "text", "text": ""}), Open::Text, out);
         }
@@ -100,16 +98,12 @@ impl Writer for AnthropicEvents {
                 text,
             },
         };
-        out.push(
-            Event::default()
-                .event("content_block_delta")
-                .data(serde_json::to_string(&delta).unwrap_or_default()),
-        );
+        out.json(Some(delta.kind), &delta);
     }
 
     /// Tool-call deltas become `tool_use` blocks and their arguments `input_json_delta`s; other
     /// fields have no place in Anthropic's events.
-    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Vec<Event>) {
+    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Frames) {
         for call in tool_calls(&extra) {
             if self.open != Open::Tool(call.index) {
                 let block = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
@@ -124,20 +118,20 @@ impl Writer for AnthropicEvents {
         }
     }
 
-    fn done(&mut self, completion: &Completion, _elapsed: Duration, out: &mut Vec<Event>) {
+    fn done(&mut self, completion: &Completion, _elapsed: Duration, out: &mut Frames) {
         self.close(out);
         let usage = completion.usage;
-        out.push(event(
-            "message_delta",
-            json!({"type": "message_delta",
+        out.json(
+            Some("message_delta"),
+            &json!({"type": "message_delta",
                 "delta": {"stop_reason": stop_reason(completion.finish_reason), "stop_sequence": null},
                 "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}),
-        ));
-        out.push(event("message_stop", json!({"type": "message_stop"})));
+        );
+        out.json(Some("message_stop"), &json!({"type": "message_stop"}));
     }
 
-    fn failed(&mut self, error: &ApiError) -> Event {
-        Event::default().event("error").data(error_body(error))
+    fn failed(&mut self, error: &ApiError, out: &mut Frames) {
+        out.event("error", &error_body(error));
     }
 
     fn identity(&self) -> (String, u64) {
@@ -159,8 +153,4 @@ struct Text<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     text: &'a str,
-}
-
-fn event(name: &'static str, data: Value) -> Event {
-    Event::default().event(name).data(data.to_string())
 }

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use axum::response::sse::Event;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -16,6 +15,7 @@ use tokio_prompt_orchestrator::{Completion, Passthrough, RetrievedChunk};
 
 use super::object::{Call, Head, Output, Status, message_item};
 use crate::api::error::ApiError;
+use crate::api::frames::Frames;
 use crate::api::sse::{Writer, tool_calls};
 use crate::stored::StoredResponses;
 
@@ -53,36 +53,34 @@ impl ResponseEvents {
         }
     }
 
-    fn event(&mut self, kind: &'static str, mut data: Value) -> Event {
+    fn event(&mut self, kind: &'static str, mut data: Value, out: &mut Frames) {
         data["type"] = json!(kind);
         data["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
-        Event::default().event(kind).data(data.to_string())
+        out.json(Some(kind), &data);
     }
 
     /// An event carrying the whole response.
-    fn response_event<R: Serialize + ?Sized>(&mut self, kind: &'static str, response: &R) -> Event {
+    fn response_event<R: Serialize + ?Sized>(&mut self, kind: &'static str, response: &R, out: &mut Frames) {
         let envelope = WithResponse {
             kind,
             sequence_number: self.sequence,
             response,
         };
         self.sequence += 1;
-        Event::default()
-            .event(kind)
-            .data(serde_json::to_string(&envelope).unwrap_or_default())
+        out.json(Some(kind), &envelope);
     }
 
     /// Starts an output item, closing the one before.
-    fn start(&mut self, item: Value, open: Open, out: &mut Vec<Event>) {
+    fn start(&mut self, item: Value, open: Open, out: &mut Frames) {
         self.close(out);
         let added = json!({"output_index": self.items, "item": item});
-        out.push(self.event("response.output_item.added", added));
+        self.event("response.output_item.added", added, out);
         self.items += 1;
         self.open = open;
     }
 
-    fn close(&mut self, out: &mut Vec<Event>) {
+    fn close(&mut self, out: &mut Frames) {
         let index = self.items.saturating_sub(1);
         match std::mem::replace(&mut self.open, Open::None) {
             Open::None => {}
@@ -96,12 +94,13 @@ impl ResponseEvents {
                 let mut part_done = ids;
                 part_done["part"] = part;
                 let item = json!(message_item(&self.head.message_id, text, "completed"));
-                out.push(self.event("response.output_text.done", done));
-                out.push(self.event("response.content_part.done", part_done));
-                out.push(self.event(
+                self.event("response.output_text.done", done, out);
+                self.event("response.content_part.done", part_done, out);
+                self.event(
                     "response.output_item.done",
                     json!({"output_index": index, "item": item}),
-                ));
+                    out,
+                );
             }
             Open::Call(_) => {
                 let Some(call) = self.output.calls.last() else {
@@ -112,31 +111,31 @@ impl ResponseEvents {
                     call.arguments.clone(),
                     json!(call.item("completed")),
                 );
-                out.push(self.event(
+                self.event(
                     "response.function_call_arguments.done",
                     json!({"item_id": item_id, "output_index": index, "arguments": arguments}),
-                ));
-                out.push(self.event(
+                    out,
+                );
+                self.event(
                     "response.output_item.done",
                     json!({"output_index": index, "item": item}),
-                ));
+                    out,
+                );
             }
         }
     }
 }
 
 impl Writer for ResponseEvents {
-    fn opening(&mut self, _sources: Option<&[RetrievedChunk]>) -> Vec<Event> {
+    fn opening(&mut self, _sources: Option<&[RetrievedChunk]>, out: &mut Frames) {
         let head = self.head.clone();
         let nothing = Output::default();
         let response = head.object(Status::InProgress, &nothing, None);
-        vec![
-            self.response_event("response.created", &response),
-            self.response_event("response.in_progress", &response),
-        ]
+        self.response_event("response.created", &response, out);
+        self.response_event("response.in_progress", &response, out);
     }
 
-    fn token(&mut self, text: &str, out: &mut Vec<Event>) {
+    fn token(&mut self, text: &str, out: &mut Frames) {
         if self.open != Open::Message {
             let item = json!(message_item(&self.head.message_id, "", "in_progress"));
             self.start(item, Open::Message, out);
@@ -144,7 +143,7 @@ impl Writer for ResponseEvents {
                 "item_id": self.head.message_id, "output_index": self.items - 1, "content_index": 0,
                 "part": {"type": "output_text", "text": "", "annotations": []},
             });
-            out.push(self.event("response.content_part.added", part));
+            self.event("response.content_part.added", part, out);
         }
         self.output.text.push_str(text);
         // Every token: written from typed fields rather than through a JSON tree.
@@ -158,16 +157,12 @@ impl Writer for ResponseEvents {
             logprobs: [],
         };
         self.sequence += 1;
-        out.push(
-            Event::default()
-                .event(delta.kind)
-                .data(serde_json::to_string(&delta).unwrap_or_default()),
-        );
+        out.json(Some(delta.kind), &delta);
     }
 
     /// Tool-call deltas become `function_call` items and their arguments' deltas; other fields
     /// have no place in the Responses events.
-    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Vec<Event>) {
+    fn passthrough(&mut self, extra: Box<Passthrough>, out: &mut Frames) {
         for delta in tool_calls(&extra) {
             if self.open != Open::Call(delta.index) {
                 self.close(out);
@@ -189,7 +184,7 @@ impl Writer for ResponseEvents {
             {
                 call.arguments.push_str(delta.arguments);
                 let delta = json!({"item_id": call.item_id(), "output_index": self.items - 1, "delta": delta.arguments});
-                out.push(self.event("response.function_call_arguments.delta", delta));
+                self.event("response.function_call_arguments.delta", delta, out);
             }
         }
     }
@@ -204,20 +199,20 @@ impl Writer for ResponseEvents {
         }))
     }
 
-    fn done(&mut self, _completion: &Completion, _elapsed: Duration, out: &mut Vec<Event>) {
+    fn done(&mut self, _completion: &Completion, _elapsed: Duration, out: &mut Frames) {
         self.close(out);
         if let Some((response, event)) = self.last.take()
             && let Ok(response) = RawValue::from_string(response)
         {
-            out.push(self.response_event(event, &*response));
+            self.response_event(event, &*response, out);
         }
     }
 
-    fn failed(&mut self, error: &ApiError) -> Event {
+    fn failed(&mut self, error: &ApiError, out: &mut Frames) {
         let head = self.head.clone();
         let output = std::mem::take(&mut self.output);
         let response = head.object(Status::Failed(error), &output, None);
-        self.response_event("response.failed", &response)
+        self.response_event("response.failed", &response, out);
     }
 
     fn identity(&self) -> (String, u64) {

@@ -54,6 +54,8 @@ impl Frames {
 
     /// One `data:` line whose text `write` puts in the buffer; the text must hold no line break.
     pub fn data_line(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        // Room for a typical chunk, so that it is not copied on the way to its size.
+        self.buf.reserve(256);
         self.buf.put_slice(b"data: ");
         write(&mut self.buf);
         self.buf.put_slice(b"\n\n");
@@ -69,14 +71,16 @@ impl Frames {
         self.buf.is_empty()
     }
 
-    /// What was written, leaving the buffer empty.
+    /// What was written, leaving the buffer empty. The buffer goes with it: a stream waits
+    /// between tokens far longer than it writes, and holds no memory while it waits.
     pub fn take(&mut self) -> Bytes {
-        self.buf.split().freeze()
+        std::mem::take(&mut self.buf).freeze()
     }
 
     /// `text` as `field: line` lines, one per line of it (the format has no other way to carry
     /// a line break).
     fn lines(&mut self, field: &str, text: &str) {
+        self.buf.reserve(field.len() + text.len() + 3);
         let mut rest = text;
         loop {
             let end = rest.find(['\n', '\r']).unwrap_or(rest.len());

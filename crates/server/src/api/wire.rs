@@ -317,6 +317,7 @@ pub struct TextChunks {
 impl TextChunks {
     /// Writes the chunk that carries `text`.
     pub fn write(&self, text: &str, out: &mut BytesMut) {
+        out.reserve(self.prefix.len() + text.len() + 2 + self.suffix.len() + 2);
         out.put_slice(self.prefix.as_bytes());
         // Writing a string into memory cannot fail.
         let _ = serde_json::to_writer(out.writer(), text);

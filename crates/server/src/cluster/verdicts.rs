@@ -24,13 +24,22 @@ pub const BACKEND_DOWN_ELSEWHERE: &str = "orchestrator_backend_down_elsewhere";
 /// down.
 pub async fn follow(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: CancellationToken) {
     let beat = Duration::from_millis(cluster.config.heartbeat_ms);
+    // A read of the members that the broker never answers (it went away mid-read) is given up
+    // when a member would have timed out anyway.
+    let patience = Duration::from_millis(cluster.config.node_timeout_ms);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(beat) => {}
+            biased;
             () = stop.cancelled() => return,
+            () = tokio::time::sleep(beat) => {}
         }
         let members = if cluster.link.connected() {
-            cluster.members().live().await.ok()
+            let members = cluster.members();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                read = tokio::time::timeout(patience, members.live()) => read.ok().and_then(Result::ok),
+            }
         } else {
             None
         };

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{
-    ECHO, Nats, cluster_view, command_json_lines, eventually, member_names, node, refused_start,
+    ECHO, Nats, cluster_view, command_json_lines, eventually, lost_nats, member_names, node, refused_start,
     stop_nats_seen_by,
 };
 
@@ -100,6 +100,24 @@ async fn a_node_keeps_serving_without_nats_and_rejoins() {
     })
     .await;
     eventually("a listed again", || async { member_names(&a).await == ["a"] }).await;
+}
+
+/// SIGTERM after the broker went away: the node drains and exits; a read of the broker that was
+/// under way when it went (never to be answered) does not hold the exit.
+#[tokio::test]
+async fn a_node_without_nats_still_exits_on_sigterm() {
+    let mut nats = Nats::start().await;
+    let mut a = node(&nats, "a", ECHO).await;
+    eventually("a listed", || async { member_names(&a).await == ["a"] }).await;
+    nats.shut_down().await;
+    lost_nats(&mut a).await;
+    let logged = crate::shutdown::terminate(a).await;
+    assert!(
+        logged
+            .iter()
+            .any(|log| log["fields"]["message"] == "Shutdown complete."),
+        "{logged:#?}"
+    );
 }
 
 #[tokio::test]

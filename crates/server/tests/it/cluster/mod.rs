@@ -74,6 +74,16 @@ impl Nats {
         }
     }
 
+    /// Shuts the server down as an operator would (SIGTERM), and waits until it has gone.
+    pub async fn shut_down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().unwrap().to_string();
+            let sent = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+            assert!(sent.success());
+            child.wait().await.unwrap();
+        }
+    }
+
     /// Starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.stop().await;
@@ -89,6 +99,11 @@ impl Nats {
 /// Stops `nats` and waits until `node` says it lost it.
 pub async fn stop_nats_seen_by(nats: &mut Nats, node: &mut Binary) {
     nats.stop().await;
+    lost_nats(node).await;
+}
+
+/// Waits until `node` says it lost NATS.
+pub async fn lost_nats(node: &mut Binary) {
     next_log(&mut node.logs, |log| {
         log["fields"]["message"]
             .as_str()

@@ -349,8 +349,9 @@ pub async fn forward(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: Cancell
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
-            _ = beats.tick() => false,
+            biased;
             () = stop.cancelled() => true,
+            _ = beats.tick() => false,
         };
         if cluster.link.connected() {
             forward_pending(&cluster, &gateway, &mut kept_here).await;

@@ -363,8 +363,9 @@ pub async fn return_idle(cluster: Arc<Cluster>, stop: CancellationToken) {
     let beat = Duration::from_millis(cluster.config.heartbeat_ms);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(beat) => {}
+            biased;
             () = stop.cancelled() => return,
+            () = tokio::time::sleep(beat) => {}
         }
         let buckets: Vec<Arc<SharedBucket>> = cluster
             .buckets

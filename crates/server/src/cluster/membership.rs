@@ -118,9 +118,26 @@ impl<'c> Members<'c> {
     /// The live nodes, by name, and the records that could not be read (each a problem, so a
     /// malformed value hides no other node).
     ///
+    /// A read the broker never answers (it went away mid-read) is given up after
+    /// `node_timeout_ms`: by then any member it would list could have timed out.
+    ///
     /// # Errors
-    /// When the bucket cannot be read.
+    /// When the bucket cannot be read, or not within `node_timeout_ms`.
     pub async fn live(&self) -> Result<(Vec<Member>, Vec<StoreError>), StoreError> {
+        tokio::time::timeout(self.timeout, self.read())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::broker(
+                    NODES.name,
+                    format!(
+                        "no answer within {} ms (cluster.node_timeout_ms)",
+                        self.timeout.as_millis()
+                    ),
+                ))
+            })
+    }
+
+    async fn read(&self) -> Result<(Vec<Member>, Vec<StoreError>), StoreError> {
         let mut keys = self
             .bucket
             .keys()
@@ -198,8 +215,9 @@ pub async fn heartbeat(cluster: Arc<Cluster>, record: impl Fn() -> NodeRecord, s
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = beats.tick() => {}
+            biased;
             () = stop.cancelled() => break,
+            _ = beats.tick() => {}
         }
         let Ok(value) = serde_json::to_vec(&record()) else {
             continue;

@@ -90,8 +90,9 @@ pub async fn follow(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: Cancella
             Err(_) => {
                 // The link reports the outage; try again a heartbeat later.
                 tokio::select! {
-                    () = tokio::time::sleep(retry) => continue,
+                    biased;
                     () = stop.cancelled() => return,
+                    () = tokio::time::sleep(retry) => continue,
                 }
             }
         };

@@ -24,9 +24,6 @@ pub const BACKEND_DOWN_ELSEWHERE: &str = "orchestrator_backend_down_elsewhere";
 /// down.
 pub async fn follow(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: CancellationToken) {
     let beat = Duration::from_millis(cluster.config.heartbeat_ms);
-    // A read of the members that the broker never answers (it went away mid-read) is given up
-    // when a member would have timed out anyway.
-    let patience = Duration::from_millis(cluster.config.node_timeout_ms);
     loop {
         tokio::select! {
             biased;
@@ -38,7 +35,7 @@ pub async fn follow(cluster: Arc<Cluster>, gateway: Arc<Gateway>, stop: Cancella
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                read = tokio::time::timeout(patience, members.live()) => read.ok().and_then(Result::ok),
+                read = members.live() => read.ok(),
             }
         } else {
             None

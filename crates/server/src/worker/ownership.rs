@@ -75,8 +75,9 @@ pub async fn follow(
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = beats.tick() => {}
+            biased;
             () = stop.cancelled() => return,
+            _ = beats.tick() => {}
         }
         match cluster.members().live().await {
             Ok((members, _)) => {

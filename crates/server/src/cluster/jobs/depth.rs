@@ -18,8 +18,9 @@ pub async fn watch(cluster: Arc<Cluster>, stop: CancellationToken) {
     let mut shown: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
-            _ = beats.tick() => {}
+            biased;
             () = stop.cancelled() => return,
+            _ = beats.tick() => {}
         }
         let stream = &cluster.jobs.stream;
         let counts = async {

@@ -4,7 +4,7 @@
 use orchestrator_mock::{Behaviour, RunningMock};
 use serde_json::{Value, json};
 
-use super::{ECHO, Nats, command_json_lines, eventually, node};
+use super::{ECHO, Nats, command_json_lines, eventually, http, node};
 use crate::binary::Binary;
 use crate::mock_upstream::mock;
 
@@ -21,7 +21,7 @@ async fn dlq_node(nats: &Nats, name: &str, upstream: &RunningMock, dir: &tempfil
 }
 
 async fn ask(node: &Binary, model: &str) -> u16 {
-    reqwest::Client::new()
+    http()
         .post(format!("{}/v1/chat/completions", node.base))
         .json(&json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}))
         .send()
@@ -32,7 +32,7 @@ async fn ask(node: &Binary, model: &str) -> u16 {
 }
 
 async fn admin(node: &Binary, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(method, format!("{}{path}", node.base));
+    let mut request = http().request(method, format!("{}{path}", node.base));
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -97,12 +97,7 @@ async fn a_dead_letter_written_on_one_node_is_listed_and_replayed_once_from_the_
     let replay = |node: &Binary| {
         let url = format!("{}/admin/dlq/replay", node.base);
         async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .json(&json!({"all": true}))
-                .send()
-                .await
-                .unwrap();
+            let response = http().post(url).json(&json!({"all": true})).send().await.unwrap();
             assert_eq!(response.status(), 200);
             response.json::<Value>().await.unwrap()
         }
@@ -125,7 +120,7 @@ async fn a_dead_letter_written_on_one_node_is_listed_and_replayed_once_from_the_
 
 /// Asks `node` for `echo` until `stop`; the statuses it got.
 async fn steady_load(base: String, stop: tokio_util::sync::CancellationToken) -> Vec<u16> {
-    let client = reqwest::Client::new();
+    let client = http();
     let mut statuses = Vec::new();
     while !stop.is_cancelled() {
         let response = client

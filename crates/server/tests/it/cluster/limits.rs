@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{ECHO, Nats, metrics_text, node, stop_nats_seen_by};
+use super::{ECHO, Nats, http, metrics_text, node, stop_nats_seen_by};
 use crate::binary::Binary;
 use crate::support::sha256_hex;
 
@@ -32,7 +32,7 @@ async fn three_nodes(nats: &Nats, config: &str) -> [Binary; 3] {
 
 /// One request of the key `key` to `node`: its status.
 async fn ask(node: &Binary, key: &str) -> u16 {
-    reqwest::Client::new()
+    http()
         .post(format!("{}/v1/chat/completions", node.base))
         .bearer_auth(key)
         .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
@@ -87,7 +87,7 @@ async fn a_token_budget_is_spent_once_across_the_nodes() {
     let nats = Nats::start().await;
     let config = keyed("budget", &format!("token_budget = {BUDGET}"));
     let nodes = three_nodes(&nats, &config).await;
-    let client = reqwest::Client::new();
+    let client = http();
     let mut used = 0;
     let mut refused_by = std::collections::BTreeSet::new();
     let mut asked = 0;
@@ -178,7 +178,7 @@ async fn requests_take_the_cells_their_node_leased_without_asking_the_broker() {
 /// One request of sk-budget to `node`, reserving `max_tokens` for its answer: its status, and
 /// the tokens it used when it ran.
 async fn ask_budget(node: &Binary, max_tokens: u64) -> (u16, u64) {
-    let response = reqwest::Client::new()
+    let response = http()
         .post(format!("{}/v1/chat/completions", node.base))
         .bearer_auth("sk-budget")
         .json(&json!({"model": "echo", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}))

@@ -3,8 +3,8 @@
 use serde_json::json;
 
 use super::{
-    ECHO, Nats, cluster_view, command_json_lines, eventually, lost_nats, member_names, node, refused_start,
-    stop_nats_seen_by,
+    ECHO, Nats, cluster_view, command_json_lines, eventually, get, http, lost_nats, member_names, node,
+    refused_start, stop_nats_seen_by,
 };
 
 #[tokio::test]
@@ -65,7 +65,7 @@ async fn a_node_keeps_serving_without_nats_and_rejoins() {
     eventually("a listed", || async { member_names(&a).await == ["a"] }).await;
 
     stop_nats_seen_by(&mut nats, &mut a).await;
-    let ready = reqwest::get(format!("{}/readyz", a.base)).await.unwrap();
+    let ready = get(format!("{}/readyz", a.base)).await.unwrap();
     assert_eq!(ready.status(), 200, "a node without NATS still serves");
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
@@ -77,7 +77,7 @@ async fn a_node_keeps_serving_without_nats_and_rejoins() {
             .contains("local state"),
         "{body}"
     );
-    let answer = reqwest::Client::new()
+    let answer = http()
         .post(format!("{}/v1/chat/completions", a.base))
         .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "still here"}]}))
         .send()
@@ -90,7 +90,7 @@ async fn a_node_keeps_serving_without_nats_and_rejoins() {
 
     nats.restart().await;
     eventually("a rejoined", || async {
-        let body: serde_json::Value = reqwest::get(format!("{}/readyz", a.base))
+        let body: serde_json::Value = get(format!("{}/readyz", a.base))
             .await
             .unwrap()
             .json()

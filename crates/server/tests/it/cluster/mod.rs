@@ -130,11 +130,23 @@ pub async fn node(nats: &Nats, name: &str, config: &str) -> Binary {
     spawn_binary_with(&config, &["--listen", "127.0.0.1:0"], &[]).await
 }
 
+/// The tests' HTTP client: a node that never answers fails the test, naming the call, rather
+/// than hanging the suite.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `GET url` with [`http`].
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
+}
+
 /// `GET /admin/cluster` of `node`.
 pub async fn cluster_view(node: &Binary) -> (u16, Value) {
-    let response = reqwest::get(format!("{}/admin/cluster", node.base))
-        .await
-        .unwrap();
+    let response = get(format!("{}/admin/cluster", node.base)).await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
@@ -183,7 +195,7 @@ pub async fn refused_start(args: &[&str]) -> String {
 
 /// The Prometheus text of the process at `base`.
 pub async fn metrics_text(base: &str) -> String {
-    reqwest::get(format!("{base}/metrics"))
+    get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()

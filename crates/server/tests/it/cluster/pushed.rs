@@ -5,7 +5,7 @@ use std::process::Output;
 use serde_json::Value;
 use tokio::process::Command;
 
-use super::{ECHO, Nats, cluster_view, eventually, node};
+use super::{ECHO, Nats, cluster_view, eventually, get, node};
 use crate::binary::Binary;
 
 /// `orchestrator cluster push` of `config`, with `env` added to the pusher's environment.
@@ -29,7 +29,7 @@ async fn records(node: &Binary) -> Vec<Value> {
 }
 
 async fn models(node: &Binary) -> Vec<String> {
-    let list: Value = reqwest::get(format!("{}/v1/models", node.base))
+    let list: Value = get(format!("{}/v1/models", node.base))
         .await
         .unwrap()
         .json()

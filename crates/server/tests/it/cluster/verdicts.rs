@@ -4,7 +4,7 @@
 use orchestrator_mock::RunningMock;
 use serde_json::json;
 
-use super::{Nats, node};
+use super::{Nats, http, node};
 use crate::binary::{Binary, next_log};
 use crate::mock_upstream::mock;
 
@@ -28,7 +28,7 @@ fn config(r1: &RunningMock, r2: &RunningMock, checks_r1: bool) -> String {
 /// Sends each of `sessions` sessions' three requests through the three nodes in turn, one at a
 /// time, and returns for each session the replicas its requests reached (1 or 2).
 async fn replicas_per_session(nodes: &[Binary], r1: &RunningMock, sessions: usize) -> Vec<Vec<u8>> {
-    let client = reqwest::Client::new();
+    let client = http();
     let mut seen = Vec::new();
     for s in 0..sessions {
         let mut reached = Vec::new();

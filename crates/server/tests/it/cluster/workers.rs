@@ -7,7 +7,7 @@ use std::time::Duration;
 use orchestrator_mock::{Behaviour, RunningMock};
 use serde_json::{Value, json};
 
-use super::{ECHO, Nats, cluster_section, cluster_view, eventually, metrics_text, node};
+use super::{ECHO, Nats, cluster_section, cluster_view, eventually, get, metrics_text, node};
 use crate::binary::{Binary, next_log, spawn_command};
 use crate::gateway_mock::mock;
 use crate::otlp::{hex, http_collector, text};
@@ -290,7 +290,7 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(slow.handle().stats().streams_completed, 0);
     assert_eq!(jobs_held(&nats).await, 0);
     eventually("the ten cut requests are dead letters", || async {
-        let listed: Value = reqwest::get(format!("{}/admin/dlq", gw.base))
+        let listed: Value = get(format!("{}/admin/dlq", gw.base))
             .await
             .unwrap()
             .json()

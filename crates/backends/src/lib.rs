@@ -23,7 +23,7 @@ pub mod openai;
 pub mod routing;
 pub mod sse;
 pub mod timeouts;
-mod transport;
+pub mod transport;
 
 pub use openai::{OpenAiConfig, OpenAiWorker};
 pub use routing::Router;

@@ -12,6 +12,7 @@ use orchestrator_backends::openai::{BuildError, Flavor};
 use orchestrator_backends::routing::health::{self, HealthConfig, HealthProbe};
 use orchestrator_backends::routing::replica::Replica;
 use orchestrator_backends::routing::{Group, Route, Router};
+use orchestrator_grpc::GrpcWorker;
 use tokio_prompt_orchestrator::{EchoWorker, ModelWorker};
 
 use crate::cluster::Cluster;
@@ -92,6 +93,7 @@ fn build_backend(config: &BackendConfig, cluster: Option<&Arc<Cluster>>) -> Resu
             c.health(Flavor::Vllm),
         ),
         BackendConfig::Llamacpp(c) => Built::checked(LlamaCppWorker::new(c).map_err(failed)?, c.health_check),
+        BackendConfig::Grpc(c) => Built::checked(GrpcWorker::new(c).map_err(failed)?, c.health_check),
         BackendConfig::Cluster(c) => {
             let cluster = cluster.ok_or(
                 "kind = \"cluster\" sends jobs to workers through the cluster's broker, and this node \

@@ -103,19 +103,19 @@ impl ClusterConfig {
 
     /// The configured name, or the host's name and this process's id.
     pub fn node_name(&self) -> String {
-        match &self.node_name {
-            Some(name) => name.clone(),
-            None => {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .or_else(|| std::env::var("HOSTNAME").ok())
-                    .unwrap_or_default();
-                let host: String = host.trim().chars().filter(|c| is_key_char(*c)).collect();
-                let host = if host.is_empty() { "node".into() } else { host };
-                format!("{host}-{}", std::process::id())
-            }
-        }
+        self.node_name.clone().unwrap_or_else(host_and_pid)
     }
+}
+
+/// The host's name and this process's id (`gpu-3-4711`), in the characters a node name may have.
+pub fn host_and_pid() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host.trim().chars().filter(|c| is_key_char(*c)).collect();
+    let host = if host.is_empty() { "node".into() } else { host };
+    format!("{host}-{}", std::process::id())
 }
 
 /// Whether `c` may appear in a JetStream KV key (and so in a node name).

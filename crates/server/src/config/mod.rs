@@ -26,6 +26,7 @@ use orchestrator_backends::routing::balance::Balancing;
 use orchestrator_backends::routing::replica::ReplicaConfig;
 use orchestrator_backends::routing::retry::RetryConfig;
 use orchestrator_context::assemble::AssembleConfig;
+use orchestrator_grpc::GrpcConfig;
 use serde::Deserialize;
 use tokio_prompt_orchestrator::{AdmissionConfig, PipelineConfig, Priority};
 
@@ -224,6 +225,8 @@ pub enum BackendConfig {
     Llamacpp(LlamaCppConfig),
     /// `orchestrator worker` processes, reached through the cluster's broker.
     Cluster(RemoteConfig),
+    /// One `orchestrator worker`, reached directly over its gRPC port.
+    Grpc(GrpcConfig),
 }
 
 impl BackendConfig {
@@ -233,6 +236,7 @@ impl BackendConfig {
             BackendConfig::Openai(c) | BackendConfig::Vllm(c) => &c.name,
             BackendConfig::Llamacpp(c) => &c.name,
             BackendConfig::Cluster(c) => &c.name,
+            BackendConfig::Grpc(c) => &c.name,
         }
     }
 
@@ -243,6 +247,7 @@ impl BackendConfig {
             BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.routing,
             BackendConfig::Llamacpp(c) => c.routing,
             BackendConfig::Cluster(c) => c.routing,
+            BackendConfig::Grpc(c) => c.routing,
         }
     }
 }

@@ -490,8 +490,8 @@ mod tests {
             (
                 "[[backends]]\nkind = \"gpu\"\nname = \"g\"".into(),
                 vec![
-                    "9:8: backends[1].kind: must be one of `echo`, `openai`, `vllm`, `llamacpp`, `cluster` (got \
-                     `gpu`)",
+                    "9:8: backends[1].kind: must be one of `echo`, `openai`, `vllm`, `llamacpp`, `cluster`, `grpc` \
+                     (got `gpu`)",
                 ],
             ),
             (

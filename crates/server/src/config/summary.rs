@@ -152,6 +152,7 @@ impl Config {
                 BackendConfig::Openai(c) => ("openai", c.base_url.clone()),
                 BackendConfig::Vllm(c) => ("vllm", c.base_url.clone()),
                 BackendConfig::Llamacpp(c) => ("llamacpp", format!("{} ({} slots)", c.base_url, c.slots)),
+                BackendConfig::Grpc(c) => ("grpc", c.url.clone()),
                 BackendConfig::Cluster(c) => (
                     "cluster",
                     format!(

@@ -368,7 +368,7 @@ impl Config {
         for (i, backend) in self.backends.iter().enumerate() {
             let path = format!("backends[{i}]");
             let http = match backend {
-                BackendConfig::Echo { .. } | BackendConfig::Cluster(_) => None,
+                BackendConfig::Echo { .. } | BackendConfig::Cluster(_) | BackendConfig::Grpc(_) => None,
                 BackendConfig::Openai(c) | BackendConfig::Vllm(c) => Some((&c.base_url, &c.api_key_env)),
                 BackendConfig::Llamacpp(c) => Some((&c.base_url, &c.api_key_env)),
             };
@@ -387,6 +387,7 @@ impl Config {
                 BackendConfig::Echo { .. } | BackendConfig::Cluster(_) => None,
                 BackendConfig::Openai(c) | BackendConfig::Vllm(c) => c.health_check,
                 BackendConfig::Llamacpp(c) => Some(c.health_check),
+                BackendConfig::Grpc(c) => Some(c.health_check),
             };
             if let Some(h) = health.filter(|h| h.interval_ms > 0) {
                 if h.timeout_ms == 0 {
@@ -409,6 +410,20 @@ impl Config {
                     format!("{path}.queue_timeout_ms"),
                     "must be at least 1: how long a job may wait for a worker (default 30000)",
                 ));
+            }
+            if let BackendConfig::Grpc(c) = backend {
+                if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                    problems.push(Problem::new(
+                        format!("{path}.url"),
+                        format!(
+                            "{:?} is not an http:// or https:// URL (the worker's --grpc-listen address, e.g. \"http://10.0.0.5:50051\")",
+                            c.url
+                        ),
+                    ));
+                }
+                if let Some(message) = c.secret_env.as_deref().and_then(secret_variable_problem) {
+                    problems.push(Problem::new(format!("{path}.secret_env"), message));
+                }
             }
             if let BackendConfig::Llamacpp(c) = backend
                 && c.slots == 0

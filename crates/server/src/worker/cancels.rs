@@ -11,17 +11,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::cluster::Cluster;
 use crate::cluster::jobs::{self, wire::Cancel};
 
 /// Stops the jobs gateway nodes cancel, running here or about to.
-pub async fn hear_cancels(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut cancels = match shared
-        .cluster
-        .jetstream
-        .client()
-        .subscribe(jobs::CANCEL_ALL)
-        .await
-    {
+pub async fn hear_cancels(shared: Arc<Shared>, cluster: Arc<Cluster>, stop: CancellationToken) {
+    let mut cancels = match cluster.jetstream.client().subscribe(jobs::CANCEL_ALL).await {
         Ok(cancels) => cancels,
         Err(e) => {
             tracing::warn!(error = %e, "Cannot hear cancellations; cancelled jobs run to their end.");
@@ -42,7 +37,7 @@ pub async fn hear_cancels(shared: Arc<Shared>, stop: CancellationToken) {
         let keep = serde_json::from_slice::<Cancel>(&message.payload)
             .ok()
             .and_then(|c| c.keep);
-        if keep.as_deref() != Some(shared.cluster.instance.as_str()) {
+        if keep.as_deref() != Some(cluster.instance.as_str()) {
             shared.cancels.cancel(id);
         }
     }

@@ -10,7 +10,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind};
@@ -23,49 +22,24 @@ use tokio_prompt_orchestrator::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{Outcome, Running, Shared};
+use crate::cluster::Cluster;
 use crate::cluster::jobs::wire::{Job, JobHeader, PROTOCOL, Reply, ReplyEvent};
 use crate::dlq::entry::unix_ms;
-
-/// How a job ended here, as `orchestrator_worker_jobs_total{outcome}` counts it.
-#[derive(Clone, Copy)]
-enum Outcome {
-    Completed,
-    Failed,
-    Cancelled,
-    Refused,
-    Expired,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Completed => "completed",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Refused => "refused",
-            Outcome::Expired => "expired",
-        }
-    }
-}
 
 /// Runs the job in `message`, holding `permit` (one slot) until it ends.
 pub async fn run(
     shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     message: jetstream::Message,
     model: String,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let running = shared.running.fetch_add(1, Ordering::Relaxed) + 1;
-    metrics::gauge!("orchestrator_worker_running").set(running as f64);
-    let outcome = answer(&shared, &message).await;
-    let running = shared.running.fetch_sub(1, Ordering::Relaxed) - 1;
-    metrics::gauge!("orchestrator_worker_running").set(running as f64);
-    metrics::counter!("orchestrator_worker_jobs_total", "model" => model, "outcome" => outcome.as_str())
-        .increment(1);
+    let mut running = Running::start(&shared, model, permit);
+    running.end(answer(&shared, &cluster, &message).await);
 }
 
-async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
+async fn answer(shared: &Arc<Shared>, cluster: &Cluster, message: &jetstream::Message) -> Outcome {
     // Read whole at once; only a job that cannot be read whole is read again for where to say so.
     let job: Job = match serde_json::from_slice::<Job>(&message.payload) {
         Ok(job) if job.protocol == PROTOCOL => job,
@@ -76,7 +50,7 @@ async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
                 settle(message, AckKind::Ack).await;
                 return Outcome::Refused;
             };
-            let node = &shared.cluster.node;
+            let node = &shared.name;
             let error = match read {
                 Ok(_) => format!(
                     "worker {node} speaks job protocol {PROTOCOL}, and job {} is protocol {}: run \
@@ -90,15 +64,15 @@ async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
                 ),
                 Err(e) => format!("worker {node} cannot read job {}: {e}", header.id),
             };
-            let mut replier = Replier::new(shared, header.reply_to);
+            let mut replier = Replier::new(cluster, header.reply_to);
             return refuse(message, &mut replier, WorkerError::new(error).with_status(400)).await;
         }
     };
-    let mut replier = Replier::new(shared, job.reply_to.clone());
+    let mut replier = Replier::new(cluster, job.reply_to.clone());
     if !shared.router.contains(&job.model) {
         let error = format!(
             "worker {} does not serve the model `{}` (it serves {})",
-            shared.cluster.node,
+            shared.name,
             job.model,
             shared.models.join(", ")
         );
@@ -116,7 +90,7 @@ async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
     };
     replier
         .send(ReplyEvent::Started {
-            name: shared.cluster.node.clone(),
+            name: shared.name.clone(),
         })
         .await;
     let deadline = job.deadline_ms.map(|ms| {
@@ -137,12 +111,13 @@ async fn answer(shared: &Arc<Shared>, message: &jetstream::Message) -> Outcome {
         // The gateway's context travels in the request's metadata, and is passed on from there.
         traceparent: None,
     };
-    stream(shared, message, replier, call, cancel).await
+    stream(shared, cluster, message, replier, call, cancel).await
 }
 
 /// Streams the call's output to the gateway node, settling the job at its first output.
 async fn stream(
     shared: &Arc<Shared>,
+    cluster: &Cluster,
     message: &jetstream::Message,
     mut replier: Replier,
     call: InferenceCall,
@@ -156,11 +131,10 @@ async fn stream(
         }
     };
     tokio::pin!(past_deadline);
-    let mut alive = tokio::time::interval(shared.heartbeat);
+    let mut alive = tokio::time::interval(Duration::from_millis(cluster.config.heartbeat_ms));
     alive.reset();
     let (mut tokens, mut next) = match until_first(
-        shared,
-        message,
+        (shared, cluster, message),
         &mut replier,
         call,
         &cancel,
@@ -205,7 +179,7 @@ async fn stream(
                 _ = alive.tick() => replier.send(ReplyEvent::Alive).await,
                 () = cancel.cancelled() => {
                     if shared.abort.is_cancelled() {
-                        let error = format!("worker {} shut down before the answer was complete", shared.cluster.node);
+                        let error = format!("worker {} shut down before the answer was complete", shared.name);
                         replier.send(ReplyEvent::Failed(WorkerError::new(error))).await;
                         return Outcome::Failed;
                     }
@@ -226,8 +200,7 @@ async fn stream(
 /// # Errors
 /// How the job ended when it ended before any output, settled with the broker.
 async fn until_first(
-    shared: &Arc<Shared>,
-    message: &jetstream::Message,
+    (shared, cluster, message): (&Arc<Shared>, &Cluster, &jetstream::Message),
     replier: &mut Replier,
     call: InferenceCall,
     cancel: &CancellationToken,
@@ -241,7 +214,8 @@ async fn until_first(
         Ok::<_, WorkerError>((tokens, first))
     };
     tokio::pin!(first);
-    let mut progress = tokio::time::interval(shared.ack_wait / 3);
+    // The broker's hold on a taken job is `node_timeout_ms`.
+    let mut progress = tokio::time::interval(Duration::from_millis(cluster.config.node_timeout_ms) / 3);
     progress.reset();
     loop {
         tokio::select! {
@@ -299,11 +273,11 @@ struct Replier {
 }
 
 impl Replier {
-    fn new(shared: &Shared, subject: String) -> Self {
+    fn new(cluster: &Cluster, subject: String) -> Self {
         Self {
-            client: shared.cluster.jetstream.client(),
+            client: cluster.jetstream.client(),
             subject,
-            worker: shared.cluster.instance.clone(),
+            worker: cluster.instance.clone(),
             seq: 0,
         }
     }

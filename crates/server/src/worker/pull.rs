@@ -22,11 +22,13 @@ use tokio_util::sync::CancellationToken;
 use super::ownership::Owned;
 use super::pending::{Pending, Queue};
 use super::{Shared, job};
+use crate::cluster::Cluster;
 use crate::cluster::jobs::{self, PRIORITIES};
 use crate::dlq::entry::unix_ms;
 
 pub struct Puller {
     shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     /// Each served model's doorbell subject, by the model's index.
     doorbells: Vec<String>,
     stream: stream::Stream,
@@ -36,10 +38,16 @@ pub struct Puller {
 }
 
 impl Puller {
-    pub fn new(shared: Arc<Shared>, owned: watch::Receiver<Owned>, starvation_bound: u32) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        cluster: Arc<Cluster>,
+        owned: watch::Receiver<Owned>,
+        starvation_bound: u32,
+    ) -> Self {
         Self {
             doorbells: shared.models.iter().map(|m| jobs::doorbell(m)).collect(),
-            stream: shared.cluster.jobs.stream.clone(),
+            stream: cluster.jobs.stream.clone(),
+            cluster,
             consumers: HashMap::new(),
             pending: Pending::new(starvation_bound, Duration::from_millis(shared.config.handoff_ms)),
             owned,
@@ -49,7 +57,7 @@ impl Puller {
 
     /// Pulls and starts jobs until `stop`; running jobs go on (the caller waits for them).
     pub async fn run(mut self, stop: CancellationToken) {
-        let client = self.shared.cluster.jetstream.client();
+        let client = self.cluster.jetstream.client();
         let mut bells = Vec::new();
         for doorbell in &self.doorbells {
             match client.subscribe(doorbell.clone()).await {
@@ -58,7 +66,7 @@ impl Puller {
             }
         }
         let mut bells = futures_util::stream::select_all(bells);
-        let mut scan = tokio::time::interval(self.shared.heartbeat);
+        let mut scan = tokio::time::interval(Duration::from_millis(self.cluster.config.heartbeat_ms));
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // A slot first: a job is never taken that could not start at once.
@@ -86,7 +94,13 @@ impl Puller {
                 metrics::counter!("orchestrator_worker_handoffs_total", "model" => model.clone())
                     .increment(1);
             }
-            tokio::spawn(job::run(self.shared.clone(), message, model, permit));
+            tokio::spawn(job::run(
+                self.shared.clone(),
+                self.cluster.clone(),
+                message,
+                model,
+                permit,
+            ));
         }
     }
 
@@ -197,7 +211,8 @@ impl Puller {
                     model,
                     queue.priority,
                     queue.partition,
-                    self.shared.ack_wait,
+                    // A taken job stays this worker's without news for a node's timeout.
+                    Duration::from_millis(self.cluster.config.node_timeout_ms),
                 )
                 .await?;
                 self.consumers.entry(queue).or_insert(consumer)

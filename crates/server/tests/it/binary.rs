@@ -18,6 +18,8 @@ pub struct Binary {
     pub file: tempfile::NamedTempFile,
     /// Every log line, parsed (`{"raw": line}` when it is not JSON).
     pub logs: mpsc::UnboundedReceiver<Value>,
+    /// The log line that gave the address (a worker's also names its gRPC address, `grpc`).
+    pub ready: Value,
 }
 
 /// `orchestrator serve --listen 127.0.0.1:0` on `config`.
@@ -63,6 +65,7 @@ pub async fn spawn_command(command: &str, config: &str, args: &[&str], env: &[(&
         base: format!("http://{addr}"),
         file,
         logs,
+        ready: log,
     }
 }
 

@@ -26,6 +26,7 @@ async fn orchestrator_listen_sets_the_listen_address_of_the_binary() {
         child: _child,
         file: _file,
         logs: _logs,
+        ..
     } = spawn_binary_with(&config, &[], &[("ORCHESTRATOR_LISTEN", &wanted)]).await;
     assert_eq!(base, format!("http://{wanted}"));
     let health = client().get(format!("{base}/healthz")).send().await.unwrap();

@@ -16,6 +16,7 @@ mod endpoints;
 mod environment;
 mod errors;
 mod gateway_mock;
+mod grpc_workers;
 mod health_checks;
 mod limits;
 mod llamacpp;

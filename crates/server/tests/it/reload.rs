@@ -260,6 +260,7 @@ async fn sighup_reloads_the_binary() {
         base,
         file,
         logs: _logs,
+        ..
     } = spawn_binary(&config_text(&["before"], 0)).await;
     assert_eq!(model_names(&base).await, ["before"]);
     std::fs::write(file.path(), config_text(&["after"], 0)).unwrap();
@@ -289,6 +290,7 @@ async fn sighup_with_an_invalid_file_keeps_the_running_config_and_logs_every_pro
         base,
         file,
         mut logs,
+        ..
     } = spawn_binary(&config_text(&["before"], 0)).await;
     // Served once: by now the binary has set up its SIGHUP handler too (it does so as it starts
     // listening, and logs nothing when done).

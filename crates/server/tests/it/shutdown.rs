@@ -91,6 +91,7 @@ async fn sigterm_drains_the_binary_and_exits_zero() {
         base,
         file: _file,
         logs: _logs,
+        ..
     } = spawn_binary(config).await;
     let words: Vec<String> = (0..25).map(|i| format!("w{i}")).collect();
     let response = client()

@@ -233,6 +233,7 @@ fn the_full_example_turns_every_section_on() {
                 BackendConfig::Vllm(_) => kind == "vllm",
                 BackendConfig::Llamacpp(_) => kind == "llamacpp",
                 BackendConfig::Cluster(_) => kind == "cluster",
+                BackendConfig::Grpc(_) => kind == "grpc",
             })
             .count();
         assert!(count >= 2, "{count} {kind} backend(s)");

@@ -678,3 +678,45 @@ async fn a_traced_request_carries_its_context_through_the_worker_to_the_upstream
     let expected = format!("00-{trace_id}-{}-01", hex(&call.span_id));
     assert_eq!(seen.as_deref(), Some(expected.as_str()));
 }
+
+#[tokio::test]
+async fn a_worker_takes_jobs_from_the_broker_and_grpc_calls_side_by_side() {
+    let nats = Nats::start().await;
+    let upstream = mock(Behaviour::default()).await;
+    let config = format!(
+        "[worker]\nslots = 4\n\n[[backends]]\nkind = \"openai\"\nname = \"up\"\nbase_url = \"{}\"\nmodel = \"mock\"\n\n\
+         [[models]]\nname = \"m\"\nbackends = [\"up\"]\n\n{}",
+        upstream.url("/v1"),
+        cluster_section(&nats, "both")
+    );
+    let w = spawn_command(
+        "worker",
+        &config,
+        &["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"],
+        &[],
+    )
+    .await;
+    let through_broker = gateway(&nats, "").await;
+    workers_listed(&through_broker, &["both"]).await;
+    let direct = crate::binary::spawn_binary(&format!(
+        "[[backends]]\nkind = \"grpc\"\nname = \"both\"\nurl = \"http://{}\"\n\n[[models]]\nname = \"m\"\nbackends = [\"both\"]\n",
+        w.ready["fields"]["grpc"].as_str().unwrap()
+    ))
+    .await;
+    for gateway in [&through_broker, &direct] {
+        for stream in [false, true] {
+            let response = post(gateway, "s", stream).await;
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap();
+        }
+    }
+    assert_eq!(upstream.handle().stats().chat_completions, 4);
+    let ready: Value = get(format!("{}/readyz", w.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["name"], "both");
+    assert_eq!(ready["cluster"]["connected"], true);
+}

@@ -282,7 +282,7 @@ fn client_tls(settings: &ClientTls) -> Result<ClientTlsConfig, BuildError> {
 }
 
 /// The file at `path`, for `setting`.
-pub fn read(path: &PathBuf, setting: &str) -> Result<Vec<u8>, BuildError> {
+fn read(path: &PathBuf, setting: &str) -> Result<Vec<u8>, BuildError> {
     std::fs::read(path).map_err(|e| BuildError(format!("{setting}: cannot read {}: {e}", path.display())))
 }
 

@@ -80,14 +80,23 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, settings: Setting
     tokio::spawn(async move {
         if draining.wait_for(|draining| *draining).await.is_ok() {
             health.set_not_serving::<WorkerServer<Service>>().await;
+            // The server as a whole too (service ""), which probes ask by default.
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
         }
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(orchestrator_grpc::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let reflection = match reflection {
-        Ok(reflection) => reflection,
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(orchestrator_grpc::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1, and v1alpha for the grpcurl releases that ask only for it.
+    let reflections = reflection()
+        .build_v1()
+        .and_then(|v1| Ok((v1, reflection().build_v1alpha()?)));
+    let (reflection, reflection_alpha) = match reflections {
+        Ok(both) => both,
         Err(e) => {
             tracing::error!(error = %e, "Cannot describe the gRPC service for reflection.");
             return;
@@ -113,6 +122,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, settings: Setting
     let served = server
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await;

@@ -322,6 +322,12 @@ fn load(args: &WorkerArgs) -> Result<(Config, Option<ClusterConfig>, Option<Sock
     let grpc = args
         .grpc_listen
         .or_else(|| config.worker.grpc.as_ref().and_then(|g| g.listen));
+    if config.worker.grpc.is_some() && grpc.is_none() {
+        return Err(format!(
+            "{file}: worker.grpc: no address to serve gRPC on: set listen, or start the worker with \
+             --grpc-listen HOST:PORT"
+        ));
+    }
     if cluster.is_none() && grpc.is_none() {
         return Err(format!(
             "{file}: a worker needs a way to get work: [cluster] with nats_url (or --cluster \

@@ -7,12 +7,13 @@ use orchestrator_grpc::pb::worker_client::WorkerClient;
 use orchestrator_grpc::pb::worker_server::{Worker, WorkerServer};
 use orchestrator_grpc::pb::{self, infer_reply::Event};
 use orchestrator_mock::{Behaviour, RunningMock};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::binary::{Binary, spawn_binary_with, spawn_command};
-use crate::cluster::{eventually, get};
+use crate::cluster::workers::{chat, has_error_event, post, streaming_mock};
+use crate::cluster::{eventually, get_json};
 use crate::gateway_mock::mock;
 use crate::sdk::sdk_checks;
 use crate::shutdown::terminate;
@@ -54,48 +55,17 @@ fn grpc_backend(name: &str, address: &str, settings: &str) -> String {
     format!("[[backends]]\nkind = \"grpc\"\nname = \"{name}\"\nurl = \"http://{address}\"\n{settings}\n\n")
 }
 
+/// A gateway serving model `m` on `worker` alone (its backend named `name`), with `sections`.
+async fn gateway_to(name: &str, worker: &Binary, sections: &str) -> Binary {
+    let declared = grpc_backend(name, &grpc_address(worker), "");
+    gateway(&declared, "m", &format!("backends = [\"{name}\"]"), sections).await
+}
+
 /// A gateway serving model `model` on `backends` (names), declared in `declared`, with
 /// `sections` of its own.
 async fn gateway(declared: &str, model: &str, backends: &str, sections: &str) -> Binary {
     let config = format!("{sections}\n{declared}[[models]]\nname = \"{model}\"\n{backends}\n");
     spawn_binary_with(&config, &["--listen", "127.0.0.1:0"], &[]).await
-}
-
-fn chat(session: &str, stream: bool) -> Value {
-    json!({
-        "model": "m",
-        "messages": [{"role": "user", "content": "hello"}],
-        "stream": stream,
-        "user": session,
-    })
-}
-
-async fn post(gateway: &Binary, session: &str, stream: bool) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", gateway.base))
-        .header("x-session-id", session)
-        .json(&chat(session, stream))
-        .send()
-        .await
-        .unwrap()
-}
-
-/// A mock upstream that streams `tokens` tokens at 10 a second.
-async fn streaming_mock(tokens: u64) -> RunningMock {
-    mock(Behaviour {
-        tokens,
-        tokens_per_second: 10.0,
-        ..Behaviour::default()
-    })
-    .await
-}
-
-fn has_error_event(frames: &[Frame]) -> bool {
-    frames.iter().any(|f| match f {
-        Frame::Event(name, _) => name == "error",
-        Frame::Data(data) => data.contains("\"error\""),
-        Frame::Comment(_) => false,
-    })
 }
 
 #[tokio::test]
@@ -198,8 +168,7 @@ async fn a_grpc_worker_killed_mid_stream_ends_the_stream_with_an_error_and_a_dea
         "[dlq]\npath = {:?}\n",
         dir.path().join("gw.redb").display().to_string()
     );
-    let declared = grpc_backend("a", &grpc_address(&a), "");
-    let gw = gateway(&declared, "m", "backends = [\"a\"]", &dlq).await;
+    let gw = gateway_to("a", &a, &dlq).await;
     let mut readers = Vec::new();
     for i in 0..3 {
         let mut reader = SseReader::new(post(&gw, &format!("s{i}"), true).await);
@@ -216,12 +185,7 @@ async fn a_grpc_worker_killed_mid_stream_ends_the_stream_with_an_error_and_a_dea
     }
     assert_eq!(slow.handle().stats().streams_completed, 0);
     eventually("the three cut requests are dead letters", || async {
-        let listed: Value = get(format!("{}/admin/dlq", gw.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed = get_json(format!("{}/admin/dlq", gw.base)).await;
         listed["data"].as_array().is_some_and(|d| d.len() == 3)
     })
     .await;
@@ -231,13 +195,7 @@ async fn a_grpc_worker_killed_mid_stream_ends_the_stream_with_an_error_and_a_dea
 async fn a_client_that_leaves_stops_the_upstream_call_through_the_grpc_worker() {
     let upstream = streaming_mock(100).await;
     let w = worker_on("w", &upstream, 2).await;
-    let gw = gateway(
-        &grpc_backend("w", &grpc_address(&w), ""),
-        "m",
-        "backends = [\"w\"]",
-        "",
-    )
-    .await;
+    let gw = gateway_to("w", &w, "").await;
     let mut reader = SseReader::new(post(&gw, "reader", true).await);
     for _ in 0..3 {
         reader.next().await.unwrap();
@@ -248,12 +206,7 @@ async fn a_client_that_leaves_stops_the_upstream_call_through_the_grpc_worker() 
     })
     .await;
     eventually("the worker's slot is free again", || async {
-        let ready: Value = get(format!("{}/readyz", w.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready = get_json(format!("{}/readyz", w.base)).await;
         ready["running"] == 0
     })
     .await;
@@ -293,13 +246,7 @@ async fn a_deadline_travels_to_the_grpc_worker_and_stops_its_upstream_call() {
     })
     .await;
     let w = worker_on("w", &stuck, 2).await;
-    let gw = gateway(
-        &grpc_backend("w", &grpc_address(&w), ""),
-        "m",
-        "backends = [\"w\"]",
-        "[pipeline]\ndefault_timeout_ms = 1000\n",
-    )
-    .await;
+    let gw = gateway_to("w", &w, "[pipeline]\ndefault_timeout_ms = 1000\n").await;
     let response = post(&gw, "s", false).await;
     expect_error(response, 504).await;
     eventually("the upstream saw the call abandoned", || async {
@@ -311,12 +258,7 @@ async fn a_deadline_travels_to_the_grpc_worker_and_stops_its_upstream_call() {
     let mut client = WorkerClient::connect(format!("http://{}", grpc_address(&w)))
         .await
         .unwrap();
-    let mut request = Request::new(pb::InferRequest {
-        protocol: 1,
-        model: "m".into(),
-        input: Some(pb::infer_request::Input::Text("hi".into())),
-        ..Default::default()
-    });
+    let mut request = Request::new(text_call(1));
     request.set_timeout(std::time::Duration::from_millis(500));
     let mut replies = client.infer(request).await.unwrap().into_inner();
     let started = replies.message().await.unwrap().unwrap();
@@ -328,6 +270,16 @@ async fn a_deadline_travels_to_the_grpc_worker_and_stops_its_upstream_call() {
         stuck.handle().stats().requests_abandoned == 2
     })
     .await;
+}
+
+/// A call of protocol revision `protocol` for model `m`, as a gateway would send it.
+fn text_call(protocol: u32) -> pb::InferRequest {
+    pb::InferRequest {
+        protocol,
+        model: "m".into(),
+        input: Some(pb::infer_request::Input::Text("hi".into())),
+        ..Default::default()
+    }
 }
 
 /// What a fake worker answers to every call.
@@ -379,6 +331,64 @@ async fn fake_worker(fake: Fake) -> String {
     address
 }
 
+/// A reply as a broken worker writes it: `token` as bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BrokenReply {
+    #[prost(message, optional, tag = "1")]
+    started: Option<pb::Started>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    token: Option<Vec<u8>>,
+}
+
+/// `orchestrator.worker.v1.Worker/Infer` answering `started`, then a reply that does not decode.
+#[derive(Clone)]
+struct Undecodable;
+
+impl tonic::server::NamedService for Undecodable {
+    const NAME: &'static str = "orchestrator.worker.v1.Worker";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Undecodable {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        struct Replies;
+        impl tonic::server::ServerStreamingService<pb::InferRequest> for Replies {
+            type Response = BrokenReply;
+            type ResponseStream = BoxStream<'static, Result<BrokenReply, Status>>;
+            type Future =
+                futures_util::future::BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
+
+            fn call(&mut self, _: Request<pb::InferRequest>) -> Self::Future {
+                let started = BrokenReply {
+                    started: Some(pb::Started {
+                        protocol: orchestrator_grpc::PROTOCOL,
+                        worker: "broken".into(),
+                    }),
+                    token: None,
+                };
+                let broken = BrokenReply {
+                    started: None,
+                    token: Some(vec![0xff, 0xfe]),
+                };
+                Box::pin(async move { Ok(Response::new(stream::iter([Ok(started), Ok(broken)]).boxed())) })
+            }
+        }
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<BrokenReply, pb::InferRequest>::default();
+            Ok(tonic::server::Grpc::new(codec)
+                .server_streaming(Replies, request)
+                .await)
+        })
+    }
+}
+
 #[tokio::test]
 async fn a_worker_of_another_protocol_or_sending_malformed_replies_gets_a_clear_error() {
     let no_checks = "health_check = { interval_ms = 0 }";
@@ -401,8 +411,21 @@ async fn a_worker_of_another_protocol_or_sending_malformed_replies_gets_a_clear_
             "the worker sent a malformed reply: passthrough.message is not a JSON object",
         ),
     ];
+    let mut workers = Vec::new();
     for (fake, expected) in cases {
-        let address = fake_worker(fake).await;
+        workers.push((fake_worker(fake).await, expected));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    workers.push((
+        listener.local_addr().unwrap().to_string(),
+        "the worker sent a malformed message: failed to decode Protobuf message",
+    ));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Undecodable)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    for (address, expected) in workers {
         let gw = gateway(
             &grpc_backend("f", &address, no_checks),
             "m",
@@ -423,15 +446,7 @@ async fn a_worker_of_another_protocol_or_sending_malformed_replies_gets_a_clear_
     let mut client = WorkerClient::connect(format!("http://{}", grpc_address(&w)))
         .await
         .unwrap();
-    let refused = client
-        .infer(pb::InferRequest {
-            protocol: 2,
-            model: "m".into(),
-            input: Some(pb::infer_request::Input::Text("hi".into())),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let refused = client.infer(text_call(2)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert_eq!(
         refused.message(),
@@ -474,14 +489,41 @@ async fn a_grpc_worker_reports_its_status_and_health_and_drains_on_sigterm() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    // Reflection lists what the worker serves, so grpcurl needs no .proto.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let list = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(stream::iter([list]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap().message_response;
+    let Some(MessageResponse::ListServicesResponse(listed)) = answer else {
+        panic!("{answer:?}");
+    };
+    let mut services: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
+    services.sort();
+    assert_eq!(
+        services,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "orchestrator.worker.v1.Worker"
+        ]
+    );
+
     // A call under way when SIGTERM comes finishes; new calls are refused meanwhile.
-    let gw = gateway(
-        &grpc_backend("w", &grpc_address(&w), ""),
-        "m",
-        "backends = [\"w\"]",
-        "",
-    )
-    .await;
+    let gw = gateway_to("w", &w, "").await;
     let mut running = SseReader::new(post(&gw, "s", true).await);
     running.next().await.unwrap();
     let pid = w.child.id().unwrap().to_string();
@@ -494,44 +536,21 @@ async fn a_grpc_worker_reports_its_status_and_health_and_drains_on_sigterm() {
         }
     })
     .await;
-    let refused = client
-        .infer(pb::InferRequest {
-            protocol: 1,
-            model: "m".into(),
-            input: Some(pb::infer_request::Input::Text("hi".into())),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let whole = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    assert_eq!(
+        health.check(whole).await.unwrap().into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+        "the server as a whole too"
+    );
+    let refused = client.infer(text_call(1)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{pid}: {refused:?}");
     let frames = running.rest().await;
     assert_eq!(frames.last(), Some(&Frame::Data("[DONE]".into())), "{frames:?}");
     let logged = drained.await.unwrap();
     assert!(logged.iter().any(|l| l["fields"]["message"] == "Worker stopped."));
     assert_eq!(slow.handle().stats().streams_completed, 1);
-}
-
-#[tokio::test]
-async fn a_worker_without_a_way_to_get_work_is_refused_at_start() {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        "[[backends]]\nkind = \"echo\"\nname = \"e\"\n\n[[models]]\nname = \"m\"\nbackends = [\"e\"]\n",
-    )
-    .unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["worker", "--config"])
-        .arg(file.path())
-        .env_remove("ORCHESTRATOR_CLUSTER")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("a worker needs a way to get work: [cluster] with nats_url"),
-        "{stderr}"
-    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod limits;
 mod membership;
 mod pushed;
 mod verdicts;
-mod workers;
+pub mod workers;
 
 use std::net::TcpListener;
 use std::process::Stdio;
@@ -142,6 +142,11 @@ pub fn http() -> reqwest::Client {
 /// `GET url` with [`http`].
 pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
     http().get(url).send().await
+}
+
+/// The JSON answer to `GET url`.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    get(url).await.unwrap().json().await.unwrap()
 }
 
 /// `GET /admin/cluster` of `node`.

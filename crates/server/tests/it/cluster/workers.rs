@@ -7,7 +7,7 @@ use std::time::Duration;
 use orchestrator_mock::{Behaviour, RunningMock};
 use serde_json::{Value, json};
 
-use super::{ECHO, Nats, cluster_section, cluster_view, eventually, get, metrics_text, node};
+use super::{ECHO, Nats, cluster_section, cluster_view, eventually, get_json, metrics_text, node};
 use crate::binary::{Binary, next_log, spawn_command};
 use crate::gateway_mock::mock;
 use crate::otlp::{hex, http_collector, text};
@@ -59,7 +59,8 @@ async fn workers_listed(gateway: &Binary, names: &[&str]) {
     tokio::time::sleep(Duration::from_millis(800)).await;
 }
 
-fn chat(session: &str, stream: bool) -> Value {
+/// A chat request for model `m` from `session`.
+pub fn chat(session: &str, stream: bool) -> Value {
     json!({
         "model": "m",
         "messages": [{"role": "user", "content": "hello"}],
@@ -68,7 +69,8 @@ fn chat(session: &str, stream: bool) -> Value {
     })
 }
 
-async fn post(gateway: &Binary, session: &str, stream: bool) -> reqwest::Response {
+/// [`chat`] to `gateway`, with `session` as its session id too.
+pub async fn post(gateway: &Binary, session: &str, stream: bool) -> reqwest::Response {
     client()
         .post(format!("{}/v1/chat/completions", gateway.base))
         .header("x-session-id", session)
@@ -122,11 +124,7 @@ async fn streamed(base: String, session: String) -> Ending {
         .await
         .unwrap();
     let frames = SseReader::new(response).rest().await;
-    let error = frames.iter().any(|f| match f {
-        Frame::Event(name, _) => name == "error",
-        Frame::Data(data) => data.contains("\"error\""),
-        Frame::Comment(_) => false,
-    });
+    let error = has_error_event(&frames);
     let done = frames.last() == Some(&Frame::Data("[DONE]".into()));
     assert!(error || done, "neither [DONE] nor an error event: {frames:?}");
     if error {
@@ -136,8 +134,17 @@ async fn streamed(base: String, session: String) -> Ending {
     }
 }
 
+/// Whether `frames` hold an error event.
+pub fn has_error_event(frames: &[Frame]) -> bool {
+    frames.iter().any(|f| match f {
+        Frame::Event(name, _) => name == "error",
+        Frame::Data(data) => data.contains("\"error\""),
+        Frame::Comment(_) => false,
+    })
+}
+
 /// A mock upstream that streams `tokens` tokens at 10 a second.
-async fn streaming_mock(tokens: u64) -> RunningMock {
+pub async fn streaming_mock(tokens: u64) -> RunningMock {
     mock(Behaviour {
         tokens,
         tokens_per_second: 10.0,
@@ -290,12 +297,7 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(slow.handle().stats().streams_completed, 0);
     assert_eq!(jobs_held(&nats).await, 0);
     eventually("the ten cut requests are dead letters", || async {
-        let listed: Value = get(format!("{}/admin/dlq", gw.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed = get_json(format!("{}/admin/dlq", gw.base)).await;
         listed["data"].as_array().is_some_and(|d| d.len() == 10)
     })
     .await;
@@ -640,10 +642,26 @@ async fn a_worker_that_cannot_serve_is_refused_at_start_naming_why() {
     );
     let loop_back = refused(remote).await;
     assert!(loop_back.contains("workers is kind = \"cluster\""), "{loop_back}");
-    let no_cluster = refused(ECHO.to_owned()).await;
+    let no_work = refused(ECHO.to_owned()).await;
     assert!(
-        no_cluster.contains("add [cluster] with nats_url, or start it with --cluster"),
-        "{no_cluster}"
+        no_work.contains(
+            "a worker needs a way to get work: [cluster] with nats_url (or --cluster \
+             nats://HOST:PORT) to take jobs from the broker, and/or [worker.grpc] listen (or \
+             --grpc-listen HOST:PORT) to serve gateways directly"
+        ),
+        "{no_work}"
+    );
+    let no_address = refused(format!("[worker.grpc]\nsecret_env = \"X\"\n\n{ECHO}")).await;
+    assert!(
+        no_address.contains(
+            "worker.grpc: no address to serve gRPC on: set listen, or start the worker with --grpc-listen"
+        ),
+        "{no_address}"
+    );
+    let named_twice = refused(format!("[worker]\nname = \"x\"\n\n{ECHO}\n{cluster}")).await;
+    assert!(
+        named_twice.contains("worker.name: in a cluster the worker is named by cluster.node_name"),
+        "{named_twice}"
     );
 }
 
@@ -711,12 +729,7 @@ async fn a_worker_takes_jobs_from_the_broker_and_grpc_calls_side_by_side() {
         }
     }
     assert_eq!(upstream.handle().stats().chat_completions, 4);
-    let ready: Value = get(format!("{}/readyz", w.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(format!("{}/readyz", w.base)).await;
     assert_eq!(ready["name"], "both");
     assert_eq!(ready["cluster"]["connected"], true);
 }

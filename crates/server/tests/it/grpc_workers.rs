@@ -681,3 +681,22 @@ async fn a_tls_worker_with_client_certificates_serves_only_gateways_that_show_on
     }
     assert_eq!(upstream.handle().stats().chat_completions, 2);
 }
+
+#[tokio::test]
+async fn the_trace_context_travels_through_the_grpc_worker_to_the_upstream() {
+    let upstream = mock(Behaviour::default()).await;
+    let w = worker_on("w", &upstream, 2).await;
+    let gw = gateway_to("w", &w, "").await;
+    // Untraced here: the client's context is passed on unchanged.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .header("traceparent", traceparent)
+        .json(&chat("traced", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.handle().last_request().unwrap().traceparent;
+    assert_eq!(seen.as_deref(), Some(traceparent));
+}

@@ -700,3 +700,29 @@ async fn the_trace_context_travels_through_the_grpc_worker_to_the_upstream() {
     let seen = upstream.handle().last_request().unwrap().traceparent;
     assert_eq!(seen.as_deref(), Some(traceparent));
 }
+
+#[tokio::test]
+async fn health_checks_take_a_grpc_worker_that_cannot_serve_the_model_out_of_rotation() {
+    let upstream = mock(Behaviour::default()).await;
+    let w = worker_on("w", &upstream, 2).await;
+    let checks =
+        "model = \"other\"\nhealth_check = { interval_ms = 50, unhealthy_after = 1, healthy_after = 1 }";
+    let gw = gateway(
+        &grpc_backend("w", &grpc_address(&w), checks),
+        "m",
+        "backends = [\"w\"]",
+        "",
+    )
+    .await;
+    let expected =
+        "w: skipped: failing its health checks (worker w does not serve the model `other` (it serves m))";
+    eventually("the health checks found the worker unfit", || async {
+        let response = post(&gw, "s", false).await;
+        let body: Value = response.json().await.unwrap();
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(expected))
+    })
+    .await;
+    assert_eq!(upstream.handle().stats().chat_completions, 0);
+}

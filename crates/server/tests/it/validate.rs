@@ -144,14 +144,17 @@ fn example_configs() -> Vec<PathBuf> {
     found
 }
 
-/// The environment variables a config names for its keys (`key_env`, `api_key_env`), anywhere.
+/// The environment variables a config names for its secrets (`key_env`, `api_key_env`,
+/// `secret_env`), anywhere.
 fn key_variables(text: &str) -> Vec<String> {
     fn collect(value: &toml::Value, found: &mut Vec<String>) {
         match value {
             toml::Value::Table(table) => {
                 for (key, value) in table {
                     match (key.as_str(), value) {
-                        ("key_env" | "api_key_env", toml::Value::String(var)) => found.push(var.clone()),
+                        ("key_env" | "api_key_env" | "secret_env", toml::Value::String(var)) => {
+                            found.push(var.clone())
+                        }
                         _ => collect(value, found),
                     }
                 }

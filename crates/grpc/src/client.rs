@@ -341,7 +341,10 @@ impl ModelWorker for GrpcWorker {
         let model = self.model.as_deref().unwrap_or(&call.request.model);
         let request = self.request(convert::request(&call, model), call.traceparent(), deadline);
         let mut client = self.client();
-        let first_by = earliest(deadline, self.timeouts.first_token.map(|t| opened + t));
+        // A whole answer's first output comes when the generation has ended: only the deadline
+        // bounds it (as for the HTTP backends).
+        let first_token = self.timeouts.first_token.filter(|_| call.request.stream);
+        let first_by = earliest(deadline, first_token.map(|t| opened + t));
         let answer = async {
             match first_by {
                 Some(at) => tokio::time::timeout_at(at, client.infer(request))

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_prompt_orchestrator::{InferenceCall, ModelWorker, TokenStream, WorkerChunk, WorkerError};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::metadata::MetadataMap;
+use tonic::transport::server::Router;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -72,8 +73,12 @@ impl Settings {
     }
 }
 
-/// Serves the worker's gRPC port until `stop`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, settings: Settings, stop: CancellationToken) {
+/// The worker's gRPC services, ready to serve: a certificate that cannot be used, or reflection
+/// that cannot describe them, is an error here, before the worker says it is ready.
+///
+/// # Errors
+/// What cannot be served, naming the setting.
+pub async fn prepare(shared: &Arc<Shared>, settings: Settings) -> Result<Router, String> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WorkerServer<Service>>().await;
     let mut draining = shared.draining.subscribe();
@@ -91,42 +96,37 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, settings: Setting
             .register_encoded_file_descriptor_set(orchestrator_grpc::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let described =
+        |e: tonic_reflection::server::Error| format!("reflection cannot describe the services: {e}");
     // v1, and v1alpha for the grpcurl releases that ask only for it.
-    let reflections = reflection()
-        .build_v1()
-        .and_then(|v1| Ok((v1, reflection().build_v1alpha()?)));
-    let (reflection, reflection_alpha) = match reflections {
-        Ok(both) => both,
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot describe the gRPC service for reflection.");
-            return;
-        }
-    };
+    let reflection_v1 = reflection().build_v1().map_err(described)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(described)?;
     let service = WorkerServer::new(Service {
-        shared,
+        shared: shared.clone(),
         secret: settings.secret,
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(orchestrator_grpc::client::MAX_MESSAGE);
     let mut server = Server::builder();
     if let Some(tls) = settings.tls {
-        server = match server.tls_config(tls) {
-            Ok(server) => server,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot serve gRPC over TLS (worker.grpc.tls).");
-                return;
-            }
-        };
+        server = server
+            .tls_config(tls)
+            .map_err(|e| format!("worker.grpc.tls: the certificate or key cannot be used: {e}"))?;
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = server
+    Ok(server
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service))
+}
+
+/// Serves `services` on `listener` until `stop`.
+pub async fn serve(services: Router, listener: TcpListener, stop: CancellationToken) {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    if let Err(e) = services
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await;
-    if let Err(e) = served {
+        .await
+    {
         tracing::warn!(error = %e, "The worker's gRPC service stopped.");
     }
 }

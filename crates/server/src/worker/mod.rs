@@ -222,6 +222,16 @@ pub async fn run(args: &WorkerArgs, shutdown: impl Future<Output = ()>) -> ExitC
         abort: CancellationToken::new(),
         draining: watch::channel(false).0,
     });
+    let grpc_services = match grpc_settings {
+        Some(settings) => match grpc::prepare(&shared, settings).await {
+            Ok(services) => Some(services),
+            Err(problem) => {
+                tracing::error!(error = %problem, "Cannot serve gRPC.");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let leave = CancellationToken::new();
     let ops = tokio::spawn(ops::serve(
         listener,
@@ -229,13 +239,10 @@ pub async fn run(args: &WorkerArgs, shutdown: impl Future<Output = ()>) -> ExitC
         cluster.clone(),
         leave.clone(),
     ));
-    let serving = match (grpc_listener, grpc_settings) {
-        (Some(listener), Some(settings)) => Some(tokio::spawn(grpc::serve(
-            listener,
-            shared.clone(),
-            settings,
-            leave.clone(),
-        ))),
+    let serving = match (grpc_services, grpc_listener) {
+        (Some(services), Some(listener)) => {
+            Some(tokio::spawn(grpc::serve(services, listener, leave.clone())))
+        }
         _ => None,
     };
     let started_at_ms = unix_ms(SystemTime::now());

@@ -726,3 +726,37 @@ async fn health_checks_take_a_grpc_worker_that_cannot_serve_the_model_out_of_rot
     .await;
     assert_eq!(upstream.handle().stats().chat_completions, 0);
 }
+
+#[tokio::test]
+async fn a_worker_whose_certificate_cannot_be_used_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let start = |cert: &std::path::Path| {
+        let config = format!(
+            "[worker.grpc]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}\n\n\
+             [[backends]]\nkind = \"echo\"\nname = \"e\"\n\n[[models]]\nname = \"m\"\nbackends = [\"e\"]\n",
+            cert.display().to_string(),
+            garbage.display().to_string()
+        );
+        let file = dir.path().join("worker.toml");
+        std::fs::write(&file, config).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["worker", "--listen", "127.0.0.1:0", "--config"])
+            .arg(file)
+            .env_remove("ORCHESTRATOR_CLUSTER")
+            .output()
+    };
+    let unreadable = start(&missing).await.unwrap();
+    assert_eq!(unreadable.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unreadable.stderr);
+    assert!(stderr.contains("worker.grpc.tls.cert: cannot read"), "{stderr}");
+    let unusable = start(&garbage).await.unwrap();
+    assert_eq!(unusable.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unusable.stderr);
+    assert!(
+        stderr.contains("worker.grpc.tls: the certificate or key cannot be used"),
+        "{stderr}"
+    );
+}

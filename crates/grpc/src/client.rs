@@ -30,10 +30,10 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status, Streaming};
 
-use crate::PROTOCOL;
 use crate::convert::{self, Event};
 use crate::pb;
 use crate::pb::worker_client::WorkerClient;
+use crate::{MAX_MESSAGE, PROTOCOL};
 
 /// How often an idle connection to a worker is pinged, and how long a ping may go unanswered
 /// before the connection (and every call on it) counts as lost.
@@ -42,9 +42,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a worker that refused a call for want of a free slot is left out.
 const BUSY_REST: Duration = Duration::from_secs(1);
-
-/// The largest message read from a worker: an embedding batch's vectors fit; a flood does not.
-pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// `[[backends]]` with `kind = "grpc"`: one worker.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -230,7 +227,8 @@ impl GrpcWorker {
                 true,
                 502,
             ),
-            Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument => (what, true, 502),
+            // Not served here, another revision, a call it cannot read, a transport failure:
+            // another worker may do better.
             _ => (what, true, 502),
         };
         let error = self.error(&message, retryable).with_status(http);

@@ -28,6 +28,10 @@ pub use client::{ClientTls, GrpcConfig, GrpcWorker};
 /// The revision of `orchestrator.worker.v1` this build speaks; both sides check the other's.
 pub const PROTOCOL: u32 = 1;
 
+/// The largest message either side reads: a long conversation with its retrieved documents, or
+/// an embedding batch's vectors, fit; a flood does not.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// The protocol's encoded descriptors, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("worker_descriptor");
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use orchestrator_grpc::pb::worker_server::{Worker, WorkerServer};
-use orchestrator_grpc::{PROTOCOL, convert, pb};
+use orchestrator_grpc::{MAX_MESSAGE, PROTOCOL, convert, pb};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -26,9 +26,6 @@ use tonic::{Request, Response, Status};
 
 use super::config::GrpcServeConfig;
 use super::{Outcome, Running, Shared};
-
-/// The largest call read from a gateway: a long conversation with retrieved documents fits.
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// `[worker.grpc]` read and checked: the secret from its variable, the certificates from their
 /// files.
@@ -106,7 +103,7 @@ pub async fn prepare(shared: &Arc<Shared>, settings: Settings) -> Result<Router,
         secret: settings.secret,
     })
     .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(orchestrator_grpc::client::MAX_MESSAGE);
+    .max_encoding_message_size(MAX_MESSAGE);
     let mut server = Server::builder();
     if let Some(tls) = settings.tls {
         server = server
